@@ -1,0 +1,99 @@
+"""Files a run leaves behind, all written atomically and read back without unpickling code."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from distillctl.errors import UserError
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` then rename tmp over `path`, so a crash leaves the previous file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Pretty JSON, atomically."""
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str) + "\n"))
+
+
+def write_text(path: Path, text: str) -> None:
+    """A text file, atomically."""
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def save_weights(path: Path, model: nn.Module, metadata: dict[str, Any]) -> None:
+    """Model weights as safetensors; metadata (JSON-encoded) says how to rebuild the architecture."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {k: json.dumps(v) for k, v in metadata.items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The metadata save_weights stored, decoded."""
+    try:
+        with safe_open(str(path), "pt") as handle:
+            return {k: json.loads(v) for k, v in (handle.metadata() or {}).items()}
+    except (OSError, SafetensorError, ValueError) as exc:
+        raise UserError(f"'{path}' is not a readable safetensors checkpoint ({exc}); it may be corrupt. Re-run the stage that wrote it.") from None
+
+
+def load_weights(path: Path, model: nn.Module) -> None:
+    """Load a safetensors or a tensors-only torch file into `model`, explaining a mismatch."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint '{path}' does not exist.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+    except Exception as exc:
+        raise UserError(f"could not read checkpoint '{path}' ({type(exc).__name__}: {str(exc)[:200]}); it may be corrupt or not a weights file.") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1:3]
+        raise UserError(f"checkpoint '{path}' does not fit this model ({' '.join(s.strip() for s in first)}). Check the model name.") from None
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Training state (optimizer, scheduler, RNG): tensors and plain Python only, for weights_only loading."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Read what save_state wrote, refusing anything that would need unpickling code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"could not read training state '{path}' ({type(exc).__name__}); delete it and start without resume=true.") from None

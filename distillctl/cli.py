@@ -1,0 +1,192 @@
+"""`distillctl <command> [overrides...]`: argv -> recipe resolution -> Hydra -> the command's stage."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from distillctl import recipes
+from distillctl.errors import UserError, closest, did_you_mean
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+# Command -> (stage module under distillctl.stages, one-line help). Modules are imported only when run.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train-teacher": ("train_teacher", "train the recipe's teacher on labels"),
+    "distill": ("distill", "train the student from the frozen teacher with the recipe's loss terms"),
+    "evaluate": ("evaluate", "accuracy, agreement, size and speed of every model in the workspace"),
+    "pipeline": ("pipeline", "run every stage in order, skipping those already done with the same config"),
+}
+TOOLS = {
+    "recipes": "list the recipes, one line each",
+    "inspect": "module names and output shapes of a model: inspect model=resnet56",
+}
+
+err_console = Console(stderr=True)
+
+
+def help_text() -> str:
+    """The top-level help: commands, recipes and how overrides work."""
+    width = max(map(len, [*COMMANDS, *TOOLS]))
+    lines = ["usage: distillctl <command> [recipe=NAME] [key=value ...] [-m] [--cfg job]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {text}" for name, text in TOOLS.items()]
+    lines += ["", "recipes:"]
+    found = recipes.available()
+    rwidth = max(map(len, found), default=0)
+    lines += [f"  {name:<{rwidth}}  {r.description}" for name, r in found.items()]
+    lines += [
+        "",
+        "Any config value can be overridden (trainer.epochs=30, loss.terms.kd.temperature=8); -m sweeps",
+        "comma-separated values; `distillctl <command> --cfg job` prints the resolved config;",
+        "`distillctl <command> --help` lists the config groups.",
+    ]
+    return "\n".join(lines)
+
+
+def print_recipes() -> None:
+    """`distillctl recipes`: a table of recipe names, descriptions and files."""
+    from rich.table import Table
+
+    table = Table(title="recipes", title_justify="left")
+    for column in ("recipe", "description", "file"):
+        table.add_column(column)
+    for name, recipe in recipes.available().items():
+        table.add_row(name, recipe.description, str(recipe.path))
+    Console().print(table)
+
+
+def resolve_recipe_overrides(overrides: Sequence[str]) -> list[str]:
+    """Register every recipe in Hydra's ConfigStore and rewrite `recipe=path.yaml` to the stored name."""
+    from omegaconf import OmegaConf
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    to_store = dict(recipes.available())
+    rewritten = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and key.lstrip("+") == "recipe":
+            chosen = [recipes.resolve(spec) for spec in value.split(",")]
+            to_store.update({r.name: r for r in chosen})
+            override = f"{key}={','.join(r.name for r in chosen)}"
+        rewritten.append(override)
+    for name, recipe in to_store.items():
+        try:
+            node = OmegaConf.load(recipe.path)
+        except Exception as exc:  # a broken YAML file is the user's to fix
+            raise UserError(f"recipe {recipe.path} is not valid YAML: {exc}") from None
+        store.store(group="recipe", name=name, node=node, package="_global_")
+    return rewritten
+
+
+def check_composes(overrides: Sequence[str]) -> None:
+    """Compose the config once before Hydra runs, so a bad override ends in one line naming the fix."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    plain = [o for o in overrides if not o.startswith("hydra.") and not o.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(plain)
+        # A sweep is checked with its first value: composition is the same for every value.
+        first = [
+            f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
+            for o in parsed
+        ]
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            compose("config", overrides=first)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise UserError(explain_composition_error(exc)) from None
+
+
+def explain_composition_error(exc: BaseException) -> str:
+    """Hydra's message for a bad override on one line, with the valid keys and a suggestion for a typo."""
+    import re
+
+    from omegaconf import DictConfig, OmegaConf
+
+    from distillctl.config import Config
+
+    # Hydra appends its search path to some messages: noise for a user who typed an option name.
+    message = " ".join(str(exc).split(" Config search path")[0].split())
+    bad_key = re.search(r"Could not override '([^']+)'", message)
+    if bad_key:
+        parent, _, leaf = bad_key.group(1).rpartition(".")
+        node = OmegaConf.structured(Config)
+        for part in parent.split(".") if parent else []:
+            node = node.get(part) if isinstance(node, DictConfig) else None
+        if isinstance(node, DictConfig) and leaf not in node:
+            valid = sorted(node.keys())
+            where = f" under '{parent}'" if parent else ""
+            return f"unknown config key '{bad_key.group(1)}'.{did_you_mean(leaf, valid)} Valid keys{where}: {', '.join(valid)}."
+    if exc.__cause__ is not None:
+        message += f" ({' '.join(str(exc.__cause__).split())})"
+    return message
+
+
+def run_hydra(command: str, overrides: Sequence[str]) -> None:
+    """Hand the overrides to Hydra (run, multirun, --cfg, --help) with the command's stage as the task."""
+    import hydra
+
+    from distillctl import config
+
+    config.register()
+    overrides = resolve_recipe_overrides(overrides)
+    if not any(o in ("--help", "-h", "--hydra-help") or o.startswith("--cfg") or o == "-c" for o in overrides):
+        check_composes(overrides)
+    module_name = COMMANDS[command][0]
+
+    def task(cfg) -> None:
+        import importlib
+
+        stage: Callable = importlib.import_module(f"distillctl.stages.{module_name}").run
+        try:
+            stage(cfg)
+        except UserError as exc:
+            fail(str(exc))
+
+    sys.argv = [f"distillctl {command}", *overrides]
+    hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(task)()
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one error line and exit: the path for every mistake a user can fix."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise SystemExit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The console script's entry point."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(help_text())
+        return
+    if args[0] == "--version":
+        from distillctl import __version__
+
+        print(__version__)
+        return
+    command, overrides = args[0], args[1:]
+    try:
+        if command == "recipes":
+            print_recipes()
+        elif command == "inspect":
+            from distillctl.stages.inspect import run_inspect
+
+            run_inspect(overrides)
+        elif command in COMMANDS:
+            run_hydra(command, overrides)
+        else:
+            known = [*COMMANDS, *TOOLS]
+            near = closest(command, known)
+            hint = f" Did you mean '{near[0]}'?" if near else ""
+            fail(f"unknown command '{command}'.{hint} Commands: {', '.join(known)}.")
+    except UserError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted; the last finished epoch is saved: add resume=true to continue.", code=130)

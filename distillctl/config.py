@@ -1,0 +1,123 @@
+"""The config schema: dataclasses registered in Hydra's ConfigStore, so a misspelt key is rejected."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
+CIFAR10_STD = [0.2470, 0.2435, 0.2616]
+
+
+@dataclass
+class DatasetConfig:
+    """Where images come from and how they are split and augmented."""
+
+    name: str = "cifar10"
+    # A Hub id (uoft-cs/cifar10), a local directory in the Hub's parquet layout, an image folder
+    # (train/<class>/*.jpg, test/<class>/*.jpg), or `embedded` for the sample shipped in the package.
+    path: str = "embedded"
+    image_column: str = "img"
+    label_column: str = "label"
+    train_split: str = "train"
+    test_split: str = "test"
+    train_limit: Optional[int] = None
+    test_limit: Optional[int] = None
+    # Held out of train to pick the best checkpoint: a fraction (< 1) or a count of images.
+    val_size: float = 0.1
+    image_size: int = 32
+    crop_padding: int = 4
+    hflip: bool = True
+    mean: list[float] = field(default_factory=lambda: list(CIFAR10_MEAN))
+    std: list[float] = field(default_factory=lambda: list(CIFAR10_STD))
+    cache_dir: str = "${oc.env:DISTILLCTL_CACHE,'~/.cache/distillctl'}"
+
+
+@dataclass
+class ModelConfig:
+    """A network: a timm model name (our CIFAR zoo is registered there) and where its weights come from."""
+
+    name: str = "resnet20"
+    pretrained: bool = False
+    # Weights to load instead of the run workspace's (for the teacher: skips the train-teacher lookup).
+    checkpoint: Optional[str] = None
+    # Learning rate when this model is the one being trained; null means optimizer.lr.
+    lr: Optional[float] = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    """A weighted sum of named loss terms; each term's own keys are checked by the term's dataclass."""
+
+    terms: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainerConfig:
+    """The training loop shared by every stage."""
+
+    epochs: int = 1
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    device: str = "auto"  # auto: cuda, else mps, else cpu
+    precision: str = "auto"  # auto: bf16 autocast on cuda, fp32 elsewhere; or fp32 / bf16 / fp16
+    label_smoothing: float = 0.0
+    grad_clip: Optional[float] = None
+    channels_last: bool = False
+    compile: bool = False
+    # Read losses back from the device every N steps: reading every step stalls an accelerator.
+    log_every: int = 50
+    # Cap on steps per epoch, for smoke tests and quick looks; null runs whole epochs.
+    max_steps_per_epoch: Optional[int] = None
+    threads: Optional[int] = None
+
+
+@dataclass
+class OptimizerConfig:
+    """The optimizer of the model being trained."""
+
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class SchedulerConfig:
+    """Learning-rate schedule over epochs, stepped per iteration."""
+
+    name: str = "step"  # step | cosine | constant
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+
+
+@dataclass
+class Config:
+    """A whole experiment: what a recipe plus overrides resolves to."""
+
+    description: str = ""
+    run_dir: str = "runs/${hydra:runtime.choices.recipe}"
+    seed: int = 0
+    force: bool = False
+    resume: bool = False
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    teacher: ModelConfig = field(default_factory=lambda: ModelConfig(name="resnet56"))
+    student: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    # Thresholds a run must meet, e.g. {"student.top1": {"min": 0.85}}; evaluate exits 1 on a miss.
+    expect: dict[str, Any] = field(default_factory=dict)
+
+
+def register() -> None:
+    """Put the schema into Hydra's ConfigStore under the name config.yaml starts its defaults with."""
+    ConfigStore.instance().store(name="schema", node=Config)

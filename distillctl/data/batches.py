@@ -1,0 +1,101 @@
+"""Batched augmentation on the training device: one gather per batch, no per-sample Python."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def normalizer(mean: Sequence[float], std: Sequence[float], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and shift that map uint8 pixels straight to normalized floats: x * scale + shift."""
+    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    return 1.0 / (255.0 * std_t), -mean_t / std_t
+
+
+def to_model_input(images_nhwc: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """uint8 NHWC -> normalized float NCHW (channels_last memory is the NHWC layout itself, so no copy)."""
+    x = images_nhwc.permute(0, 3, 1, 2).float().mul_(scale).add_(shift)
+    return x if channels_last else x.contiguous()
+
+
+class Batches:
+    """Shuffled training batches with random crop (zero padding) and horizontal flip, on `device`."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device,
+        seed: int,
+        padding: int = 4,
+        hflip: bool = True,
+        channels_last: bool = False,
+        max_steps: int | None = None,
+    ) -> None:
+        self.padding, self.hflip, self.batch_size, self.channels_last = padding, hflip, batch_size, channels_last
+        self.height, self.width = images.shape[1], images.shape[2]
+        # Pad once up front; each batch then only gathers its crop window.
+        nhwc = images.to(device)
+        self.images = F.pad(nhwc.permute(0, 3, 1, 2), (padding,) * 4).permute(0, 2, 3, 1).contiguous() if padding else nhwc
+        self.labels = labels.to(device)
+        self.device = device
+        self.scale, self.shift = normalizer(mean, std, device)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        steps = -(-len(labels) // batch_size)
+        self.steps = min(steps, max_steps) if max_steps else steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    @property
+    def num_images(self) -> int:
+        """Images one pass yields."""
+        return min(self.steps * self.batch_size, len(self.labels))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.labels), device=self.device, generator=self.generator)
+        rows_base = torch.arange(self.height, device=self.device)
+        cols_base = torch.arange(self.width, device=self.device)
+        for step in range(self.steps):
+            idx = order[step * self.batch_size : (step + 1) * self.batch_size]
+            n = len(idx)
+            span = 2 * self.padding + 1
+            dy = torch.randint(span, (n, 1), device=self.device, generator=self.generator)
+            dx = torch.randint(span, (n, 1), device=self.device, generator=self.generator)
+            rows = dy + rows_base
+            cols = dx + cols_base
+            if self.hflip:
+                flip = torch.rand(n, 1, device=self.device, generator=self.generator) < 0.5
+                cols = torch.where(flip, cols.flip(1), cols)
+            crops = self.images[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
+            yield to_model_input(crops, self.scale, self.shift, self.channels_last), self.labels[idx]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The shuffling/augmentation RNG, so a resumed run sees the same batches it would have."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what state_dict saved."""
+        self.generator.set_state(state["generator"])
+
+
+def eval_batches(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device,
+    channels_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Unaugmented batches in order, for validation and test."""
+    scale, shift = normalizer(mean, std, device)
+    for start in range(0, len(labels), batch_size):
+        chunk = images[start : start + batch_size].to(device, non_blocking=True)
+        yield to_model_input(chunk, scale, shift, channels_last), labels[start : start + batch_size].to(device)

@@ -1,0 +1,34 @@
+"""Which device to train on and in what precision."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from distillctl.errors import UserError
+
+
+def pick_device(spec: str) -> torch.device:
+    """`auto` takes cuda, else mps, else cpu; an explicit device must exist."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"trainer.device={spec} but no CUDA device is visible. Use trainer.device=auto or cpu.")
+    return device
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision: bf16 autocast on CUDA by default; fp32 elsewhere."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise UserError(f"trainer.precision={precision} is not supported for training; use auto, fp32 or bf16.")

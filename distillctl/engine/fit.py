@@ -1,0 +1,188 @@
+"""The one training loop: teacher training, distillation, and later fine-tuning stages all run `fit`."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distillctl import artifacts
+from distillctl.data import Batches
+from distillctl.engine.device import autocast
+from distillctl.engine.progress import TrainingProgress
+from distillctl.engine.taps import FeatureTaps
+from distillctl.errors import UserError
+from distillctl.losses import Objective, StepOutputs
+
+BEST, LAST, LAST_STATE, HISTORY = "best.safetensors", "last.safetensors", "last_state.pt", "history.jsonl"
+
+
+@dataclass
+class FitResult:
+    """What a finished run of the loop reports."""
+
+    best_val_top1: float
+    best_epoch: int
+    epochs: int
+    seconds: float
+    images_per_s: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+@dataclass
+class Trainee:
+    """The model being trained plus what trains it."""
+
+    model: nn.Module
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    metadata: dict[str, Any]  # stored beside the weights: how to rebuild the model
+
+
+def fit(
+    trainee: Trainee,
+    batches: Batches,
+    validate: Callable[[nn.Module], float],
+    trainer_cfg,
+    out_dir: Path,
+    title: str,
+    teacher: nn.Module | None = None,
+    resume: bool = False,
+    on_epoch_end: Sequence[Callable[[int, dict[str, Any]], None]] = (),
+) -> FitResult:
+    """Train for trainer_cfg.epochs, validating each epoch; best and last checkpoints go to out_dir."""
+    model, objective = trainee.model, trainee.objective
+    device = batches.device
+    start_epoch, best_val, best_epoch, history = 1, -1.0, 0, []
+    if resume:
+        start_epoch, best_val, best_epoch, history = restore(trainee, batches, out_dir)
+    student_layers, teacher_layers = objective.layers()
+    if teacher is not None:
+        teacher.eval()
+    step_fn = torch.compile(model) if trainer_cfg.compile else model
+    log = (out_dir / "train.log").open("a")
+    log.write(f"# {title}: epochs {start_epoch}..{trainer_cfg.epochs}, {len(batches)} steps each, device {device}\n")
+    t_start, images_seen = time.perf_counter(), 0
+    with (
+        FeatureTaps(model, student_layers, "the student") as student_taps,
+        FeatureTaps(teacher, teacher_layers, "the teacher") as teacher_taps,
+        TrainingProgress(title, trainer_cfg.epochs, len(batches), start_epoch) as progress,
+    ):
+        for epoch in range(start_epoch, trainer_cfg.epochs + 1):
+            model.train()
+            t_epoch = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            parts_sum: dict[str, torch.Tensor] = {}
+            seen, since_log, t_log = 0, 0, time.perf_counter()
+            for step, (x, y) in enumerate(batches, 1):
+                teacher_logits, teacher_features = None, {}
+                if teacher is not None:
+                    with torch.inference_mode(), autocast(device, trainer_cfg.precision):
+                        teacher_logits = teacher(x)
+                    # Inference tensors cannot be saved for backward; a clone outside the mode can.
+                    teacher_logits = teacher_logits.clone()
+                    teacher_features = {k: v.clone() for k, v in teacher_taps.take().items()}
+                with autocast(device, trainer_cfg.precision):
+                    logits = step_fn(x)
+                out = StepOutputs(logits, y, teacher_logits, student_taps.take(), teacher_features, epoch)
+                loss, parts = objective(out)
+                trainee.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if trainer_cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), trainer_cfg.grad_clip)
+                trainee.optimizer.step()
+                trainee.scheduler.step()
+                objective.after_step(out)
+                # Accumulate on the device; reading a value every step would stall an accelerator.
+                n = len(y)
+                loss_sum += loss.detach() * n
+                correct += (logits.detach().argmax(1) == y).sum()
+                for name, value in parts.items():
+                    parts_sum[name] = parts_sum.get(name, 0) + value * n
+                seen += n
+                since_log += n
+                if step % trainer_cfg.log_every == 0 or step == len(batches):
+                    now = time.perf_counter()
+                    progress.advance(
+                        trainer_cfg.log_every if step % trainer_cfg.log_every == 0 else step % trainer_cfg.log_every,
+                        epoch, (loss_sum / seen).item(), (correct / seen).item(), since_log / (now - t_log),
+                    )
+                    since_log, t_log = 0, now
+            epoch_seconds = time.perf_counter() - t_epoch
+            images_seen += seen
+            val_top1 = validate(model)
+            record = {
+                "epoch": epoch,
+                "loss": round((loss_sum / seen).item(), 5),
+                "train_top1": round((correct / seen).item(), 5),
+                "val_top1": round(val_top1, 5),
+                "lr": trainee.optimizer.param_groups[0]["lr"],
+                "seconds": round(epoch_seconds, 3),
+                "images_per_s": round(seen / epoch_seconds, 1),
+                **{f"loss.{k}": round((v / seen).item(), 5) for k, v in parts_sum.items()},
+            }
+            history.append(record)
+            if val_top1 > best_val:
+                best_val, best_epoch = val_top1, epoch
+                artifacts.save_weights(out_dir / BEST, model, {**trainee.metadata, "epoch": epoch, "val_top1": val_top1})
+            checkpoint(trainee, batches, out_dir, epoch, best_val, best_epoch, history)
+            line = (
+                f"{title} epoch {epoch}/{trainer_cfg.epochs}  loss {record['loss']:.4f}  train {record['train_top1']:.1%}  "
+                f"val {val_top1:.1%}{' *' if best_epoch == epoch else ''}  {record['images_per_s']:,.0f} img/s  {epoch_seconds:.1f}s"
+            )
+            progress.epoch_line(line)
+            log.write(line + "\n")
+            log.flush()
+            for callback in on_epoch_end:
+                callback(epoch, record)
+    log.close()
+    seconds = time.perf_counter() - t_start
+    return FitResult(best_val, best_epoch, trainer_cfg.epochs, seconds, images_seen / max(seconds, 1e-9), history, start_epoch - 1)
+
+
+def checkpoint(trainee: Trainee, batches: Batches, out_dir: Path, epoch: int, best_val: float, best_epoch: int, history: list) -> None:
+    """Save everything resume needs: weights, optimizer, schedule, loss-term state and every RNG."""
+    artifacts.save_weights(out_dir / LAST, trainee.model, {**trainee.metadata, "epoch": epoch})
+    state = {
+        "epoch": epoch,
+        "best_val": best_val,
+        "best_epoch": best_epoch,
+        "optimizer": trainee.optimizer.state_dict(),
+        "scheduler": trainee.scheduler.state_dict(),
+        "objective": trainee.objective.state_dict(),
+        "batches": batches.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python_rng": json.dumps(random.getstate()),
+    }
+    artifacts.save_state(out_dir / LAST_STATE, state)
+    artifacts.write_text(out_dir / HISTORY, "".join(json.dumps(r) + "\n" for r in history))
+
+
+def restore(trainee: Trainee, batches: Batches, out_dir: Path) -> tuple[int, float, int, list]:
+    """Load the last checkpoint of out_dir into the trainee; returns the epoch to start from and the history."""
+    if not (out_dir / LAST_STATE).is_file() or not (out_dir / LAST).is_file():
+        raise UserError(f"resume=true but {out_dir} holds no checkpoint to resume from; run without resume=true.")
+    artifacts.load_weights(out_dir / LAST, trainee.model)
+    state = artifacts.load_state(out_dir / LAST_STATE)
+    trainee.optimizer.load_state_dict(state["optimizer"])
+    trainee.scheduler.load_state_dict(state["scheduler"])
+    trainee.objective.load_state_dict(state["objective"])
+    batches.load_state_dict(state["batches"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    version, internal, gauss = json.loads(state["python_rng"])
+    random.setstate((version, tuple(internal), gauss))
+    history = [json.loads(line) for line in (out_dir / HISTORY).read_text().splitlines() if line.strip()]
+    return state["epoch"] + 1, state["best_val"], state["best_epoch"], history

@@ -1,0 +1,21 @@
+"""The one exception type for mistakes a user can fix: the CLI prints its message and exits 2."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """A problem with the user's input (config, files, names) rather than a bug: no traceback is shown."""
+
+
+def closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """The up-to-n choices that look most like `word`, best first."""
+    return difflib.get_close_matches(word, list(choices), n=n, cutoff=0.5)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' Did you mean X?' when something close exists, else ''."""
+    near = closest(word, choices)
+    return f" Did you mean {' or '.join(repr(c) for c in near)}?" if near else ""

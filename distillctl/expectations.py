@@ -1,0 +1,34 @@
+"""A recipe's `expect:` block: thresholds on evaluate's metrics, so a CI job can reproduce a recipe."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from distillctl.errors import UserError
+
+
+def flatten(expect: Mapping[str, Any], prefix: str = "") -> dict[str, dict[str, float]]:
+    """`{"student.top1": {"min": .8}}` and `{"student": {"top1": {"min": .8}}}` both become the former."""
+    flat: dict[str, dict[str, float]] = {}
+    for key, value in expect.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and set(value) <= {"min", "max"}:
+            flat[path] = {bound: float(limit) for bound, limit in value.items()}
+        elif isinstance(value, Mapping):
+            flat.update(flatten(value, path + "."))
+        else:
+            raise UserError(f"expect.{path} must be {{min: X}} and/or {{max: Y}}, got {value!r}.")
+    return flat
+
+
+def check(expect: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every threshold with its measured value and whether it held; `results` is {model: {metric: value}}."""
+    rows = []
+    for path, bounds in flatten(expect).items():
+        model, _, metric = path.partition(".")
+        value = results.get(model, {}).get(metric)
+        for bound, limit in bounds.items():
+            ok = value is not None and (value >= limit if bound == "min" else value <= limit)
+            rows.append({"metric": path, "bound": bound, "limit": limit, "value": value, "ok": ok})
+    return rows

@@ -1,0 +1,66 @@
+"""What a loss term is: options in a dataclass, the layers it taps, a forward on one step's outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TermParams:
+    """Options every term has; a term's own dataclass adds its fields."""
+
+    kind: str = ""
+    weight: float = 1.0
+
+
+@dataclass
+class StepOutputs:
+    """Everything a term may read about one training step."""
+
+    student_logits: torch.Tensor
+    labels: torch.Tensor
+    teacher_logits: torch.Tensor | None = None
+    # Outputs of the modules the terms asked for, keyed by module path, captured by forward hooks.
+    student_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    epoch: int = 0  # 1-based epoch, for terms with a warm-up
+
+
+class LossTerm(nn.Module):
+    """One piece of the objective. Subclasses set `Params` and implement `forward`.
+
+    A term is an nn.Module so that parameters it owns (a hint regressor, a discriminator) are trained with
+    the student, saved in the training state and left out of the exported student. Terms that need updates
+    of their own (an adversarial discriminator) override `after_step`.
+    """
+
+    Params: ClassVar[type[TermParams]] = TermParams
+    needs_teacher: ClassVar[bool] = True
+
+    def __init__(self, params: TermParams) -> None:
+        super().__init__()
+        self.params = params
+
+    @property
+    def weight(self) -> float:
+        """The factor the term's value is multiplied by in the total loss."""
+        return self.params.weight
+
+    def student_layers(self) -> list[str]:
+        """Module paths of the student whose outputs this term reads."""
+        return []
+
+    def teacher_layers(self) -> list[str]:
+        """Module paths of the teacher whose outputs this term reads."""
+        return []
+
+    def forward(self, out: StepOutputs) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def after_step(self, out: StepOutputs) -> dict[str, float]:
+        """Extra optimisation after the student's step; returns figures worth logging."""
+        return {}

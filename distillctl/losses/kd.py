@@ -1,0 +1,33 @@
+"""Logit distillation (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from distillctl.losses.base import LossTerm, StepOutputs, TermParams
+from distillctl.losses.registry import term
+
+
+@dataclass
+class KDParams(TermParams):
+    temperature: float = 4.0
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(p_teacher^T || p_student^T) averaged over the batch, times T^2 so gradients keep their scale."""
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * temperature**2
+
+
+@term("kd")
+class KnowledgeDistillation(LossTerm):
+    """Match the teacher's temperature-softened class distribution."""
+
+    Params = KDParams
+
+    def forward(self, out: StepOutputs) -> torch.Tensor:
+        return kd_loss(out.student_logits, out.teacher_logits, self.params.temperature)

@@ -1,0 +1,62 @@
+"""Size and speed of a model on the CPU: parameters, MACs, file size, latency and throughput."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def macs(model: nn.Module, image_size: int) -> int:
+    """Multiply-accumulates for one image (FLOPs / 2 as torch's counter reports them)."""
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(torch.zeros(1, 3, image_size, image_size))
+    return counter.get_total_flops() // 2
+
+
+def cpu_name() -> str:
+    """The processor's model name, recorded beside every timing."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@torch.inference_mode()
+def time_forward(model: nn.Module, batch: int, image_size: int, threads: int, warmup: int, repeats: int) -> list[float]:
+    """Seconds per forward pass at a fixed thread count, after warm-up, one figure per repeat."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model.eval()
+        x = torch.randn(batch, 3, image_size, image_size)
+        for _ in range(warmup):
+            model(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+        return times
+    finally:
+        torch.set_num_threads(previous)
+
+
+def speed(model: nn.Module, image_size: int, threads: int) -> dict[str, float]:
+    """Median batch-1 latency (ms) and batch-256 throughput (images/s) on the CPU."""
+    model = model.cpu()
+    latency = time_forward(model, 1, image_size, threads, warmup=20, repeats=100)
+    bulk = time_forward(model, 256, image_size, threads, warmup=1, repeats=7)
+    return {
+        "latency_ms": statistics.median(latency) * 1e3,
+        "throughput": 256 / statistics.median(bulk),
+    }

@@ -1,0 +1,59 @@
+"""Building models by name: the CIFAR zoo (registered into timm) and every timm model."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from distillctl.errors import UserError, did_you_mean
+from distillctl.models import zoo
+
+zoo.register()
+
+
+def create_model(name: str, num_classes: int, pretrained: bool = False, **kwargs) -> nn.Module:
+    """Build `name` through timm's registry, or say which names come closest."""
+    import timm
+
+    if not timm.is_model(name):
+        hint = did_you_mean(name, timm.list_models())
+        raise UserError(f"unknown model '{name}'.{hint} CIFAR zoo: {', '.join(zoo.ZOO_NAMES)}; any timm model name works too.")
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except UserError:
+        raise
+    except TypeError as exc:
+        raise UserError(f"model '{name}' does not take these options ({exc}); check kwargs.") from None
+    except (OSError, RuntimeError) as exc:
+        if not pretrained:
+            raise
+        raise UserError(
+            f"could not fetch pretrained weights for '{name}' ({type(exc).__name__}); offline? Set pretrained=false, "
+            "or checkpoint=PATH to load local weights."
+        ) from None
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters, trainable or not."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_metadata(name: str, num_classes: int, kwargs: dict, classes: list[str], mean: list[float], std: list[float]) -> dict:
+    """What is stored beside weights so that evaluate and later stages rebuild the model without its config."""
+    return {"model": name, "num_classes": num_classes, "kwargs": dict(kwargs), "classes": classes, "mean": list(mean), "std": list(std)}
+
+
+def load_model(path, fallback_name: str | None = None, num_classes: int | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild a model from a checkpoint's metadata (or from the given name for a foreign file) and load it."""
+    from pathlib import Path
+
+    from distillctl import artifacts
+
+    path = Path(path)
+    meta = artifacts.read_metadata(path) if path.suffix == ".safetensors" and path.is_file() else {}
+    name = meta.get("model", fallback_name)
+    classes = meta.get("num_classes", num_classes)
+    if name is None or classes is None:
+        raise UserError(f"checkpoint '{path}' does not say which model it holds; set the model name in the config.")
+    model = create_model(name, classes, **meta.get("kwargs", {}))
+    artifacts.load_weights(path, model)
+    return model, {"model": name, "num_classes": classes, **meta}

@@ -1,0 +1,80 @@
+"""The evaluation report: a rich table on the terminal, metrics.json and report.md in runs/<recipe>/report/."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from distillctl import artifacts
+from distillctl.engine.progress import console
+
+# (key, header, format) for each column of the table and of report.md.
+COLUMNS = [
+    ("top1", "top-1", "{:.2%}"),
+    ("top5", "top-5", "{:.2%}"),
+    ("agreement", "agree w/ teacher", "{:.2%}"),
+    ("params", "params (M)", "{:.3f}"),
+    ("macs", "MMACs", "{:.1f}"),
+    ("size_mb", "file (MB)", "{:.2f}"),
+    ("latency_ms", "latency b1 (ms)", "{:.2f}"),
+    ("throughput", "b256 (img/s)", "{:,.0f}"),
+]
+SCALE = {"params": 1e-6, "macs": 1e-6}
+
+
+def cell(key: str, value: Any) -> str:
+    """One formatted table cell; '-' where a metric does not apply."""
+    if value is None:
+        return "-"
+    fmt = dict((k, f) for k, _, f in COLUMNS)[key]
+    return fmt.format(value * SCALE.get(key, 1))
+
+
+def print_table(results: dict[str, dict[str, Any]], title: str) -> None:
+    """The rich table of every evaluated model."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("model")
+    for _, header, _ in COLUMNS:
+        table.add_column(header, justify="right")
+    for name, row in results.items():
+        table.add_row(f"{name} ({row['arch']})", *(cell(k, row.get(k)) for k, _, _ in COLUMNS))
+    console.print(table)
+
+
+def markdown(results: dict[str, dict[str, Any]], context: dict[str, Any]) -> str:
+    """report.md: the same table plus the conditions of the measurement."""
+    lines = [f"# Evaluation: {context['recipe']}", ""]
+    lines.append("| model | " + " | ".join(h for _, h, _ in COLUMNS) + " |")
+    lines.append("|---|" + "---:|" * len(COLUMNS))
+    for name, row in results.items():
+        lines.append(f"| {name} ({row['arch']}) | " + " | ".join(cell(k, row.get(k)) for k, _, _ in COLUMNS) + " |")
+    lines += [
+        "",
+        f"- test images: {context['test_images']} ({context['dataset']})",
+        f"- latency: median of 100 batch-1 forwards after 20 warm-up; throughput: median of 7 batch-256 forwards",
+        f"- CPU: {context['cpu']}, {context['threads']} threads; torch {context['torch']}",
+        f"- measured {context['date']}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(report_dir: Path, results: dict[str, dict[str, Any]], context: dict[str, Any], expectations: list[dict]) -> None:
+    """metrics.json and report.md, atomically."""
+    context = {**context, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    artifacts.write_json(report_dir / "metrics.json", {"models": results, "context": context, "expect": expectations})
+    artifacts.write_text(report_dir / "report.md", markdown(results, context))
+
+
+def print_misses(rows: list[dict[str, Any]]) -> None:
+    """What fell short of the recipe's expect: block."""
+    table = Table(title="expectations not met", title_justify="left", style="red")
+    for column in ("metric", "bound", "limit", "value"):
+        table.add_column(column)
+    for row in rows:
+        value = "missing" if row["value"] is None else f"{row['value']:.4g}"
+        table.add_row(row["metric"], row["bound"], f"{row['limit']:.4g}", value)
+    console.print(table)

@@ -1,0 +1,40 @@
+"""What every stage sets up first: seeds, threads, device, data and the workspace."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from distillctl.data import DataSplits, load_splits
+from distillctl.engine.device import pick_device
+from distillctl.workspace import Workspace
+
+
+@dataclass
+class RunContext:
+    """A stage's shared inputs."""
+
+    cfg: DictConfig
+    device: torch.device
+    data: DataSplits
+    workspace: Workspace
+
+    @classmethod
+    def open(cls, cfg: DictConfig) -> "RunContext":
+        """Seed everything, pick the device and load (or reuse) the data set."""
+        if cfg.trainer.threads:
+            torch.set_num_threads(cfg.trainer.threads)
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        data = cached_splits(OmegaConf.to_yaml(cfg.dataset, resolve=True))
+        return cls(cfg, pick_device(cfg.trainer.device), data, Workspace.from_config(cfg))
+
+
+@lru_cache(maxsize=2)
+def cached_splits(dataset_yaml: str) -> DataSplits:
+    """Load splits once per process: `pipeline` runs several stages on the same data."""
+    return load_splits(OmegaConf.create(dataset_yaml))

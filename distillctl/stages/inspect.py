@@ -1,0 +1,52 @@
+"""`distillctl inspect model=NAME`: module paths and output shapes, to choose layers for feature losses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from distillctl.errors import UserError
+
+
+def parse(overrides: Sequence[str]) -> dict[str, str]:
+    """key=value pairs; inspect takes model=, num_classes= and image_size=."""
+    allowed = {"model", "num_classes", "image_size"}
+    options = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key not in allowed:
+            raise UserError(f"inspect takes {', '.join(sorted(allowed))} (as key=value), got '{item}'.")
+        options[key] = value
+    if "model" not in options:
+        raise UserError("inspect needs model=NAME, e.g. `distillctl inspect model=resnet56`.")
+    return options
+
+
+def run_inspect(overrides: Sequence[str]) -> None:
+    """Print every module of the model with its output shape for one image."""
+    import torch
+    from rich.table import Table
+
+    from distillctl.engine.progress import console
+    from distillctl.models import count_parameters, create_model
+
+    options = parse(overrides)
+    size = int(options.get("image_size", 32))
+    model = create_model(options["model"], int(options.get("num_classes", 10))).eval()
+    shapes: dict[str, tuple] = {}
+    hooks = [
+        module.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape)) if torch.is_tensor(o) else None)
+        for name, module in model.named_modules()
+        if name
+    ]
+    with torch.inference_mode():
+        model(torch.zeros(1, 3, size, size))
+    for hook in hooks:
+        hook.remove()
+    table = Table(title=f"{options['model']}: {count_parameters(model) / 1e6:.3f} M parameters, input 1x3x{size}x{size}", title_justify="left")
+    for column in ("module", "type", "output shape", "params"):
+        table.add_column(column, justify="right" if column == "params" else "left")
+    for name, module in model.named_modules():
+        if name:
+            own = sum(p.numel() for p in module.parameters(recurse=False))
+            table.add_row(name, type(module).__name__, "x".join(map(str, shapes.get(name, ()))) or "-", f"{own:,}" if own else "")
+    console.print(table)

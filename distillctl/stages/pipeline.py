@@ -1,0 +1,31 @@
+"""`distillctl pipeline`: every stage in order, skipping those whose config and inputs are unchanged."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from distillctl.engine.progress import console
+from distillctl.stages import distill, evaluate, train_teacher
+from distillctl.stages.context import RunContext
+from distillctl.workspace import recorded_fingerprint
+
+# Training stages in order; evaluate always runs last (it is the recipe's pass/fail gate).
+TRAINING_STAGES = [train_teacher, distill]
+
+
+def run(cfg: DictConfig) -> None:
+    """Run or skip each training stage, then evaluate."""
+    ws = RunContext.open(cfg).workspace
+    redo = bool(cfg.force)
+    for stage in TRAINING_STAGES:
+        done = ws.find(stage.STAGE)
+        expected = stage.fingerprint(cfg, ws)
+        if not redo and done is not None and recorded_fingerprint(done) == expected:
+            console.print(f"[green]skip[/] {stage.STAGE}: {done} is up to date with this config (force=true redoes it)")
+            continue
+        # Anything after a redone stage depends on it, so it is redone too.
+        redo = True
+        console.rule(f"{stage.STAGE}")
+        stage.run(cfg)
+    console.rule("evaluate")
+    evaluate.run(cfg)

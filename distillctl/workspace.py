@@ -1,0 +1,75 @@
+"""The run workspace: runs/<recipe>/<stage>/ folders through which stages find each other's outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from distillctl import artifacts
+
+MODEL_FILE, METRICS_FILE, CONFIG_FILE = "model.safetensors", "metrics.json", "config.yaml"
+
+
+class Workspace:
+    """Where a run reads and writes. In a Hydra sweep each job writes to its own folder under
+    runs/<recipe>/sweep/ and still finds inputs (the teacher) in runs/<recipe>/."""
+
+    def __init__(self, root: Path, job_dir: Path | None = None) -> None:
+        self.root = root
+        self.job_dir = job_dir or root
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> "Workspace":
+        """The workspace of this Hydra job (a sweep job gets its own output folder)."""
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        root = Path(cfg.run_dir)
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            return cls(root, Path(HydraConfig.get().runtime.output_dir))
+        return cls(root)
+
+    def output(self, stage: str) -> Path:
+        """The folder a stage writes into, created on demand."""
+        path = self.job_dir / stage
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def find(self, stage: str) -> Path | None:
+        """The folder holding a finished run of `stage`: this job's own first, then the workspace's."""
+        for base in dict.fromkeys([self.job_dir, self.root]):
+            if finished(base / stage):
+                return base / stage
+        return None
+
+
+def finished(stage_dir: Path) -> bool:
+    """A stage is finished when its weights and its metrics (written last) are both there."""
+    return (stage_dir / MODEL_FILE).is_file() and (stage_dir / METRICS_FILE).is_file()
+
+
+def fingerprint(cfg: DictConfig, sections: list[str], inputs: list[str] | tuple[str, ...] = ()) -> str:
+    """Hash of the config sections a stage depends on and of its inputs' fingerprints."""
+    chosen = {s: OmegaConf.to_container(cfg[s], resolve=True) for s in sections}
+    blob = json.dumps({"config": chosen, "inputs": list(inputs)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def recorded_fingerprint(stage_dir: Path) -> str | None:
+    """The fingerprint a finished stage recorded in its metrics.json."""
+    metrics = artifacts.read_json(stage_dir / METRICS_FILE) or {}
+    return metrics.get("fingerprint")
+
+
+def save_config(stage_dir: Path, cfg: DictConfig) -> None:
+    """The fully resolved config beside the stage's artifacts."""
+    artifacts.write_text(stage_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def write_metrics(stage_dir: Path, metrics: dict[str, Any]) -> None:
+    """metrics.json, written last: its presence marks the stage finished."""
+    artifacts.write_json(stage_dir / METRICS_FILE, metrics)
