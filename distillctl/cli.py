@@ -129,6 +129,24 @@ def explain_composition_error(exc: BaseException) -> str:
     return message
 
 
+# Hydra's flags that take a value; argparse wants every override before them.
+VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--info", "-i"}
+
+
+def overrides_first(args: Sequence[str]) -> list[str]:
+    """Reorder argv so `--cfg job a=1` works like `a=1 --cfg job`, as users expect."""
+    overrides, flags, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg in VALUE_FLAGS and i + 1 < len(args) and "=" not in args[i + 1]:
+            flags += [arg, args[i + 1]]
+            i += 2
+            continue
+        (flags if arg.startswith("-") else overrides).append(arg)
+        i += 1
+    return overrides + flags
+
+
 def run_hydra(command: str, overrides: Sequence[str]) -> None:
     """Hand the overrides to Hydra (run, multirun, --cfg, --help) with the command's stage as the task."""
     import hydra
@@ -136,7 +154,7 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
     from distillctl import config
 
     config.register()
-    overrides = resolve_recipe_overrides(overrides)
+    overrides = resolve_recipe_overrides(overrides_first(overrides))
     if not any(o in ("--help", "-h", "--hydra-help") or o.startswith("--cfg") or o == "-c" for o in overrides):
         check_composes(overrides)
     module_name = COMMANDS[command][0]

@@ -11,8 +11,12 @@ class UserError(Exception):
 
 
 def closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
-    """The up-to-n choices that look most like `word`, best first."""
-    return difflib.get_close_matches(word, list(choices), n=n, cutoff=0.5)
+    """The up-to-n choices that look most like `word`, best first; ties go to the longer shared prefix."""
+    import os.path
+
+    near = difflib.get_close_matches(word, list(choices), n=3 * n, cutoff=0.5)
+    ranked = sorted(near, key=lambda c: (-round(difflib.SequenceMatcher(None, word, c).ratio(), 3), -len(os.path.commonprefix([word, c]))))
+    return ranked[:n]
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

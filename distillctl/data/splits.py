@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from distillctl.artifacts import atomic_write
 from distillctl.data import sources
 from distillctl.errors import UserError
 
@@ -89,7 +90,5 @@ def read_cache(path: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]] | Non
 
 def write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> None:
     """Write atomically so that two runs decoding at once never leave a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{torch.randint(10**9, ()).item()}")
-    save_file({"images": images.contiguous(), "labels": labels}, str(tmp), metadata={"classes": json.dumps(classes)})
-    tmp.replace(path)
+    tensors = {"images": images.contiguous(), "labels": labels}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"classes": json.dumps(classes)}))

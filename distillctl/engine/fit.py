@@ -62,6 +62,7 @@ def fit(
     """Train for trainer_cfg.epochs, validating each epoch; best and last checkpoints go to out_dir."""
     model, objective = trainee.model, trainee.objective
     device = batches.device
+    out_dir.mkdir(parents=True, exist_ok=True)
     start_epoch, best_val, best_epoch, history = 1, -1.0, 0, []
     if resume:
         start_epoch, best_val, best_epoch, history = restore(trainee, batches, out_dir)
@@ -69,14 +70,14 @@ def fit(
     if teacher is not None:
         teacher.eval()
     step_fn = torch.compile(model) if trainer_cfg.compile else model
-    log = (out_dir / "train.log").open("a")
-    log.write(f"# {title}: epochs {start_epoch}..{trainer_cfg.epochs}, {len(batches)} steps each, device {device}\n")
     t_start, images_seen = time.perf_counter(), 0
     with (
+        (out_dir / "train.log").open("a") as log,
         FeatureTaps(model, student_layers, "the student") as student_taps,
         FeatureTaps(teacher, teacher_layers, "the teacher") as teacher_taps,
         TrainingProgress(title, trainer_cfg.epochs, len(batches), start_epoch) as progress,
     ):
+        log.write(f"# {title}: epochs {start_epoch}..{trainer_cfg.epochs}, {len(batches)} steps each, device {device}\n")
         for epoch in range(start_epoch, trainer_cfg.epochs + 1):
             model.train()
             t_epoch = time.perf_counter()
@@ -145,7 +146,6 @@ def fit(
             log.flush()
             for callback in on_epoch_end:
                 callback(epoch, record)
-    log.close()
     seconds = time.perf_counter() - t_start
     return FitResult(best_val, best_epoch, trainer_cfg.epochs, seconds, images_seen / max(seconds, 1e-9), history, start_epoch - 1)
 

@@ -15,7 +15,8 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, **kwargs
     import timm
 
     if not timm.is_model(name):
-        hint = did_you_mean(name, timm.list_models())
+        # Prefer the CIFAR zoo's names: timm's ImageNet ResNets are rarely what a typo meant.
+        hint = did_you_mean(name, zoo.ZOO_NAMES) or did_you_mean(name, timm.list_models())
         raise UserError(f"unknown model '{name}'.{hint} CIFAR zoo: {', '.join(zoo.ZOO_NAMES)}; any timm model name works too.")
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)

@@ -1,0 +1,59 @@
+"""Shared fixtures: an isolated data cache and a CLI runner that works in a temporary directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10"
+
+# Tiny but real: the embedded CIFAR-10 sample, a few steps per epoch.
+TINY = ["trainer.epochs=1", "trainer.max_steps_per_epoch=3", "trainer.batch_size=32", "dataset.test_limit=200"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Decoded data lands in a per-session cache, never in the user's home."""
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["DISTILLCTL_CACHE"] = str(cache)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    return cache
+
+
+@dataclass
+class Result:
+    """A finished CLI call."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        """stdout and stderr together."""
+        return self.out + self.err
+
+
+@pytest.fixture
+def cli(tmp_path: Path):
+    """Run `distillctl ...` as a subprocess in tmp_path, as a user would."""
+
+    def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> Result:
+        proc = subprocess.run(
+            [sys.executable, "-m", "distillctl", *args],
+            cwd=cwd or tmp_path,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            timeout=600,
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    return run

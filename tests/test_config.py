@@ -1,0 +1,122 @@
+"""Composition, overrides, typo rejection and recipe discovery."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from distillctl import cli, recipes
+from distillctl.errors import UserError
+
+
+def composed(*overrides: str):
+    """The config the CLI would run with, composed in-process."""
+    from distillctl import config
+
+    config.register()
+    overrides = cli.resolve_recipe_overrides(list(overrides))
+    with initialize_config_dir(str(cli.CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def test_recipe_sets_groups_and_values():
+    cfg = composed("recipe=cifar_resnet")
+    assert cfg.teacher.name == "resnet56" and cfg.student.name == "resnet20"
+    assert cfg.dataset.path == "uoft-cs/cifar10"
+    assert cfg.trainer.epochs == 240 and list(cfg.scheduler.milestones) == [150, 180, 210]
+    assert cfg.optimizer.lr == 0.05 and cfg.teacher.lr == 0.1 and cfg.optimizer.weight_decay == 5e-4
+    assert cfg.loss.terms.kd.temperature == 4.0 and cfg.loss.terms.kd.weight == 0.9
+
+
+def test_command_line_overrides_win_over_the_recipe():
+    cfg = composed("recipe=cifar_resnet", "trainer.epochs=3", "loss.terms.kd.temperature=8", "student=wrn_16_2")
+    assert cfg.trainer.epochs == 3 and cfg.loss.terms.kd.temperature == 8 and cfg.student.name == "wrn_16_2"
+
+
+def test_loss_group_ce_drops_the_teacher_terms():
+    cfg = composed("recipe=quickstart", "loss=ce")
+    assert list(cfg.loss.terms) == ["ce"]
+
+
+def test_extra_term_can_be_added_from_the_command_line():
+    cfg = composed("recipe=quickstart", "+loss/terms@loss.terms.kd2=kd", "loss.terms.kd2.temperature=2")
+    assert cfg.loss.terms.kd2.kind == "kd" and cfg.loss.terms.kd2.temperature == 2
+
+
+def test_label_smoothing_reaches_the_ce_term():
+    cfg = composed("recipe=quickstart", "trainer.label_smoothing=0.1")
+    assert cfg.loss.terms.ce.label_smoothing == 0.1
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("trainer.epochz=3", "Did you mean 'epochs'?"),
+        ("optimizer.lrr=0.1", "Did you mean 'lr'?"),
+        ("epochs=3", "Valid keys:"),
+        ("loss=kdd", "Available options in 'loss'"),
+    ],
+)
+def test_typos_are_rejected_with_a_suggestion(override, expected):
+    with pytest.raises(UserError, match=expected.replace("?", r"\?").replace("(", r"\(")):
+        cli.check_composes(cli.resolve_recipe_overrides([override]))
+
+
+def test_typo_in_a_loss_term_option_is_rejected():
+    from distillctl.losses import build_objective
+
+    with pytest.raises(UserError, match="Did you mean 'temperature'"):
+        build_objective({"kd": {"temperatur": 2.0}})
+
+
+def test_bundled_recipes_are_listed_with_descriptions():
+    found = recipes.available()
+    assert {"quickstart", "cifar_resnet"} <= set(found)
+    assert "ResNet-56" in found["cifar_resnet"].description
+
+
+def test_recipe_in_the_working_directory_is_found_and_shadows(tmp_path, monkeypatch):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "mine.yaml").write_text("# @package _global_\ndescription: my own\ntrainer:\n  epochs: 7\n")
+    monkeypatch.chdir(tmp_path)
+    assert recipes.resolve("mine").path == tmp_path / "recipes" / "mine.yaml"
+    assert composed("recipe=mine").trainer.epochs == 7
+
+
+def test_recipe_by_path(tmp_path, monkeypatch):
+    path = tmp_path / "elsewhere" / "exp.yaml"
+    path.parent.mkdir()
+    path.write_text("# @package _global_\ndefaults:\n  - override /student: wrn_16_2\ntrainer:\n  epochs: 5\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = composed("recipe=elsewhere/exp.yaml")
+    assert cfg.trainer.epochs == 5 and cfg.student.name == "wrn_16_2"
+
+
+def test_unknown_recipe_names_the_closest():
+    with pytest.raises(UserError, match="Did you mean 'quickstart'"):
+        recipes.resolve("quickstrat")
+
+
+def test_help_and_recipes_answer_fast_without_torch(cli):
+    start = time.perf_counter()
+    result = cli("--help")
+    assert result.code == 0 and "train-teacher" in result.out and "quickstart" in result.out
+    assert time.perf_counter() - start < 3  # a subprocess; the command itself takes ~0.1 s (docs/performance.md)
+    import subprocess
+    import sys
+
+    probe = "import sys; from distillctl import cli; cli.main(['recipes']); assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+
+def test_unknown_command_names_the_closest(cli):
+    result = cli("distil")
+    assert result.code == 2 and "Did you mean 'distill'?" in result.err and "Traceback" not in result.err
+
+
+def test_cfg_job_prints_the_resolved_config(cli):
+    result = cli("distill", "recipe=cifar_resnet", "--cfg", "job", "trainer.epochs=3")
+    assert result.code == 0 and "epochs: 3" in result.out and "name: resnet56" in result.out

@@ -1,0 +1,98 @@
+"""Loading from the Hub's parquet layout and from an image folder; batched augmentation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from distillctl.config import DatasetConfig
+from distillctl.data import Batches, eval_batches, load_splits
+from distillctl.data.sources import EMBEDDED_DIR
+from distillctl.errors import UserError
+
+from conftest import SHARED_CIFAR
+
+
+def dataset_cfg(**overrides) -> OmegaConf:
+    return OmegaConf.merge(OmegaConf.structured(DatasetConfig), overrides)
+
+
+def test_embedded_sample_is_real_cifar_in_hub_layout():
+    assert (EMBEDDED_DIR / "plain_text" / "train-00000-of-00001.parquet").is_file()
+    size = sum(p.stat().st_size for p in EMBEDDED_DIR.rglob("*") if p.is_file())
+    assert size <= 3_000_000
+    data = load_splits(dataset_cfg(val_size=250))
+    assert data.classes[:3] == ["airplane", "automobile", "bird"]
+    assert data.train[0].shape == (2250, 32, 32, 3) and data.train[0].dtype == torch.uint8
+    assert len(data.val[1]) == 250 and len(data.test[1]) == 500
+    assert len(set(data.train[1].tolist())) == 10
+
+
+def test_limits_and_a_fixed_validation_split():
+    a = load_splits(dataset_cfg(train_limit=1000, test_limit=100, val_size=0.2))
+    b = load_splits(dataset_cfg(train_limit=1000, test_limit=100, val_size=0.2))
+    assert len(a.train[1]) == 800 and len(a.val[1]) == 200 and len(a.test[1]) == 100
+    assert torch.equal(a.val[0], b.val[0])
+
+
+@pytest.mark.skipif(not SHARED_CIFAR.is_dir(), reason="../shared/data/cifar10 is not beside this checkout")
+def test_local_parquet_directory():
+    data = load_splits(dataset_cfg(path=str(SHARED_CIFAR), test_limit=1000))
+    assert len(data.train[1]) + len(data.val[1]) == 50_000 and len(data.test[1]) == 1000
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    sample = load_splits(dataset_cfg(train_limit=40, val_size=4))
+    for split, (images, labels) in (("train", sample.train), ("test", sample.val)):
+        for i, (img, label) in enumerate(zip(images, labels)):
+            folder = tmp_path / split / sample.classes[int(label)]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.numpy()).resize((40, 40)).save(folder / f"{i}.png")
+    data = load_splits(dataset_cfg(path=str(tmp_path), image_column="image", val_size=2))
+    assert data.train[0].shape[1:] == (32, 32, 3)  # resized to dataset.image_size
+    assert len(data.train[1]) + len(data.val[1]) == 36 and len(data.test[1]) == 4
+    assert set(data.classes) <= set(sample.classes)
+
+
+def test_missing_local_path_and_unreachable_hub_say_what_to_do():
+    with pytest.raises(UserError, match="does not exist"):
+        load_splits(dataset_cfg(path="./no/such/dir"))
+    with pytest.raises(UserError, match="point dataset.path at local files"):
+        load_splits(dataset_cfg(path="uoft-cs/cifar10-does-not-exist"))
+
+
+def test_augmented_batches_are_crops_and_flips_of_the_images():
+    data = load_splits(dataset_cfg())
+    images, labels = data.train[0][:64], data.train[1][:64]
+    mean, std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+    batches = Batches(images, labels, 16, mean, std, torch.device("cpu"), seed=0, padding=4)
+    xs, ys = zip(*batches)
+    x = torch.cat(xs)
+    assert x.shape == (64, 3, 32, 32) and x.dtype == torch.float32
+    assert x.min() >= (0 - 0.5) / 0.25 - 1e-5 and x.max() <= (1 - 0.5) / 0.25 + 1e-5
+    assert sorted(torch.cat(ys).tolist()) == sorted(labels.tolist())  # one epoch: every image once
+    # Without padding, every output is its image or the mirror of it.
+    plain = Batches(images, labels, 64, mean, std, torch.device("cpu"), seed=1, padding=0)
+    x, y = next(iter(plain))
+    ref = next(eval_batches(images, labels, 64, mean, std, torch.device("cpu")))[0]
+    flips = 0
+    for img in x:
+        same = (ref - img).abs().flatten(1).amax(1) < 1e-5
+        mirrored = (ref.flip(3) - img).abs().flatten(1).amax(1) < 1e-5
+        assert same.any() or mirrored.any()
+        flips += int(mirrored.any() and not same.any())
+    assert 10 < flips < 54  # about half are flipped
+
+
+def test_batches_resume_with_the_same_order():
+    data = load_splits(dataset_cfg())
+    a = Batches(*data.train, 32, [0.5] * 3, [0.25] * 3, torch.device("cpu"), seed=3, max_steps=2)
+    list(a)
+    state = a.state_dict()
+    expected = [y for _, y in a]
+    b = Batches(*data.train, 32, [0.5] * 3, [0.25] * 3, torch.device("cpu"), seed=99, max_steps=2)
+    b.load_state_dict(state)
+    assert all(torch.equal(p, q) for p, q in zip(expected, (y for _, y in b)))

@@ -1,0 +1,91 @@
+"""The training loop: it learns, it resumes exactly where it stopped, its hooks go away."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from distillctl.config import DatasetConfig, OptimizerConfig, SchedulerConfig, TrainerConfig
+from distillctl.data import Batches, load_splits
+from distillctl.engine.fit import Trainee, fit
+from distillctl.engine.optim import build_optimizer, build_schedule
+from distillctl.engine.taps import FeatureTaps
+from distillctl.errors import UserError
+from distillctl.losses import build_objective
+from distillctl.models import create_model
+
+DATA = OmegaConf.structured(DatasetConfig)
+
+
+def make_run(seed: int = 0, epochs: int = 2, steps: int = 4):
+    """A tiny but real distillation set-up on the embedded sample."""
+    torch.manual_seed(seed)
+    data = load_splits(DATA)
+    trainer = OmegaConf.structured(TrainerConfig(epochs=epochs, batch_size=32, max_steps_per_epoch=steps, log_every=2))
+    batches = Batches(*data.train, 32, DATA.mean, DATA.std, torch.device("cpu"), seed, max_steps=steps)
+    student = create_model("resnet8", 10)
+    teacher = create_model("resnet8", 10).eval()
+    objective = build_objective({"ce": {"weight": 0.5}, "kd": {"weight": 0.5}})
+    optimizer = build_optimizer(student.parameters(), OmegaConf.structured(OptimizerConfig), 0.05, torch.device("cpu"))
+    scheduler = build_schedule(optimizer, OmegaConf.structured(SchedulerConfig(name="cosine")), 0.05, len(batches), epochs)
+    return Trainee(student, objective, optimizer, scheduler, {"model": "resnet8"}), batches, trainer, teacher
+
+
+def no_validation(model) -> float:
+    return 0.0
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path):
+    straight, batches, trainer, teacher = make_run()
+    fit(straight, batches, no_validation, trainer, tmp_path / "a", "straight", teacher=teacher)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(epoch, record):
+        if epoch == 1:
+            raise Stop
+
+    interrupted, batches, trainer, teacher = make_run()
+    (tmp_path / "b").mkdir()
+    with pytest.raises(Stop):
+        fit(interrupted, batches, no_validation, trainer, tmp_path / "b", "b", teacher=teacher, on_epoch_end=[stop_after_first])
+    resumed, batches, trainer, teacher = make_run(seed=0)
+    torch.manual_seed(123)  # resume must restore every RNG itself
+    result = fit(resumed, batches, no_validation, trainer, tmp_path / "b", "b", teacher=teacher, resume=True)
+    assert result.resumed_from == 1 and [r["epoch"] for r in result.history] == [1, 2]
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_resume_without_a_checkpoint_is_a_user_error(tmp_path):
+    trainee, batches, trainer, teacher = make_run()
+    with pytest.raises(UserError, match="no checkpoint to resume"):
+        fit(trainee, batches, no_validation, trainer, tmp_path, "x", teacher=teacher, resume=True)
+
+
+def test_training_lowers_the_loss_and_leaves_the_teacher_alone(tmp_path):
+    trainee, batches, trainer, teacher = make_run(epochs=3, steps=8)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    result = fit(trainee, batches, no_validation, trainer, tmp_path, "t", teacher=teacher)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+    assert all(p.grad is None for p in teacher.parameters())
+    assert {"loss.ce", "loss.kd"} <= set(result.history[0])
+    assert (tmp_path / "best.safetensors").is_file() and (tmp_path / "history.jsonl").is_file()
+
+
+def test_taps_capture_named_modules_and_are_removed():
+    model = create_model("resnet8", 10)
+    with FeatureTaps(model, ["layer2", "layer3.0.conv1"], "the student") as taps:
+        model(torch.zeros(2, 3, 32, 32))
+        features = taps.take()
+        assert features["layer2"].shape == (2, 32, 16, 16) and features["layer3.0.conv1"].shape == (2, 64, 8, 8)
+        assert taps.take() == {}
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_a_wrong_layer_name_fails_with_the_closest_names():
+    with pytest.raises(UserError, match="Did you mean 'layer2'"):
+        FeatureTaps(create_model("resnet8", 10), ["layer_2"], "the student")

@@ -1,0 +1,42 @@
+"""The CIFAR zoo in timm's registry, parameter counts from the literature, clear errors for bad names."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from distillctl.errors import UserError
+from distillctl.models import count_parameters, create_model
+
+# Parameter counts in millions as published (He et al. 2016; Zagoruyko & Komodakis 2016; Tian et al. 2020).
+LITERATURE = {
+    "resnet20": 0.27, "resnet32": 0.46, "resnet56": 0.85, "resnet110": 1.7,
+    "resnet8x4": 1.2, "resnet32x4": 7.4, "wrn_16_2": 0.70, "wrn_40_1": 0.57, "wrn_40_2": 2.2, "wrn_16_1": 0.175,
+}
+
+
+@pytest.mark.parametrize(("name", "millions"), LITERATURE.items())
+def test_parameter_counts_match_the_literature(name, millions):
+    model = timm.create_model(name, num_classes=10)
+    assert count_parameters(model) / 1e6 == pytest.approx(millions, rel=0.04)
+
+
+def test_models_run_with_the_data_sets_class_count():
+    model = create_model("resnet20", num_classes=100)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 100)
+
+
+def test_any_timm_model_works_as_a_student():
+    model = create_model("mobilenetv3_small_050", num_classes=10)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_unknown_model_names_the_closest():
+    with pytest.raises(UserError, match="Did you mean 'resnet20'"):
+        create_model("resnet21", num_classes=10)
+
+
+def test_pretrained_cifar_model_explains_there_are_no_weights():
+    with pytest.raises(UserError, match="checkpoint=PATH"):
+        create_model("resnet56", num_classes=10, pretrained=True)
