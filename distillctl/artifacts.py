@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import warnings
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -75,10 +77,17 @@ def load_weights(path: Path, model: nn.Module) -> None:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickle protocols before refusing anyway
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
             state = state.get("state_dict", state) if isinstance(state, dict) else state
+    except pickle.UnpicklingError:
+        raise UserError(
+            f"could not read checkpoint '{path}': it holds pickled Python objects, which are never loaded. "
+            "Save weights as safetensors or torch.save(model.state_dict())."
+        ) from None
     except Exception as exc:
-        raise UserError(f"could not read checkpoint '{path}' ({type(exc).__name__}: {str(exc)[:200]}); it may be corrupt or not a weights file.") from None
+        raise UserError(f"could not read checkpoint '{path}' ({type(exc).__name__}); it may be corrupt or not a weights file.") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

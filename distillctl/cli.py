@@ -12,6 +12,7 @@ from distillctl import recipes
 from distillctl.errors import UserError, closest, did_you_mean
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_RECIPE = "quickstart"  # as chosen in configs/config.yaml
 
 # Command -> (stage module under distillctl.stages, one-line help). Modules are imported only when run.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -83,9 +84,19 @@ def resolve_recipe_overrides(overrides: Sequence[str]) -> list[str]:
     return rewritten
 
 
+def with_sweep_dir(overrides: list[str]) -> list[str]:
+    """In a multirun, put the sweep's job folders under the recipe's workspace, one folder per sweep."""
+    multirun = any(o in ("-m", "--multirun") or o == "hydra.mode=MULTIRUN" for o in overrides)
+    if not multirun or any(o.startswith("hydra.sweep.dir=") for o in overrides):
+        return overrides
+    values = dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith("-"))
+    recipe = values.get("recipe", DEFAULT_RECIPE)
+    base = values.get("run_dir") or f"runs/{recipe if ',' not in recipe else 'sweeps'}"
+    return [*overrides, f"hydra.sweep.dir={base}/sweep/${{now:%Y-%m-%d_%H-%M-%S}}"]
+
+
 def check_composes(overrides: Sequence[str]) -> None:
     """Compose the config once before Hydra runs, so a bad override ends in one line naming the fix."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -98,26 +109,34 @@ def check_composes(overrides: Sequence[str]) -> None:
             f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
             for o in parsed
         ]
-        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-            compose("config", overrides=first)
+        compose_config(first)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise UserError(explain_composition_error(exc)) from None
+        raise UserError(explain_composition_error(exc, first if "first" in locals() else plain)) from None
 
 
-def explain_composition_error(exc: BaseException) -> str:
+def compose_config(overrides: Sequence[str]):
+    """The config Hydra would build from these overrides (no Hydra run, no output folders)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def explain_composition_error(exc: BaseException, overrides: Sequence[str]) -> str:
     """Hydra's message for a bad override on one line, with the valid keys and a suggestion for a typo."""
     import re
 
-    from omegaconf import DictConfig, OmegaConf
-
-    from distillctl.config import Config
+    from omegaconf import DictConfig
 
     # Hydra appends its search path to some messages: noise for a user who typed an option name.
-    message = " ".join(str(exc).split(" Config search path")[0].split())
+    message = " ".join(str(exc).split()).split(" Config search path")[0]
     bad_key = re.search(r"Could not override '([^']+)'", message)
     if bad_key:
         parent, _, leaf = bad_key.group(1).rpartition(".")
-        node = OmegaConf.structured(Config)
+        try:
+            node = compose_config([o for o in overrides if not o.startswith(bad_key.group(1) + "=")])
+        except Exception:
+            node = None
         for part in parent.split(".") if parent else []:
             node = node.get(part) if isinstance(node, DictConfig) else None
         if isinstance(node, DictConfig) and leaf not in node:
@@ -154,7 +173,7 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
     from distillctl import config
 
     config.register()
-    overrides = resolve_recipe_overrides(overrides_first(overrides))
+    overrides = overrides_first(with_sweep_dir(resolve_recipe_overrides(overrides)))
     if not any(o in ("--help", "-h", "--hydra-help") or o.startswith("--cfg") or o == "-c" for o in overrides):
         check_composes(overrides)
     module_name = COMMANDS[command][0]

@@ -1,0 +1,154 @@
+"""The tool as a user drives it: subprocesses on the embedded sample, artifacts, exit codes, messages."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SHARED_CIFAR, TINY
+
+TINY_RECIPE = """# @package _global_
+description: a few steps of everything, for tests
+defaults:
+  - override /teacher: resnet8
+  - override /student: resnet8
+trainer: {epochs: 1, max_steps_per_epoch: 3, batch_size: 32, log_every: 1}
+dataset: {test_limit: 200}
+expect:
+  student.top1: {min: 0.0}
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    """A user's own recipe in ./recipes of the working directory."""
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "tiny.yaml").write_text(TINY_RECIPE)
+    return tmp_path
+
+
+def one_error_line(result) -> str:
+    """The run failed the way user errors must: exit 2, one line, no traceback."""
+    assert result.code == 2, result.text
+    assert "Traceback" not in result.text
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.err
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_pipeline_writes_every_artifact_and_skips_on_rerun(cli, tiny):
+    first = cli("pipeline", "recipe=tiny")
+    assert first.code == 0, first.text
+    runs = tiny / "runs" / "tiny"
+    for stage in ("teacher", "student"):
+        for name in ("model.safetensors", "config.yaml", "metrics.json", "train.log", "history.jsonl", "last_state.pt"):
+            assert (runs / stage / name).is_file(), f"{stage}/{name}"
+        metrics = json.loads((runs / stage / "metrics.json").read_text())
+        assert 0.0 <= metrics["test_top1"] <= 1.0 and metrics["fingerprint"]
+        # Training state loads without unpickling code.
+        assert "optimizer" in torch.load(runs / stage / "last_state.pt", weights_only=True)
+    report = json.loads((runs / "report" / "metrics.json").read_text())
+    assert set(report["models"]) == {"teacher", "student"}
+    assert {"top1", "top5", "agreement", "params", "macs", "size_mb", "latency_ms", "throughput"} <= set(report["models"]["student"])
+    assert report["models"]["teacher"]["agreement"] == 1.0 and report["context"]["threads"] >= 1
+    assert "| student (resnet8) |" in (runs / "report" / "report.md").read_text()
+    assert "all 1 expectations met" in first.out
+    assert "expect" in (runs / "student" / "config.yaml").read_text()
+
+    again = cli("pipeline", "recipe=tiny")
+    assert again.code == 0 and again.out.count("skip") == 2, again.out
+
+    changed = cli("pipeline", "recipe=tiny", "loss.terms.kd.temperature=8")
+    assert changed.code == 0 and "skip teacher" in changed.out and "skip student" not in changed.out
+
+    forced = cli("pipeline", "recipe=tiny", "force=true")
+    assert forced.code == 0 and "skip" not in forced.out
+
+
+@pytest.mark.slow
+def test_a_missed_expectation_exits_1_with_what_fell_short(cli, tiny):
+    assert cli("pipeline", "recipe=tiny").code == 0
+    missed = cli("evaluate", "recipe=tiny", "+expect.student.top1.min=0.99")
+    assert missed.code == 1, missed.text
+    assert "expectations not met" in missed.out and "student.top1" in missed.out
+
+
+@pytest.mark.slow
+def test_stages_one_by_one_on_the_real_data_set(cli, tmp_path):
+    if not SHARED_CIFAR.is_dir():
+        pytest.skip("../shared/data/cifar10 is not beside this checkout")
+    data = [f"dataset.path={SHARED_CIFAR}", "dataset.train_limit=600", "dataset.val_size=100", "dataset.test_limit=300"]
+    small = ["teacher=resnet8", *TINY]
+    teacher = cli("train-teacher", "recipe=cifar_resnet", *data, *small)
+    assert teacher.code == 0, teacher.text
+    student = cli("distill", "recipe=cifar_resnet", *data, *small, "loss.terms.kd.temperature=8")
+    assert student.code == 0, student.text
+    assert "runs/cifar_resnet/teacher/model.safetensors" in json.loads((tmp_path / "runs/cifar_resnet/student/metrics.json").read_text())["teacher"]
+    report = cli("evaluate", "recipe=cifar_resnet", *data, "dataset.test_limit=300")
+    assert report.code == 0, report.text
+    assert "teacher (resnet8)" in report.out and "student (resnet20)" in report.out
+
+
+@pytest.mark.slow
+def test_resume_through_the_cli(cli, tiny):
+    assert cli("train-teacher", "recipe=tiny").code == 0
+    resumed = cli("train-teacher", "recipe=tiny", "trainer.epochs=2", "resume=true")
+    assert resumed.code == 0, resumed.text
+    metrics = json.loads((tiny / "runs/tiny/teacher/metrics.json").read_text())
+    assert metrics["resumed_from_epoch"] == 1 and metrics["epochs"] == 2
+    history = (tiny / "runs/tiny/teacher/history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in history] == [1, 2]
+
+
+@pytest.mark.slow
+def test_multirun_sweep_gives_each_job_its_own_folder(cli, tiny):
+    assert cli("train-teacher", "recipe=tiny").code == 0
+    sweep = cli("distill", "-m", "recipe=tiny", "loss.terms.kd.temperature=2,8")
+    assert sweep.code == 0, sweep.text
+    jobs = sorted(p.parent.parent.name for p in (tiny / "runs/tiny/sweep").glob("*/*/student/metrics.json"))
+    assert jobs == ["0_loss.terms.kd.temperature=2", "1_loss.terms.kd.temperature=8"]
+    assert "sweep:" in sweep.out and sweep.out.count("resnet8") >= 2  # the closing summary table
+
+
+def test_distill_without_a_teacher_says_how_to_get_one(cli, tiny):
+    line = one_error_line(cli("distill", "recipe=tiny"))
+    assert "distillctl train-teacher recipe=tiny" in line and "teacher.checkpoint=" in line
+
+
+def test_inspect_lists_modules_and_shapes(cli):
+    result = cli("inspect", "model=resnet8")
+    assert result.code == 0 and "layer3.0.conv1" in result.out and "1x64x8x8" in result.out
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["distill", "recipe=nope"], "unknown recipe 'nope'"),
+        (["distill", "trainer.epochz=3"], "Did you mean 'epochs'?"),
+        (["train-teacher", "recipe=tiny", "teacher.name=resnet21"], "Did you mean 'resnet20'"),
+        (["train-teacher", "recipe=tiny", "dataset.path=./nowhere"], "does not exist"),
+        (["train-teacher", "recipe=tiny", "dataset.path=uoft-cs/cifar10"], "point dataset.path at local files"),
+        (["distill", "recipe=tiny", "teacher.checkpoint=missing.safetensors"], "does not exist"),
+        (["distill", "recipe=tiny", "teacher.checkpoint=corrupt.safetensors"], "may be corrupt"),
+        (["distill", "recipe=tiny", "teacher.checkpoint=pickled.pt"], "could not read checkpoint"),
+        (["inspect", "model=resnet21"], "unknown model"),
+        (["distill", "recipe=tiny", "loss.terms.kd.temperatur=2"], "Did you mean 'temperature'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(cli, tiny, args, expected):
+    (tiny / "corrupt.safetensors").write_bytes(b"\x00garbage" * 10)
+
+    class Payload:  # unpickling this would run code; weights_only loading must refuse it
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    (tiny / "pickled.pt").write_bytes(pickle.dumps({"state_dict": Payload()}))
+    result = cli(*args)
+    line = one_error_line(result)
+    assert expected in line
+    assert "unpickled!" not in result.out
