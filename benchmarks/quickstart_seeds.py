@@ -1,0 +1,70 @@
+"""Quickstart accuracy over seeds: teacher, student with KD, student without a teacher (loss=ce).
+
+    python benchmarks/quickstart_seeds.py --seeds 0 1 2       # writes the table into docs/results.md
+
+Every run goes through the CLI exactly as a user runs it; the student without KD gets the same budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "results.md"
+BEGIN, END = "<!-- quickstart-seeds:begin -->", "<!-- quickstart-seeds:end -->"
+
+
+def distillctl(*args: str) -> None:
+    """Run one CLI command, failing loudly."""
+    subprocess.run([sys.executable, "-m", "distillctl", *args], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+
+
+def test_top1(run_dir: Path, stage: str) -> float:
+    """The stage's test accuracy from its metrics.json."""
+    return json.loads((run_dir / stage / "metrics.json").read_text())["test_top1"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default="runs/bench-quickstart")
+    args = parser.parse_args()
+    scores: dict[str, list[float]] = {"teacher (resnet20)": [], "student + KD (resnet8)": [], "student, no teacher (resnet8)": []}
+    for seed in args.seeds:
+        kd_dir, ce_dir = REPO / args.out / f"seed{seed}-kd", REPO / args.out / f"seed{seed}-ce"
+        distillctl("pipeline", "recipe=quickstart", f"seed={seed}", f"run_dir={kd_dir}", "expect={}")
+        distillctl("distill", "recipe=quickstart", f"seed={seed}", f"run_dir={ce_dir}", "loss=ce")
+        scores["teacher (resnet20)"].append(test_top1(kd_dir, "teacher"))
+        scores["student + KD (resnet8)"].append(test_top1(kd_dir, "student"))
+        scores["student, no teacher (resnet8)"].append(test_top1(ce_dir, "student"))
+        print(f"seed {seed}: " + ", ".join(f"{k} {v[-1]:.1%}" for k, v in scores.items()), flush=True)
+    lines = [
+        BEGIN,
+        f"Measured {date.today()} with `python benchmarks/quickstart_seeds.py --seeds {' '.join(map(str, args.seeds))}` "
+        "(recipe `quickstart`: 2,250 train / 250 val / 500 test images of the embedded sample, 15 epochs each).",
+        "",
+        "| model | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean | spread (std) |",
+        "|---|" + "---:|" * (len(args.seeds) + 2),
+    ]
+    for name, values in scores.items():
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        lines.append(f"| {name} | " + " | ".join(f"{v:.1%}" for v in values) + f" | {statistics.mean(values):.1%} | {spread:.1%} |")
+    lines.append(END)
+    block = "\n".join(lines)
+    text = RESULTS.read_text() if RESULTS.exists() else "# Results\n\n"
+    if BEGIN in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
+    else:
+        text += "\n## Quickstart over seeds\n\n" + block + "\n"
+    RESULTS.write_text(text)
+    print(block)
+
+
+if __name__ == "__main__":
+    main()
