@@ -69,7 +69,9 @@ def fit(
     student_layers, teacher_layers = objective.layers()
     if teacher is not None:
         teacher.eval()
+    # Compiled callables wrap the modules; hooks, checkpoints and eval keep using the modules themselves.
     step_fn = torch.compile(model) if trainer_cfg.compile else model
+    teacher_fn = torch.compile(teacher) if trainer_cfg.compile and teacher is not None else teacher
     t_start, images_seen = time.perf_counter(), 0
     with (
         (out_dir / "train.log").open("a") as log,
@@ -89,7 +91,7 @@ def fit(
                 teacher_logits, teacher_features = None, {}
                 if teacher is not None:
                     with torch.inference_mode(), autocast(device, trainer_cfg.precision):
-                        teacher_logits = teacher(x)
+                        teacher_logits = teacher_fn(x)
                     # Inference tensors cannot be saved for backward; a clone outside the mode can.
                     teacher_logits = teacher_logits.clone()
                     teacher_features = {k: v.clone() for k, v in teacher_taps.take().items()}

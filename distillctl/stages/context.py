@@ -31,7 +31,11 @@ class RunContext:
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         data = cached_splits(OmegaConf.to_yaml(cfg.dataset, resolve=True))
-        return cls(cfg, pick_device(cfg.trainer.device), data, Workspace.from_config(cfg))
+        device = pick_device(cfg.trainer.device)
+        if device.type == "cuda":
+            # Fixed input shapes: let cuDNN pick the fastest kernels once per shape.
+            torch.backends.cudnn.benchmark = True
+        return cls(cfg, device, data, Workspace.from_config(cfg))
 
 
 @lru_cache(maxsize=2)
