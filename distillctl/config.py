@@ -68,6 +68,8 @@ class TrainerConfig:
     grad_clip: Optional[float] = None
     channels_last: bool = False
     compile: bool = False
+    # torch.compile mode; "reduce-overhead" adds CUDA graphs, which pay where kernel launches dominate.
+    compile_mode: str = "default"
     # Read losses back from the device every N steps: reading every step stalls an accelerator.
     log_every: int = 50
     # Cap on steps per epoch, for smoke tests and quick looks; null runs whole epochs.

@@ -70,8 +70,9 @@ def fit(
     if teacher is not None:
         teacher.eval()
     # Compiled callables wrap the modules; hooks, checkpoints and eval keep using the modules themselves.
-    step_fn = torch.compile(model) if trainer_cfg.compile else model
-    teacher_fn = torch.compile(teacher) if trainer_cfg.compile and teacher is not None else teacher
+    compiled = trainer_cfg.compile
+    step_fn = torch.compile(model, mode=trainer_cfg.compile_mode) if compiled else model
+    teacher_fn = torch.compile(teacher, mode=trainer_cfg.compile_mode) if compiled and teacher is not None else teacher
     t_start, images_seen = time.perf_counter(), 0
     with (
         (out_dir / "train.log").open("a") as log,
@@ -88,6 +89,8 @@ def fit(
             parts_sum: dict[str, torch.Tensor] = {}
             seen, since_log, t_log = 0, 0, time.perf_counter()
             for step, (x, y) in enumerate(batches, 1):
+                if compiled:  # CUDA-graph outputs of the previous step may be overwritten from here on
+                    torch.compiler.cudagraph_mark_step_begin()
                 teacher_logits, teacher_features = None, {}
                 if teacher is not None:
                     with torch.inference_mode(), autocast(device, trainer_cfg.precision):
