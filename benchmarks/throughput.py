@@ -58,15 +58,18 @@ def hand_loop(padded, labels, teacher, student, device, steps, batch, channels_l
         x = (x - mean) / std
         x = x if channels_last else x.contiguous()
         y = labels[idx]
-        with amp:
-            s = student(x)
-        if teacher is None:
-            loss = F.cross_entropy(s.float(), y)
-        else:
+        # Teacher first, as the tool does: the student's saved activations then stay in cache for its
+        # backward pass (17% faster on the CPU than the other order; docs/performance.md).
+        t = None
+        if teacher is not None:
             with torch.no_grad(), amp:
                 t = teacher(x)
+        with amp:
+            s = student(x)
+        loss = F.cross_entropy(s.float(), y)
+        if t is not None:
             kd = F.kl_div(F.log_softmax(s.float() / 4, 1), F.log_softmax(t.float() / 4, 1), reduction="batchmean", log_target=True) * 16
-            loss = 0.1 * F.cross_entropy(s.float(), y) + 0.9 * kd
+            loss = 0.1 * loss + 0.9 * kd
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -78,7 +81,7 @@ def tool_loop(images, labels, teacher, student, device, steps, batch, channels_l
     """The same work through distillctl's Batches, objective, optimizer, schedule and fit()."""
     data = OmegaConf.structured(DatasetConfig)
     trainer = OmegaConf.structured(
-        TrainerConfig(epochs=2, batch_size=batch, max_steps_per_epoch=steps, channels_last=channels_last, precision=precision, compile=compile_, compile_mode=compile_mode, log_every=50)
+        TrainerConfig(epochs=2, batch_size=batch, max_steps_per_epoch=steps, channels_last=channels_last, precision=precision, compile=str(compile_).lower(), compile_mode=compile_mode, log_every=50)
     )
     batches = Batches(images, labels, batch, data.mean, data.std, device, seed=0, channels_last=channels_last, max_steps=steps)
     objective = build_objective({"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}} if teacher is not None else {"ce": {}})
@@ -139,7 +142,14 @@ def main() -> None:
         tool_m, hand_m = statistics.median(figures["tool"]), statistics.median(figures["hand"])
         rows[task] = {"tool": tool_m, "hand": hand_m, "ratio": tool_m / hand_m, "rounds": figures}
         print(f"{task:8s} tool {tool_m:9,.0f} img/s   hand {hand_m:9,.0f} img/s   ratio {tool_m / hand_m:.3f}", flush=True)
-    info = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__, **vars(args)}
+    from distillctl.measure import cpu_name
+
+    info = {
+        **vars(args),
+        "device_name": torch.cuda.get_device_name() if device.type == "cuda" else cpu_name(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     if args.json:
         Path(args.json).write_text(json.dumps({"info": info, "rows": rows}, indent=2))
 

@@ -18,6 +18,9 @@ from torch import nn
 
 from distillctl.errors import UserError
 
+UMASK = os.umask(0o022)
+os.umask(UMASK)
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` then rename tmp over `path`, so a crash leaves the previous file intact."""
@@ -26,6 +29,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp's 0600 would make shared run folders unreadable to others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -66,10 +66,12 @@ class TrainerConfig:
     precision: str = "auto"  # auto: bf16 autocast on cuda, fp32 elsewhere; or fp32 / bf16 / fp16
     label_smoothing: float = 0.0
     grad_clip: Optional[float] = None
-    channels_last: bool = False
-    compile: bool = False
-    # torch.compile mode; "reduce-overhead" adds CUDA graphs, which pay where kernel launches dominate.
-    compile_mode: str = "default"
+    # NHWC memory: +16-27% on this CPU and faster on an H100 (docs/performance.md).
+    channels_last: bool = True
+    # torch.compile: auto = on for CUDA (3.5x on an H100, docs/performance.md), off elsewhere; or true / false.
+    compile: str = "auto"
+    # auto = reduce-overhead (CUDA graphs: small CIFAR nets are launch-bound) on CUDA, default elsewhere.
+    compile_mode: str = "auto"
     # Read losses back from the device every N steps: reading every step stalls an accelerator.
     log_every: int = 50
     # Cap on steps per epoch, for smoke tests and quick looks; null runs whole epochs.

@@ -32,3 +32,16 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     raise UserError(f"trainer.precision={precision} is not supported for training; use auto, fp32 or bf16.")
+
+
+def compile_mode(device: torch.device, compile_setting: object, mode: str) -> str | None:
+    """The torch.compile mode to train with, or None for eager, from trainer.compile / compile_mode."""
+    setting = str(compile_setting).lower()
+    if setting not in ("auto", "true", "false", "on", "off"):
+        raise UserError(f"trainer.compile={compile_setting} is not one of auto, true, false.")
+    enabled = device.type == "cuda" if setting == "auto" else setting in ("true", "on")
+    if not enabled:
+        return None
+    if mode == "auto":
+        return "reduce-overhead" if device.type == "cuda" else "default"
+    return mode

@@ -13,9 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
+import distillctl
 from distillctl import artifacts
 from distillctl.data import Batches
-from distillctl.engine.device import autocast
+from distillctl.engine.device import autocast, compile_mode
 from distillctl.engine.progress import TrainingProgress
 from distillctl.engine.taps import FeatureTaps
 from distillctl.errors import UserError
@@ -35,6 +36,7 @@ class FitResult:
     images_per_s: float
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: int = 0
+    startup_seconds: float | None = None  # process start to the end of the first training step
 
 
 @dataclass
@@ -70,10 +72,11 @@ def fit(
     if teacher is not None:
         teacher.eval()
     # Compiled callables wrap the modules; hooks, checkpoints and eval keep using the modules themselves.
-    compiled = trainer_cfg.compile
-    step_fn = torch.compile(model, mode=trainer_cfg.compile_mode) if compiled else model
-    teacher_fn = torch.compile(teacher, mode=trainer_cfg.compile_mode) if compiled and teacher is not None else teacher
-    t_start, images_seen = time.perf_counter(), 0
+    mode = compile_mode(device, trainer_cfg.compile, trainer_cfg.compile_mode)
+    compiled = mode is not None
+    step_fn = torch.compile(model, mode=mode) if compiled else model
+    teacher_fn = torch.compile(teacher, mode=mode) if compiled and teacher is not None else teacher
+    t_start, images_seen, startup = time.perf_counter(), 0, None
     with (
         (out_dir / "train.log").open("a") as log,
         FeatureTaps(model, student_layers, "the student") as student_taps,
@@ -109,6 +112,8 @@ def fit(
                 trainee.optimizer.step()
                 trainee.scheduler.step()
                 objective.after_step(out)
+                if startup is None:
+                    startup = time.perf_counter() - distillctl.STARTED
                 # Accumulate on the device; reading a value every step would stall an accelerator.
                 n = len(y)
                 loss_sum += loss.detach() * n
@@ -152,7 +157,7 @@ def fit(
             for callback in on_epoch_end:
                 callback(epoch, record)
     seconds = time.perf_counter() - t_start
-    return FitResult(best_val, best_epoch, trainer_cfg.epochs, seconds, images_seen / max(seconds, 1e-9), history, start_epoch - 1)
+    return FitResult(best_val, best_epoch, trainer_cfg.epochs, seconds, images_seen / max(seconds, 1e-9), history, start_epoch - 1, startup)
 
 
 def checkpoint(trainee: Trainee, batches: Batches, out_dir: Path, epoch: int, best_val: float, best_epoch: int, history: list) -> None:

@@ -14,6 +14,7 @@ from distillctl.engine.progress import console
 from distillctl.errors import UserError
 from distillctl.models import count_parameters, load_model
 from distillctl.stages.context import RunContext
+from distillctl.stages.training import stage_model_key
 from distillctl.workspace import MODEL_FILE
 
 # Stages whose model is evaluated, in table order; the teacher first so agreement can refer to it.
@@ -41,7 +42,7 @@ def run(cfg: DictConfig) -> dict:
     test_x, test_y = ctx.data.test
     results, teacher_pred = {}, None
     for stage, path in found.items():
-        model, meta = load_model(path, cfg[stage if stage == "teacher" else "student"].name, ctx.data.num_classes)
+        model, meta = load_model(path, cfg[stage_model_key(stage)].name, ctx.data.num_classes)
         model = model.to(ctx.device)
         batches = eval_batches(test_x, test_y, cfg.trainer.eval_batch_size, cfg.dataset.mean, cfg.dataset.std, ctx.device)
         logits, labels = predict(model, batches, ctx.device, cfg.trainer.precision)

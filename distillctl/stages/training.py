@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from rich.table import Table
 from torch import nn
 
-from distillctl import workspace
+from distillctl import artifacts, workspace
 from distillctl.data import Batches, eval_batches
 from distillctl.engine.fit import BEST, FitResult, Trainee, fit
 from distillctl.engine.optim import build_optimizer, build_schedule
@@ -61,9 +61,7 @@ def train_and_save(
         return topk_accuracy(logits, labels, 1)
 
     result = fit(trainee, batches, validate, cfg.trainer, out_dir, stage, teacher=teacher, resume=cfg.resume)
-    shutil.copyfile(out_dir / BEST, out_dir / workspace.MODEL_FILE)
-    from distillctl import artifacts
-
+    artifacts.atomic_write(out_dir / workspace.MODEL_FILE, lambda tmp: shutil.copyfile(out_dir / BEST, tmp))
     artifacts.load_weights(out_dir / workspace.MODEL_FILE, model)
     logits, labels = predict(model, split_batches(data.test), device, cfg.trainer.precision)
     metrics = {
@@ -80,6 +78,7 @@ def train_and_save(
         "train_images": len(data.train[1]),
         "seconds": round(result.seconds, 2),
         "images_per_s": round(result.images_per_s, 1),
+        "startup_seconds": round(result.startup_seconds, 2) if result.startup_seconds is not None else None,
         "device": str(device),
         **(extra_metrics or {}),
     }
