@@ -46,6 +46,8 @@ class ModelConfig:
     # Learning rate when this model is the one being trained; null means optimizer.lr.
     lr: Optional[float] = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # In a `teachers` list: this teacher's share of the averaged logits.
+    weight: float = 1.0
 
 
 @dataclass
@@ -114,6 +116,8 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     teacher: ModelConfig = field(default_factory=lambda: ModelConfig(name="resnet56"))
     student: ModelConfig = field(default_factory=ModelConfig)
+    # Multi-teacher distillation: when set, these (each with a checkpoint) replace `teacher` in distill.
+    teachers: list[ModelConfig] = field(default_factory=list)
     loss: LossConfig = field(default_factory=LossConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

@@ -152,3 +152,35 @@ def test_bad_input_exits_2_with_one_line(cli, tiny, args, expected):
     line = one_error_line(result)
     assert expected in line
     assert "unpickled!" not in result.out
+
+
+@pytest.mark.slow
+def test_every_method_recipe_trains_a_few_steps(cli, tmp_path):
+    small = ["dataset=embedded", *TINY, "dataset.test_limit=100"]
+    assert cli("train-teacher", "recipe=cifar_resnet", "teacher=resnet14", *small, "run_dir=runs/t").code == 0
+    ckpt = tmp_path / "runs/t/teacher/model.safetensors"
+    expected = {"cifar_fitnet": {"ce", "hint"}, "cifar_at": {"ce", "at"}, "cifar_adversarial": {"ce", "kd", "adversarial"}, "cifar_dkd": {"ce", "dkd"}}
+    for recipe, terms in expected.items():
+        result = cli("distill", f"recipe={recipe}", *small, f"teacher.checkpoint={ckpt}", "teacher.name=resnet14")
+        assert result.code == 0, f"{recipe}: {result.text}"
+        history = json.loads((tmp_path / f"runs/{recipe}/student/history.jsonl").read_text().splitlines()[-1])
+        assert {f"loss.{t}" for t in terms} <= set(history), (recipe, history)
+    bad_layer = cli("distill", "recipe=cifar_fitnet", *small, f"teacher.checkpoint={ckpt}", "teacher.name=resnet14", "loss.terms.hint.student_layer=layer_2")
+    assert "Did you mean 'layer2'" in one_error_line(bad_layer)
+    state = torch.load(tmp_path / "runs/cifar_adversarial/student/last_state.pt", weights_only=True)
+    assert any("discriminator" in k for k in state["objective"])  # the term's own state is checkpointed
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "runs/cifar_fitnet/student/model.safetensors"), "pt") as f:
+        assert not any("regressor" in k for k in f.keys())  # term parameters never reach the exported student
+
+
+@pytest.mark.slow
+def test_multi_teacher_distillation(cli, tiny):
+    assert cli("train-teacher", "recipe=tiny").code == 0
+    ckpt = tiny / "runs/tiny/teacher/model.safetensors"
+    teachers = f"teachers=[{{name:resnet8,checkpoint:'{ckpt}'}},{{name:resnet8,checkpoint:'{ckpt}',weight:2.0}}]"
+    result = cli("distill", "recipe=tiny", teachers, "run_dir=runs/ensemble")
+    assert result.code == 0, result.text
+    metrics = json.loads((tiny / "runs/ensemble/student/metrics.json").read_text())
+    assert metrics["teacher"].count("model.safetensors") == 2

@@ -21,6 +21,7 @@ from distillctl.engine.progress import TrainingProgress
 from distillctl.engine.taps import FeatureTaps
 from distillctl.errors import UserError
 from distillctl.losses import Objective, StepOutputs
+from distillctl.models.ensemble import feature_source
 
 BEST, LAST, LAST_STATE, HISTORY = "best.safetensors", "last.safetensors", "last_state.pt", "history.jsonl"
 
@@ -80,7 +81,7 @@ def fit(
     with (
         (out_dir / "train.log").open("a") as log,
         FeatureTaps(model, student_layers, "the student") as student_taps,
-        FeatureTaps(teacher, teacher_layers, "the teacher") as teacher_taps,
+        FeatureTaps(feature_source(teacher), teacher_layers, "the teacher") as teacher_taps,
         TrainingProgress(title, trainer_cfg.epochs, len(batches), start_epoch) as progress,
     ):
         log.write(f"# {title}: epochs {start_epoch}..{trainer_cfg.epochs}, {len(batches)} steps each, device {device}\n")

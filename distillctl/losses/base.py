@@ -33,9 +33,10 @@ class StepOutputs:
 class LossTerm(nn.Module):
     """One piece of the objective. Subclasses set `Params` and implement `forward`.
 
-    A term is an nn.Module so that parameters it owns (a hint regressor, a discriminator) are trained with
-    the student, saved in the training state and left out of the exported student. Terms that need updates
-    of their own (an adversarial discriminator) override `after_step`.
+    A term is an nn.Module so that parameters it owns (a hint regressor, a discriminator) are saved in the
+    training state and left out of the exported student. By default they are trained with the student;
+    a term with an optimizer of its own (an adversarial discriminator) overrides `student_parameters` and
+    `after_step`, and keeps its optimizer's state in `get_extra_state`.
     """
 
     Params: ClassVar[type[TermParams]] = TermParams
@@ -57,6 +58,17 @@ class LossTerm(nn.Module):
     def teacher_layers(self) -> list[str]:
         """Module paths of the teacher whose outputs this term reads."""
         return []
+
+    def setup(self, probe: StepOutputs) -> None:
+        """Build parameters that depend on output or feature shapes; called once before training on a probe batch."""
+
+    def student_parameters(self) -> list[nn.Parameter]:
+        """The term's parameters that the student's optimizer trains."""
+        return list(self.parameters())
+
+    def alone_until_epoch(self) -> int:
+        """While epoch <= this, only such terms count (FitNets' first stage); 0 means never alone."""
+        return 0
 
     def forward(self, out: StepOutputs) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -35,8 +35,36 @@ class Objective(nn.Module):
         teacher = dict.fromkeys(name for t in self.terms.values() for name in t.teacher_layers())
         return list(student), list(teacher)
 
+    def setup(self, student: nn.Module, teacher: nn.Module | None, sample: torch.Tensor) -> None:
+        """Check every named layer and let terms size their parameters from one probe batch."""
+        from distillctl.engine.taps import FeatureTaps
+        from distillctl.models.ensemble import feature_source
+
+        student_layers, teacher_layers = self.layers()
+        if teacher_layers and teacher is None:
+            raise UserError("a loss term reads teacher layers but this stage has no teacher.")
+        was_training = student.training
+        student.eval()
+        with FeatureTaps(student, student_layers, "the student") as s_taps, FeatureTaps(feature_source(teacher), teacher_layers, "the teacher") as t_taps:
+            with torch.no_grad():
+                student_logits = student(sample)
+                teacher_logits = teacher(sample) if teacher is not None else None
+            probe = StepOutputs(student_logits, torch.zeros(len(sample), dtype=torch.long, device=sample.device), teacher_logits, s_taps.take(), t_taps.take())
+        student.train(was_training)
+        for t in self.terms.values():
+            t.setup(probe)
+
+    def student_parameters(self) -> list[nn.Parameter]:
+        """Term parameters that train with the student (not those with optimizers of their own)."""
+        return [p for t in self.terms.values() for p in t.student_parameters()]
+
+    def active(self, epoch: int) -> list[str]:
+        """Names of the terms that count at `epoch`: the ones training alone, while any is."""
+        alone = [name for name, t in self.terms.items() if epoch <= t.alone_until_epoch()]
+        return alone or list(self.terms)
+
     def forward(self, out: StepOutputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        parts = {name: t(out) for name, t in self.terms.items()}
+        parts = {name: self.terms[name](out) for name in self.active(out.epoch)}
         total = sum(self.terms[name].weight * value for name, value in parts.items())
         return total, {name: value.detach() for name, value in parts.items()}
 

@@ -45,7 +45,10 @@ def train_and_save(
         *data.train, cfg.trainer.batch_size, cfg.dataset.mean, cfg.dataset.std, device, cfg.seed,
         cfg.dataset.crop_padding, cfg.dataset.hflip, cfg.trainer.channels_last, cfg.trainer.max_steps_per_epoch,
     )
-    optimizer = build_optimizer([*model.parameters(), *objective.parameters()], cfg.optimizer, lr, device)
+    # Layer names are checked and term parameters sized before anything trains.
+    probe = next(eval_batches(data.train[0][:2], data.train[1][:2], 2, cfg.dataset.mean, cfg.dataset.std, device, cfg.trainer.channels_last))[0]
+    objective.setup(model, teacher, probe)
+    optimizer = build_optimizer([*model.parameters(), *objective.student_parameters()], cfg.optimizer, lr, device)
     scheduler = build_schedule(optimizer, cfg.scheduler, lr, len(batches), cfg.trainer.epochs)
     meta = model_metadata(
         model_name, data.num_classes, OmegaConf.to_container(cfg[stage_model_key(stage)].kwargs), data.classes,

@@ -1,0 +1,99 @@
+"""Every distillation method at one fixed budget, several seeds: test top-1 (mean, spread) and time per epoch.
+
+    python benchmarks/methods.py                      # CPU budget (~25 min on 2 cores); table into docs/results.md
+    python benchmarks/methods.py --train-limit 0 --epochs 240 --teacher-epochs 240   # the recipes' full schedules (GPU)
+
+One ResNet-56 teacher is trained once; each method then trains a ResNet-20 student from it through the CLI,
+exactly as a user would (`distillctl distill recipe=cifar_<method> ...`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "results.md"
+BEGIN, END = "<!-- methods:begin -->", "<!-- methods:end -->"
+
+# Method -> overrides on top of the cifar_resnet recipe (the recipes cifar_<method> select the same loss groups).
+METHODS = {
+    "no teacher (CE)": ["loss=ce"],
+    "KD": ["loss=kd"],
+    "FitNet": ["loss=fitnet"],
+    "AT": ["loss=at"],
+    "adversarial": ["loss=adversarial"],
+    "DKD": ["loss=dkd"],
+    "KD + AT": ["loss=kd_at"],
+}
+
+
+def distillctl(*args: str) -> None:
+    """One CLI call; its output goes to a log beside the runs."""
+    subprocess.run([sys.executable, "-m", "distillctl", *args], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(REPO.parent / "shared/data/cifar10"))
+    parser.add_argument("--train-limit", type=int, default=4000, help="0: all 50,000 training images")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--teacher-epochs", type=int, default=15)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default="runs/bench-methods")
+    args = parser.parse_args()
+    out = REPO / args.out
+    data = [f"dataset.path={args.data}", f"dataset.val_size={0.1 if args.train_limit else 5000}"]
+    if args.train_limit:
+        data.append(f"dataset.train_limit={args.train_limit}")
+    # A short budget gets a cosine schedule; the recipe's steps at 150/180/210 fit only its 240 epochs.
+    schedule = [] if args.epochs >= 240 else ["scheduler=cosine"]
+    teacher_dir = out / "teacher"
+    distillctl("train-teacher", "recipe=cifar_resnet", *data, *schedule, f"trainer.epochs={args.teacher_epochs}", f"run_dir={teacher_dir}")
+    teacher = json.loads((teacher_dir / "teacher" / "metrics.json").read_text())
+    ckpt = teacher_dir / "teacher" / "model.safetensors"
+    rows = {}
+    for method, overrides in METHODS.items():
+        scores, epoch_seconds = [], []
+        for seed in args.seeds:
+            run_dir = out / f"{method.replace(' ', '').replace('(', '').replace(')', '').replace('+', '_')}-seed{seed}"
+            distillctl("distill", "recipe=cifar_resnet", *data, *schedule, *overrides, f"seed={seed}", f"trainer.epochs={args.epochs}",
+                       f"teacher.checkpoint={ckpt}", f"run_dir={run_dir}")
+            metrics = json.loads((run_dir / "student" / "metrics.json").read_text())
+            history = [json.loads(line) for line in (run_dir / "student" / "history.jsonl").read_text().splitlines()]
+            scores.append(metrics["test_top1"])
+            epoch_seconds.append(statistics.mean(h["seconds"] for h in history))
+        rows[method] = (scores, statistics.median(epoch_seconds))
+        print(f"{method:16s} " + " ".join(f"{s:.2%}" for s in scores) + f"  {statistics.median(epoch_seconds):.1f} s/epoch", flush=True)
+    limit = f"{args.train_limit:,} training images (90% train, 10% validation)" if args.train_limit else "all 50,000 training images"
+    cmd = "python benchmarks/methods.py" + ("" if sys.argv[1:] == [] else " " + " ".join(sys.argv[1:]))
+    lines = [
+        BEGIN,
+        f"Measured {date.today()} with `{cmd}`: CIFAR-10 ({limit}; the full 10,000-image test split), "
+        f"ResNet-56 teacher trained {args.teacher_epochs} epochs (test top-1 {teacher['test_top1']:.2%}), ResNet-20 students "
+        f"{args.epochs} epochs each, batch 128, seeds {', '.join(map(str, args.seeds))}.",
+        "",
+        "| method | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean | spread (std) | s/epoch |",
+        "|---|" + "---:|" * (len(args.seeds) + 3),
+    ]
+    for method, (scores, seconds) in rows.items():
+        spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
+        lines.append(f"| {method} | " + " | ".join(f"{s:.2%}" for s in scores) + f" | {statistics.mean(scores):.2%} | {spread:.2%} | {seconds:.1f} |")
+    lines.append(END)
+    block = "\n".join(lines)
+    text = RESULTS.read_text()
+    if BEGIN in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
+    else:
+        text += "\n## Distillation methods at one budget (CPU)\n\n" + block + "\n"
+    RESULTS.write_text(text)
+    print(block)
+
+
+if __name__ == "__main__":
+    main()

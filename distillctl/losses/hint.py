@@ -1,0 +1,68 @@
+"""Hint learning (Romero et al. 2015, "FitNets: Hints for Thin Deep Nets").
+
+A regressor (conv + BN) maps the student's hint layer onto the teacher's guided layer; the loss is the mean squared
+error between the two. `pretrain_epochs` reproduces the paper's first stage: for that many epochs the hint loss is
+the only term, so the student is trained up to its hint layer before the whole objective takes over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distillctl.losses.base import LossTerm, StepOutputs, TermParams
+from distillctl.losses.registry import term
+
+
+@dataclass
+class HintParams(TermParams):
+    student_layer: str = "layer2"
+    teacher_layer: str = "layer2"
+    kernel_size: int = 1  # 1: a 1x1 conv regressor; 3: the paper's convolutional regressor
+    pretrain_epochs: int = 0
+
+
+def match_size(feature: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bring a feature map to `size`: average pooling when shrinking, bilinear interpolation when growing."""
+    if tuple(feature.shape[-2:]) == tuple(size):
+        return feature
+    if feature.shape[-2] >= size[0] and feature.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(feature, size)
+    return F.interpolate(feature, size=size, mode="bilinear", align_corners=False)
+
+
+@term("hint")
+class Hint(LossTerm):
+    """MSE between regressor(student feature) and the teacher feature."""
+
+    Params = HintParams
+
+    def __init__(self, params: HintParams) -> None:
+        super().__init__(params)
+        self.regressor: nn.Module | None = None
+
+    def student_layers(self) -> list[str]:
+        return [self.params.student_layer]
+
+    def teacher_layers(self) -> list[str]:
+        return [self.params.teacher_layer]
+
+    def alone_until_epoch(self) -> int:
+        return self.params.pretrain_epochs
+
+    def setup(self, probe: StepOutputs) -> None:
+        s = probe.student_features[self.params.student_layer]
+        t = probe.teacher_features[self.params.teacher_layer]
+        k = self.params.kernel_size
+        self.regressor = nn.Sequential(
+            nn.Conv2d(s.shape[1], t.shape[1], k, padding=k // 2, bias=False), nn.BatchNorm2d(t.shape[1])
+        ).to(device=s.device, memory_format=torch.channels_last if s.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+
+    def forward(self, out: StepOutputs) -> torch.Tensor:
+        s = out.student_features[self.params.student_layer]
+        t = out.teacher_features[self.params.teacher_layer]
+        s = match_size(self.regressor(s), t.shape[-2:])
+        return F.mse_loss(s.float(), t.float())
