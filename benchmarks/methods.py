@@ -17,9 +17,10 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from results_doc import replace_block
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "results.md"
-BEGIN, END = "<!-- methods:begin -->", "<!-- methods:end -->"
 
 # Method -> overrides on top of the cifar_resnet recipe (the recipes cifar_<method> select the same loss groups).
 METHODS = {
@@ -73,7 +74,6 @@ def main() -> None:
     limit = f"{args.train_limit:,} training images (90% train, 10% validation)" if args.train_limit else "all 50,000 training images"
     cmd = "python benchmarks/methods.py" + ("" if sys.argv[1:] == [] else " " + " ".join(sys.argv[1:]))
     lines = [
-        BEGIN,
         f"Measured {date.today()} with `{cmd}`: CIFAR-10 ({limit}; the full 10,000-image test split), "
         f"ResNet-56 teacher trained {args.teacher_epochs} epochs (test top-1 {teacher['test_top1']:.2%}), ResNet-20 students "
         f"{args.epochs} epochs each, batch 128, seeds {', '.join(map(str, args.seeds))}.",
@@ -84,14 +84,7 @@ def main() -> None:
     for method, (scores, seconds) in rows.items():
         spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
         lines.append(f"| {method} | " + " | ".join(f"{s:.2%}" for s in scores) + f" | {statistics.mean(scores):.2%} | {spread:.2%} | {seconds:.1f} |")
-    lines.append(END)
-    block = "\n".join(lines)
-    text = RESULTS.read_text()
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
-    else:
-        text += "\n## Distillation methods at one budget (CPU)\n\n" + block + "\n"
-    RESULTS.write_text(text)
+    block = replace_block(RESULTS, "methods", "Distillation methods at one budget (CPU)", "\n".join(lines))
     print(block)
 
 

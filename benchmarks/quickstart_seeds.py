@@ -15,9 +15,10 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from results_doc import replace_block
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "results.md"
-BEGIN, END = "<!-- quickstart-seeds:begin -->", "<!-- quickstart-seeds:end -->"
 
 
 def distillctl(*args: str) -> None:
@@ -45,7 +46,6 @@ def main() -> None:
         scores["student, no teacher (resnet8)"].append(test_top1(ce_dir, "student"))
         print(f"seed {seed}: " + ", ".join(f"{k} {v[-1]:.1%}" for k, v in scores.items()), flush=True)
     lines = [
-        BEGIN,
         f"Measured {date.today()} with `python benchmarks/quickstart_seeds.py --seeds {' '.join(map(str, args.seeds))}` "
         "(recipe `quickstart`: 2,250 train / 250 val / 500 test images of the embedded sample, 15 epochs each).",
         "",
@@ -55,14 +55,7 @@ def main() -> None:
     for name, values in scores.items():
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         lines.append(f"| {name} | " + " | ".join(f"{v:.1%}" for v in values) + f" | {statistics.mean(values):.1%} | {spread:.1%} |")
-    lines.append(END)
-    block = "\n".join(lines)
-    text = RESULTS.read_text() if RESULTS.exists() else "# Results\n\n"
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
-    else:
-        text += "\n## Quickstart over seeds\n\n" + block + "\n"
-    RESULTS.write_text(text)
+    block = replace_block(RESULTS, "quickstart-seeds", "Quickstart over seeds", "\n".join(lines))
     print(block)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -89,3 +91,16 @@ def test_taps_capture_named_modules_and_are_removed():
 def test_a_wrong_layer_name_fails_with_the_closest_names():
     with pytest.raises(UserError, match="Did you mean 'layer2'"):
         FeatureTaps(create_model("resnet8", 10), ["layer_2"], "the student")
+
+
+def test_feature_terms_train_under_bf16_autocast(tmp_path):
+    # Regression: on a GPU the hint regressor got bf16 features outside autocast and crashed; CPU autocast shows it too.
+    trainee, batches, trainer, teacher = make_run(epochs=1, steps=2)
+    trainer.precision = "bf16"
+    objective = build_objective({"ce": {}, "hint": {}, "at": {"kind": "attention"}, "adv": {"kind": "adversarial"}})
+    objective.setup(trainee.model, teacher, next(iter(batches))[0])
+    trainee.objective = objective
+    trainee.optimizer = build_optimizer([*trainee.model.parameters(), *objective.student_parameters()], OmegaConf.structured(OptimizerConfig), 0.05, torch.device("cpu"))
+    trainee.scheduler = build_schedule(trainee.optimizer, OmegaConf.structured(SchedulerConfig(name="constant")), 0.05, len(batches), 1)
+    result = fit(trainee, batches, no_validation, trainer, tmp_path, "bf16", teacher=teacher)
+    assert all(math.isfinite(result.history[-1][f"loss.{k}"]) for k in ("ce", "hint", "at", "adv"))
