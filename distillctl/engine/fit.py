@@ -104,32 +104,13 @@ def fit(
             for step, (x, y) in enumerate(batches, 1):
                 if compiled:  # CUDA-graph outputs of the previous step may be overwritten from here on
                     torch.compiler.cudagraph_mark_step_begin()
-                teacher_logits, teacher_features = None, {}
-                if teacher is not None:
-                    with torch.inference_mode(), autocast(device, trainer_cfg.precision):
-                        teacher_logits = teacher_fn(x)
-                    # Inference tensors cannot be saved for backward; a clone outside the mode can.
-                    teacher_logits = teacher_logits.clone()
-                    teacher_features = {k: v.clone() for k, v in teacher_taps.take().items()}
-                # The objective runs under the same autocast as the forward: term modules (a hint regressor)
-                # receive low-precision features; the terms compute their losses in fp32 themselves.
-                with autocast(device, trainer_cfg.precision):
-                    logits = step_fn(x)
-                    out = StepOutputs(logits, y, teacher_logits, student_taps.take(), teacher_features, epoch)
-                    loss, parts = objective(out)
-                trainee.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if trainer_cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), trainer_cfg.grad_clip)
-                trainee.optimizer.step()
-                trainee.scheduler.step()
-                objective.after_step(out)
+                out, loss, parts = train_step(trainee, x, y, epoch, step_fn, teacher_fn, student_taps, teacher_taps, trainer_cfg)
                 if startup is None:
                     startup = time.perf_counter() - distillctl.STARTED
                 # Accumulate on the device; reading a value every step would stall an accelerator.
                 n = len(y)
                 loss_sum += loss.detach() * n
-                correct += (logits.detach().argmax(1) == y).sum()
+                correct += (out.student_logits.detach().argmax(1) == y).sum()
                 for name, value in parts.items():
                     parts_sum[name] = parts_sum.get(name, 0) + value * n
                 seen += n
@@ -170,6 +151,42 @@ def fit(
                 callback(epoch, record)
     seconds = time.perf_counter() - t_start
     return FitResult(best_val, best_epoch, trainer_cfg.epochs, seconds, images_seen / max(seconds, 1e-9), history, start_epoch - 1, startup)
+
+
+def train_step(
+    trainee: Trainee,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epoch: int,
+    student_fn: Callable[[torch.Tensor], torch.Tensor],
+    teacher_fn: Callable[[torch.Tensor], torch.Tensor] | None,
+    student_taps: FeatureTaps,
+    teacher_taps: FeatureTaps,
+    trainer_cfg,
+) -> tuple[StepOutputs, torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimisation step of the student (and of terms with their own updates); returns what it computed."""
+    device = x.device
+    teacher_logits, teacher_features = None, {}
+    if teacher_fn is not None:
+        with torch.inference_mode(), autocast(device, trainer_cfg.precision):
+            teacher_logits = teacher_fn(x)
+        # Inference tensors cannot be saved for backward; a clone outside the mode can.
+        teacher_logits = teacher_logits.clone()
+        teacher_features = {k: v.clone() for k, v in teacher_taps.take().items()}
+    # The objective runs under the same autocast as the forward: term modules (a hint regressor) receive
+    # low-precision features; the terms compute their losses in fp32 themselves.
+    with autocast(device, trainer_cfg.precision):
+        logits = student_fn(x)
+        out = StepOutputs(logits, y, teacher_logits, student_taps.take(), teacher_features, epoch)
+        loss, parts = trainee.objective(out)
+    trainee.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if trainer_cfg.grad_clip:
+        nn.utils.clip_grad_norm_(trainee.model.parameters(), trainer_cfg.grad_clip)
+    trainee.optimizer.step()
+    trainee.scheduler.step()
+    trainee.objective.after_step(out)
+    return out, loss, parts
 
 
 def checkpoint(trainee: Trainee, batches: Batches, out_dir: Path, epoch: int, best_val: float, best_epoch: int, history: list) -> None:
