@@ -18,6 +18,7 @@ DEFAULT_RECIPE = "quickstart"  # as chosen in configs/config.yaml
 COMMANDS: dict[str, tuple[str, str]] = {
     "train-teacher": ("train_teacher", "train the recipe's teacher on labels"),
     "distill": ("distill", "train the student from the frozen teacher with the recipe's loss terms"),
+    "prune": ("prune", "shrink the distilled student (structured channels or sparsity), then fine-tune it with KD"),
     "evaluate": ("evaluate", "accuracy, agreement, size and speed of every model in the workspace"),
     "pipeline": ("pipeline", "run every stage in order, skipping those already done with the same config"),
 }

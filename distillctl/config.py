@@ -105,6 +105,21 @@ class SchedulerConfig:
 
 
 @dataclass
+class PruneConfig:
+    """The prune stage: structured channel removal (then KD fine-tuning) or unstructured sparsity."""
+
+    method: str = "structured"  # structured | unstructured
+    importance: str = "l1"  # l1 | l2 | bn_scale (structured)
+    global_pruning: bool = False  # rank channels across layers rather than within each
+    # Structured target: a MACs ratio to reach, or (when set) a fixed channel ratio to remove instead.
+    target_macs_ratio: float = 0.5
+    channel_ratio: Optional[float] = None
+    sparsity: float = 0.5  # unstructured: fraction of conv/linear weights set to zero
+    finetune_epochs: int = 2  # structured: KD fine-tuning with the recipe's loss terms and teacher
+    finetune_lr: float = 0.01
+
+
+@dataclass
 class Config:
     """A whole experiment: what a recipe plus overrides resolves to."""
 
@@ -122,6 +137,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     # Thresholds a run must meet, e.g. {"student.top1": {"min": 0.85}}; evaluate exits 1 on a miss.
     expect: dict[str, Any] = field(default_factory=dict)
 

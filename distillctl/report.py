@@ -19,6 +19,7 @@ COLUMNS = [
     ("params", "params (M)", "{:.3f}"),
     ("macs", "MMACs", "{:.1f}"),
     ("size_mb", "file (MB)", "{:.2f}"),
+    ("sparsity", "zeros", "{:.0%}"),
     ("latency_ms", "latency b1 (ms)", "{:.2f}"),
     ("throughput", "b256 (img/s)", "{:,.0f}"),
 ]

@@ -17,6 +17,7 @@ defaults:
   - override /teacher: resnet8
   - override /student: resnet8
 trainer: {epochs: 1, max_steps_per_epoch: 3, batch_size: 32, log_every: 1}
+prune: {finetune_epochs: 1}
 dataset: {test_limit: 200}
 expect:
   student.top1: {min: 0.0}
@@ -45,7 +46,7 @@ def test_pipeline_writes_every_artifact_and_skips_on_rerun(cli, tiny):
     first = cli("pipeline", "recipe=tiny")
     assert first.code == 0, first.text
     runs = tiny / "runs" / "tiny"
-    for stage in ("teacher", "student"):
+    for stage in ("teacher", "student", "pruned"):
         for name in ("model.safetensors", "config.yaml", "metrics.json", "train.log", "history.jsonl", "last_state.pt"):
             assert (runs / stage / name).is_file(), f"{stage}/{name}"
         metrics = json.loads((runs / stage / "metrics.json").read_text())
@@ -53,7 +54,8 @@ def test_pipeline_writes_every_artifact_and_skips_on_rerun(cli, tiny):
         # Training state loads without unpickling code.
         assert "optimizer" in torch.load(runs / stage / "last_state.pt", weights_only=True)
     report = json.loads((runs / "report" / "metrics.json").read_text())
-    assert set(report["models"]) == {"teacher", "student"}
+    assert set(report["models"]) == {"teacher", "student", "pruned"}
+    assert report["models"]["pruned"]["macs"] < 0.55 * report["models"]["student"]["macs"]
     assert {"top1", "top5", "agreement", "params", "macs", "size_mb", "latency_ms", "throughput"} <= set(report["models"]["student"])
     assert report["models"]["teacher"]["agreement"] == 1.0 and report["context"]["threads"] >= 1
     assert "| student (resnet8) |" in (runs / "report" / "report.md").read_text()
@@ -61,10 +63,10 @@ def test_pipeline_writes_every_artifact_and_skips_on_rerun(cli, tiny):
     assert "expect" in (runs / "student" / "config.yaml").read_text()
 
     again = cli("pipeline", "recipe=tiny")
-    assert again.code == 0 and again.out.count("skip") == 2, again.out
+    assert again.code == 0 and again.out.count("skip") == 3, again.out
 
     changed = cli("pipeline", "recipe=tiny", "loss.terms.kd.temperature=8")
-    assert changed.code == 0 and "skip teacher" in changed.out and "skip student" not in changed.out
+    assert changed.code == 0 and "skip teacher" in changed.out and "skip student" not in changed.out and "skip pruned" not in changed.out
 
     forced = cli("pipeline", "recipe=tiny", "force=true")
     assert forced.code == 0 and "skip" not in forced.out
@@ -113,6 +115,10 @@ def test_multirun_sweep_gives_each_job_its_own_folder(cli, tiny):
     jobs = sorted(p.parent.parent.name for p in (tiny / "runs/tiny/sweep").glob("*/*/student/metrics.json"))
     assert jobs == ["0_loss.terms.kd.temperature=2", "1_loss.terms.kd.temperature=8"]
     assert "sweep:" in sweep.out and sweep.out.count("resnet8") >= 2  # the closing summary table
+
+
+def test_prune_without_a_student_says_what_to_run(cli, tiny):
+    assert "distillctl distill" in one_error_line(cli("prune", "recipe=tiny"))
 
 
 def test_distill_without_a_teacher_says_how_to_get_one(cli, tiny):

@@ -56,5 +56,9 @@ def load_model(path, fallback_name: str | None = None, num_classes: int | None =
     if name is None or classes is None:
         raise UserError(f"checkpoint '{path}' does not say which model it holds; set the model name in the config.")
     model = create_model(name, classes, **meta.get("kwargs", {}))
+    if "shapes" in meta:  # structurally pruned: resize the layers before loading
+        from distillctl.compress.shapes import apply_shapes
+
+        apply_shapes(model, meta["shapes"])
     artifacts.load_weights(path, model)
     return model, {"model": name, "num_classes": classes, **meta}

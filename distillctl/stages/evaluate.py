@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from distillctl import expectations, measure, report
 from distillctl.data import eval_batches
+from distillctl.compress.prune import weight_sparsity
 from distillctl.engine.predict import predict, topk_accuracy
 from distillctl.engine.progress import console
 from distillctl.errors import UserError
@@ -18,7 +19,7 @@ from distillctl.stages.training import stage_model_key
 from distillctl.workspace import MODEL_FILE
 
 # Stages whose model is evaluated, in table order; the teacher first so agreement can refer to it.
-MODEL_STAGES = ["teacher", "student"]
+MODEL_STAGES = ["teacher", "student", "pruned"]
 
 
 def artifacts_to_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Path]:
@@ -59,6 +60,7 @@ def run(cfg: DictConfig) -> dict:
             "params": count_parameters(model),
             "macs": measure.macs(model.cpu(), cfg.dataset.image_size),
             "size_mb": path.stat().st_size / 1e6,
+            "sparsity": weight_sparsity(model),
             **measure.speed(model, cfg.dataset.image_size, threads),
         }
     context = {

@@ -5,12 +5,12 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from distillctl.engine.progress import console
-from distillctl.stages import distill, evaluate, train_teacher
+from distillctl.stages import distill, evaluate, prune, train_teacher
 from distillctl.stages.context import RunContext
 from distillctl.workspace import recorded_fingerprint
 
 # Training stages in order; evaluate always runs last (it is the recipe's pass/fail gate).
-TRAINING_STAGES = [train_teacher, distill]
+TRAINING_STAGES = [train_teacher, distill, prune]
 
 
 def run(cfg: DictConfig) -> None:

@@ -31,6 +31,7 @@ def train_and_save(
     fingerprint: str,
     teacher: nn.Module | None = None,
     extra_metrics: dict | None = None,
+    extra_metadata: dict | None = None,
 ) -> dict:
     """Train `model` with `objective`, keep the best-on-validation weights as model.safetensors, return metrics."""
     cfg, device, data = ctx.cfg, ctx.device, ctx.data
@@ -53,7 +54,7 @@ def train_and_save(
     meta = model_metadata(
         model_name, data.num_classes, OmegaConf.to_container(cfg[stage_model_key(stage)].kwargs), data.classes,
         list(cfg.dataset.mean), list(cfg.dataset.std),
-    )
+    ) | (extra_metadata or {})
     trainee = Trainee(model, objective, optimizer, scheduler, meta)
 
     def split_batches(split):
@@ -91,7 +92,7 @@ def train_and_save(
 
 
 def stage_model_key(stage: str) -> str:
-    """The config section describing the model a stage trains."""
+    """The config section describing the model a stage trains (a pruned model is the student, smaller)."""
     return "teacher" if stage == "teacher" else "student"
 
 

@@ -1,0 +1,1 @@
+"""Model compression: structured and unstructured pruning (quantization and export come next)."""

@@ -1,0 +1,112 @@
+"""Pruning: structured channel removal with torch-pruning's dependency graph, or global magnitude sparsity.
+
+torch-pruning (Fang et al. 2023, DepGraph) groups every layer coupled to a channel -- the BN after a conv, the
+next conv's input, residual additions -- so removing a channel keeps the network consistent; tracking that by
+hand for arbitrary timm models is exactly the code not to write ourselves.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from distillctl.errors import UserError
+
+
+def macs_and_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    """MACs for one example input, and the parameter count."""
+    import torch_pruning as tp
+
+    was_training = model.training
+    model.eval()
+    macs, params = tp.utils.count_ops_and_params(model, example)
+    model.train(was_training)
+    return int(macs), int(params)
+
+
+def importance(kind: str):
+    """torch-pruning's importance criterion for `prune.importance`."""
+    import torch_pruning as tp
+
+    if kind == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if kind == "l2":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if kind == "bn_scale":
+        return tp.importance.BNScaleImportance()
+    raise UserError(f"prune.importance={kind}: use l1, l2 or bn_scale.")
+
+
+def classifier(model: nn.Module) -> list[nn.Module]:
+    """The layers left whole: the final Linear (its outputs are the classes)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1:]
+
+
+def prune_once(model: nn.Module, example: torch.Tensor, ratio: float, importance_kind: str, global_pruning: bool) -> nn.Module:
+    """A pruned copy of `model` with `ratio` of the channels of every prunable group removed."""
+    import torch_pruning as tp
+
+    trial = copy.deepcopy(model).eval()
+    tp.pruner.MetaPruner(
+        trial, example, importance=importance(importance_kind), pruning_ratio=ratio,
+        global_pruning=global_pruning, ignored_layers=classifier(trial),
+    ).step()
+    return trial
+
+
+def prune_structured(
+    model: nn.Module,
+    example: torch.Tensor,
+    target_macs_ratio: float | None,
+    channel_ratio: float | None,
+    importance_kind: str,
+    global_pruning: bool,
+    tolerance: float = 0.03,
+) -> tuple[nn.Module, float, float]:
+    """A channel-pruned copy: at a fixed channel ratio, or with MACs within `tolerance` under the target ratio.
+    Returns (model, MACs ratio, parameter ratio)."""
+    importance(importance_kind)  # reject a bad name before any work
+    base_macs, base_params = macs_and_params(model, example)
+    if channel_ratio is not None:
+        pruned = prune_once(model, example, channel_ratio, importance_kind, global_pruning)
+    else:
+        if not 0 < target_macs_ratio < 1:
+            raise UserError(f"prune.target_macs_ratio={target_macs_ratio} must lie between 0 and 1.")
+        # MACs fall roughly with the square of the kept channels: start there, then bisect the channel ratio.
+        low, high = 0.0, 0.95
+        ratio = 1 - math.sqrt(target_macs_ratio)
+        for _ in range(12):
+            pruned = prune_once(model, example, ratio, importance_kind, global_pruning)
+            reached = macs_and_params(pruned, example)[0] / base_macs
+            if target_macs_ratio - tolerance <= reached <= target_macs_ratio:
+                break
+            low, high = (ratio, high) if reached > target_macs_ratio else (low, ratio)
+            ratio = (low + high) / 2
+        else:
+            raise UserError(f"could not bring the MACs to prune.target_macs_ratio={target_macs_ratio}; set prune.channel_ratio instead.")
+    macs, params = macs_and_params(pruned, example)
+    return pruned, macs / base_macs, params / base_params
+
+
+def prune_unstructured(model: nn.Module, sparsity: float) -> float:
+    """Zero the smallest-magnitude conv/linear weights globally and make it permanent; returns the sparsity reached."""
+    from torch.nn.utils import prune
+
+    if not 0 < sparsity < 1:
+        raise UserError(f"prune.sparsity={sparsity} must lie between 0 and 1.")
+    targets = [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=sparsity)
+    for module, name in targets:
+        prune.remove(module, name)
+    return weight_sparsity(model)
+
+
+def weight_sparsity(model: nn.Module) -> float:
+    """Fraction of conv/linear weights that are exactly zero."""
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    total = sum(w.numel() for w in weights)
+    return sum((w == 0).sum().item() for w in weights) / max(total, 1)

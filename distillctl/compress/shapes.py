@@ -1,0 +1,53 @@
+"""A pruned model's architecture as plain data: the shapes of its conv, norm and linear layers.
+
+Stored beside the weights, it lets any stage rebuild a pruned model from the unpruned one's name without
+unpickling code: build the original, then swap each recorded layer for one of the recorded size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from distillctl.errors import UserError
+
+
+def layer_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Shapes of every Conv2d, BatchNorm2d and Linear, keyed by module path."""
+    shapes: dict[str, dict[str, Any]] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            shapes[name] = {"type": "Conv2d", "in": m.in_channels, "out": m.out_channels, "groups": m.groups}
+        elif isinstance(m, nn.BatchNorm2d):
+            shapes[name] = {"type": "BatchNorm2d", "features": m.num_features}
+        elif isinstance(m, nn.Linear):
+            shapes[name] = {"type": "Linear", "in": m.in_features, "out": m.out_features}
+    return shapes
+
+
+def resized(module: nn.Module, shape: dict[str, Any]) -> nn.Module:
+    """A copy of `module`'s kind and hyper-parameters at the recorded size (weights are loaded afterwards)."""
+    if shape["type"] == "Conv2d":
+        return nn.Conv2d(shape["in"], shape["out"], module.kernel_size, module.stride, module.padding, module.dilation, shape["groups"], module.bias is not None)
+    if shape["type"] == "BatchNorm2d":
+        return nn.BatchNorm2d(shape["features"], module.eps, module.momentum, module.affine, module.track_running_stats)
+    return nn.Linear(shape["in"], shape["out"], module.bias is not None)
+
+
+def apply_shapes(model: nn.Module, shapes: dict[str, dict[str, Any]]) -> nn.Module:
+    """Resize `model`'s layers in place to the recorded shapes."""
+    modules = dict(model.named_modules())
+    for name, shape in shapes.items():
+        if name not in modules or type(modules[name]).__name__ != shape["type"]:
+            raise UserError(f"the checkpoint's layer '{name}' ({shape['type']}) is not in this model; was it pruned from another architecture?")
+        if layer_shapes_of(modules[name]) == shape:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(modules[parent_name] if parent_name else model, child, resized(modules[name], shape))
+    return model
+
+
+def layer_shapes_of(module: nn.Module) -> dict[str, Any]:
+    """The shape record of one layer."""
+    return next(iter(layer_shapes(nn.Sequential(module)).values()))

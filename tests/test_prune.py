@@ -1,0 +1,52 @@
+"""Pruning: MACs targets, a save/load round trip without pickles, permanent sparsity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distillctl import artifacts
+from distillctl.compress.prune import macs_and_params, prune_structured, prune_unstructured, weight_sparsity
+from distillctl.compress.shapes import layer_shapes
+from distillctl.errors import UserError
+from distillctl.models import create_model, load_model
+
+EXAMPLE = torch.zeros(1, 3, 32, 32)
+
+
+@pytest.mark.parametrize(("name", "target"), [("resnet20", 0.5), ("resnet56", 0.3), ("wrn_16_2", 0.5)])
+def test_structured_pruning_reaches_its_macs_target_and_still_runs(name, target):
+    model = create_model(name, 10)
+    base_macs, _ = macs_and_params(model, EXAMPLE)
+    model, macs_ratio, params_ratio = prune_structured(model, EXAMPLE, target, None, "l1", False)
+    assert target - 0.03 <= macs_ratio <= target  # at the target, a few percent under at most
+    assert macs_and_params(model, EXAMPLE)[0] == pytest.approx(macs_ratio * base_macs, rel=1e-6)
+    assert params_ratio < 1 and model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert model.fc.out_features == 10  # the classifier is left whole
+
+
+def test_a_pruned_model_round_trips_through_safetensors(tmp_path):
+    model = create_model("resnet20", 10)
+    model = prune_structured(model, EXAMPLE, None, 0.4, "l2", True)[0]
+    model.eval()
+    path = tmp_path / "model.safetensors"
+    artifacts.save_weights(path, model, {"model": "resnet20", "num_classes": 10, "kwargs": {}, "shapes": layer_shapes(model)})
+    rebuilt, meta = load_model(path)
+    rebuilt.eval()
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.equal(model(x), rebuilt(x))
+    assert layer_shapes(rebuilt) == layer_shapes(model) != layer_shapes(create_model("resnet20", 10))
+
+
+def test_unstructured_pruning_is_permanent_and_reported_as_sparsity():
+    model = create_model("resnet8", 10)
+    assert prune_unstructured(model, 0.6) == pytest.approx(0.6, abs=0.01)
+    assert weight_sparsity(model) == pytest.approx(0.6, abs=0.01)
+    assert not any("weight_orig" in k or "mask" in k for k in model.state_dict())
+
+
+def test_bad_targets_are_user_errors():
+    with pytest.raises(UserError, match="between 0 and 1"):
+        prune_structured(create_model("resnet8", 10), EXAMPLE, 1.5, None, "l1", False)
+    with pytest.raises(UserError, match="use l1, l2 or bn_scale"):
+        prune_structured(create_model("resnet8", 10), EXAMPLE, 0.5, None, "l3", False)
