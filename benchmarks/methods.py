@@ -17,7 +17,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from results_doc import replace_block
+from results_doc import replace_block, seed_row
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "results.md"
@@ -81,9 +81,7 @@ def main() -> None:
         "| method | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean | spread (std) | s/epoch |",
         "|---|" + "---:|" * (len(args.seeds) + 3),
     ]
-    for method, (scores, seconds) in rows.items():
-        spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
-        lines.append(f"| {method} | " + " | ".join(f"{s:.2%}" for s in scores) + f" | {statistics.mean(scores):.2%} | {spread:.2%} | {seconds:.1f} |")
+    lines += [seed_row(method, scores, 2, f"{seconds:.1f}") for method, (scores, seconds) in rows.items()]
     block = replace_block(RESULTS, "methods", "Distillation methods at one budget (CPU)", "\n".join(lines))
     print(block)
 

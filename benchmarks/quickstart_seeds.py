@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 from datetime import date
 from pathlib import Path
 
-from results_doc import replace_block
+from results_doc import replace_block, seed_row
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "results.md"
@@ -52,9 +51,7 @@ def main() -> None:
         "| model | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean | spread (std) |",
         "|---|" + "---:|" * (len(args.seeds) + 2),
     ]
-    for name, values in scores.items():
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        lines.append(f"| {name} | " + " | ".join(f"{v:.1%}" for v in values) + f" | {statistics.mean(values):.1%} | {spread:.1%} |")
+    lines += [seed_row(name, values, 1) for name, values in scores.items()]
     block = replace_block(RESULTS, "quickstart-seeds", "Quickstart over seeds", "\n".join(lines))
     print(block)
 

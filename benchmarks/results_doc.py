@@ -17,3 +17,12 @@ def replace_block(doc: Path, name: str, heading: str, body: str) -> str:
         text += f"\n## {heading}\n\n{block}\n"
     doc.write_text(text)
     return block
+
+
+def seed_row(label: str, values: list[float], digits: int, *extra: str) -> str:
+    """A table row: each seed's accuracy, their mean and standard deviation, then any extra cells."""
+    import statistics
+
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    cells = [f"{v:.{digits}%}" for v in values] + [f"{statistics.mean(values):.{digits}%}", f"{spread:.{digits}%}", *extra]
+    return f"| {label} | " + " | ".join(cells) + " |"

@@ -55,7 +55,7 @@ def markdown(results: dict[str, dict[str, Any]], context: dict[str, Any]) -> str
     lines += [
         "",
         f"- test images: {context['test_images']} ({context['dataset']})",
-        f"- latency: median of 100 batch-1 forwards after 20 warm-up; throughput: median of 7 batch-256 forwards",
+        "- latency: median of 100 batch-1 forwards after 20 warm-up; throughput: median of 7 batch-256 forwards",
         f"- CPU: {context['cpu']}, {context['threads']} threads; torch {context['torch']}",
         f"- measured {context['date']}",
         "",
