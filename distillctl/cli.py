@@ -103,6 +103,7 @@ def check_composes(overrides: Sequence[str]) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     plain = [o for o in overrides if not o.startswith("hydra.") and not o.startswith("-")]
+    first = plain
     try:
         parsed = OverridesParser.create().parse_overrides(plain)
         # A sweep is checked with its first value: composition is the same for every value.
@@ -112,7 +113,7 @@ def check_composes(overrides: Sequence[str]) -> None:
         ]
         compose_config(first)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise UserError(explain_composition_error(exc, first if "first" in locals() else plain)) from None
+        raise UserError(explain_composition_error(exc, first)) from None
 
 
 def compose_config(overrides: Sequence[str]):

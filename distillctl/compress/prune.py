@@ -13,18 +13,17 @@ import math
 import torch
 from torch import nn
 
+from distillctl import measure
 from distillctl.errors import UserError
+from distillctl.models import count_parameters
 
 
 def macs_and_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
-    """MACs for one example input, and the parameter count."""
-    import torch_pruning as tp
-
+    """MACs for one image and the parameter count, measured as `evaluate` reports them."""
     was_training = model.training
-    model.eval()
-    macs, params = tp.utils.count_ops_and_params(model, example)
+    macs = measure.macs(model, example.shape[-1])
     model.train(was_training)
-    return int(macs), int(params)
+    return macs, count_parameters(model)
 
 
 def importance(kind: str):

@@ -13,17 +13,20 @@ from torch import nn
 from distillctl.errors import UserError
 
 
+def shape_of(module: nn.Module) -> dict[str, Any] | None:
+    """The shape record of a Conv2d, BatchNorm2d or Linear; None for any other module."""
+    if isinstance(module, nn.Conv2d):
+        return {"type": "Conv2d", "in": module.in_channels, "out": module.out_channels, "groups": module.groups}
+    if isinstance(module, nn.BatchNorm2d):
+        return {"type": "BatchNorm2d", "features": module.num_features}
+    if isinstance(module, nn.Linear):
+        return {"type": "Linear", "in": module.in_features, "out": module.out_features}
+    return None
+
+
 def layer_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Shapes of every Conv2d, BatchNorm2d and Linear, keyed by module path."""
-    shapes: dict[str, dict[str, Any]] = {}
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            shapes[name] = {"type": "Conv2d", "in": m.in_channels, "out": m.out_channels, "groups": m.groups}
-        elif isinstance(m, nn.BatchNorm2d):
-            shapes[name] = {"type": "BatchNorm2d", "features": m.num_features}
-        elif isinstance(m, nn.Linear):
-            shapes[name] = {"type": "Linear", "in": m.in_features, "out": m.out_features}
-    return shapes
+    return {name: shape for name, m in model.named_modules() if (shape := shape_of(m)) is not None}
 
 
 def resized(module: nn.Module, shape: dict[str, Any]) -> nn.Module:
@@ -41,13 +44,9 @@ def apply_shapes(model: nn.Module, shapes: dict[str, dict[str, Any]]) -> nn.Modu
     for name, shape in shapes.items():
         if name not in modules or type(modules[name]).__name__ != shape["type"]:
             raise UserError(f"the checkpoint's layer '{name}' ({shape['type']}) is not in this model; was it pruned from another architecture?")
-        if layer_shapes_of(modules[name]) == shape:
+        if shape_of(modules[name]) == shape:
             continue
         parent_name, _, child = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child, resized(modules[name], shape))
     return model
 
-
-def layer_shapes_of(module: nn.Module) -> dict[str, Any]:
-    """The shape record of one layer."""
-    return next(iter(layer_shapes(nn.Sequential(module)).values()))

@@ -7,7 +7,7 @@ import copy
 import torch
 from omegaconf import DictConfig
 
-from distillctl import workspace
+from distillctl import artifacts, workspace
 from distillctl.compress import prune as pruning
 from distillctl.compress.shapes import layer_shapes
 from distillctl.engine.progress import console
@@ -69,8 +69,6 @@ def run(cfg: DictConfig) -> dict:
 
 def save_without_training(ctx: RunContext, model, meta: dict, extra: dict, fp: str) -> dict:
     """Write the pruned model as it is (unstructured pruning, or no fine-tuning asked for)."""
-    from distillctl import artifacts
-
     out_dir = ctx.workspace.output(STAGE)
     workspace.save_config(out_dir, ctx.cfg)
     keep = {k: v for k, v in meta.items() if k in ("model", "num_classes", "kwargs", "classes", "mean", "std")}
