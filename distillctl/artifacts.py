@@ -56,9 +56,22 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def save_weights(path: Path, model: nn.Module, metadata: dict[str, Any]) -> None:
     """Model weights as safetensors; metadata (JSON-encoded) says how to rebuild the architecture."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state, seen = {}, set()
+    for key, value in model.state_dict().items():
+        value = value.detach().contiguous().cpu()
+        # One module registered under two names (QAT observers shared by several ops) gives aliased tensors,
+        # which safetensors refuses; a copy per name loads back the same.
+        if value.numel() and value.data_ptr() in seen:
+            value = value.clone()
+        seen.add(value.data_ptr())
+        state[key] = value
+    save_tensors(path, state, metadata)
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """Named tensors as safetensors with JSON-encoded metadata."""
     meta = {k: json.dumps(v) for k, v in metadata.items()}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -72,6 +85,11 @@ def read_metadata(path: Path) -> dict[str, Any]:
 
 def load_weights(path: Path, model: nn.Module) -> None:
     """Load a safetensors or a tensors-only torch file into `model`, explaining a mismatch."""
+    fit_state(model, read_weights(path), path)
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors or tensors-only torch file, refusing pickled objects."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint '{path}' does not exist.")
@@ -92,6 +110,11 @@ def load_weights(path: Path, model: nn.Module) -> None:
         ) from None
     except Exception as exc:
         raise UserError(f"could not read checkpoint '{path}' ({type(exc).__name__}); it may be corrupt or not a weights file.") from None
+    return state
+
+
+def fit_state(model: nn.Module, state: dict[str, Any], path: Path) -> None:
+    """model.load_state_dict(state), with a mismatch explained in one line naming the file."""
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-teacher": ("train_teacher", "train the recipe's teacher on labels"),
     "distill": ("distill", "train the student from the frozen teacher with the recipe's loss terms"),
     "prune": ("prune", "shrink the distilled student (structured channels or sparsity), then fine-tune it with KD"),
+    "quantize": ("quantize", "int8 (static or QAT with KD), fp16/bf16 or ONNX Runtime int8 of the final student"),
     "evaluate": ("evaluate", "accuracy, agreement, size and speed of every model in the workspace"),
     "pipeline": ("pipeline", "run every stage in order, skipping those already done with the same config"),
 }

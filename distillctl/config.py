@@ -115,8 +115,33 @@ class PruneConfig:
     target_macs_ratio: float = 0.5
     channel_ratio: Optional[float] = None
     sparsity: float = 0.5  # unstructured: fraction of conv/linear weights set to zero
-    finetune_epochs: int = 2  # structured: KD fine-tuning with the recipe's loss terms and teacher
+    # Iterative pruning: reach the target in this many equal steps, fine-tuning after each one.
+    steps: int = 1
+    finetune_epochs: int = 2  # structured: KD fine-tuning (per step) with the recipe's loss terms and teacher
     finetune_lr: float = 0.01
+
+
+@dataclass
+class QuantizeConfig:
+    """The quantize stage; its output folder is runs/<recipe>/<method>/."""
+
+    method: str = "int8_static"  # int8_static | int8_qat | fp16 | bf16 | onnx_int8
+    source: str = "auto"  # auto: the pruned student when there is one, else the student; or student | pruned
+    backend: str = "x86"  # torch int8 kernels: x86 | fbgemm
+    per_channel: bool = True  # per-channel int8 weights (per-tensor when false)
+    calibration_batches: int = 8  # training images seen by the observers: batches of calibration_batch_size
+    calibration_batch_size: int = 128
+    skip: list[str] = field(default_factory=list)  # layers kept in float (torch int8)
+    qat_epochs: int = 2  # int8_qat: fake-quantized fine-tuning with the recipe's loss terms and teacher
+    qat_lr: float = 0.001
+
+
+@dataclass
+class ExportConfig:
+    """Deployment files written after the quantize stage."""
+
+    onnx: bool = False  # runs/<recipe>/export/model.onnx: the float model quantize started from
+    opset: int = 18
 
 
 @dataclass
@@ -138,6 +163,8 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     # Thresholds a run must meet, e.g. {"student.top1": {"min": 0.85}}; evaluate exits 1 on a miss.
     expect: dict[str, Any] = field(default_factory=dict)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -51,9 +52,21 @@ def time_forward(model: nn.Module, batch: int, image_size: int, threads: int, wa
         torch.set_num_threads(previous)
 
 
+def deployable(model: nn.Module, image_size: int) -> tuple[nn.Module, str]:
+    """The form a CPU deployment runs a torch model in -- a frozen TorchScript trace -- and its name.
+    Every torch row is timed this way so fp32 and int8 compare like for like; untraceable models run eager."""
+    model = model.cpu().eval()
+    try:
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model, torch.zeros(1, 3, image_size, image_size))
+            return torch.jit.freeze(traced), "torchscript"
+    except Exception:  # tracing fails in many ways (data-dependent control flow, odd outputs); eager still works
+        return model, "eager"
+
+
 def speed(model: nn.Module, image_size: int, threads: int) -> dict[str, float]:
     """Median batch-1 latency (ms) and batch-256 throughput (images/s) on the CPU."""
-    model = model.cpu()
     latency = time_forward(model, 1, image_size, threads, warmup=20, repeats=100)
     bulk = time_forward(model, 256, image_size, threads, warmup=1, repeats=7)
     return {

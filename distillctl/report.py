@@ -22,6 +22,7 @@ COLUMNS = [
     ("sparsity", "zeros", "{:.0%}"),
     ("latency_ms", "latency b1 (ms)", "{:.2f}"),
     ("throughput", "b256 (img/s)", "{:,.0f}"),
+    ("runtime", "runtime", "{}"),
 ]
 SCALE = {"params": 1e-6, "macs": 1e-6}
 
@@ -31,43 +32,52 @@ def cell(key: str, value: Any) -> str:
     if value is None:
         return "-"
     fmt = dict((k, f) for k, _, f in COLUMNS)[key]
-    return fmt.format(value * SCALE.get(key, 1))
+    return fmt.format(value * SCALE[key] if key in SCALE else value)
+
+
+def columns(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """The columns worth showing: sparsity only when some model has zeroed weights."""
+    return [c for c in COLUMNS if c[0] != "sparsity" or any(row.get("sparsity") for row in results.values())]
 
 
 def print_table(results: dict[str, dict[str, Any]], title: str) -> None:
     """The rich table of every evaluated model."""
     table = Table(title=title, title_justify="left")
     table.add_column("model")
-    for _, header, _ in COLUMNS:
+    shown = columns(results)
+    for _, header, _ in shown:
         table.add_column(header, justify="right")
     for name, row in results.items():
-        table.add_row(f"{name} ({row['arch']})", *(cell(k, row.get(k)) for k, _, _ in COLUMNS))
+        table.add_row(f"{name} ({row['arch']})", *(cell(k, row.get(k)) for k, _, _ in shown))
     console.print(table)
 
 
-def markdown(results: dict[str, dict[str, Any]], context: dict[str, Any]) -> str:
+def markdown(results: dict[str, dict[str, Any]], context: dict[str, Any], figures: list[Path] = ()) -> str:
     """report.md: the same table plus the conditions of the measurement."""
     lines = [f"# Evaluation: {context['recipe']}", ""]
-    lines.append("| model | " + " | ".join(h for _, h, _ in COLUMNS) + " |")
-    lines.append("|---|" + "---:|" * len(COLUMNS))
+    shown = columns(results)
+    lines.append("| model | " + " | ".join(h for _, h, _ in shown) + " |")
+    lines.append("|---|" + "---:|" * len(shown))
     for name, row in results.items():
-        lines.append(f"| {name} ({row['arch']}) | " + " | ".join(cell(k, row.get(k)) for k, _, _ in COLUMNS) + " |")
+        lines.append(f"| {name} ({row['arch']}) | " + " | ".join(cell(k, row.get(k)) for k, _, _ in shown) + " |")
     lines += [
         "",
         f"- test images: {context['test_images']} ({context['dataset']})",
-        "- latency: median of 100 batch-1 forwards after 20 warm-up; throughput: median of 7 batch-256 forwards",
+        "- latency: median of 100 batch-1 forwards after 20 warm-up; throughput: median of 7 batch-256 forwards;",
+        "  torch models run as frozen TorchScript traces, ONNX models in ONNX Runtime, all on the CPU",
         f"- CPU: {context['cpu']}, {context['threads']} threads; torch {context['torch']}",
         f"- measured {context['date']}",
         "",
     ]
-    return "\n".join(lines)
+    lines += [f"![{figure.stem.replace('_', ' ')}]({figure.name})" for figure in figures]
+    return "\n".join(lines) + ("\n" if figures else "")
 
 
-def write(report_dir: Path, results: dict[str, dict[str, Any]], context: dict[str, Any], expectations: list[dict]) -> None:
-    """metrics.json and report.md, atomically."""
+def write(report_dir: Path, results: dict[str, dict[str, Any]], context: dict[str, Any], expectations: list[dict], figures: list[Path] = ()) -> None:
+    """metrics.json and report.md (referencing `figures`, PNGs in report_dir), atomically."""
     context = {**context, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     artifacts.write_json(report_dir / "metrics.json", {"models": results, "context": context, "expect": expectations})
-    artifacts.write_text(report_dir / "report.md", markdown(results, context))
+    artifacts.write_text(report_dir / "report.md", markdown(results, context, figures))
 
 
 def print_misses(rows: list[dict[str, Any]]) -> None:

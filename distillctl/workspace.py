@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from distillctl import artifacts
 
 MODEL_FILE, METRICS_FILE, CONFIG_FILE = "model.safetensors", "metrics.json", "config.yaml"
+ONNX_FILE = "model.onnx"
 
 
 class Workspace:
@@ -47,9 +48,14 @@ class Workspace:
         return None
 
 
+def model_file(stage_dir: Path) -> Path | None:
+    """The model a stage folder holds: safetensors (torch) or ONNX."""
+    return next((stage_dir / name for name in (MODEL_FILE, ONNX_FILE) if (stage_dir / name).is_file()), None)
+
+
 def finished(stage_dir: Path) -> bool:
-    """A stage is finished when its weights and its metrics (written last) are both there."""
-    return (stage_dir / MODEL_FILE).is_file() and (stage_dir / METRICS_FILE).is_file()
+    """A stage is finished when its model and its metrics (written last) are both there."""
+    return model_file(stage_dir) is not None and (stage_dir / METRICS_FILE).is_file()
 
 
 def fingerprint(cfg: DictConfig, sections: list[str], inputs: list[str] | tuple[str, ...] = ()) -> str:

@@ -18,6 +18,7 @@ defaults:
   - override /student: resnet8
 trainer: {epochs: 1, max_steps_per_epoch: 3, batch_size: 32, log_every: 1}
 prune: {finetune_epochs: 1}
+quantize: {calibration_batches: 2, qat_epochs: 1}
 dataset: {test_limit: 200}
 expect:
   student.top1: {min: 0.0}
@@ -53,20 +54,24 @@ def test_pipeline_writes_every_artifact_and_skips_on_rerun(cli, tiny):
         assert 0.0 <= metrics["test_top1"] <= 1.0 and metrics["fingerprint"]
         # Training state loads without unpickling code.
         assert "optimizer" in torch.load(runs / stage / "last_state.pt", weights_only=True)
+    int8 = json.loads((runs / "int8_static" / "metrics.json").read_text())
+    assert int8["source"].endswith("pruned/model.safetensors") and int8["agreement_with_float"] > 0.5
+    assert {p.name for p in (runs / "report").iterdir()} == {"metrics.json", "report.md", "accuracy_vs_size.png", "accuracy_vs_latency.png"}
     report = json.loads((runs / "report" / "metrics.json").read_text())
-    assert set(report["models"]) == {"teacher", "student", "pruned"}
+    assert set(report["models"]) == {"teacher", "student", "pruned", "int8_static"}
     assert report["models"]["pruned"]["macs"] < 0.55 * report["models"]["student"]["macs"]
+    assert report["models"]["int8_static"]["size_mb"] < report["models"]["pruned"]["size_mb"] / 2
     assert {"top1", "top5", "agreement", "params", "macs", "size_mb", "latency_ms", "throughput"} <= set(report["models"]["student"])
     assert report["models"]["teacher"]["agreement"] == 1.0 and report["context"]["threads"] >= 1
-    assert "| student (resnet8) |" in (runs / "report" / "report.md").read_text()
+    assert "| student (resnet8) |" in (md := (runs / "report" / "report.md").read_text()) and "(accuracy_vs_size.png)" in md
     assert "all 1 expectations met" in first.out
     assert "expect" in (runs / "student" / "config.yaml").read_text()
 
     again = cli("pipeline", "recipe=tiny")
-    assert again.code == 0 and again.out.count("skip") == 3, again.out
+    assert again.code == 0 and again.out.count("skip") == 4, again.out
 
     changed = cli("pipeline", "recipe=tiny", "loss.terms.kd.temperature=8")
-    assert changed.code == 0 and "skip teacher" in changed.out and "skip student" not in changed.out and "skip pruned" not in changed.out
+    assert changed.code == 0 and "skip teacher" in changed.out and "skip student" not in changed.out and "skip int8_static" not in changed.out
 
     forced = cli("pipeline", "recipe=tiny", "force=true")
     assert forced.code == 0 and "skip" not in forced.out
@@ -119,6 +124,40 @@ def test_multirun_sweep_gives_each_job_its_own_folder(cli, tiny):
 
 def test_prune_without_a_student_says_what_to_run(cli, tiny):
     assert "distillctl distill" in one_error_line(cli("prune", "recipe=tiny"))
+    assert "distillctl distill" in one_error_line(cli("quantize", "recipe=tiny"))
+
+
+@pytest.mark.slow
+def test_every_quantization_and_export_through_the_cli(cli, tiny):
+    assert cli("train-teacher", "recipe=tiny").code == 0 and cli("distill", "recipe=tiny").code == 0
+    runs = tiny / "runs" / "tiny"
+    for method in ("int8_static", "int8_qat", "fp16", "onnx_int8"):
+        result = cli("quantize", "recipe=tiny", f"quantize={method}", "export.onnx=true")
+        assert result.code == 0, result.text
+        metrics = json.loads((runs / method / "metrics.json").read_text())
+        assert metrics["source"].endswith("student/model.safetensors") and metrics["size_mb"] < metrics["float_size_mb"]
+    assert (runs / "onnx_int8" / "model.onnx").is_file() and (runs / "int8_qat" / "train.log").is_file()
+    assert json.loads((runs / "export" / "metrics.json").read_text())["max_abs_difference_vs_torch"] < 1e-3
+    report = cli("evaluate", "recipe=tiny")
+    assert report.code == 0, report.text
+    rows = json.loads((runs / "report" / "metrics.json").read_text())["models"]
+    assert list(rows) == ["teacher", "student", "fp16", "int8_static", "int8_qat", "onnx_int8"]
+    assert rows["onnx_int8"]["runtime"] == "onnxruntime" and rows["int8_static"]["runtime"] == "torchscript"
+    assert rows["int8_qat"]["params"] == rows["student"]["params"] and rows["int8_qat"]["macs"] == rows["student"]["macs"]
+    # Feature-tapping terms cannot follow fused layers: refused before any training, with the way out.
+    fitnet = cli("quantize", "recipe=tiny", "quantize=int8_qat", "loss=fitnet")
+    assert "loss=kd" in one_error_line(fitnet)
+
+
+@pytest.mark.slow
+def test_iterative_pruning_fine_tunes_after_each_step(cli, tiny):
+    assert cli("train-teacher", "recipe=tiny").code == 0 and cli("distill", "recipe=tiny").code == 0
+    result = cli("prune", "recipe=tiny", "prune.steps=2")
+    assert result.code == 0, result.text
+    runs = tiny / "runs" / "tiny"
+    assert json.loads((runs / "pruned" / "step1" / "metrics.json").read_text())["step"] == 1
+    final = json.loads((runs / "pruned" / "metrics.json").read_text())
+    assert final["step"] == 2 and final["macs_ratio"] <= 0.5
 
 
 def test_distill_without_a_teacher_says_how_to_get_one(cli, tiny):
@@ -144,6 +183,8 @@ def test_inspect_lists_modules_and_shapes(cli):
         (["distill", "recipe=tiny", "teacher.checkpoint=pickled.pt"], "could not read checkpoint"),
         (["inspect", "model=resnet21"], "unknown model"),
         (["distill", "recipe=tiny", "loss.terms.kd.temperatur=2"], "Did you mean 'temperature'"),
+        (["quantize", "recipe=tiny", "quantize=int4"], "quantize"),
+        (["quantize", "recipe=tiny", "quantize.method=int8_statik"], "Did you mean 'int8_static'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(cli, tiny, args, expected):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from distillctl import artifacts
 from distillctl.compress.prune import macs_and_params, prune_structured, prune_unstructured, weight_sparsity
@@ -50,3 +51,22 @@ def test_bad_targets_are_user_errors():
         prune_structured(create_model("resnet8", 10), EXAMPLE, 1.5, None, "l1", False)
     with pytest.raises(UserError, match="use l1, l2 or bn_scale"):
         prune_structured(create_model("resnet8", 10), EXAMPLE, 0.5, None, "l3", False)
+
+
+class Scaled(nn.Module):
+    """A layer with a bare parameter: torch-pruning would guess its channel axis, and the saved shapes cannot hold it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3)
+        self.gamma = nn.Parameter(torch.ones(1, 16, 1, 1))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc((self.conv(x) * self.gamma).mean((2, 3)))
+
+
+def test_a_layer_structured_pruning_cannot_save_is_refused_before_work():
+    with pytest.raises(UserError, match=r"parameter 'gamma' \(in a Scaled\).*prune=unstructured"):
+        prune_structured(Scaled(), EXAMPLE, 0.5, None, "l1", False)
+    assert prune_unstructured(Scaled(), 0.5) == pytest.approx(0.5, abs=0.01)  # the way out works

@@ -45,6 +45,20 @@ def classifier(model: nn.Module) -> list[nn.Module]:
     return linears[-1:]
 
 
+def check_prunable(model: nn.Module) -> None:
+    """Fail before any work on a layer whose pruned size the saved format (compress/shapes.py) cannot record."""
+    from distillctl.compress.shapes import shape_of
+
+    for name, module in model.named_modules():
+        own = [n for n, _ in module.named_parameters(recurse=False)]
+        if own and shape_of(module) is None:
+            where = f"{name}.{own[0]}" if name else own[0]
+            raise UserError(
+                f"parameter '{where}' (in a {type(module).__name__}) is one structured pruning cannot resize and save "
+                "(supported layers: Conv2d, BatchNorm2d, Linear). Use prune=unstructured for this model."
+            )
+
+
 def prune_once(model: nn.Module, example: torch.Tensor, ratio: float, importance_kind: str, global_pruning: bool) -> nn.Module:
     """A pruned copy of `model` with `ratio` of the channels of every prunable group removed."""
     import torch_pruning as tp
@@ -69,6 +83,7 @@ def prune_structured(
     """A channel-pruned copy: at a fixed channel ratio, or with MACs within `tolerance` under the target ratio.
     Returns (model, MACs ratio, parameter ratio)."""
     importance(importance_kind)  # reject a bad name before any work
+    check_prunable(model)
     base_macs, base_params = macs_and_params(model, example)
     if channel_ratio is not None:
         pruned = prune_once(model, example, channel_ratio, importance_kind, global_pruning)
@@ -76,17 +91,23 @@ def prune_structured(
         if not 0 < target_macs_ratio < 1:
             raise UserError(f"prune.target_macs_ratio={target_macs_ratio} must lie between 0 and 1.")
         # MACs fall roughly with the square of the kept channels: start there, then bisect the channel ratio.
+        # Small models move in coarse steps, so the closest result under the target is kept if none lands
+        # within the tolerance.
         low, high = 0.0, 0.95
         ratio = 1 - math.sqrt(target_macs_ratio)
+        best, best_reached = None, 0.0
         for _ in range(12):
-            pruned = prune_once(model, example, ratio, importance_kind, global_pruning)
-            reached = macs_and_params(pruned, example)[0] / base_macs
+            trial = prune_once(model, example, ratio, importance_kind, global_pruning)
+            reached = macs_and_params(trial, example)[0] / base_macs
+            if best_reached < reached <= target_macs_ratio:
+                best, best_reached = trial, reached
             if target_macs_ratio - tolerance <= reached <= target_macs_ratio:
                 break
             low, high = (ratio, high) if reached > target_macs_ratio else (low, ratio)
             ratio = (low + high) / 2
-        else:
-            raise UserError(f"could not bring the MACs to prune.target_macs_ratio={target_macs_ratio}; set prune.channel_ratio instead.")
+        if best is None:
+            raise UserError(f"could not bring the MACs under {target_macs_ratio:.0%} of the model's; set prune.channel_ratio instead.")
+        pruned = best
     macs, params = macs_and_params(pruned, example)
     return pruned, macs / base_macs, params / base_params
 

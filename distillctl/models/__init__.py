@@ -43,6 +43,14 @@ def model_metadata(name: str, num_classes: int, kwargs: dict, classes: list[str]
     return {"model": name, "num_classes": num_classes, "kwargs": dict(kwargs), "classes": classes, "mean": list(mean), "std": list(std)}
 
 
+ARCHITECTURE_KEYS = ("model", "num_classes", "kwargs", "classes", "mean", "std", "shapes")
+
+
+def architecture_metadata(meta: dict) -> dict:
+    """The part of a checkpoint's metadata that rebuilds its architecture (training details dropped)."""
+    return {k: v for k, v in meta.items() if k in ARCHITECTURE_KEYS}
+
+
 def load_model(path, fallback_name: str | None = None, num_classes: int | None = None) -> tuple[nn.Module, dict]:
     """Rebuild a model from a checkpoint's metadata (or from the given name for a foreign file) and load it."""
     from pathlib import Path
@@ -60,5 +68,9 @@ def load_model(path, fallback_name: str | None = None, num_classes: int | None =
         from distillctl.compress.shapes import apply_shapes
 
         apply_shapes(model, meta["shapes"])
+    if "quantization" in meta:  # int8 or fp16/bf16: rebuilt from the float architecture
+        from distillctl.compress.quantize import load_quantized
+
+        return load_quantized(path, model, meta["quantization"]), {"model": name, "num_classes": classes, **meta}
     artifacts.load_weights(path, model)
     return model, {"model": name, "num_classes": classes, **meta}

@@ -6,31 +6,47 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+from torch import nn
 
-from distillctl import expectations, measure, report
+from distillctl import artifacts, expectations, measure, plots, report
 from distillctl.data import eval_batches
+from distillctl.compress import onnx_export
+from distillctl.compress.onnx_export import OnnxClassifier
 from distillctl.compress.prune import weight_sparsity
 from distillctl.engine.predict import predict, topk_accuracy
 from distillctl.engine.progress import console
 from distillctl.errors import UserError
 from distillctl.models import count_parameters, load_model
+from distillctl.stages import quantize
 from distillctl.stages.context import RunContext
 from distillctl.stages.training import stage_model_key
-from distillctl.workspace import MODEL_FILE
+from distillctl.workspace import METRICS_FILE, model_file
 
 # Stages whose model is evaluated, in table order; the teacher first so agreement can refer to it.
-MODEL_STAGES = ["teacher", "student", "pruned"]
+MODEL_STAGES = ["teacher", "student", "pruned", *quantize.METHODS]
 
 
 def artifacts_to_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Path]:
-    """Stage name -> weights file, for every model the workspace (or teacher.checkpoint) provides."""
+    """Stage name -> model file, for every model the workspace (or teacher.checkpoint) provides."""
     found = {}
     for stage in MODEL_STAGES:
         if stage == "teacher" and cfg.teacher.checkpoint:
             found[stage] = Path(cfg.teacher.checkpoint).expanduser()
         elif (where := ctx.workspace.find(stage)) is not None:
-            found[stage] = where / MODEL_FILE
+            found[stage] = model_file(where)
     return found
+
+
+def load_artifact(stage: str, path: Path, cfg: DictConfig, num_classes: int, threads: int) -> tuple[nn.Module, dict]:
+    """A model file as something to call on image batches, with its metadata."""
+    if path.suffix == ".onnx":
+        return OnnxClassifier(path, threads), onnx_export.metadata(path)
+    return load_model(path, cfg[stage_model_key(stage)].name, num_classes)
+
+
+def agreement(pred: torch.Tensor, reference: torch.Tensor | None) -> float | None:
+    """Fraction of test images on which two models predict the same class."""
+    return None if reference is None else (pred == reference).float().mean().item()
 
 
 def run(cfg: DictConfig) -> dict:
@@ -41,27 +57,33 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"nothing to evaluate in {ctx.workspace.root}: run `distillctl pipeline` (or train-teacher and distill) with the same recipe first.")
     threads = cfg.trainer.threads or torch.get_num_threads()
     test_x, test_y = ctx.data.test
-    results, teacher_pred = {}, None
+    results, predictions = {}, {}
     for stage, path in found.items():
-        model, meta = load_model(path, cfg[stage_model_key(stage)].name, ctx.data.num_classes)
-        model = model.to(ctx.device)
-        batches = eval_batches(test_x, test_y, cfg.trainer.eval_batch_size, cfg.dataset.mean, cfg.dataset.std, ctx.device)
-        logits, labels = predict(model, batches, ctx.device, cfg.trainer.precision)
-        pred = logits.argmax(1)
-        if stage == "teacher":
-            teacher_pred = pred
-        console.print(f"evaluating {stage} ({meta['model']}) from {path}")
+        console.print(f"evaluating {stage} from {path}")
+        model, meta = load_artifact(stage, path, cfg, ctx.data.num_classes, threads)
+        # Quantized formats run on the CPU kernels they were made for; float models on the run's device.
+        quantized = stage in quantize.METHODS
+        device, precision = (torch.device("cpu"), "fp32") if quantized else (ctx.device, cfg.trainer.precision)
+        batches = eval_batches(test_x, test_y, cfg.trainer.eval_batch_size, cfg.dataset.mean, cfg.dataset.std, device)
+        logits, labels = predict(model.to(device), batches, device, precision)
+        predictions[stage] = pred = logits.argmax(1)
+        # Packed int8 and ONNX weights are not torch parameters: their counts come from the float source.
+        recorded = (artifacts.read_json(path.parent / METRICS_FILE) or {}) if quantized else {}
+        timed, runtime = (model, "onnxruntime") if isinstance(model, OnnxClassifier) else measure.deployable(model, cfg.dataset.image_size)
         results[stage] = {
-            "arch": meta["model"],
+            "arch": meta.get("model", "?"),
             "path": str(path),
             "top1": topk_accuracy(logits, labels, 1),
             "top5": topk_accuracy(logits, labels, 5),
-            "agreement": (pred == teacher_pred).float().mean().item() if teacher_pred is not None else None,
-            "params": count_parameters(model),
-            "macs": measure.macs(model.cpu(), cfg.dataset.image_size),
+            "agreement": agreement(pred, predictions.get("teacher")),
+            # Compressed students are judged against the float student they came from, too.
+            "agreement_with_student": agreement(pred, predictions.get("student")),
+            "params": recorded.get("params") if quantized else count_parameters(model),
+            "macs": recorded.get("macs") if quantized else measure.macs(model.cpu(), cfg.dataset.image_size),
             "size_mb": path.stat().st_size / 1e6,
-            "sparsity": weight_sparsity(model),
-            **measure.speed(model, cfg.dataset.image_size, threads),
+            "sparsity": None if quantized else weight_sparsity(model),
+            "runtime": runtime,
+            **measure.speed(timed, cfg.dataset.image_size, threads),
         }
     context = {
         "recipe": Path(cfg.run_dir).name,
@@ -73,7 +95,7 @@ def run(cfg: DictConfig) -> dict:
     }
     checked = expectations.check(cfg.expect, results)
     report_dir = ctx.workspace.output("report")
-    report.write(report_dir, results, context, checked)
+    report.write(report_dir, results, context, checked, plots.draw(report_dir, results, context["recipe"]))
     report.print_table(results, f"{context['recipe']}: {len(test_y)} test images, CPU timings on {threads} threads")
     console.print(f"report: {report_dir / 'report.md'}")
     misses = [row for row in checked if not row["ok"]]

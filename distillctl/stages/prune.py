@@ -13,7 +13,7 @@ from distillctl.compress.shapes import layer_shapes
 from distillctl.engine.progress import console
 from distillctl.errors import UserError
 from distillctl.losses import build_objective
-from distillctl.models import load_model
+from distillctl.models import architecture_metadata, load_model
 from distillctl.stages import distill
 from distillctl.stages.context import RunContext
 from distillctl.stages.training import train_and_save
@@ -47,32 +47,48 @@ def run(cfg: DictConfig) -> dict:
     example = torch.zeros(1, 3, cfg.dataset.image_size, cfg.dataset.image_size)
     p = cfg.prune
     if p.method == "structured":
-        model, macs_ratio, params_ratio = pruning.prune_structured(model, example, p.target_macs_ratio, p.channel_ratio, p.importance, p.global_pruning)
-        console.print(f"pruned {meta['model']}: {macs_ratio:.1%} of its MACs and {params_ratio:.1%} of its parameters remain")
-        extra = {"macs_ratio": macs_ratio, "params_ratio": params_ratio, "source": str(source)}
-    elif p.method == "unstructured":
-        sparsity = pruning.prune_unstructured(model, p.sparsity)
-        console.print(f"pruned {meta['model']}: {sparsity:.1%} of its conv/linear weights are zero")
-        extra = {"sparsity": sparsity, "source": str(source)}
-    else:
+        return prune_structured_steps(cfg, ctx, model, meta, source, example)
+    if p.method != "unstructured":
         raise UserError(f"prune.method={p.method}: use structured or unstructured.")
-    if p.method == "structured" and p.finetune_epochs > 0:
+    sparsity = pruning.prune_unstructured(model, p.sparsity)
+    console.print(f"pruned {meta['model']}: {sparsity:.1%} of its conv/linear weights are zero")
+    return save_without_training(ctx, model, meta, {"sparsity": sparsity, "source": str(source)}, fingerprint(cfg, ctx.workspace))
+
+
+def prune_structured_steps(cfg: DictConfig, ctx: RunContext, model, meta: dict, source, example: torch.Tensor) -> dict:
+    """Reach the MACs target in prune.steps equal steps, fine-tuning after each; intermediate steps keep their
+    own folders (pruned/step1, ...) so that only the last one marks the stage finished."""
+    p = cfg.prune
+    if p.steps < 1 or (p.steps > 1 and p.channel_ratio is not None):
+        raise UserError(f"prune.steps={p.steps}: use 1 or more steps, and more than one only with prune.target_macs_ratio (not channel_ratio).")
+    objective = teacher = None
+    if p.finetune_epochs > 0:
         objective = build_objective(cfg.loss.terms)
         teacher = distill.load_teacher(cfg, ctx.workspace, ctx.data.num_classes)[0] if objective.needs_teacher else None
+    base_macs, base_params = pruning.macs_and_params(model, example)
+    fp = fingerprint(cfg, ctx.workspace)
+    for step in range(1, p.steps + 1):
+        target = 1 - (1 - p.target_macs_ratio) * step / p.steps  # of the original student's MACs
+        current = pruning.macs_and_params(model, example)[0] / base_macs
+        model = pruning.prune_structured(model.cpu(), example, target / current, p.channel_ratio, p.importance, p.global_pruning)[0]
+        macs, params = pruning.macs_and_params(model, example)
+        extra = {"macs_ratio": macs / base_macs, "params_ratio": params / base_params, "step": step, "steps": p.steps, "source": str(source)}
+        console.print(f"pruned {meta['model']} (step {step}/{p.steps}): {macs / base_macs:.1%} of its MACs and {params / base_params:.1%} of its parameters remain")
+        if objective is None:
+            return save_without_training(ctx, model, meta, extra, fp)
+        folder = STAGE if step == p.steps else f"{STAGE}/step{step}"
         tuned = copy.deepcopy(cfg)
         tuned.trainer.epochs = p.finetune_epochs
-        tuned_ctx = RunContext(tuned, ctx.device, ctx.data, ctx.workspace)
-        return train_and_save(tuned_ctx, STAGE, meta["model"], model, objective, p.finetune_lr, fingerprint(cfg, ctx.workspace),
-                              teacher, extra, {"shapes": layer_shapes(model)})
-    return save_without_training(ctx, model, meta, extra, fingerprint(cfg, ctx.workspace))
+        metrics = train_and_save(RunContext(tuned, ctx.device, ctx.data, ctx.workspace), folder, meta["model"], model, objective,
+                                 p.finetune_lr, fp, teacher, extra, {"shapes": layer_shapes(model)})
+    return metrics
 
 
 def save_without_training(ctx: RunContext, model, meta: dict, extra: dict, fp: str) -> dict:
     """Write the pruned model as it is (unstructured pruning, or no fine-tuning asked for)."""
     out_dir = ctx.workspace.output(STAGE)
     workspace.save_config(out_dir, ctx.cfg)
-    keep = {k: v for k, v in meta.items() if k in ("model", "num_classes", "kwargs", "classes", "mean", "std")}
-    artifacts.save_weights(out_dir / MODEL_FILE, model, keep | {"shapes": layer_shapes(model)})
+    artifacts.save_weights(out_dir / MODEL_FILE, model, architecture_metadata(meta) | {"shapes": layer_shapes(model)})
     metrics = {"stage": STAGE, "model": meta["model"], "fingerprint": fp, "finetune_epochs": 0, **extra}
     workspace.write_metrics(out_dir, metrics)
     return metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,8 +33,11 @@ def train_and_save(
     teacher: nn.Module | None = None,
     extra_metrics: dict | None = None,
     extra_metadata: dict | None = None,
+    finalize: Callable[[nn.Module, Path], nn.Module] | None = None,
 ) -> dict:
-    """Train `model` with `objective`, keep the best-on-validation weights as model.safetensors, return metrics."""
+    """Train `model` with `objective`, keep the best-on-validation weights as model.safetensors, return metrics.
+    `finalize(model, out_dir)`, when given, turns the trained model into the one saved and tested (on the CPU)
+    and writes model.safetensors itself."""
     cfg, device, data = ctx.cfg, ctx.device, ctx.data
     out_dir = ctx.workspace.output(stage)
     workspace.save_config(out_dir, cfg)
@@ -57,22 +61,28 @@ def train_and_save(
     ) | (extra_metadata or {})
     trainee = Trainee(model, objective, optimizer, scheduler, meta)
 
-    def split_batches(split):
-        return eval_batches(*split, cfg.trainer.eval_batch_size, cfg.dataset.mean, cfg.dataset.std, device, cfg.trainer.channels_last)
+    def split_batches(split, on: torch.device = device):
+        return eval_batches(*split, cfg.trainer.eval_batch_size, cfg.dataset.mean, cfg.dataset.std, on, cfg.trainer.channels_last)
 
     def validate(m: nn.Module) -> float:
         logits, labels = predict(m, split_batches(data.val), device, cfg.trainer.precision)
         return topk_accuracy(logits, labels, 1)
 
     result = fit(trainee, batches, validate, cfg.trainer, out_dir, stage, teacher=teacher, resume=cfg.resume)
-    artifacts.atomic_write(out_dir / workspace.MODEL_FILE, lambda tmp: shutil.copyfile(out_dir / BEST, tmp))
-    artifacts.load_weights(out_dir / workspace.MODEL_FILE, model)
-    logits, labels = predict(model, split_batches(data.test), device, cfg.trainer.precision)
+    artifacts.load_weights(out_dir / BEST, model)
+    params = count_parameters(model)  # before finalize: packed int8 weights are not parameters
+    if finalize is None:
+        artifacts.atomic_write(out_dir / workspace.MODEL_FILE, lambda tmp: shutil.copyfile(out_dir / BEST, tmp))
+        logits, labels = predict(model, split_batches(data.test), device, cfg.trainer.precision)
+    else:
+        model = finalize(model, out_dir)
+        cpu = torch.device("cpu")
+        logits, labels = predict(model, split_batches(data.test, cpu), cpu, "fp32")
     metrics = {
         "stage": stage,
         "model": model_name,
         "fingerprint": fingerprint,
-        "params": count_parameters(model),
+        "params": params,
         "test_top1": topk_accuracy(logits, labels, 1),
         "test_top5": topk_accuracy(logits, labels, 5),
         "best_val_top1": result.best_val_top1,

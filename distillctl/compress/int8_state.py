@@ -1,0 +1,77 @@
+"""An int8 model's state as plain tensors plus JSON, so it is stored as safetensors and read without pickle.
+
+safetensors holds no quantized dtypes, so each quantized tensor becomes its integer values, its scales
+(float32: the observers computed them in float32, so nothing is lost) and zero points, and the recipe to
+reassemble it. Packed linear parameters (a tuple) and dtype entries are flattened the same way.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric)
+
+
+def encode(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, layout): the tensors for safetensors and the JSON layout that decode() needs."""
+    tensors: dict[str, torch.Tensor] = {}
+    layout: dict[str, Any] = {}
+
+    def put(key: str, value: Any) -> Any:
+        if isinstance(value, tuple):
+            return {"tuple": [put(f"{key}.{i}", v) for i, v in enumerate(value)]}
+        if isinstance(value, torch.dtype):
+            return {"dtype": str(value).removeprefix("torch.")}
+        value = value.detach()
+        if not value.is_quantized:
+            tensors[key] = value.contiguous().cpu()
+            return None  # a plain tensor needs no layout entry
+        tensors[key] = value.int_repr().contiguous()
+        entry: dict[str, Any] = {"quantized": True}
+        if value.qscheme() in PER_CHANNEL:
+            tensors[key + ".scales"] = value.q_per_channel_scales().float()
+            zero_points = value.q_per_channel_zero_points()
+            if zero_points.any():  # symmetric int8 weights: all zero, not worth storing
+                tensors[key + ".zero_points"] = zero_points.int()
+            entry["axis"] = value.q_per_channel_axis()
+        else:
+            entry |= {"scale": value.q_scale(), "zero_point": value.q_zero_point()}
+        return entry
+
+    for key, value in state.items():
+        if (entry := put(key, value)) is not None:
+            layout[key] = entry
+    # Quantized modules read their state by version (old versions expect other keys); keep the versions.
+    versions = {prefix: dict(meta) for prefix, meta in getattr(state, "_metadata", {}).items()}
+    return tensors, {"entries": layout, "versions": versions}
+
+
+def decode(tensors: dict[str, torch.Tensor], layout: dict[str, Any]) -> dict[str, Any]:
+    """The state_dict encode() was given, quantized tensors and all."""
+
+    def get(key: str, entry: dict[str, Any] | None) -> Any:
+        if entry is None:
+            return tensors[key]
+        if "tuple" in entry:
+            return tuple(get(f"{key}.{i}", e) for i, e in enumerate(entry["tuple"]))
+        if "dtype" in entry:
+            return getattr(torch, entry["dtype"])
+        # The integer dtype (int8 / uint8) of the stored values picks qint8 / quint8.
+        values = tensors[key]
+        if "axis" in entry:
+            scales = tensors[key + ".scales"].double()
+            zero_points = tensors.get(key + ".zero_points", torch.zeros(len(scales), dtype=torch.int32)).long()
+            return torch._make_per_channel_quantized_tensor(values, scales, zero_points, entry["axis"])
+        return torch._make_per_tensor_quantized_tensor(values, entry["scale"], entry["zero_point"])
+
+    entries = layout["entries"]
+    companions = {f"{k}.{part}" for k, e in entries.items() for part in ("scales", "zero_points")}
+    tuple_parts = {f"{k}.{i}" for k, e in entries.items() if "tuple" in e for i in range(len(e["tuple"]))}
+    plain = [k for k in tensors if k not in entries and k not in companions and k not in tuple_parts]
+    state = OrderedDict((key, get(key, entries.get(key))) for key in [*entries, *plain])
+    state._metadata = OrderedDict(layout["versions"].items())  # type: ignore[attr-defined]
+    return state
+

@@ -1,0 +1,111 @@
+"""ONNX export (torch.export based), ONNX Runtime static int8 quantization, and an ONNX model usable like a module.
+
+ONNX Runtime is the CPU deployment target: the same file runs from C++, C#, Java or a phone, and its
+quantizer writes QDQ graphs that its own int8 kernels execute. Weights stay plain tensors in a protobuf;
+nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from distillctl import artifacts
+from distillctl.errors import UserError
+
+INPUT, OUTPUT = "images", "logits"
+
+
+def export(model: nn.Module, path: Path, image_size: int, opset: int, metadata: dict) -> None:
+    """Write `model` (float, eval mode) as ONNX with a dynamic batch size and distillctl's metadata."""
+    import onnx
+
+    model = model.cpu().eval()
+    example = torch.zeros(2, 3, image_size, image_size)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    try:
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, opset_version=opset, input_names=[INPUT], output_names=[OUTPUT],
+            dynamic_shapes=[{0: batch}], verbose=False,
+        )
+    except Exception as exc:  # torch.export raises many error types for untraceable code
+        raise UserError(f"torch.onnx.export could not export this model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}).") from None
+    proto = program.model_proto
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=json.dumps(value))
+    artifacts.atomic_write(path, lambda tmp: onnx.save(proto, str(tmp)))
+
+
+def metadata(path: Path) -> dict:
+    """distillctl's metadata stored in an ONNX file."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise UserError(f"'{path}' is not a readable ONNX model ({type(exc).__name__}); re-run the stage that wrote it.") from None
+    meta = {}
+    for prop in proto.metadata_props:
+        try:
+            meta[prop.key] = json.loads(prop.value)
+        except ValueError:
+            meta[prop.key] = prop.value
+    return meta
+
+
+class CalibrationImages:
+    """ONNX Runtime's calibration reader over batches of normalized images."""
+
+    def __init__(self, batches: Iterable[torch.Tensor]) -> None:
+        self.batches = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        x = next(self.batches, None)
+        return None if x is None else {INPUT: x.cpu().contiguous().numpy()}
+
+
+def quantize_int8(float_path: Path, out_path: Path, batches: Iterable[torch.Tensor], per_channel: bool) -> None:
+    """Static int8 QDQ model from a float ONNX file, activations calibrated (min-max) on `batches`."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    class Reader(CalibrationImages, CalibrationDataReader):
+        pass
+
+    prepared = out_path.with_name(out_path.stem + ".prepared.onnx")
+    try:
+        # Shape inference and graph clean-up first, as ONNX Runtime's quantizer recommends.
+        quant_pre_process(str(float_path), str(prepared))
+        artifacts.atomic_write(out_path, lambda tmp: quantize_static(
+            str(prepared), str(tmp), Reader(batches), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        ))
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
+class OnnxClassifier(nn.Module):
+    """An ONNX file run by ONNX Runtime on the CPU, called like the torch model it came from."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise UserError(f"ONNX Runtime could not load '{path}' ({type(exc).__name__}); it may be corrupt. Re-run the stage that wrote it.") from None
+        self.path = path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (logits,) = self.session.run([OUTPUT], {INPUT: x.detach().float().cpu().contiguous().numpy()})
+        return torch.from_numpy(logits)
+

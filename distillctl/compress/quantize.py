@@ -1,0 +1,173 @@
+"""Int8 quantization for the CPU with torch's FX graph mode, and plain fp16/bf16 casts.
+
+Why FX graph mode (torch.ao.quantization.quantize_fx): in the torch we pin it is the path that traces any
+timm model without edits (residual additions become quantized add_relu, conv-bn-relu fuse on their own)
+and runs on fbgemm/x86 int8 kernels straight away: ResNet-20 at batch 256 runs 6x faster than fp32 on this
+CPU (docs/results.md). It is deprecated in favour of torchao's pt2e flow, whose converted graphs
+are q/dq reference patterns that only get fast after torch.compile lowers them to int8 kernels -- a C++
+compile per load, which a CLI evaluating artifacts should not pay. The migration is prepare_pt2e/convert_pt2e
+with torchao's X86InductorQuantizer; torch's deprecation warning is silenced here and noted in the README.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from distillctl.errors import UserError
+
+BACKENDS = ("x86", "fbgemm")
+
+# Leaf layers that run on int8 tensors as they are (no weights to quantize) or that FX leaves in place.
+PASSTHROUGH = (
+    nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d,
+    nn.Flatten, nn.Hardtanh, nn.Sigmoid, nn.Hardsigmoid, nn.Tanh,
+)
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """torch.ao warns on every call (deprecation, observer defaults); the README records the migration once."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"torch\.ao\..*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quant.*")
+        yield
+
+
+def quantizable_types() -> tuple[type, ...]:
+    """Layer types the FX flow converts to int8 kernels."""
+    from torch.ao.quantization.quantization_mappings import get_default_static_quant_module_mappings
+
+    return tuple(t for t in get_default_static_quant_module_mappings() if isinstance(t, type))
+
+
+def check_supported(model: nn.Module, skip: Iterable[str]) -> None:
+    """Fail before any work when a layer has no int8 kernel or the model cannot be traced, naming the way out."""
+    skip = set(skip)
+    known = {name for name, _ in model.named_modules()}
+    if unknown := sorted(skip - known):
+        from distillctl.errors import did_you_mean
+
+        raise UserError(f"quantize.skip names no layer of this model: {unknown[0]}.{did_you_mean(unknown[0], known)}")
+    supported = quantizable_types() + PASSTHROUGH
+    for name, module in model.named_modules():
+        if any(name == s or name.startswith(s + ".") for s in skip):
+            continue
+        if not list(module.children()) and not isinstance(module, supported):
+            raise UserError(
+                f"layer '{name}' ({type(module).__name__}) has no int8 kernel in torch's x86 backend. "
+                f"Keep it in float with quantize.skip=[{name}], or use quantize=onnx_int8 or quantize=fp16."
+            )
+    try:
+        with quiet():
+            torch.fx.symbolic_trace(model)
+    except Exception as exc:  # torch.fx raises many types for data-dependent Python control flow
+        raise UserError(
+            f"torch.fx cannot trace this model for int8 quantization ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+            "Use quantize=onnx_int8 (traced by torch.export) or quantize=fp16."
+        ) from None
+
+
+def qconfig_mapping(backend: str, per_channel: bool, skip: Iterable[str], qat: bool = False):
+    """Observers for `backend`: per-channel int8 weights (or per-tensor), uint8 activations; skipped layers stay float."""
+    from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
+
+    if backend not in BACKENDS:
+        raise UserError(f"quantize.backend={backend}: use one of {', '.join(BACKENDS)}.")
+    with quiet():
+        mapping = get_default_qat_qconfig_mapping(backend) if qat else get_default_qconfig_mapping(backend)
+        if not per_channel:
+            from torch.ao.quantization import QConfig, default_weight_fake_quant, default_weight_observer
+
+            weight = default_weight_fake_quant if qat else default_weight_observer
+            mapping = mapping.set_global(QConfig(activation=mapping.global_qconfig.activation, weight=weight))
+    for name in skip:
+        mapping = mapping.set_module_name(name, None)
+    return mapping
+
+
+def prepare(model: nn.Module, example: torch.Tensor, backend: str, per_channel: bool, skip: Iterable[str], qat: bool = False) -> nn.Module:
+    """The model with observers (static) or fake-quant modules (QAT) inserted and conv-bn-relu fused."""
+    from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
+
+    torch.backends.quantized.engine = backend
+    mapping = qconfig_mapping(backend, per_channel, list(skip), qat)
+    with quiet():
+        if qat:
+            return prepare_qat_fx(model.train(), mapping, (example,))
+        return prepare_fx(model.eval(), mapping, (example,))
+
+
+@torch.inference_mode()
+def calibrate(prepared: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Run images through the observers; returns how many were seen."""
+    prepared.eval()
+    seen = 0
+    with quiet():
+        for x in batches:
+            prepared(x.cpu().contiguous())
+            seen += len(x)
+    return seen
+
+
+def convert(prepared: nn.Module) -> nn.Module:
+    """Observed (or fake-quantized) model -> int8 model on fbgemm/x86 kernels."""
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    with quiet():
+        return convert_fx(prepared.cpu().eval())
+
+
+def rebuild(model: nn.Module, image_size: int, backend: str, per_channel: bool, skip: Iterable[str]) -> nn.Module:
+    """The int8 graph of a float architecture, with placeholder scales, ready for a saved int8 state."""
+    example = torch.zeros(1, 3, image_size, image_size)
+    prepared = prepare(model, example, backend, per_channel, skip)
+    calibrate(prepared, [example])  # observers need one pass to produce (placeholder) scales
+    return convert(prepared)
+
+
+class Cast(nn.Module):
+    """A model run in fp16 or bf16 on float32 images, returning float32 logits."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model.to(dtype)
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.dtype)).float()
+
+
+CAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def save_quantized(path, model: nn.Module, metadata: dict, quantization: dict) -> None:
+    """Write a cast or int8 model as safetensors; `quantization` (method, backend, ...) says how to rebuild it."""
+    from distillctl import artifacts
+    from distillctl.compress import int8_state
+
+    if isinstance(model, Cast):
+        artifacts.save_weights(path, model.model, metadata | {"quantization": quantization})
+        return
+    tensors, layout = int8_state.encode(model.state_dict())
+    artifacts.save_tensors(path, tensors, metadata | {"quantization": quantization | {"layout": layout}})
+
+
+def load_quantized(path, model: nn.Module, quantization: dict) -> nn.Module:
+    """The saved cast or int8 model, rebuilt on the float architecture `model` (weights not yet loaded)."""
+    from distillctl import artifacts
+    from distillctl.compress import int8_state
+
+    method = quantization["method"]
+    if method in CAST_DTYPES:
+        model = model.to(CAST_DTYPES[method])
+        artifacts.load_weights(path, model)
+        return Cast(model, CAST_DTYPES[method])
+    int8 = rebuild(model, quantization["image_size"], quantization["backend"], quantization["per_channel"], quantization["skip"])
+    artifacts.fit_state(int8, int8_state.decode(artifacts.read_weights(path), quantization["layout"]), path)
+    return int8
