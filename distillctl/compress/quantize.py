@@ -1,12 +1,11 @@
 """Int8 quantization for the CPU with torch's FX graph mode, and plain fp16/bf16 casts.
 
-Why FX graph mode (torch.ao.quantization.quantize_fx): in the torch we pin it is the path that traces any
-timm model without edits (residual additions become quantized add_relu, conv-bn-relu fuse on their own)
-and runs on fbgemm/x86 int8 kernels straight away: ResNet-20 at batch 256 runs 6x faster than fp32 on this
-CPU (docs/results.md). It is deprecated in favour of torchao's pt2e flow, whose converted graphs
-are q/dq reference patterns that only get fast after torch.compile lowers them to int8 kernels -- a C++
-compile per load, which a CLI evaluating artifacts should not pay. The migration is prepare_pt2e/convert_pt2e
-with torchao's X86InductorQuantizer; torch's deprecation warning is silenced here and noted in the README.
+Why FX graph mode (torch.ao.quantization.quantize_fx): in the torch we pin it is the path that quantizes a
+traceable model without edits (residual additions become quantized add_relu, conv-bn-relu fuse on their own)
+and runs on fbgemm/x86 int8 kernels straight away, with no compile step (speed-ups in docs/results.md). It is deprecated in favour of torchao's pt2e flow, whose converted graphs are q/dq
+patterns that become int8 kernels only once lowered (torch.compile's inductor, or torchao's x86 lowering) and
+which needs torchao beside torch. The migration is prepare_pt2e/convert_pt2e with X86InductorQuantizer;
+torch's deprecation warning is silenced here and the choice is recorded in the README.
 """
 
 from __future__ import annotations
