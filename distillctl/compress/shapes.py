@@ -14,12 +14,13 @@ from distillctl.errors import UserError
 
 
 def shape_of(module: nn.Module) -> dict[str, Any] | None:
-    """The shape record of a Conv2d, BatchNorm2d or Linear; None for any other module."""
-    if isinstance(module, nn.Conv2d):
+    """The shape record of a Conv2d, BatchNorm2d or Linear; None for any other module, subclasses included
+    (timm's BatchNormAct2d or Conv2dSame carry more than a size, and a plain layer would replace them)."""
+    if type(module) is nn.Conv2d:
         return {"type": "Conv2d", "in": module.in_channels, "out": module.out_channels, "groups": module.groups}
-    if isinstance(module, nn.BatchNorm2d):
+    if type(module) is nn.BatchNorm2d:
         return {"type": "BatchNorm2d", "features": module.num_features}
-    if isinstance(module, nn.Linear):
+    if type(module) is nn.Linear:
         return {"type": "Linear", "in": module.in_features, "out": module.out_features}
     return None
 
