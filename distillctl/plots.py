@@ -20,6 +20,9 @@ def draw(report_dir: Path, results: dict[str, dict[str, Any]], title: str) -> li
 
     matplotlib.use("Agg")  # files only: no display on servers and CI
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.3, not 3x10^-1
 
     written = []
     for key, label, name in PLOTS:
@@ -29,6 +32,9 @@ def draw(report_dir: Path, results: dict[str, dict[str, Any]], title: str) -> li
             axes.scatter(x, y, s=36)
             axes.annotate(stage, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
         axes.set_xscale("log")  # teacher and int8 student differ by 10x or more
+        axes.xaxis.set_major_formatter(plain)
+        axes.xaxis.set_minor_formatter(plain)
+        axes.tick_params(axis="x", which="minor", labelsize=7)
         axes.set_xlabel(label + " (log scale)")
         axes.set_ylabel("test top-1 (%)")
         axes.set_title(f"{title}: top-1 vs {label.split(' (')[0]}", fontsize=10)
