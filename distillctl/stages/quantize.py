@@ -24,13 +24,12 @@ from distillctl.models import architecture_metadata, count_parameters, load_mode
 from distillctl.stages import distill
 from distillctl.stages.context import RunContext
 from distillctl.stages.training import train_and_save
-from distillctl.workspace import MODEL_FILE, ONNX_FILE, Workspace, fingerprint as config_fingerprint, recorded_fingerprint
+from distillctl.workspace import METRICS_FILE, MODEL_FILE, ONNX_FILE, Workspace, fingerprint as config_fingerprint, recorded_fingerprint
 
 # Each method writes runs/<recipe>/<method>/, so several quantized versions sit side by side for evaluate.
 METHODS = ("fp16", "bf16", "int8_static", "int8_qat", "onnx_int8")
 SOURCES = ("auto", "student", "pruned")
 EXPORT_DIR = "export"
-STAGE = "quantize"  # the pipeline's name for this step; its folder is the method's
 
 
 def source_dir(cfg: DictConfig, ws: Workspace) -> Path:
@@ -115,6 +114,8 @@ def run(cfg: DictConfig) -> dict:
     quantization = {"method": method, "backend": q.backend, "per_channel": q.per_channel, "skip": list(q.skip), "image_size": size}
     keep = architecture_metadata(meta)
     out_dir = ctx.workspace.output(method)
+    # A re-run that stops half-way must not leave the folder looking finished with the old metrics.
+    (out_dir / METRICS_FILE).unlink(missing_ok=True)
     workspace.save_config(out_dir, cfg)
     start = time.perf_counter()
     console.print(f"quantizing {meta['model']} from {source} ({method})")
