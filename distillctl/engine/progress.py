@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 # Logs captured without a terminal (CI, pipes) would otherwise wrap tables at 80 columns.
 console = Console(highlight=False)
 if not console.is_terminal:
     console = Console(highlight=False, width=140)
+
+
+def print_summary_table(title: str, rows: list[tuple[str, str]]) -> None:
+    """The two-column (metric, value) table that closes a stage."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 class TrainingProgress:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
@@ -22,7 +23,7 @@ from distillctl.workspace import MODEL_FILE, Workspace, fingerprint as config_fi
 STAGE = "pruned"
 
 
-def student_dir(cfg: DictConfig, ws: Workspace):
+def student_dir(ws: Workspace) -> Path:
     """The distilled student to prune."""
     found = ws.find("student")
     if found is None:
@@ -33,7 +34,7 @@ def student_dir(cfg: DictConfig, ws: Workspace):
 def fingerprint(cfg: DictConfig, ws: Workspace) -> str:
     """What the pruned model depends on: the prune settings, fine-tuning set-up and the student."""
     try:
-        student_id = recorded_fingerprint(student_dir(cfg, ws)) or "unknown"
+        student_id = recorded_fingerprint(student_dir(ws)) or "unknown"
     except UserError:
         student_id = "no-student"
     return config_fingerprint(cfg, ["dataset", "prune", "loss", "trainer", "optimizer"], [str(cfg.seed), student_id])
@@ -42,7 +43,7 @@ def fingerprint(cfg: DictConfig, ws: Workspace) -> str:
 def run(cfg: DictConfig) -> dict:
     """Prune the workspace's student and write runs/<recipe>/pruned/."""
     ctx = RunContext.open(cfg)
-    source = student_dir(cfg, ctx.workspace) / MODEL_FILE
+    source = student_dir(ctx.workspace) / MODEL_FILE
     model, meta = load_model(source)
     example = torch.zeros(1, 3, cfg.dataset.image_size, cfg.dataset.image_size)
     p = cfg.prune

@@ -10,18 +10,17 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from rich.table import Table
 from torch import nn
 
 from distillctl import measure, workspace
 from distillctl.compress import onnx_export, quantize
 from distillctl.data import eval_batches
 from distillctl.engine.predict import predict, topk_accuracy
-from distillctl.engine.progress import console
+from distillctl.engine.progress import console, print_summary_table
 from distillctl.errors import UserError, did_you_mean
 from distillctl.losses import build_objective
 from distillctl.models import architecture_metadata, count_parameters, load_model
-from distillctl.stages import distill
+from distillctl.stages import distill, prune
 from distillctl.stages.context import RunContext
 from distillctl.stages.training import train_and_save
 from distillctl.workspace import METRICS_FILE, MODEL_FILE, ONNX_FILE, Workspace, fingerprint as config_fingerprint, recorded_fingerprint
@@ -41,9 +40,7 @@ def source_dir(cfg: DictConfig, ws: Workspace) -> Path:
         return found
     if choice == "pruned":
         raise UserError(f"no pruned model in {ws.root / 'pruned'}: run `distillctl prune` with the same recipe first, or set quantize.source=student.")
-    if (found := ws.find("student")) is None:
-        raise UserError(f"no distilled student in {ws.root / 'student'}: run `distillctl distill` with the same recipe first.")
-    return found
+    return prune.student_dir(ws)
 
 
 def output_name(cfg: DictConfig) -> str:
@@ -197,16 +194,10 @@ def export_onnx(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict) 
 
 def print_summary(method: str, metrics: dict, out_dir: Path) -> None:
     """The rich table that closes the stage."""
-    table = Table(title=f"quantize: {metrics['model']} -> {method}", title_justify="left")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    rows = [
+    print_summary_table(f"quantize: {metrics['model']} -> {method}", [
         ("test top-1", f"{metrics['test_top1']:.2%} (float {metrics['float_test_top1']:.2%})"),
         ("agreement with float", f"{metrics['agreement_with_float']:.2%}"),
         ("file size", f"{metrics['size_mb']:.3f} MB (float {metrics['float_size_mb']:.3f} MB, {metrics['float_size_mb'] / metrics['size_mb']:.2f}x smaller)"),
         ("time", f"{metrics['seconds']:.1f} s"),
         ("artifacts", str(out_dir)),
-    ]
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    ])

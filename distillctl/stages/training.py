@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from rich.table import Table
 from torch import nn
 
 from distillctl import artifacts, workspace
@@ -16,7 +15,7 @@ from distillctl.data import Batches, eval_batches
 from distillctl.engine.fit import BEST, FitResult, Trainee, fit
 from distillctl.engine.optim import build_optimizer, build_schedule
 from distillctl.engine.predict import predict, topk_accuracy
-from distillctl.engine.progress import console
+from distillctl.engine.progress import print_summary_table
 from distillctl.losses import Objective
 from distillctl.models import count_parameters, model_metadata
 from distillctl.stages.context import RunContext
@@ -108,10 +107,7 @@ def stage_model_key(stage: str) -> str:
 
 def print_summary(stage: str, metrics: dict, result: FitResult, out_dir: Path) -> None:
     """The rich table that closes a training stage."""
-    table = Table(title=f"{stage}: {metrics['model']}", title_justify="left")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    rows = [
+    print_summary_table(f"{stage}: {metrics['model']}", [
         ("test top-1", f"{metrics['test_top1']:.2%}"),
         ("test top-5", f"{metrics['test_top5']:.2%}"),
         ("best val top-1", f"{result.best_val_top1:.2%} (epoch {result.best_epoch})"),
@@ -120,7 +116,4 @@ def print_summary(stage: str, metrics: dict, result: FitResult, out_dir: Path) -
         ("time", f"{result.seconds:.1f} s"),
         ("throughput", f"{result.images_per_s:,.0f} img/s"),
         ("artifacts", str(out_dir)),
-    ]
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    ])
