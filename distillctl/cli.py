@@ -82,8 +82,49 @@ def resolve_recipe_overrides(overrides: Sequence[str]) -> list[str]:
             node = OmegaConf.load(recipe.path)
         except Exception as exc:  # a broken YAML file is the user's to fix
             raise UserError(f"recipe {recipe.path} is not valid YAML: {exc}") from None
-        store.store(group="recipe", name=name, node=node, package="_global_")
+        store.store(group="recipe", name=name, node=model_defaults_as_names(node), package="_global_")
     return rewritten
+
+
+def model_defaults_as_names(recipe):
+    """Read `override /teacher: NAME` in a recipe's defaults as `teacher.name: NAME`, as on the command line:
+    models are named, not picked from a config group, so recipes written that way keep working."""
+    from omegaconf import OmegaConf
+
+    defaults = recipe.get("defaults") if OmegaConf.is_dict(recipe) else None
+    if not defaults:
+        return recipe
+    kept = []
+    for entry in defaults:
+        if OmegaConf.is_dict(entry) and len(entry) == 1:
+            key, value = next(iter(entry.items()))
+            role = str(key).removeprefix("override").strip().lstrip("/")
+            if role in MODEL_KEYS and isinstance(value, str):
+                recipe[role] = OmegaConf.merge({"name": value}, recipe.get(role) or {})
+                continue
+        kept.append(entry)
+    recipe.defaults = kept
+    return recipe
+
+
+MODEL_KEYS = ("teacher", "student")
+
+
+def model_shorthand(overrides: Sequence[str]) -> list[str]:
+    """`teacher=NAME` and `student=NAME` (sweeps too: student=resnet8,resnet14) mean `<role>.name=NAME`:
+    any timm or zoo name works without a config file per model."""
+    rewritten = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and key in MODEL_KEYS and not value.startswith("{"):
+            override = f"{key}.name={value}"
+        rewritten.append(override)
+    return rewritten
+
+
+def prepare_overrides(overrides: Sequence[str]) -> list[str]:
+    """The overrides Hydra composes: recipes registered and resolved, model shorthands expanded."""
+    return model_shorthand(resolve_recipe_overrides(overrides))
 
 
 def with_sweep_dir(overrides: list[str]) -> list[str]:
@@ -126,28 +167,41 @@ def compose_config(overrides: Sequence[str]):
 
 
 def explain_composition_error(exc: BaseException, overrides: Sequence[str]) -> str:
-    """Hydra's message for a bad override on one line, with the valid keys and a suggestion for a typo."""
-    import re
+    """Hydra's message for a bad override on one line: the full key, what is allowed, and the closest match."""
+    from enum import Enum
 
     from omegaconf import DictConfig
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-    # Hydra appends its search path to some messages: noise for a user who typed an option name.
-    message = " ".join(str(exc).split()).split(" Config search path")[0]
-    bad_key = re.search(r"Could not override '([^']+)'", message)
-    if bad_key:
-        parent, _, leaf = bad_key.group(1).rpartition(".")
+    cause = exc.__cause__
+    key = getattr(cause, "full_key", None)
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
+        parent, _, leaf = key.rpartition(".")
         try:
-            node = compose_config([o for o in overrides if not o.startswith(bad_key.group(1) + "=")])
+            node = compose_config([o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key])
         except Exception:
             node = None
         for part in parent.split(".") if parent else []:
             node = node.get(part) if isinstance(node, DictConfig) else None
-        if isinstance(node, DictConfig) and leaf not in node:
+        if isinstance(node, DictConfig):
             valid = sorted(node.keys())
             where = f" under '{parent}'" if parent else ""
-            return f"unknown config key '{bad_key.group(1)}'.{did_you_mean(leaf, valid)} Valid keys{where}: {', '.join(valid)}."
-    if exc.__cause__ is not None:
-        message += f" ({' '.join(str(exc.__cause__).split())})"
+            return f"unknown config key '{key}'.{did_you_mean(leaf, valid)} Valid keys{where}: {', '.join(valid)}."
+    if isinstance(cause, ValidationError) and key:
+        value = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == key), None)
+        import typing
+
+        owner = getattr(cause, "object_type", None)
+        hints = typing.get_type_hints(owner) if isinstance(owner, type) else {}
+        enum_type = hints.get(key.rpartition(".")[2])
+        if isinstance(enum_type, type) and issubclass(enum_type, Enum):
+            choices = [m.name for m in enum_type]
+            return f"{key}={value} is not one of {', '.join(choices)}.{did_you_mean(str(value), choices)}"
+        return f"{key}={value}: {' '.join(str(cause).splitlines()[0].split())}."
+    # Hydra appends its search path to some messages: noise for a user who typed an option name.
+    message = " ".join(str(exc).split()).split(" Config search path")[0]
+    if cause is not None:
+        message += f" ({' '.join(str(cause).split())})"
     return message
 
 
@@ -176,7 +230,7 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
     from distillctl import config
 
     config.register()
-    overrides = overrides_first(with_sweep_dir(resolve_recipe_overrides(overrides)))
+    overrides = overrides_first(with_sweep_dir(prepare_overrides(overrides)))
     if not any(o in ("--help", "-h", "--hydra-help") or o.startswith("--cfg") or o == "-c" for o in overrides):
         check_composes(overrides)
     module_name = COMMANDS[command][0]
@@ -196,7 +250,9 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
 
 def fail(message: str, code: int = 2) -> None:
     """Print one error line and exit: the path for every mistake a user can fix."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise SystemExit(code)
 
 
@@ -216,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if command == "recipes":
             print_recipes()
         elif command == "inspect":
-            from distillctl.stages.inspect import run_inspect
+            from distillctl.inspect import run_inspect
 
             run_inspect(overrides)
         elif command in COMMANDS:

@@ -3,12 +3,64 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
 CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR10_STD = [0.2470, 0.2435, 0.2616]
+
+
+# Named choices are enums so that a typo is refused while the config is composed, before any stage runs,
+# with the valid values listed. StrEnum members compare equal to their strings and print as them.
+class Precision(StrEnum):
+    auto = "auto"  # bf16 autocast on CUDA, fp32 elsewhere
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class OptimizerName(StrEnum):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
+class SchedulerName(StrEnum):
+    step = "step"
+    cosine = "cosine"
+    constant = "constant"
+
+
+class PruneMethod(StrEnum):
+    structured = "structured"
+    unstructured = "unstructured"
+
+
+class Importance(StrEnum):
+    l1 = "l1"
+    l2 = "l2"
+    bn_scale = "bn_scale"
+
+
+class QuantizeMethod(StrEnum):
+    """Each method writes runs/<recipe>/<method>/, so several quantized versions sit side by side."""
+
+    fp16 = "fp16"
+    bf16 = "bf16"
+    int8_static = "int8_static"
+    int8_qat = "int8_qat"
+    onnx_int8 = "onnx_int8"
+
+
+class QuantizeSource(StrEnum):
+    auto = "auto"  # the pruned student when there is one, else the student
+    student = "student"
+    pruned = "pruned"
+
+
+class Int8Backend(StrEnum):
+    x86 = "x86"
+    fbgemm = "fbgemm"
 
 
 @dataclass
@@ -61,11 +113,11 @@ class LossConfig:
 class TrainerConfig:
     """The training loop shared by every stage."""
 
-    epochs: int = 1
+    epochs: int = 30
     batch_size: int = 128
     eval_batch_size: int = 512
     device: str = "auto"  # auto: cuda, else mps, else cpu
-    precision: str = "auto"  # auto: bf16 autocast on cuda, fp32 elsewhere; or fp32 / bf16 / fp16
+    precision: Precision = Precision.auto
     label_smoothing: float = 0.0
     grad_clip: Optional[float] = None
     # NHWC memory: +16-27% on this CPU and faster on an H100 (docs/performance.md).
@@ -85,7 +137,7 @@ class TrainerConfig:
 class OptimizerConfig:
     """The optimizer of the model being trained."""
 
-    name: str = "sgd"  # sgd | adamw
+    name: OptimizerName = OptimizerName.sgd
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = False
@@ -97,7 +149,7 @@ class OptimizerConfig:
 class SchedulerConfig:
     """Learning-rate schedule over epochs, stepped per iteration."""
 
-    name: str = "step"  # step | cosine | constant
+    name: SchedulerName = SchedulerName.step
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
     warmup_epochs: float = 0.0
@@ -108,8 +160,8 @@ class SchedulerConfig:
 class PruneConfig:
     """The prune stage: structured channel removal (then KD fine-tuning) or unstructured sparsity."""
 
-    method: str = "structured"  # structured | unstructured
-    importance: str = "l1"  # l1 | l2 | bn_scale (structured)
+    method: PruneMethod = PruneMethod.structured
+    importance: Importance = Importance.l1  # structured only
     global_pruning: bool = False  # rank channels across layers rather than within each
     # Structured target: a MACs ratio to reach, or (when set) a fixed channel ratio to remove instead.
     target_macs_ratio: float = 0.5
@@ -125,9 +177,9 @@ class PruneConfig:
 class QuantizeConfig:
     """The quantize stage; its output folder is runs/<recipe>/<method>/."""
 
-    method: str = "int8_static"  # int8_static | int8_qat | fp16 | bf16 | onnx_int8
-    source: str = "auto"  # auto: the pruned student when there is one, else the student; or student | pruned
-    backend: str = "x86"  # torch int8 kernels: x86 | fbgemm
+    method: QuantizeMethod = QuantizeMethod.int8_static
+    source: QuantizeSource = QuantizeSource.auto
+    backend: Int8Backend = Int8Backend.x86  # torch's int8 kernels
     per_channel: bool = True  # per-channel int8 weights (per-tensor when false)
     calibration_batches: int = 8  # training images seen by the observers: batches of calibration_batch_size
     calibration_batch_size: int = 128
@@ -170,5 +222,8 @@ class Config:
 
 
 def register() -> None:
-    """Put the schema into Hydra's ConfigStore under the name config.yaml starts its defaults with."""
+    """Put the schema into Hydra's ConfigStore under the name config.yaml starts its defaults with, and the
+    loss terms (each term's dataclass, registered by importing its module) under loss/terms."""
+    import distillctl.losses  # noqa: F401
+
     ConfigStore.instance().store(name="schema", node=Config)

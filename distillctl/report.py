@@ -9,7 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from distillctl import artifacts
-from distillctl.engine.progress import console
+from distillctl.console import console
 
 # (key, header, format) for each column of the table and of report.md.
 COLUMNS = [

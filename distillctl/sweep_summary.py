@@ -16,7 +16,7 @@ class SweepSummary(Callback):
     """Registered in configs/config.yaml under hydra.callbacks."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from distillctl.engine.progress import console
+        from distillctl.console import console
 
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = []

@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from distillctl import artifacts
+from distillctl.errors import UserError
 
 MODEL_FILE, METRICS_FILE, CONFIG_FILE = "model.safetensors", "metrics.json", "config.yaml"
 ONNX_FILE = "model.onnx"
@@ -46,6 +47,13 @@ class Workspace:
             if finished(base / stage):
                 return base / stage
         return None
+
+    def require(self, stage: str, what: str, command: str) -> Path:
+        """The finished `stage` folder, or a UserError naming the command that makes it."""
+        found = self.find(stage)
+        if found is None:
+            raise UserError(f"no {what} in {self.root / stage}: run `distillctl {command}` with the same recipe first.")
+        return found
 
 
 def model_file(stage_dir: Path) -> Path | None:

@@ -16,7 +16,7 @@ def composed(*overrides: str):
     from distillctl import config
 
     config.register()
-    overrides = cli.resolve_recipe_overrides(list(overrides))
+    overrides = cli.prepare_overrides(list(overrides))
     with initialize_config_dir(str(cli.CONFIG_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
 

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from distillctl import artifacts
-from distillctl.compress.prune import macs_and_params, prune_structured, prune_unstructured, weight_sparsity
+from distillctl.compress.channels import macs_and_params, prune_structured
+from distillctl.compress.sparsity import prune_unstructured, weight_sparsity
 from distillctl.compress.shapes import layer_shapes
 from distillctl.errors import UserError
 from distillctl.models import create_model, load_model

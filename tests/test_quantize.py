@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from distillctl import artifacts
-from distillctl.compress import onnx_export, quantize
+from distillctl.compress import int8_fx, onnx_export
 from distillctl.config import DatasetConfig
 from distillctl.data import Batches, eval_batches, load_splits
 from distillctl.errors import UserError
@@ -51,9 +51,9 @@ def split_images(data) -> torch.Tensor:
 
 
 def int8_static(model: nn.Module, data) -> nn.Module:
-    prepared = quantize.prepare(model, torch.zeros(1, 3, 32, 32), "x86", True, [])
-    quantize.calibrate(prepared, calibration(data))
-    return quantize.convert(prepared)
+    prepared = int8_fx.prepare(model, torch.zeros(1, 3, 32, 32), "x86", True, [])
+    int8_fx.calibrate(prepared, calibration(data))
+    return int8_fx.convert(prepared)
 
 
 @torch.inference_mode()
@@ -70,7 +70,7 @@ def test_int8_is_3_5x_smaller_agrees_with_fp32_and_reloads_exactly(trained, data
 
     float_path, int8_path = tmp_path / "float.safetensors", tmp_path / "int8.safetensors"
     artifacts.save_weights(float_path, trained, META)
-    quantize.save_quantized(int8_path, int8, META, QUANT)
+    int8_fx.save_quantized(int8_path, int8, META, QUANT)
     assert float_path.stat().st_size / int8_path.stat().st_size >= 3.5
 
     reloaded, meta = load_model(int8_path)
@@ -85,8 +85,8 @@ def test_int8_is_3_5x_smaller_agrees_with_fp32_and_reloads_exactly(trained, data
 def test_qat_prepared_model_trains_and_converts(trained, data):
     import copy
 
-    prepared = quantize.prepare(copy.deepcopy(trained), torch.zeros(1, 3, 32, 32), "x86", True, [], qat=True)
-    quantize.calibrate(prepared, calibration(data, 2))
+    prepared = int8_fx.prepare(copy.deepcopy(trained), torch.zeros(1, 3, 32, 32), "x86", True, [], qat=True)
+    int8_fx.calibrate(prepared, calibration(data, 2))
     optimizer = torch.optim.SGD(prepared.parameters(), lr=0.001, momentum=0.9)
     prepared.train()
     for x, y in Batches(*data.train, 64, DATA.mean, DATA.std, torch.device("cpu"), 0, max_steps=5):
@@ -96,7 +96,7 @@ def test_qat_prepared_model_trains_and_converts(trained, data):
         optimizer.step()
     prepared.eval()
     images = split_images(data)
-    int8 = quantize.convert(copy.deepcopy(prepared))
+    int8 = int8_fx.convert(copy.deepcopy(prepared))
     # What QAT trains against (fake quantization) is what the int8 kernels compute.
     assert agreement(prepared, int8, images) >= 0.97
 
@@ -105,9 +105,9 @@ def test_qat_prepared_model_trains_and_converts(trained, data):
 def test_half_precision_casts_round_trip(trained, tmp_path, method):
     import copy
 
-    cast = quantize.Cast(copy.deepcopy(trained), quantize.CAST_DTYPES[method])
+    cast = int8_fx.Cast(copy.deepcopy(trained), int8_fx.CAST_DTYPES[method])
     path = tmp_path / "model.safetensors"
-    quantize.save_quantized(path, cast, META, QUANT | {"method": method})
+    int8_fx.save_quantized(path, cast, META, QUANT | {"method": method})
     reloaded = load_model(path)[0].eval()
     x = torch.randn(8, 3, 32, 32)
     with torch.inference_mode():
@@ -147,14 +147,14 @@ class WithSiLU(nn.Module):
 
 def test_an_unsupported_layer_is_named_with_the_option_that_avoids_it():
     with pytest.raises(UserError, match=r"layer 'act' \(SiLU\).*quantize.skip=\[act\]"):
-        quantize.check_supported(WithSiLU(), [])
-    quantize.check_supported(WithSiLU(), ["act"])  # kept in float: accepted
+        int8_fx.check_supported(WithSiLU(), [])
+    int8_fx.check_supported(WithSiLU(), ["act"])  # kept in float: accepted
     model = WithSiLU().eval()
-    prepared = quantize.prepare(model, torch.zeros(1, 3, 16, 16), "x86", True, ["act"])
-    quantize.calibrate(prepared, [torch.randn(8, 3, 16, 16)])
-    assert quantize.convert(prepared)(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+    prepared = int8_fx.prepare(model, torch.zeros(1, 3, 16, 16), "x86", True, ["act"])
+    int8_fx.calibrate(prepared, [torch.randn(8, 3, 16, 16)])
+    assert int8_fx.convert(prepared)(torch.randn(2, 3, 16, 16)).shape == (2, 10)
     with pytest.raises(UserError, match="quantize.skip names no layer.*Did you mean 'act'"):
-        quantize.check_supported(WithSiLU(), ["actt"])
+        int8_fx.check_supported(WithSiLU(), ["actt"])
 
 
 def test_an_untraceable_model_is_refused_before_work():
@@ -168,4 +168,4 @@ def test_an_untraceable_model_is_refused_before_work():
             return y if y.sum() > 0 else -y  # data-dependent control flow: torch.fx cannot trace it
 
     with pytest.raises(UserError, match="cannot trace.*quantize=onnx_int8"):
-        quantize.check_supported(Branchy(), [])
+        int8_fx.check_supported(Branchy(), [])

@@ -16,8 +16,8 @@ from torch import nn
 import distillctl
 from distillctl import artifacts
 from distillctl.data import Batches
-from distillctl.engine.device import autocast, compile_mode
-from distillctl.engine.progress import TrainingProgress
+from distillctl.console import TrainingProgress
+from distillctl.engine.device import autocast, compile_policy
 from distillctl.engine.taps import FeatureTaps
 from distillctl.errors import UserError
 from distillctl.losses import Objective, StepOutputs
@@ -51,6 +51,29 @@ class Trainee:
     metadata: dict[str, Any]  # stored beside the weights: how to rebuild the model
 
 
+@dataclass
+class EpochTotals:
+    """Sums over one epoch's steps, kept on the device until the epoch ends."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    seen: int = 0
+
+    def record(self, epoch: int, val_top1: float, lr: float, seconds: float) -> dict[str, Any]:
+        """The epoch's line in history.jsonl."""
+        return {
+            "epoch": epoch,
+            "loss": round((self.loss / self.seen).item(), 5),
+            "train_top1": round((self.correct / self.seen).item(), 5),
+            "val_top1": round(val_top1, 5),
+            "lr": lr,
+            "seconds": round(seconds, 3),
+            "images_per_s": round(self.seen / seconds, 1),
+            **{f"loss.{k}": round((v / self.seen).item(), 5) for k, v in self.parts.items()},
+        }
+
+
 def fit(
     trainee: Trainee,
     batches: Batches,
@@ -63,86 +86,51 @@ def fit(
     on_epoch_end: Sequence[Callable[[int, dict[str, Any]], None]] = (),
 ) -> FitResult:
     """Train for trainer_cfg.epochs, validating each epoch; best and last checkpoints go to out_dir."""
-    model, objective = trainee.model, trainee.objective
-    device = batches.device
+    model = trainee.model
     out_dir.mkdir(parents=True, exist_ok=True)
-    start_epoch, best_val, best_epoch, history = 1, -1.0, 0, []
-    if resume:
-        start_epoch, best_val, best_epoch, history = restore(trainee, batches, out_dir)
-    student_layers, teacher_layers = objective.layers()
+    start_epoch, best_val, best_epoch, history = restore(trainee, batches, out_dir) if resume else (1, -1.0, 0, [])
+    student_layers, teacher_layers = trainee.objective.layers()
+    mode, note = compile_policy(batches.device, trainer_cfg, bool(student_layers or teacher_layers))
+    # Compiled callables wrap the modules; hooks, checkpoints and eval keep using the modules themselves.
+    student_fn = torch.compile(model, mode=mode) if mode else model
+    teacher_fn = torch.compile(teacher, mode=mode) if mode and teacher is not None else teacher
     if teacher is not None:
         teacher.eval()
-    # Compiled callables wrap the modules; hooks, checkpoints and eval keep using the modules themselves.
-    mode = compile_mode(device, trainer_cfg.compile, trainer_cfg.compile_mode)
-    if mode is not None and (student_layers or teacher_layers) and str(trainer_cfg.compile).lower() == "auto":
-        # Measured on an H100: hooks inside CUDA-graphed models re-trace every step (65 img/s against 20,000).
-        mode = None
-        progress_note = "compile off: feature-tapping terms and CUDA graphs do not mix yet (trainer.compile=true forces it)"
-    else:
-        progress_note = None
-    compiled = mode is not None
-    step_fn = torch.compile(model, mode=mode) if compiled else model
-    teacher_fn = torch.compile(teacher, mode=mode) if compiled and teacher is not None else teacher
-    t_start, images_seen, startup = time.perf_counter(), 0, None
+    t_start, images_seen, startup = time.perf_counter(), 0, [None]
     with (
         (out_dir / "train.log").open("a") as log,
         FeatureTaps(model, student_layers, "the student") as student_taps,
         FeatureTaps(feature_source(teacher), teacher_layers, "the teacher") as teacher_taps,
         TrainingProgress(title, trainer_cfg.epochs, len(batches), start_epoch) as progress,
     ):
-        log.write(f"# {title}: epochs {start_epoch}..{trainer_cfg.epochs}, {len(batches)} steps each, device {device}\n")
-        if progress_note:
-            progress.epoch_line(progress_note)
-            log.write(f"# {progress_note}\n")
+        log.write(f"# {title}: epochs {start_epoch}..{trainer_cfg.epochs}, {len(batches)} steps each, device {batches.device}\n")
+        if note:
+            progress.epoch_line(note)
+            log.write(f"# {note}\n")
         for epoch in range(start_epoch, trainer_cfg.epochs + 1):
             model.train()
             t_epoch = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            parts_sum: dict[str, torch.Tensor] = {}
-            seen, since_log, t_log = 0, 0, time.perf_counter()
-            for step, (x, y) in enumerate(batches, 1):
-                if compiled:  # CUDA-graph outputs of the previous step may be overwritten from here on
+
+            def step(x: torch.Tensor, y: torch.Tensor):
+                if mode:  # CUDA-graph outputs of the previous step may be overwritten from here on
                     torch.compiler.cudagraph_mark_step_begin()
-                out, loss, parts = train_step(trainee, x, y, epoch, step_fn, teacher_fn, student_taps, teacher_taps, trainer_cfg)
-                if startup is None:
-                    startup = time.perf_counter() - distillctl.STARTED
-                # Accumulate on the device; reading a value every step would stall an accelerator.
-                n = len(y)
-                loss_sum += loss.detach() * n
-                correct += (out.student_logits.detach().argmax(1) == y).sum()
-                for name, value in parts.items():
-                    parts_sum[name] = parts_sum.get(name, 0) + value * n
-                seen += n
-                since_log += n
-                if step % trainer_cfg.log_every == 0 or step == len(batches):
-                    now = time.perf_counter()
-                    progress.advance(
-                        trainer_cfg.log_every if step % trainer_cfg.log_every == 0 else step % trainer_cfg.log_every,
-                        epoch, (loss_sum / seen).item(), (correct / seen).item(), since_log / (now - t_log),
-                    )
-                    since_log, t_log = 0, now
-            epoch_seconds = time.perf_counter() - t_epoch
-            images_seen += seen
+                out = train_step(trainee, x, y, epoch, student_fn, teacher_fn, student_taps, teacher_taps, trainer_cfg)
+                startup[0] = startup[0] or time.perf_counter() - distillctl.STARTED
+                return out
+
+            totals = run_epoch(step, batches, epoch, trainer_cfg.log_every, progress)
+            seconds = time.perf_counter() - t_epoch
+            images_seen += totals.seen
             val_top1 = validate(model)
-            record = {
-                "epoch": epoch,
-                "loss": round((loss_sum / seen).item(), 5),
-                "train_top1": round((correct / seen).item(), 5),
-                "val_top1": round(val_top1, 5),
-                "lr": trainee.optimizer.param_groups[0]["lr"],
-                "seconds": round(epoch_seconds, 3),
-                "images_per_s": round(seen / epoch_seconds, 1),
-                **{f"loss.{k}": round((v / seen).item(), 5) for k, v in parts_sum.items()},
-            }
+            record = totals.record(epoch, val_top1, trainee.optimizer.param_groups[0]["lr"], seconds)
             history.append(record)
             if val_top1 > best_val:
                 best_val, best_epoch = val_top1, epoch
-                artifacts.save_weights(out_dir / BEST, model, {**trainee.metadata, "epoch": epoch, "val_top1": val_top1})
+                artifacts.save_weights(out_dir / BEST, model, {**trainee.metadata, "epoch": epoch, "val_top1": best_val})
             checkpoint(trainee, batches, out_dir, epoch, best_val, best_epoch, history)
             line = (
                 f"{title} epoch {epoch}/{trainer_cfg.epochs}  loss {record['loss']:.4f}  train {record['train_top1']:.1%}  "
-                f"val {val_top1:.1%}{' *' if best_epoch == epoch else ''}  {record['images_per_s']:,.0f} img/s  {epoch_seconds:.1f}s"
+                f"val {val_top1:.1%}{' *' if best_epoch == epoch else ''}  {record['images_per_s']:,.0f} img/s  {seconds:.1f}s"
             )
             progress.epoch_line(line)
             log.write(line + "\n")
@@ -150,7 +138,30 @@ def fit(
             for callback in on_epoch_end:
                 callback(epoch, record)
     seconds = time.perf_counter() - t_start
-    return FitResult(best_val, best_epoch, trainer_cfg.epochs, seconds, images_seen / max(seconds, 1e-9), history, start_epoch - 1, startup)
+    return FitResult(best_val, best_epoch, trainer_cfg.epochs, seconds, images_seen / max(seconds, 1e-9), history, start_epoch - 1, startup[0])
+
+
+def run_epoch(step: Callable, batches: Batches, epoch: int, log_every: int, progress: TrainingProgress) -> EpochTotals:
+    """One pass over the batches; running figures go to the progress display every `log_every` steps."""
+    device = batches.device
+    totals = EpochTotals(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
+    since_log, t_log = 0, time.perf_counter()
+    for i, (x, y) in enumerate(batches, 1):
+        out, loss, parts = step(x, y)
+        # Accumulate on the device; reading a value every step would stall an accelerator.
+        n = len(y)
+        totals.loss += loss.detach() * n
+        totals.correct += (out.student_logits.detach().argmax(1) == y).sum()
+        for name, value in parts.items():
+            totals.parts[name] = totals.parts.get(name, 0) + value * n
+        totals.seen += n
+        since_log += n
+        if i % log_every == 0 or i == len(batches):
+            now = time.perf_counter()
+            done = log_every if i % log_every == 0 else i % log_every
+            progress.advance(done, epoch, (totals.loss / totals.seen).item(), (totals.correct / totals.seen).item(), since_log / (now - t_log))
+            since_log, t_log = 0, now
+    return totals
 
 
 def train_step(

@@ -24,6 +24,7 @@ from distillctl.losses.registry import term
 
 @dataclass
 class AdversarialParams(TermParams):
+    weight: float = 0.1
     input: str = "logits"  # logits | features (`on` would read as a boolean in YAML)
     student_layer: str = "layer3"  # used when input=features
     teacher_layer: str = "layer3"

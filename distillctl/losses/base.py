@@ -41,6 +41,8 @@ class LossTerm(nn.Module):
 
     Params: ClassVar[type[TermParams]] = TermParams
     needs_teacher: ClassVar[bool] = True
+    # Params fields that default to another config value in a run: field -> dotted config key.
+    follows: ClassVar[dict[str, str]] = {}
 
     def __init__(self, params: TermParams) -> None:
         super().__init__()

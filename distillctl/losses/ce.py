@@ -22,6 +22,7 @@ class CrossEntropy(LossTerm):
 
     Params = CEParams
     needs_teacher = False
+    follows = {"label_smoothing": "trainer.label_smoothing"}
 
     def forward(self, out: StepOutputs) -> torch.Tensor:
         return F.cross_entropy(out.student_logits.float(), out.labels, label_smoothing=self.params.label_smoothing)

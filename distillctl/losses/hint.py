@@ -19,6 +19,7 @@ from distillctl.losses.registry import term
 
 @dataclass
 class HintParams(TermParams):
+    weight: float = 100.0  # the CRD benchmark's setting for FitNets on CIFAR
     student_layer: str = "layer2"
     teacher_layer: str = "layer2"
     kernel_size: int = 1  # 1: a 1x1 conv regressor; 3: the paper's convolutional regressor

@@ -69,7 +69,7 @@ def load_model(path, fallback_name: str | None = None, num_classes: int | None =
 
         apply_shapes(model, meta["shapes"])
     if "quantization" in meta:  # int8 or fp16/bf16: rebuilt from the float architecture
-        from distillctl.compress.quantize import load_quantized
+        from distillctl.compress.int8_fx import load_quantized
 
         return load_quantized(path, model, meta["quantization"]), {"model": name, "num_classes": classes, **meta}
     artifacts.load_weights(path, model)

@@ -27,5 +27,7 @@ class TeacherEnsemble(nn.Module):
 
 
 def feature_source(teacher: nn.Module | None) -> nn.Module | None:
-    """The module whose named layers a teacher-side tap refers to."""
-    return getattr(teacher, "feature_source", teacher)
+    """The module whose named layers a teacher-side tap refers to, through any wrappers (ensemble, renormalization)."""
+    while teacher is not None and hasattr(teacher, "feature_source"):
+        teacher = teacher.feature_source
+    return teacher

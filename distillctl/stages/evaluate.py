@@ -9,21 +9,23 @@ from omegaconf import DictConfig
 from torch import nn
 
 from distillctl import artifacts, expectations, measure, plots, report
-from distillctl.data import eval_batches
 from distillctl.compress import onnx_export
 from distillctl.compress.onnx_export import OnnxClassifier
-from distillctl.compress.prune import weight_sparsity
+from distillctl.compress.sparsity import weight_sparsity
+from distillctl.config import QuantizeMethod
+from distillctl.console import console
+from distillctl.data import eval_batches
 from distillctl.engine.predict import predict, topk_accuracy
-from distillctl.engine.progress import console
 from distillctl.errors import UserError
 from distillctl.models import count_parameters, load_model
-from distillctl.stages import quantize
+from distillctl.models.normalization import stored_normalization
+from distillctl.stages.base import Stage
 from distillctl.stages.context import RunContext
-from distillctl.stages.training import stage_model_key
 from distillctl.workspace import METRICS_FILE, model_file
 
+QUANTIZED = [str(m) for m in QuantizeMethod]
 # Stages whose model is evaluated, in table order; the teacher first so agreement can refer to it.
-MODEL_STAGES = ["teacher", "student", "pruned", *quantize.METHODS]
+MODEL_STAGES = ["teacher", "student", "pruned", *QUANTIZED]
 
 
 def artifacts_to_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Path]:
@@ -41,7 +43,8 @@ def load_artifact(stage: str, path: Path, cfg: DictConfig, num_classes: int, thr
     """A model file as something to call on image batches, with its metadata."""
     if path.suffix == ".onnx":
         return OnnxClassifier(path, threads), onnx_export.metadata(path)
-    return load_model(path, cfg[stage_model_key(stage)].name, num_classes)
+    # Foreign files without metadata are named by the config section of the model they stand for.
+    return load_model(path, cfg["teacher" if stage == "teacher" else "student"].name, num_classes)
 
 
 def agreement(pred: torch.Tensor, reference: torch.Tensor | None) -> float | None:
@@ -62,9 +65,11 @@ def run(cfg: DictConfig) -> dict:
         console.print(f"evaluating {stage} from {path}")
         model, meta = load_artifact(stage, path, cfg, ctx.data.num_classes, threads)
         # Quantized formats run on the CPU kernels they were made for; float models on the run's device.
-        quantized = stage in quantize.METHODS
+        quantized = stage in QUANTIZED
         device, precision = (torch.device("cpu"), "fp32") if quantized else (ctx.device, cfg.trainer.precision)
-        batches = eval_batches(test_x, test_y, cfg.trainer.eval_batch_size, cfg.dataset.mean, cfg.dataset.std, device)
+        # Each model sees images normalized as it was trained, whatever this command's dataset section says.
+        mean, std = stored_normalization(meta, cfg.dataset.mean, cfg.dataset.std)
+        batches = eval_batches(test_x, test_y, cfg.trainer.eval_batch_size, mean, std, device)
         logits, labels = predict(model.to(device), batches, device, precision)
         predictions[stage] = pred = logits.argmax(1)
         # Packed int8 and ONNX weights are not torch parameters: their counts come from the float source.
@@ -105,3 +110,6 @@ def run(cfg: DictConfig) -> dict:
     if checked:
         console.print(f"[green]all {len(checked)} expectations met[/]")
     return results
+
+
+STAGE = Stage("evaluate", lambda cfg: "report", lambda cfg, ws: "", run)

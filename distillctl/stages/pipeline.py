@@ -1,27 +1,33 @@
-"""`distillctl pipeline`: every stage in order, skipping those whose config and inputs are unchanged."""
+"""`distillctl pipeline`: every stage in order, skipping those whose config and inputs are unchanged.
+
+The pipeline is the one module that knows every stage: it composes them through their `STAGE` interface and
+borrows nothing else from them.
+"""
 
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from distillctl.engine.progress import console
+from distillctl.console import console
 from distillctl.stages import distill, evaluate, prune, quantize, train_teacher
-from distillctl.stages.context import RunContext
-from distillctl.workspace import recorded_fingerprint
+from distillctl.stages.base import Stage
+from distillctl.workspace import Workspace, recorded_fingerprint
 
 # Training stages in order; evaluate always runs last (it is the recipe's pass/fail gate).
-TRAINING_STAGES = [train_teacher, distill, prune, quantize]
+TRAINING_STAGES: list[Stage] = [train_teacher.STAGE, distill.STAGE, prune.STAGE, quantize.STAGE]
 
 
 def run(cfg: DictConfig) -> None:
     """Run or skip each training stage, then evaluate."""
-    ws = RunContext.open(cfg).workspace
+    ws = Workspace.from_config(cfg)
     redo = bool(cfg.force)
     for stage in TRAINING_STAGES:
-        folder = quantize.output_name(cfg) if stage is quantize else stage.STAGE  # quantize writes <method>/
+        folder = stage.folder(cfg)
+        if reason := stage.skipped(cfg):
+            console.print(f"[green]skip[/] {stage.name}: {reason}")
+            continue
         done = ws.find(folder)
-        expected = stage.fingerprint(cfg, ws)
-        if not redo and done is not None and recorded_fingerprint(done) == expected:
+        if not redo and done is not None and recorded_fingerprint(done) == stage.fingerprint(cfg, ws):
             console.print(f"[green]skip[/] {folder}: {done} is up to date with this config (force=true redoes it)")
             continue
         # Anything after a redone stage depends on it, so it is redone too.
@@ -29,4 +35,4 @@ def run(cfg: DictConfig) -> None:
         console.rule(folder)
         stage.run(cfg)
     console.rule("evaluate")
-    evaluate.run(cfg)
+    evaluate.STAGE.run(cfg)

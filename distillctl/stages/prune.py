@@ -2,33 +2,31 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
 from distillctl import artifacts, workspace
-from distillctl.compress import prune as pruning
+from distillctl.compress import channels, sparsity
 from distillctl.compress.shapes import layer_shapes
-from distillctl.engine.progress import console
+from distillctl.console import console
 from distillctl.errors import UserError
 from distillctl.losses import build_objective
 from distillctl.models import architecture_metadata, load_model
-from distillctl.stages import distill
+from distillctl.models.normalization import stored_normalization
+from distillctl.models.teachers import load_teacher
+from distillctl.stages.base import Stage
 from distillctl.stages.context import RunContext
-from distillctl.stages.training import train_and_save
+from distillctl.stages.training import TrainingJob, train_and_save
 from distillctl.workspace import MODEL_FILE, Workspace, fingerprint as config_fingerprint, recorded_fingerprint
 
-STAGE = "pruned"
+FOLDER = "pruned"
 
 
 def student_dir(ws: Workspace) -> Path:
     """The distilled student to prune."""
-    found = ws.find("student")
-    if found is None:
-        raise UserError(f"no distilled student in {ws.root / 'student'}: run `distillctl distill` with the same recipe first.")
-    return found
+    return ws.require("student", "distilled student", "distill")
 
 
 def fingerprint(cfg: DictConfig, ws: Workspace) -> str:
@@ -45,51 +43,52 @@ def run(cfg: DictConfig) -> dict:
     ctx = RunContext.open(cfg)
     source = student_dir(ctx.workspace) / MODEL_FILE
     model, meta = load_model(source)
-    example = torch.zeros(1, 3, cfg.dataset.image_size, cfg.dataset.image_size)
-    p = cfg.prune
-    if p.method == "structured":
-        return prune_structured_steps(cfg, ctx, model, meta, source, example)
-    if p.method != "unstructured":
-        raise UserError(f"prune.method={p.method}: use structured or unstructured.")
-    sparsity = pruning.prune_unstructured(model, p.sparsity)
-    console.print(f"pruned {meta['model']}: {sparsity:.1%} of its conv/linear weights are zero")
-    return save_without_training(ctx, model, meta, {"sparsity": sparsity, "source": str(source)}, fingerprint(cfg, ctx.workspace))
+    if cfg.prune.method == "structured":
+        return prune_structured_steps(cfg, ctx, model, meta, source)
+    reached = sparsity.prune_unstructured(model, cfg.prune.sparsity)
+    console.print(f"pruned {meta['model']}: {reached:.1%} of its conv/linear weights are zero")
+    return save_without_training(ctx, model, meta, {"sparsity": reached, "source": str(source)}, fingerprint(cfg, ctx.workspace))
 
 
-def prune_structured_steps(cfg: DictConfig, ctx: RunContext, model, meta: dict, source, example: torch.Tensor) -> dict:
+def prune_structured_steps(cfg: DictConfig, ctx: RunContext, model, meta: dict, source: Path) -> dict:
     """Reach the MACs target in prune.steps equal steps, fine-tuning after each; intermediate steps keep their
     own folders (pruned/step1, ...) so that only the last one marks the stage finished."""
     p = cfg.prune
     if p.steps < 1 or (p.steps > 1 and p.channel_ratio is not None):
         raise UserError(f"prune.steps={p.steps}: use 1 or more steps, and more than one only with prune.target_macs_ratio (not channel_ratio).")
+    example = torch.zeros(1, 3, cfg.dataset.image_size, cfg.dataset.image_size)
     objective = teacher = None
     if p.finetune_epochs > 0:
         objective = build_objective(cfg.loss.terms)
-        teacher = distill.load_teacher(cfg, ctx.workspace, ctx.data.num_classes)[0] if objective.needs_teacher else None
-    base_macs, base_params = pruning.macs_and_params(model, example)
+        teacher = load_teacher(cfg, ctx.workspace, ctx.data.num_classes)[0] if objective.needs_teacher else None
+    base_macs, base_params = channels.macs_and_params(model, example)
     fp = fingerprint(cfg, ctx.workspace)
     for step in range(1, p.steps + 1):
         target = 1 - (1 - p.target_macs_ratio) * step / p.steps  # of the original student's MACs
-        current = pruning.macs_and_params(model, example)[0] / base_macs
-        model = pruning.prune_structured(model.cpu(), example, target / current, p.channel_ratio, p.importance, p.global_pruning)[0]
-        macs, params = pruning.macs_and_params(model, example)
+        current = channels.macs_and_params(model, example)[0] / base_macs
+        model = channels.prune_structured(model.cpu(), example, target / current, p.channel_ratio, p.importance, p.global_pruning)[0]
+        macs, params = channels.macs_and_params(model, example)
         extra = {"macs_ratio": macs / base_macs, "params_ratio": params / base_params, "step": step, "steps": p.steps, "source": str(source)}
         console.print(f"pruned {meta['model']} (step {step}/{p.steps}): {macs / base_macs:.1%} of its MACs and {params / base_params:.1%} of its parameters remain")
         if objective is None:
             return save_without_training(ctx, model, meta, extra, fp)
-        folder = STAGE if step == p.steps else f"{STAGE}/step{step}"
-        tuned = copy.deepcopy(cfg)
-        tuned.trainer.epochs = p.finetune_epochs
-        metrics = train_and_save(RunContext(tuned, ctx.device, ctx.data, ctx.workspace), folder, meta["model"], model, objective,
-                                 p.finetune_lr, fp, teacher, extra, {"shapes": layer_shapes(model)})
+        job = TrainingJob(
+            FOLDER if step == p.steps else f"{FOLDER}/step{step}", meta["model"], model, objective, p.finetune_lr, fp, teacher,
+            epochs=p.finetune_epochs, normalization=stored_normalization(meta, cfg.dataset.mean, cfg.dataset.std),
+            model_kwargs=meta.get("kwargs", {}), extra_metrics=extra, extra_metadata={"shapes": layer_shapes(model)},
+        )
+        metrics = train_and_save(ctx, job)
     return metrics
 
 
 def save_without_training(ctx: RunContext, model, meta: dict, extra: dict, fp: str) -> dict:
     """Write the pruned model as it is (unstructured pruning, or no fine-tuning asked for)."""
-    out_dir = ctx.workspace.output(STAGE)
+    out_dir = ctx.workspace.output(FOLDER)
     workspace.save_config(out_dir, ctx.cfg)
     artifacts.save_weights(out_dir / MODEL_FILE, model, architecture_metadata(meta) | {"shapes": layer_shapes(model)})
-    metrics = {"stage": STAGE, "model": meta["model"], "fingerprint": fp, "finetune_epochs": 0, **extra}
+    metrics = {"stage": FOLDER, "model": meta["model"], "fingerprint": fp, "finetune_epochs": 0, **extra}
     workspace.write_metrics(out_dir, metrics)
     return metrics
+
+
+STAGE = Stage("prune", lambda cfg: FOLDER, fingerprint, run)

@@ -13,42 +13,37 @@ from omegaconf import DictConfig
 from torch import nn
 
 from distillctl import measure, workspace
-from distillctl.compress import onnx_export, quantize
+from distillctl.compress import int8_fx, onnx_export
+from distillctl.console import console, print_summary_table
 from distillctl.data import eval_batches
 from distillctl.engine.predict import predict, topk_accuracy
-from distillctl.engine.progress import console, print_summary_table
-from distillctl.errors import UserError, did_you_mean
+from distillctl.errors import UserError
 from distillctl.losses import build_objective
 from distillctl.models import architecture_metadata, count_parameters, load_model
-from distillctl.stages import distill, prune
+from distillctl.models.normalization import stored_normalization
+from distillctl.models.teachers import load_teacher
+from distillctl.stages.base import Stage
 from distillctl.stages.context import RunContext
-from distillctl.stages.training import train_and_save
+from distillctl.stages.training import TrainingJob, train_and_save
 from distillctl.workspace import METRICS_FILE, MODEL_FILE, ONNX_FILE, Workspace, fingerprint as config_fingerprint, recorded_fingerprint
 
-# Each method writes runs/<recipe>/<method>/, so several quantized versions sit side by side for evaluate.
-METHODS = ("fp16", "bf16", "int8_static", "int8_qat", "onnx_int8")
-SOURCES = ("auto", "student", "pruned")
 EXPORT_DIR = "export"
+Normalization = tuple[list[float], list[float]]
 
 
 def source_dir(cfg: DictConfig, ws: Workspace) -> Path:
     """The float model to quantize: quantize.source, where auto prefers the pruned student."""
     choice = cfg.quantize.source
-    if choice not in SOURCES:
-        raise UserError(f"quantize.source={choice}: use one of {', '.join(SOURCES)}.")
     if choice in ("auto", "pruned") and (found := ws.find("pruned")) is not None:
         return found
     if choice == "pruned":
         raise UserError(f"no pruned model in {ws.root / 'pruned'}: run `distillctl prune` with the same recipe first, or set quantize.source=student.")
-    return prune.student_dir(ws)
+    return ws.require("student", "distilled student", "distill")
 
 
-def output_name(cfg: DictConfig) -> str:
+def folder(cfg: DictConfig) -> str:
     """The folder this run writes: the method's name."""
-    method = cfg.quantize.method
-    if method not in METHODS:
-        raise UserError(f"quantize.method={method}.{did_you_mean(method, METHODS)} Use one of {', '.join(METHODS)}.")
-    return method
+    return str(cfg.quantize.method)
 
 
 def fingerprint(cfg: DictConfig, ws: Workspace) -> str:
@@ -63,20 +58,20 @@ def fingerprint(cfg: DictConfig, ws: Workspace) -> str:
     return config_fingerprint(cfg, sections, [str(cfg.seed), source_id])
 
 
-def calibration_images(cfg: DictConfig, ctx: RunContext) -> Iterator[torch.Tensor]:
-    """A seeded random subset of the training images, normalized and unaugmented, on the CPU."""
+def calibration_images(cfg: DictConfig, ctx: RunContext, norm: Normalization) -> Iterator[torch.Tensor]:
+    """A seeded random subset of the training images, normalized as the model was trained and unaugmented, on the CPU."""
     images, labels = ctx.data.train
     q = cfg.quantize
     count = min(q.calibration_batches * q.calibration_batch_size, len(labels))
     chosen = torch.randperm(len(labels), generator=torch.Generator().manual_seed(cfg.seed))[:count]
-    for x, _ in eval_batches(images[chosen], labels[chosen], q.calibration_batch_size, cfg.dataset.mean, cfg.dataset.std, torch.device("cpu")):
+    for x, _ in eval_batches(images[chosen], labels[chosen], q.calibration_batch_size, *norm, torch.device("cpu")):
         yield x
 
 
-def test_logits(cfg: DictConfig, ctx: RunContext, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def test_logits(cfg: DictConfig, ctx: RunContext, model: nn.Module, norm: Normalization) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels of the test split, on the CPU where every quantized format runs."""
     cpu = torch.device("cpu")
-    batches = eval_batches(*ctx.data.test, cfg.trainer.eval_batch_size, cfg.dataset.mean, cfg.dataset.std, cpu)
+    batches = eval_batches(*ctx.data.test, cfg.trainer.eval_batch_size, *norm, cpu)
     return predict(model, batches, cpu, "fp32")
 
 
@@ -94,18 +89,18 @@ def check_qat_objective(cfg: DictConfig):
 
 def run(cfg: DictConfig) -> dict:
     """Quantize the workspace's final float model into runs/<recipe>/<method>/ and, with export.onnx, export it."""
-    method = output_name(cfg)
-    q = cfg.quantize
+    method, q = folder(cfg), cfg.quantize
     ctx = RunContext.open(cfg)
     source = source_dir(cfg, ctx.workspace) / MODEL_FILE
     model, meta = load_model(source)
     model.eval()
+    norm = stored_normalization(meta, cfg.dataset.mean, cfg.dataset.std)
     size = cfg.dataset.image_size
     # Everything that can be refused is checked before any file is written.
     if method in ("int8_static", "int8_qat"):
-        quantize.check_supported(model, q.skip)
+        int8_fx.check_supported(model, q.skip)
     objective = check_qat_objective(cfg) if method == "int8_qat" else None
-    float_logits = test_logits(cfg, ctx, model)[0]
+    float_logits = test_logits(cfg, ctx, model, norm)[0]
     info = {"source": str(source), "params": count_parameters(model), "macs": measure.macs(model, size)}
     fp = fingerprint(cfg, ctx.workspace)
     quantization = {"method": method, "backend": q.backend, "per_channel": q.per_channel, "skip": list(q.skip), "image_size": size}
@@ -117,12 +112,12 @@ def run(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     console.print(f"quantizing {meta['model']} from {source} ({method})")
     if method == "int8_qat":
-        metrics = train_qat(cfg, ctx, model, keep, quantization, objective, info, fp)
+        metrics = train_qat(cfg, ctx, model, keep, quantization, objective, info, fp, norm)
         quantized, _ = load_model(out_dir / MODEL_FILE)
     else:
-        quantized = quantize_after_training(cfg, ctx, model, keep, quantization, out_dir)
+        quantized = quantize_after_training(cfg, ctx, model, keep, quantization, out_dir, norm)
         metrics = {"stage": method, "model": meta["model"], "fingerprint": fp, **info}
-    logits, labels = test_logits(cfg, ctx, quantized)
+    logits, labels = test_logits(cfg, ctx, quantized, norm)
     metrics |= {
         "seconds": round(time.perf_counter() - start, 2),
         "test_top1": topk_accuracy(logits, labels, 1),
@@ -132,59 +127,60 @@ def run(cfg: DictConfig) -> dict:
         "float_size_mb": source.stat().st_size / 1e6,
     }
     if cfg.export.onnx:
-        metrics["onnx_export"] = str(export_onnx(cfg, ctx, model, keep))
+        metrics["onnx_export"] = str(export_onnx(cfg, ctx, model, keep, norm))
     workspace.write_metrics(out_dir, metrics)
     print_summary(method, metrics, out_dir)
     return metrics
 
 
-def quantize_after_training(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, quantization: dict, out_dir: Path) -> nn.Module:
+def quantize_after_training(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, quantization: dict, out_dir: Path, norm: Normalization) -> nn.Module:
     """fp16/bf16 casts, int8_static and onnx_int8: no training, a calibration pass at most."""
     q, method, size = cfg.quantize, cfg.quantize.method, cfg.dataset.image_size
-    if method in quantize.CAST_DTYPES:
-        cast = quantize.Cast(copy.deepcopy(model), quantize.CAST_DTYPES[method])
-        quantize.save_quantized(out_dir / MODEL_FILE, cast, keep, quantization)
+    if method in int8_fx.CAST_DTYPES:
+        cast = int8_fx.Cast(copy.deepcopy(model), int8_fx.CAST_DTYPES[method])
+        int8_fx.save_quantized(out_dir / MODEL_FILE, cast, keep, quantization)
         return cast
     if method == "int8_static":
-        prepared = quantize.prepare(copy.deepcopy(model), torch.zeros(1, 3, size, size), q.backend, q.per_channel, q.skip)
-        seen = quantize.calibrate(prepared, calibration_images(cfg, ctx))
+        prepared = int8_fx.prepare(copy.deepcopy(model), torch.zeros(1, 3, size, size), q.backend, q.per_channel, q.skip)
+        seen = int8_fx.calibrate(prepared, calibration_images(cfg, ctx, norm))
         console.print(f"calibrated on {seen} training images")
-        int8 = quantize.convert(prepared)
-        quantize.save_quantized(out_dir / MODEL_FILE, int8, keep, quantization)
+        int8 = int8_fx.convert(prepared)
+        int8_fx.save_quantized(out_dir / MODEL_FILE, int8, keep, quantization)
         return int8
     with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
         float_path = Path(scratch) / "float.onnx"
         onnx_export.export(model, float_path, size, cfg.export.opset, keep)
-        onnx_export.quantize_int8(float_path, out_dir / ONNX_FILE, calibration_images(cfg, ctx), q.per_channel)
+        onnx_export.quantize_int8(float_path, out_dir / ONNX_FILE, calibration_images(cfg, ctx, norm), q.per_channel)
     return onnx_export.OnnxClassifier(out_dir / ONNX_FILE, cfg.trainer.threads)
 
 
-def train_qat(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, quantization: dict, objective, info: dict, fp: str) -> dict:
+def train_qat(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, quantization: dict, objective, info: dict, fp: str, norm: Normalization) -> dict:
     """Fake-quantized fine-tuning through the one training loop, then conversion to int8."""
     q, size = cfg.quantize, cfg.dataset.image_size
-    teacher = distill.load_teacher(cfg, ctx.workspace, ctx.data.num_classes)[0] if objective.needs_teacher else None
-    prepared = quantize.prepare(copy.deepcopy(model), torch.zeros(1, 3, size, size), q.backend, q.per_channel, q.skip, qat=True)
+    teacher = load_teacher(cfg, ctx.workspace, ctx.data.num_classes)[0] if objective.needs_teacher else None
+    prepared = int8_fx.prepare(copy.deepcopy(model), torch.zeros(1, 3, size, size), q.backend, q.per_channel, q.skip, qat=True)
     # Start from calibrated ranges rather than fake-quantizing with placeholders during the first steps.
-    quantize.calibrate(prepared, calibration_images(cfg, ctx))
-    tuned = copy.deepcopy(cfg)
-    tuned.trainer.epochs = q.qat_epochs
-    tuned.trainer.compile = "false"  # fake-quant observers update Python-side state every step
-    tuned_ctx = RunContext(tuned, ctx.device, ctx.data, ctx.workspace)
+    int8_fx.calibrate(prepared, calibration_images(cfg, ctx, norm))
 
     def finalize(trained: nn.Module, out_dir: Path) -> nn.Module:
-        int8 = quantize.convert(copy.deepcopy(trained).to(memory_format=torch.contiguous_format))
-        quantize.save_quantized(out_dir / MODEL_FILE, int8, keep, quantization)
+        int8 = int8_fx.convert(copy.deepcopy(trained).to(memory_format=torch.contiguous_format))
+        int8_fx.save_quantized(out_dir / MODEL_FILE, int8, keep, quantization)
         return int8
 
-    return train_and_save(tuned_ctx, q.method, keep["model"], prepared, objective, q.qat_lr, fp, teacher, info, keep, finalize=finalize)
+    job = TrainingJob(
+        folder(cfg), keep["model"], prepared, objective, q.qat_lr, fp, teacher,
+        epochs=q.qat_epochs, compile="false",  # fake-quant observers update Python-side state every step
+        normalization=norm, model_kwargs=keep.get("kwargs", {}), extra_metrics=info, extra_metadata=keep, finalize=finalize,
+    )
+    return train_and_save(ctx, job)
 
 
-def export_onnx(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict) -> Path:
+def export_onnx(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, norm: Normalization) -> Path:
     """runs/<recipe>/export/model.onnx, checked against PyTorch on test images."""
     out_dir = ctx.workspace.output(EXPORT_DIR)
     path = out_dir / ONNX_FILE
     onnx_export.export(model, path, cfg.dataset.image_size, cfg.export.opset, keep)
-    images = next(eval_batches(*ctx.data.test, 256, cfg.dataset.mean, cfg.dataset.std, torch.device("cpu")))[0]
+    images = next(eval_batches(*ctx.data.test, 256, *norm, torch.device("cpu")))[0]
     with torch.inference_mode():
         difference = (onnx_export.OnnxClassifier(path)(images) - model.cpu().eval()(images)).abs().max().item()
     workspace.write_metrics(out_dir, {"stage": EXPORT_DIR, "model": keep["model"], "max_abs_difference_vs_torch": difference, "opset": cfg.export.opset})
@@ -201,3 +197,6 @@ def print_summary(method: str, metrics: dict, out_dir: Path) -> None:
         ("time", f"{metrics['seconds']:.1f} s"),
         ("artifacts", str(out_dir)),
     ])
+
+
+STAGE = Stage("quantize", folder, fingerprint, run)

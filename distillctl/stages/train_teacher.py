@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from distillctl.losses import build_objective
 from distillctl.models import create_model
+from distillctl.stages.base import Stage
 from distillctl.stages.context import RunContext
-from distillctl.stages.training import train_and_save
+from distillctl.stages.training import TrainingJob, train_and_save
 from distillctl.workspace import Workspace, fingerprint as config_fingerprint
 
-STAGE = "teacher"
+FOLDER = "teacher"
 
 
 def fingerprint(cfg: DictConfig, ws: Workspace) -> str:
@@ -18,10 +19,22 @@ def fingerprint(cfg: DictConfig, ws: Workspace) -> str:
     return config_fingerprint(cfg, ["dataset", "teacher", "trainer", "optimizer", "scheduler"], [str(cfg.seed)])
 
 
+def skipped(cfg: DictConfig) -> str | None:
+    """A teacher given as a file (teacher.checkpoint, or a `teachers` ensemble) is used as it is."""
+    if cfg.teachers:
+        return "the `teachers` list gives trained teachers"
+    return f"teacher.checkpoint={cfg.teacher.checkpoint} is used as it is" if cfg.teacher.checkpoint else None
+
+
 def run(cfg: DictConfig) -> dict:
     """Train the teacher and write runs/<recipe>/teacher/."""
     ctx = RunContext.open(cfg)
-    model = create_model(cfg.teacher.name, ctx.data.num_classes, cfg.teacher.pretrained, **cfg.teacher.kwargs)
+    t = cfg.teacher
+    model = create_model(t.name, ctx.data.num_classes, t.pretrained, **t.kwargs)
     objective = build_objective({"ce": {"kind": "ce", "weight": 1.0, "label_smoothing": cfg.trainer.label_smoothing}})
-    lr = cfg.teacher.lr if cfg.teacher.lr is not None else cfg.optimizer.lr
-    return train_and_save(ctx, STAGE, cfg.teacher.name, model, objective, lr, fingerprint(cfg, ctx.workspace))
+    lr = t.lr if t.lr is not None else cfg.optimizer.lr
+    job = TrainingJob(FOLDER, t.name, model, objective, lr, fingerprint(cfg, ctx.workspace), model_kwargs=OmegaConf.to_container(t.kwargs))
+    return train_and_save(ctx, job)
+
+
+STAGE = Stage("train-teacher", lambda cfg: FOLDER, fingerprint, run, skipped)

@@ -1,86 +1,103 @@
-"""The part train-teacher and distill share: build the trainee, run `fit`, test the best model, save it all."""
+"""The part every training stage shares: build the trainee, run `fit`, test the best model, save it all."""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from distillctl import artifacts, workspace
+from distillctl.console import print_summary_table
 from distillctl.data import Batches, eval_batches
 from distillctl.engine.fit import BEST, FitResult, Trainee, fit
 from distillctl.engine.optim import build_optimizer, build_schedule
 from distillctl.engine.predict import predict, topk_accuracy
-from distillctl.engine.progress import print_summary_table
 from distillctl.losses import Objective
 from distillctl.models import count_parameters, model_metadata
 from distillctl.stages.context import RunContext
 
 
-def train_and_save(
-    ctx: RunContext,
-    stage: str,
-    model_name: str,
-    model: nn.Module,
-    objective: Objective,
-    lr: float,
-    fingerprint: str,
-    teacher: nn.Module | None = None,
-    extra_metrics: dict | None = None,
-    extra_metadata: dict | None = None,
-    finalize: Callable[[nn.Module, Path], nn.Module] | None = None,
-) -> dict:
-    """Train `model` with `objective`, keep the best-on-validation weights as model.safetensors, return metrics.
-    `finalize(model, out_dir)`, when given, turns the trained model into the one saved and tested (on the CPU)
-    and writes model.safetensors itself."""
+@dataclass
+class TrainingJob:
+    """One model to train into one workspace folder, and what differs from the run's config for it."""
+
+    folder: str
+    model_name: str
+    model: nn.Module
+    objective: Objective
+    lr: float
+    fingerprint: str
+    teacher: nn.Module | None = None
+    epochs: int | None = None  # None: trainer.epochs (prune fine-tuning and QAT have their own)
+    compile: str | None = None  # None: trainer.compile
+    # The (mean, std) the model was trained with; None: the dataset section's (a model trained from scratch).
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    extra_metrics: dict[str, Any] = field(default_factory=dict)
+    extra_metadata: dict[str, Any] = field(default_factory=dict)
+    # Turns the trained model into the one saved and tested on the CPU (QAT -> int8) and writes model.safetensors.
+    finalize: Callable[[nn.Module, Path], nn.Module] | None = None
+
+
+def job_trainer(cfg: DictConfig, job: TrainingJob) -> DictConfig:
+    """The trainer section with the job's own epochs and compile setting."""
+    changes = {key: value for key, value in (("epochs", job.epochs), ("compile", job.compile)) if value is not None}
+    return OmegaConf.merge(cfg.trainer, changes) if changes else cfg.trainer
+
+
+def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
+    """Train the job's model, keep the best-on-validation weights as model.safetensors, return its metrics."""
     cfg, device, data = ctx.cfg, ctx.device, ctx.data
-    out_dir = ctx.workspace.output(stage)
-    workspace.save_config(out_dir, cfg)
-    memory = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory)
-    objective = objective.to(device)
+    trainer = job_trainer(cfg, job)
+    mean, std = job.normalization or (cfg.dataset.mean, cfg.dataset.std)
+    out_dir = ctx.workspace.output(job.folder)
+    workspace.save_config(out_dir, OmegaConf.merge(cfg, {"trainer": trainer}))
+    memory = torch.channels_last if trainer.channels_last else torch.contiguous_format
+    model = job.model.to(device, memory_format=memory)
+    objective = job.objective.to(device)
+    teacher = job.teacher
     if teacher is not None:
         teacher = teacher.to(device, memory_format=memory).eval().requires_grad_(False)
     batches = Batches(
-        *data.train, cfg.trainer.batch_size, cfg.dataset.mean, cfg.dataset.std, device, cfg.seed,
-        cfg.dataset.crop_padding, cfg.dataset.hflip, cfg.trainer.channels_last, cfg.trainer.max_steps_per_epoch,
+        *data.train, trainer.batch_size, mean, std, device, cfg.seed,
+        cfg.dataset.crop_padding, cfg.dataset.hflip, trainer.channels_last, trainer.max_steps_per_epoch,
     )
+
+    def split_batches(split, on: torch.device = device, size: int = trainer.eval_batch_size):
+        return eval_batches(*split, size, mean, std, on, trainer.channels_last)
+
     # Layer names are checked and term parameters sized before anything trains.
-    probe = next(eval_batches(data.train[0][:2], data.train[1][:2], 2, cfg.dataset.mean, cfg.dataset.std, device, cfg.trainer.channels_last))[0]
+    probe = next(split_batches((data.train[0][:2], data.train[1][:2]), size=2))[0]
     objective.setup(model, teacher, probe)
-    optimizer = build_optimizer([*model.parameters(), *objective.student_parameters()], cfg.optimizer, lr, device)
-    scheduler = build_schedule(optimizer, cfg.scheduler, lr, len(batches), cfg.trainer.epochs)
-    meta = model_metadata(
-        model_name, data.num_classes, OmegaConf.to_container(cfg[stage_model_key(stage)].kwargs), data.classes,
-        list(cfg.dataset.mean), list(cfg.dataset.std),
-    ) | (extra_metadata or {})
+    optimizer = build_optimizer([*model.parameters(), *objective.student_parameters()], cfg.optimizer, job.lr, device)
+    scheduler = build_schedule(optimizer, cfg.scheduler, job.lr, len(batches), trainer.epochs)
+    meta = model_metadata(job.model_name, data.num_classes, job.model_kwargs, data.classes, list(mean), list(std)) | job.extra_metadata
     trainee = Trainee(model, objective, optimizer, scheduler, meta)
 
-    def split_batches(split, on: torch.device = device):
-        return eval_batches(*split, cfg.trainer.eval_batch_size, cfg.dataset.mean, cfg.dataset.std, on, cfg.trainer.channels_last)
-
     def validate(m: nn.Module) -> float:
-        logits, labels = predict(m, split_batches(data.val), device, cfg.trainer.precision)
+        logits, labels = predict(m, split_batches(data.val), device, trainer.precision)
         return topk_accuracy(logits, labels, 1)
 
-    result = fit(trainee, batches, validate, cfg.trainer, out_dir, stage, teacher=teacher, resume=cfg.resume)
+    result = fit(trainee, batches, validate, trainer, out_dir, job.folder, teacher=teacher, resume=cfg.resume)
     artifacts.load_weights(out_dir / BEST, model)
     params = count_parameters(model)  # before finalize: packed int8 weights are not parameters
-    if finalize is None:
+    if job.finalize is None:
         artifacts.atomic_write(out_dir / workspace.MODEL_FILE, lambda tmp: shutil.copyfile(out_dir / BEST, tmp))
-        logits, labels = predict(model, split_batches(data.test), device, cfg.trainer.precision)
+        logits, labels = predict(model, split_batches(data.test), device, trainer.precision)
     else:
-        model = finalize(model, out_dir)
+        model = job.finalize(model, out_dir)
         cpu = torch.device("cpu")
         logits, labels = predict(model, split_batches(data.test, cpu), cpu, "fp32")
     metrics = {
-        "stage": stage,
-        "model": model_name,
-        "fingerprint": fingerprint,
+        "stage": job.folder,
+        "model": job.model_name,
+        "fingerprint": job.fingerprint,
         "params": params,
         "test_top1": topk_accuracy(logits, labels, 1),
         "test_top5": topk_accuracy(logits, labels, 5),
@@ -93,16 +110,11 @@ def train_and_save(
         "images_per_s": round(result.images_per_s, 1),
         "startup_seconds": round(result.startup_seconds, 2) if result.startup_seconds is not None else None,
         "device": str(device),
-        **(extra_metrics or {}),
+        **job.extra_metrics,
     }
     workspace.write_metrics(out_dir, metrics)
-    print_summary(stage, metrics, result, out_dir)
+    print_summary(job.folder, metrics, result, out_dir)
     return metrics
-
-
-def stage_model_key(stage: str) -> str:
-    """The config section describing the model a stage trains (a pruned model is the student, smaller)."""
-    return "teacher" if stage == "teacher" else "student"
 
 
 def print_summary(stage: str, metrics: dict, result: FitResult, out_dir: Path) -> None:

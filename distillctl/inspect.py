@@ -26,7 +26,7 @@ def run_inspect(overrides: Sequence[str]) -> None:
     import torch
     from rich.table import Table
 
-    from distillctl.engine.progress import console
+    from distillctl.console import console
     from distillctl.models import count_parameters, create_model
 
     options = parse(overrides)

@@ -1,4 +1,4 @@
-"""Pruning: structured channel removal with torch-pruning's dependency graph, or global magnitude sparsity.
+"""Structured pruning: whole channels removed with torch-pruning's dependency graph, to a MACs or channel target.
 
 torch-pruning (Fang et al. 2023, DepGraph) groups every layer coupled to a channel -- the BN after a conv, the
 next conv's input, residual additions -- so removing a channel keeps the network consistent; tracking that by
@@ -110,23 +110,3 @@ def prune_structured(
         pruned = best
     macs, params = macs_and_params(pruned, example)
     return pruned, macs / base_macs, params / base_params
-
-
-def prune_unstructured(model: nn.Module, sparsity: float) -> float:
-    """Zero the smallest-magnitude conv/linear weights globally and make it permanent; returns the sparsity reached."""
-    from torch.nn.utils import prune
-
-    if not 0 < sparsity < 1:
-        raise UserError(f"prune.sparsity={sparsity} must lie between 0 and 1.")
-    targets = [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=sparsity)
-    for module, name in targets:
-        prune.remove(module, name)
-    return weight_sparsity(model)
-
-
-def weight_sparsity(model: nn.Module) -> float:
-    """Fraction of conv/linear weights that are exactly zero."""
-    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    total = sum(w.numel() for w in weights)
-    return sum((w == 0).sum().item() for w in weights) / max(total, 1)
