@@ -2,7 +2,7 @@
 
 safetensors holds no quantized dtypes, so each quantized tensor becomes its integer values, its scales
 (float32: the observers computed them in float32, so nothing is lost) and zero points, and the recipe to
-reassemble it. Packed linear parameters (a tuple) and dtype entries are flattened the same way.
+reassemble it. Packed linear parameters (a tuple), dtype entries and absent biases (None) are recorded the same way.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ def encode(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, An
             return {"tuple": [put(f"{key}.{i}", v) for i, v in enumerate(value)]}
         if isinstance(value, torch.dtype):
             return {"dtype": str(value).removeprefix("torch.")}
+        if value is None:  # a quantized conv with no bias (no BN folded into it: pre-activation blocks)
+            return {"none": True}
         value = value.detach()
         if not value.is_quantized:
             tensors[key] = value.contiguous().cpu()
@@ -59,6 +61,8 @@ def decode(tensors: dict[str, torch.Tensor], layout: dict[str, Any]) -> dict[str
             return tuple(get(f"{key}.{i}", e) for i, e in enumerate(entry["tuple"]))
         if "dtype" in entry:
             return getattr(torch, entry["dtype"])
+        if entry.get("none"):
+            return None
         # The integer dtype (int8 / uint8) of the stored values picks qint8 / quint8.
         values = tensors[key]
         if "axis" in entry:
