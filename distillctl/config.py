@@ -219,6 +219,10 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     # Thresholds a run must meet, e.g. {"student.top1": {"min": 0.85}}; evaluate exits 1 on a miss.
     expect: dict[str, Any] = field(default_factory=dict)
+    # What the recipe's smoke profile (profile=smoke) must reach; by default every stage's model exists and evaluates.
+    smoke_expect: dict[str, Any] = field(default_factory=lambda: {
+        f"{model}.top1": {"min": 0.0} for model in ("teacher", "student", "pruned", "int8_static")
+    })
 
 
 def register() -> None:
