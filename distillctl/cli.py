@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("pipeline", "run every stage in order, skipping those already done with the same config"),
 }
 TOOLS = {
-    "recipes": "list the recipes, one line each",
+    "recipes": "list the recipes, one line each (--json: their names as a JSON list, for CI matrices)",
     "inspect": "module names and output shapes of a model: inspect model=resnet56",
 }
 
@@ -270,7 +270,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     command, overrides = args[0], args[1:]
     try:
         if command == "recipes":
-            print_recipes()
+            if overrides == ["--json"]:  # for CI matrices: the names as a JSON list
+                import json
+
+                print(json.dumps(list(recipes.available())))
+            else:
+                print_recipes()
         elif command == "inspect":
             from distillctl.inspect import run_inspect
 
