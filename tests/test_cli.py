@@ -96,7 +96,7 @@ def test_stages_one_by_one_on_the_real_data_set(cli, tmp_path):
     student = cli("distill", "recipe=cifar_resnet", *data, *small, "loss.terms.kd.temperature=8")
     assert student.code == 0, student.text
     assert "runs/cifar_resnet/teacher/model.safetensors" in json.loads((tmp_path / "runs/cifar_resnet/student/metrics.json").read_text())["teacher"]
-    report = cli("evaluate", "recipe=cifar_resnet", *data, "dataset.test_limit=300")
+    report = cli("evaluate", "recipe=cifar_resnet", *data, "dataset.test_limit=300", "~expect")  # a few steps: not the full-schedule gate
     assert report.code == 0, report.text
     assert "teacher (resnet8)" in report.out and "student (resnet20)" in report.out
 
