@@ -96,7 +96,7 @@ def fit(
     teacher_fn = torch.compile(teacher, mode=mode) if mode and teacher is not None else teacher
     if teacher is not None:
         teacher.eval()
-    t_start, images_seen, startup = time.perf_counter(), 0, [None]
+    t_start, images_seen, startup = time.perf_counter(), 0, None
     with (
         (out_dir / "train.log").open("a") as log,
         FeatureTaps(model, student_layers, "the student") as student_taps,
@@ -112,10 +112,12 @@ def fit(
             t_epoch = time.perf_counter()
 
             def step(x: torch.Tensor, y: torch.Tensor):
+                nonlocal startup
                 if mode:  # CUDA-graph outputs of the previous step may be overwritten from here on
                     torch.compiler.cudagraph_mark_step_begin()
                 out = train_step(trainee, x, y, epoch, student_fn, teacher_fn, student_taps, teacher_taps, trainer_cfg)
-                startup[0] = startup[0] or time.perf_counter() - distillctl.STARTED
+                if startup is None:
+                    startup = time.perf_counter() - distillctl.STARTED
                 return out
 
             totals = run_epoch(step, batches, epoch, trainer_cfg.log_every, progress)
@@ -138,7 +140,7 @@ def fit(
             for callback in on_epoch_end:
                 callback(epoch, record)
     seconds = time.perf_counter() - t_start
-    return FitResult(best_val, best_epoch, trainer_cfg.epochs, seconds, images_seen / max(seconds, 1e-9), history, start_epoch - 1, startup[0])
+    return FitResult(best_val, best_epoch, trainer_cfg.epochs, seconds, images_seen / max(seconds, 1e-9), history, start_epoch - 1, startup)
 
 
 def run_epoch(step: Callable, batches: Batches, epoch: int, log_every: int, progress: TrainingProgress) -> EpochTotals:

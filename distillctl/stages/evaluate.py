@@ -19,7 +19,6 @@ from distillctl.engine.predict import predict, topk_accuracy
 from distillctl.errors import UserError
 from distillctl.models import count_parameters, load_model
 from distillctl.models.normalization import stored_normalization
-from distillctl.stages.base import Stage
 from distillctl.stages.context import RunContext
 from distillctl.workspace import METRICS_FILE, model_file
 
@@ -110,6 +109,3 @@ def run(cfg: DictConfig) -> dict:
     if checked:
         console.print(f"[green]all {len(checked)} expectations met[/]")
     return results
-
-
-STAGE = Stage("evaluate", lambda cfg: "report", lambda cfg, ws: "", run)

@@ -35,4 +35,4 @@ def run(cfg: DictConfig) -> None:
         console.rule(folder)
         stage.run(cfg)
     console.rule("evaluate")
-    evaluate.STAGE.run(cfg)
+    evaluate.run(cfg)
