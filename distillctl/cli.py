@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quantize": ("quantize", "int8 (static or QAT with KD), fp16/bf16 or ONNX Runtime int8 of the final student"),
     "evaluate": ("evaluate", "accuracy, agreement, size and speed of every model in the workspace"),
     "pipeline": ("pipeline", "run every stage in order, skipping those already done with the same config"),
+    "reproduce": ("reproduce", "teacher, student and the no-teacher student over reproduce.seeds: mean ± std and the gain"),
 }
 TOOLS = {
     "recipes": "list the recipes, one line each (--json: their names as a JSON list, for CI matrices)",
@@ -290,4 +291,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     except UserError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
-        fail("interrupted; the last finished epoch is saved: add resume=true to continue.", code=130)
+        fail("interrupted; the last finished epoch is saved: add resume=true to continue (pipeline and reproduce resume by themselves).", code=130)

@@ -197,6 +197,15 @@ class ExportConfig:
 
 
 @dataclass
+class ReproduceConfig:
+    """`distillctl reproduce`: the teacher, the recipe's student and the same student without a teacher, per seed."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    # The loss group the no-teacher baseline trains with; everything else is the recipe's.
+    baseline_loss: str = "ce"
+
+
+@dataclass
 class Config:
     """A whole experiment: what a recipe plus overrides resolves to."""
 
@@ -217,7 +226,9 @@ class Config:
     prune: PruneConfig = field(default_factory=PruneConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
-    # Thresholds a run must meet, e.g. {"student.top1": {"min": 0.85}}; evaluate exits 1 on a miss.
+    reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
+    # Thresholds a run must meet, e.g. {"student.top1": {"min": 0.85}}; evaluate exits 1 on a miss. `baseline.*`
+    # (the student without a teacher) and `gain.*` (student less baseline) are checked by `distillctl reproduce`.
     expect: dict[str, Any] = field(default_factory=dict)
     # What the recipe's smoke profile (profile=smoke) must reach; by default every stage's model exists and evaluates.
     smoke_expect: dict[str, Any] = field(default_factory=lambda: {

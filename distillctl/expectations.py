@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from distillctl.errors import UserError
+
+# Rows that only `distillctl reproduce` measures: the student trained without a teacher, and the student's lead on it.
+ACROSS_SEEDS = frozenset({"baseline", "gain"})
 
 
 def flatten(expect: Mapping[str, Any], prefix: str = "") -> dict[str, dict[str, float]]:
@@ -22,11 +25,19 @@ def flatten(expect: Mapping[str, Any], prefix: str = "") -> dict[str, dict[str, 
     return flat
 
 
-def check(expect: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Every threshold with its measured value and whether it held; `results` is {model: {metric: value}}."""
+def check(
+    expect: Mapping[str, Any],
+    results: Mapping[str, Mapping[str, Any]],
+    only: Collection[str] | None = None,
+    skip: Collection[str] = (),
+) -> list[dict[str, Any]]:
+    """Every threshold on a model in `only` (default: all) and not in `skip`, with its measured value and whether
+    it held; `results` is {model: {metric: value}}, and a model missing from it fails its thresholds."""
     rows = []
     for path, bounds in flatten(expect).items():
         model, _, metric = path.partition(".")
+        if model in skip or (only is not None and model not in only):
+            continue
         value = results.get(model, {}).get(metric)
         for bound, limit in bounds.items():
             ok = value is not None and (value >= limit if bound == "min" else value <= limit)

@@ -13,6 +13,8 @@ from distillctl import artifacts
 from distillctl.errors import UserError
 
 MODEL_FILE, METRICS_FILE, CONFIG_FILE = "model.safetensors", "metrics.json", "config.yaml"
+# Written when a training stage starts: which config an unfinished folder's checkpoints belong to.
+STARTED_FILE = "started.json"
 ONNX_FILE = "model.onnx"
 
 
@@ -77,6 +79,16 @@ def recorded_fingerprint(stage_dir: Path) -> str | None:
     """The fingerprint a finished stage recorded in its metrics.json."""
     metrics = artifacts.read_json(stage_dir / METRICS_FILE) or {}
     return metrics.get("fingerprint")
+
+
+def started_fingerprint(stage_dir: Path) -> str | None:
+    """The fingerprint of the run that last started in stage_dir (finished or not)."""
+    return (artifacts.read_json(stage_dir / STARTED_FILE) or {}).get("fingerprint")
+
+
+def record_start(stage_dir: Path, fingerprint: str) -> None:
+    """Note which config is training in stage_dir, so an interrupted run is resumed only with the same one."""
+    artifacts.write_json(stage_dir / STARTED_FILE, {"fingerprint": fingerprint})
 
 
 def save_config(stage_dir: Path, cfg: DictConfig) -> None:

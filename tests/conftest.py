@@ -57,3 +57,25 @@ def cli(tmp_path: Path):
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     return run
+
+
+TINY_RECIPE = """# @package _global_
+description: a few steps of everything, for tests
+defaults:
+  - override /teacher: resnet8
+  - override /student: resnet8
+trainer: {epochs: 1, max_steps_per_epoch: 3, batch_size: 32, log_every: 1}
+prune: {finetune_epochs: 1}
+quantize: {calibration_batches: 2, qat_epochs: 1}
+dataset: {test_limit: 200}
+expect:
+  student.top1: {min: 0.0}
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    """A user's own recipe in ./recipes of the working directory."""
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "tiny.yaml").write_text(TINY_RECIPE)
+    return tmp_path

@@ -23,6 +23,13 @@ def pick_device(spec: str) -> torch.device:
     return device
 
 
+def device_name(device: torch.device) -> str | None:
+    """The accelerator's model name (e.g. for results tables); None on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return None
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Mixed precision: bf16 autocast on CUDA by default; fp32 elsewhere."""
     if precision == "auto":

@@ -10,8 +10,8 @@ from omegaconf import DictConfig
 
 from distillctl.console import console
 from distillctl.stages import distill, evaluate, prune, quantize, train_teacher
-from distillctl.stages.base import Stage
-from distillctl.workspace import Workspace, recorded_fingerprint
+from distillctl.stages.base import Stage, bring_up_to_date
+from distillctl.workspace import Workspace
 
 # Training stages in order; evaluate always runs last (it is the recipe's pass/fail gate).
 TRAINING_STAGES: list[Stage] = [train_teacher.STAGE, distill.STAGE, prune.STAGE, quantize.STAGE]
@@ -22,17 +22,7 @@ def run(cfg: DictConfig) -> None:
     ws = Workspace.from_config(cfg)
     redo = bool(cfg.force)
     for stage in TRAINING_STAGES:
-        folder = stage.folder(cfg)
-        if reason := stage.skipped(cfg):
-            console.print(f"[green]skip[/] {stage.name}: {reason}")
-            continue
-        done = ws.find(folder)
-        if not redo and done is not None and recorded_fingerprint(done) == stage.fingerprint(cfg, ws):
-            console.print(f"[green]skip[/] {folder}: {done} is up to date with this config (force=true redoes it)")
-            continue
         # Anything after a redone stage depends on it, so it is redone too.
-        redo = True
-        console.rule(folder)
-        stage.run(cfg)
+        redo = bring_up_to_date(stage, cfg, ws, redo) or redo
     console.rule("evaluate")
     evaluate.run(cfg)

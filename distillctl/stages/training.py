@@ -58,6 +58,7 @@ def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
     mean, std = job.normalization or (cfg.dataset.mean, cfg.dataset.std)
     out_dir = ctx.workspace.output(job.folder)
     workspace.save_config(out_dir, OmegaConf.merge(cfg, {"trainer": trainer}))
+    workspace.record_start(out_dir, job.fingerprint)
     memory = torch.channels_last if trainer.channels_last else torch.contiguous_format
     model = job.model.to(device, memory_format=memory)
     objective = job.objective.to(device)

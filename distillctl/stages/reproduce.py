@@ -1,0 +1,126 @@
+"""`distillctl reproduce`: the recipe's teacher and student, and the same student without a teacher, once per seed;
+then mean +- std per row and the student's gain, checked against the recipe's `expect:` block.
+
+Each seed is a workspace of its own under runs/<recipe>/reproduce/, so finished runs are skipped by fingerprint
+and interrupted ones resume, exactly as in `pipeline`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from distillctl import artifacts, expectations, report, seed_results
+from distillctl.console import console
+from distillctl.data import eval_batches
+from distillctl.engine.device import device_name, pick_device
+from distillctl.engine.predict import predict, topk_accuracy
+from distillctl.errors import UserError
+from distillctl.measure import cpu_name
+from distillctl.models.teachers import load_teacher
+from distillctl.stages import distill, train_teacher
+from distillctl.stages.base import bring_up_to_date
+from distillctl.stages.context import RunContext
+from distillctl.workspace import METRICS_FILE, Workspace
+
+ROWS = ("teacher", "student", "baseline", "gain")
+
+
+def key(override: str) -> str:
+    """The config key an override sets."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def command_line() -> tuple[str, list[str]]:
+    """The recipe's name and the command line's overrides, which every seed's runs are composed with."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    if any(key(o) == "seed" for o in overrides):
+        raise UserError("reproduce runs every seed in reproduce.seeds: set reproduce.seeds=[0,1,2] rather than seed=.")
+    return hydra_cfg.runtime.choices.get("recipe", "recipe"), overrides
+
+
+def compose_run(overrides: list[str], seed: int, run_dir: Path, loss: str | None = None) -> DictConfig:
+    """One seed's config: the user's recipe and overrides with this seed and workspace; for the baseline, `loss`
+    replaces the recipe's loss and every override of it (a KD temperature means nothing without a teacher)."""
+    from hydra import compose
+
+    kept = [o for o in overrides if key(o) != "run_dir" and not (loss is not None and key(o).startswith("loss"))]
+    extra = [f"seed={seed}", f"run_dir={run_dir}"] + ([f"loss={loss}"] if loss is not None else [])
+    return compose("config", overrides=[*kept, *extra])
+
+
+def test_top1(ws: Workspace, folder: str) -> float:
+    """The test top-1 a finished training stage recorded."""
+    metrics = artifacts.read_json(ws.root / folder / METRICS_FILE) or {}
+    if "test_top1" not in metrics:
+        raise UserError(f"{ws.root / folder} has no test accuracy in {METRICS_FILE}; rerun with force=true.")
+    return float(metrics["test_top1"])
+
+
+def given_teacher_top1(cfg: DictConfig) -> float:
+    """Test top-1 of a teacher given as a file (teacher.checkpoint or a `teachers` ensemble)."""
+    ctx = RunContext.open(cfg)
+    teacher, _ = load_teacher(cfg, ctx.workspace, ctx.data.num_classes)
+    batches = eval_batches(*ctx.data.test, cfg.trainer.eval_batch_size, cfg.dataset.mean, cfg.dataset.std, ctx.device)
+    logits, labels = predict(teacher.to(ctx.device), batches, ctx.device, cfg.trainer.precision)
+    return topk_accuracy(logits, labels, 1)
+
+
+def run_seed(overrides: list[str], root: Path, seed: int, baseline_loss: str) -> tuple[DictConfig, float, float, float | None]:
+    """Teacher and student in seed-<n>/, the baseline in seed-<n>-baseline/; their test top-1 (the teacher's is
+    None when it is given as a file rather than trained here)."""
+    cfg = compose_run(overrides, seed, root / f"seed-{seed}")
+    ws = Workspace.from_config(cfg)
+    console.rule(f"[bold]seed {seed}: the recipe's teacher and student")
+    redo = bring_up_to_date(train_teacher.STAGE, cfg, ws, bool(cfg.force)) or bool(cfg.force)
+    bring_up_to_date(distill.STAGE, cfg, ws, redo)
+    baseline_cfg = compose_run(overrides, seed, root / f"seed-{seed}-baseline", loss=baseline_loss)
+    baseline_ws = Workspace.from_config(baseline_cfg)
+    console.rule(f"[bold]seed {seed}: the same student without a teacher (loss={baseline_loss})")
+    bring_up_to_date(distill.STAGE, baseline_cfg, baseline_ws, bool(baseline_cfg.force))
+    teacher = None if train_teacher.skipped(cfg) else test_top1(ws, train_teacher.FOLDER)
+    return cfg, teacher, test_top1(ws, distill.FOLDER), test_top1(baseline_ws, distill.FOLDER)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Run every seed, write runs/<recipe>/reproduce/results.{json,md}, exit 1 when an expectation fails."""
+    seeds = list(cfg.reproduce.seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"reproduce.seeds={seeds}: give one or more distinct seeds, e.g. reproduce.seeds=[0,1,2].")
+    recipe, overrides = command_line()
+    root = Path(cfg.run_dir) / "reproduce"
+    teacher, student, baseline = [], [], []
+    for seed in seeds:
+        seed_cfg, t, s, b = run_seed(overrides, root, seed, cfg.reproduce.baseline_loss)
+        teacher.append(t)
+        student.append(s)
+        baseline.append(b)
+    if None in teacher:  # the same given teacher for every seed: measure it once
+        teacher = [given_teacher_top1(seed_cfg)] * len(seeds)
+    rows = seed_results.rows_with_gain(teacher, student, baseline)
+    checked = expectations.check(cfg.get("expect") or {}, seed_results.means(rows), only=ROWS)
+    device = pick_device(cfg.trainer.device)
+    context = {
+        "recipe": recipe,
+        "command": " ".join(["distillctl reproduce", *overrides]),
+        "seeds": ", ".join(map(str, seeds)),
+        "teacher": f"{cfg.teacher.name}" + (f" ({cfg.teacher.checkpoint})" if cfg.teacher.checkpoint else ", trained per seed"),
+        "student": f"{cfg.student.name}, loss terms {', '.join(sorted(cfg.loss.terms))}; baseline loss={cfg.reproduce.baseline_loss}",
+        "torch": torch.__version__,
+        "device": device_name(device) or f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)",
+    }
+    seed_results.write(root, rows, seeds, context, checked)
+    seed_results.print_table(rows, seeds, f"{recipe}: test top-1 over {len(seeds)} seeds")
+    console.print(f"results: {root / 'results.md'}")
+    misses = [row for row in checked if not row["ok"]]
+    if misses:
+        report.print_misses(misses)
+        raise SystemExit(1)
+    if checked:
+        console.print(f"[green]all {len(checked)} expectations met (on the means over seeds)[/]")
+    return {name: row.as_dict() for name, row in rows.items()}

@@ -1,0 +1,81 @@
+"""`distillctl reproduce`: every seed's teacher, student and no-teacher baseline, the statistics over seeds, the gate
+on their means, and runs that are skipped when finished and resumed when interrupted."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from distillctl.seed_results import rows_with_gain
+
+SEEDS = "reproduce.seeds=[0,1]"
+
+
+def test_gain_is_paired_seed_by_seed():
+    rows = rows_with_gain([0.9, 0.9, 0.9], student=[0.50, 0.60, 0.55], baseline=[0.45, 0.57, 0.50])
+    assert rows["gain"].values == pytest.approx((0.05, 0.03, 0.05))
+    # The spread of the paired difference, not of either run: the seeds' shared luck cancels.
+    assert rows["gain"].std == pytest.approx(statistics.stdev([0.05, 0.03, 0.05]))
+    assert rows["gain"].std < rows["student"].std
+    assert rows["teacher"].std == 0.0 and rows["student"].mean == pytest.approx(0.55)
+
+
+@pytest.mark.slow
+def test_reproduce_runs_every_seed_writes_results_and_skips_on_rerun(cli, tiny):
+    first = cli("reproduce", "recipe=tiny", SEEDS)
+    assert first.code == 0, first.text[-3000:]
+    out = tiny / "runs/tiny/reproduce"
+    for seed in (0, 1):
+        for folder in (f"seed-{seed}/teacher", f"seed-{seed}/student", f"seed-{seed}-baseline/student"):
+            assert (out / folder / "metrics.json").is_file(), folder
+        baseline_cfg = (out / f"seed-{seed}-baseline/student/config.yaml").read_text()
+        assert f"seed: {seed}" in baseline_cfg and "kind: kd" not in baseline_cfg
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == [0, 1]
+    for seed_index, seed in enumerate((0, 1)):
+        recorded = json.loads((out / f"seed-{seed}/student/metrics.json").read_text())["test_top1"]
+        assert results["rows"]["student"]["top1"][seed_index] == recorded
+    rows = results["rows"]
+    assert rows["gain"]["mean"] == pytest.approx(rows["student"]["mean"] - rows["baseline"]["mean"])
+    assert [e["metric"] for e in results["expectations"]] == ["student.top1"]
+    md = (out / "results.md").read_text()
+    assert "| gain (student - baseline) |" in md and "distillctl reproduce recipe=tiny" in md
+    assert "test top-1 over 2 seeds" in first.out and "expectations met" in first.out
+
+    again = cli("reproduce", "recipe=tiny", SEEDS)
+    assert again.code == 0 and again.out.count("is up to date") == 6, again.out
+    assert json.loads((out / "results.json").read_text())["rows"] == rows
+
+
+@pytest.mark.slow
+def test_reproduce_exits_1_when_the_gain_falls_short(cli, tiny):
+    missed = cli("reproduce", "recipe=tiny", "reproduce.seeds=[0]", "+expect.gain.top1.min=0.5")
+    assert missed.code == 1, missed.text[-3000:]
+    assert "expectations not met" in missed.out and "gain.top1" in missed.out
+    # evaluate leaves the across-seeds rows to reproduce instead of failing them as missing
+    assert cli("pipeline", "recipe=tiny", "+expect.gain.top1.min=0.5").code == 0
+
+
+def test_reproduce_refuses_a_single_seed_override(cli, tiny):
+    result = cli("reproduce", "recipe=tiny", "seed=3")
+    assert result.code == 2 and "reproduce.seeds" in result.err
+
+
+@pytest.mark.slow
+def test_pipeline_resumes_an_interrupted_stage_by_itself(cli, tiny):
+    assert cli("train-teacher", "recipe=tiny", "trainer.epochs=2").code == 0
+    teacher = tiny / "runs/tiny/teacher"
+    # What a run killed after its last epoch's checkpoint leaves: no model, no metrics.
+    (teacher / "metrics.json").unlink()
+    (teacher / "model.safetensors").unlink()
+    result = cli("pipeline", "recipe=tiny", "trainer.epochs=2")
+    assert result.code == 0, result.text[-3000:]
+    assert "resuming the interrupted run" in result.out
+    assert json.loads((teacher / "metrics.json").read_text())["resumed_from_epoch"] == 2
+    # A different config starts over rather than resuming a checkpoint that is not its own.
+    (teacher / "metrics.json").unlink()
+    other = cli("pipeline", "recipe=tiny", "trainer.epochs=1")
+    assert other.code == 0 and "resuming" not in other.out
+    assert json.loads((teacher / "metrics.json").read_text())["resumed_from_epoch"] == 0
