@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -96,3 +100,13 @@ def test_batches_resume_with_the_same_order():
     b = Batches(*data.train, 32, [0.5] * 3, [0.25] * 3, torch.device("cpu"), seed=99, max_steps=2)
     b.load_state_dict(state)
     assert all(torch.equal(p, q) for p, q in zip(expected, (y for _, y in b)))
+
+
+def test_hub_cache_key_is_the_same_in_every_process():
+    # A key built with hash() changed from process to process, so a Hub data set was decoded again on every run.
+    code = "from distillctl.data.splits import hub_cache_key; print(hub_cache_key('abc123', 'img|label|32|train'))"
+    keys = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+        for seed in ("1", "2")
+    }
+    assert len(keys) == 1 and keys.pop().startswith("abc123-")

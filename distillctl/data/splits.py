@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,13 +65,19 @@ def cached_split(source: sources.Source, cfg, split: str) -> tuple[torch.Tensor,
         return hit
     table = sources.load_split_table(source, split)
     if key is None:  # a Hub data set: its own fingerprint identifies the content
-        key = f"{table._fingerprint}-{abs(hash(settings)) % 10**8}"
+        key = hub_cache_key(table._fingerprint, settings)
         if (hit := read_cache(cache_dir / f"{key}.safetensors")) is not None:
             return hit
     images, labels, classes = sources.decode(table, cfg.image_column, cfg.label_column, cfg.image_size)
     result = torch.from_numpy(images), torch.from_numpy(labels), classes
     write_cache(cache_dir / f"{key}.safetensors", *result)
     return result
+
+
+def hub_cache_key(table_fingerprint: str, settings: str) -> str:
+    """The cache key of a Hub split: its `datasets` fingerprint plus the decode settings. hashlib, not hash():
+    str hashes are salted per process, which would miss the cache on every run."""
+    return f"{table_fingerprint}-{hashlib.sha1(settings.encode()).hexdigest()[:8]}"
 
 
 def read_cache(path: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]] | None:
