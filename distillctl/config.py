@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+# Trained weights shipped inside the package; a config names one as ${bundled:FILE} (docs in the folder's README).
+BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR10_STD = [0.2470, 0.2435, 0.2616]
@@ -236,9 +241,15 @@ class Config:
     })
 
 
+def bundled_weights(name: str) -> str:
+    """The path of a weights file shipped with distillctl: what `${bundled:NAME}` resolves to."""
+    return str(BUNDLED_WEIGHTS / name)
+
+
 def register() -> None:
-    """Put the schema into Hydra's ConfigStore under the name config.yaml starts its defaults with, and the
-    loss terms (each term's dataclass, registered by importing its module) under loss/terms."""
+    """Put the schema into Hydra's ConfigStore under the name config.yaml starts its defaults with, the loss
+    terms (each term's dataclass, registered by importing its module) under loss/terms, and the `bundled` resolver."""
     import distillctl.losses  # noqa: F401
 
     ConfigStore.instance().store(name="schema", node=Config)
+    OmegaConf.register_new_resolver("bundled", bundled_weights, replace=True)

@@ -54,7 +54,7 @@ def compose_run(overrides: list[str], seed: int, run_dir: Path, loss: str | None
     return compose("config", overrides=[*kept, *extra])
 
 
-def test_top1(ws: Workspace, folder: str) -> float:
+def recorded_top1(ws: Workspace, folder: str) -> float:
     """The test top-1 a finished training stage recorded."""
     metrics = artifacts.read_json(ws.root / folder / METRICS_FILE) or {}
     if "test_top1" not in metrics:
@@ -71,7 +71,7 @@ def given_teacher_top1(cfg: DictConfig) -> float:
     return topk_accuracy(logits, labels, 1)
 
 
-def run_seed(overrides: list[str], root: Path, seed: int, baseline_loss: str) -> tuple[DictConfig, float, float, float | None]:
+def run_seed(overrides: list[str], root: Path, seed: int, baseline_loss: str) -> tuple[DictConfig, float | None, float, float]:
     """Teacher and student in seed-<n>/, the baseline in seed-<n>-baseline/; their test top-1 (the teacher's is
     None when it is given as a file rather than trained here)."""
     cfg = compose_run(overrides, seed, root / f"seed-{seed}")
@@ -83,8 +83,8 @@ def run_seed(overrides: list[str], root: Path, seed: int, baseline_loss: str) ->
     baseline_ws = Workspace.from_config(baseline_cfg)
     console.rule(f"[bold]seed {seed}: the same student without a teacher (loss={baseline_loss})")
     bring_up_to_date(distill.STAGE, baseline_cfg, baseline_ws, bool(baseline_cfg.force))
-    teacher = None if train_teacher.skipped(cfg) else test_top1(ws, train_teacher.FOLDER)
-    return cfg, teacher, test_top1(ws, distill.FOLDER), test_top1(baseline_ws, distill.FOLDER)
+    teacher = None if train_teacher.skipped(cfg) else recorded_top1(ws, train_teacher.FOLDER)
+    return cfg, teacher, recorded_top1(ws, distill.FOLDER), recorded_top1(baseline_ws, distill.FOLDER)
 
 
 def run(cfg: DictConfig) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from distillctl.errors import UserError
 from distillctl.losses import build_objective
 from distillctl.models import create_model
 from distillctl.stages.base import Stage
@@ -28,6 +29,9 @@ def skipped(cfg: DictConfig) -> str | None:
 
 def run(cfg: DictConfig) -> dict:
     """Train the teacher and write runs/<recipe>/teacher/."""
+    if reason := skipped(cfg):
+        # Training here would leave a teacher that distill never reads: it takes the given one.
+        raise UserError(f"nothing to train: {reason}. To train this recipe's own teacher, add teacher.checkpoint=null (and teachers=[]).")
     ctx = RunContext.open(cfg)
     t = cfg.teacher
     model = create_model(t.name, ctx.data.num_classes, t.pretrained, **t.kwargs)
