@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -22,11 +24,20 @@ def print_summary_table(title: str, rows: list[tuple[str, str]]) -> None:
     console.print(table)
 
 
+def clock(seconds: float) -> str:
+    """h:mm:ss or m:ss."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 class TrainingProgress:
-    """One live bar for a stage; a plain line per epoch so logs without a terminal stay readable."""
+    """One live bar for a stage on a terminal; elsewhere (CI, `> log`) a plain line every `log_every` steps and one
+    per epoch, so a log shows progress long before the first epoch ends."""
 
     def __init__(self, title: str, epochs: int, steps_per_epoch: int, start_epoch: int = 1) -> None:
-        self.title, self.epochs = title, epochs
+        self.title, self.epochs, self.steps_per_epoch = title, epochs, steps_per_epoch
+        self.plain = not console.is_terminal
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(bar_width=30),
@@ -38,8 +49,8 @@ class TrainingProgress:
             console=console,
             disable=not console.is_terminal,
         )
-        total = (epochs - start_epoch + 1) * steps_per_epoch
-        self.task = self.progress.add_task(title, total=total, loss=float("nan"), acc=0.0, ips=0.0)
+        self.total, self.done, self.started = (epochs - start_epoch + 1) * steps_per_epoch, 0, time.perf_counter()
+        self.task = self.progress.add_task(title, total=self.total, loss=float("nan"), acc=0.0, ips=0.0)
 
     def __enter__(self) -> "TrainingProgress":
         self.progress.start()
@@ -48,9 +59,17 @@ class TrainingProgress:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
-    def advance(self, steps: int, epoch: int, loss: float, acc: float, ips: float) -> None:
-        """Move the bar by `steps` and show the running figures."""
+    def advance(self, steps: int, epoch: int, step: int, loss: float, acc: float, ips: float) -> None:
+        """Move the bar by `steps` (now at `step` of the epoch) and show the running figures."""
         self.progress.update(self.task, advance=steps, description=f"{self.title} {epoch}/{self.epochs}", loss=loss, acc=acc, ips=ips)
+        self.done += steps
+        if self.plain and step < self.steps_per_epoch:  # the epoch's own line follows at its end
+            elapsed = time.perf_counter() - self.started
+            eta = clock(elapsed / self.done * (self.total - self.done))
+            console.print(
+                f"{self.title} epoch {epoch}/{self.epochs} step {step}/{self.steps_per_epoch}  loss {loss:.4f}  "
+                f"train {acc:.1%}  {ips:,.0f} img/s  ETA {eta}"
+            )
 
     def epoch_line(self, text: str) -> None:
         """Print a line above the bar (kept in the scrollback)."""

@@ -209,3 +209,11 @@ def test_multi_teacher_distillation(cli, tiny):
     assert result.code == 0, result.text
     metrics = json.loads((tiny / "runs/ensemble/student/metrics.json").read_text())
     assert metrics["teacher"].count("model.safetensors") == 2
+
+
+@pytest.mark.slow
+def test_logs_without_a_terminal_show_progress_within_an_epoch(cli, tiny):
+    result = cli("train-teacher", "recipe=tiny")  # the recipe logs every step; a subprocess has no terminal
+    assert result.code == 0, result.text
+    assert "teacher epoch 1/1 step 1/3  loss" in result.out and "ETA 0:" in result.out
+    assert "teacher epoch 1/1  loss" in result.out  # and the epoch's own line

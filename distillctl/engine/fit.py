@@ -161,7 +161,7 @@ def run_epoch(step: Callable, batches: Batches, epoch: int, log_every: int, prog
         if i % log_every == 0 or i == len(batches):
             now = time.perf_counter()
             done = log_every if i % log_every == 0 else i % log_every
-            progress.advance(done, epoch, (totals.loss / totals.seen).item(), (totals.correct / totals.seen).item(), since_log / (now - t_log))
+            progress.advance(done, epoch, i, (totals.loss / totals.seen).item(), (totals.correct / totals.seen).item(), since_log / (now - t_log))
             since_log, t_log = 0, now
     return totals
 
