@@ -55,12 +55,15 @@ def print_recipes() -> None:
     """`distillctl recipes`: a table of recipe names, descriptions and files."""
     from rich.table import Table
 
+    from distillctl.console import console  # 140 columns when piped, where rich would take 80
+
     table = Table(title="recipes", title_justify="left")
-    for column in ("recipe", "description", "file"):
+    for column in ("recipe", "description"):
         table.add_column(column)
+    table.add_column("file", overflow="fold")  # a path is folded onto the next line, never cut
     for name, recipe in recipes.available().items():
         table.add_row(name, recipe.description, str(recipe.path))
-    Console().print(table)
+    console.print(table)
 
 
 def resolve_recipe_overrides(overrides: Sequence[str]) -> list[str]:

@@ -119,3 +119,9 @@ def test_unknown_command_names_the_closest(cli):
 def test_cfg_job_prints_the_resolved_config(cli):
     result = cli("distill", "recipe=cifar_resnet", "--cfg", "job", "trainer.epochs=3")
     assert result.code == 0 and "epochs: 3" in result.out and "name: resnet56" in result.out
+
+
+def test_recipes_piped_to_a_file_keep_every_path_whole(cli):
+    result = cli("recipes")  # a subprocess: stdout is not a terminal, as in `distillctl recipes | cat`
+    assert result.code == 0 and "…" not in result.out
+    assert "cifar_adversarial.yaml" in result.out and "quickstart.yaml" in result.out

@@ -104,3 +104,11 @@ def test_feature_terms_train_under_bf16_autocast(tmp_path):
     trainee.scheduler = build_schedule(trainee.optimizer, OmegaConf.structured(SchedulerConfig(name="constant")), 0.05, len(batches), 1)
     result = fit(trainee, batches, no_validation, trainer, tmp_path, "bf16", teacher=teacher)
     assert all(math.isfinite(result.history[-1][f"loss.{k}"]) for k in ("ce", "hint", "at", "adv"))
+
+
+def test_top5_is_not_reported_where_every_label_is_in_the_top_five():
+    from distillctl.engine.predict import top5_accuracy
+
+    assert top5_accuracy(torch.randn(4, 5), torch.tensor([0, 1, 2, 3])) is None  # 5 classes: always 100%
+    ranked = torch.arange(10, 0, -1.0).repeat(4, 1)  # classes 0-4 are every row's top five
+    assert top5_accuracy(ranked, torch.tensor([0, 4, 5, 9])) == 0.5

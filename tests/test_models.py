@@ -40,3 +40,11 @@ def test_unknown_model_names_the_closest():
 def test_pretrained_cifar_model_explains_there_are_no_weights():
     with pytest.raises(UserError, match="checkpoint=PATH"):
         create_model("resnet56", num_classes=10, pretrained=True)
+
+
+def test_unreachable_pretrained_weights_name_the_full_keys(monkeypatch, tmp_path):
+    # The real online path (timm fetching from the Hub), offline and with an empty cache: one message naming the fix.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(UserError, match=r"Set teacher\.pretrained=false, or teacher\.checkpoint=PATH"):
+        create_model("mobilenetv3_small_050", num_classes=10, pretrained=True, role="teacher")

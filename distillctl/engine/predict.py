@@ -28,3 +28,8 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     """Fraction of rows whose label is among the k highest logits."""
     k = min(k, logits.shape[1])
     return (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).float().mean().item()
+
+
+def top5_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Top-5 accuracy, or None with 5 classes or fewer, where every label is among the top five."""
+    return topk_accuracy(logits, labels, 5) if logits.shape[1] > 5 else None

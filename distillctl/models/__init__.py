@@ -10,8 +10,10 @@ from distillctl.models import zoo
 zoo.register()
 
 
-def create_model(name: str, num_classes: int, pretrained: bool = False, **kwargs) -> nn.Module:
-    """Build `name` through timm's registry, or say which names come closest."""
+def create_model(name: str, num_classes: int, pretrained: bool = False, role: str | None = None, **kwargs) -> nn.Module:
+    """Build `name` through timm's registry, or say which names come closest; `role` (teacher, student) is the
+    config section the model comes from, so that messages name full keys."""
+    key = f"{role}." if role else ""
     import timm
 
     if not timm.is_model(name):
@@ -23,13 +25,13 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, **kwargs
     except UserError:
         raise
     except TypeError as exc:
-        raise UserError(f"model '{name}' does not take these options ({exc}); check kwargs.") from None
+        raise UserError(f"model '{name}' does not take these options ({exc}); check {key}kwargs.") from None
     except (OSError, RuntimeError) as exc:
         if not pretrained:
             raise
         raise UserError(
-            f"could not fetch pretrained weights for '{name}' ({type(exc).__name__}); offline? Set pretrained=false, "
-            "or checkpoint=PATH to load local weights."
+            f"could not fetch pretrained weights for '{name}' ({type(exc).__name__}); offline? Set {key}pretrained=false, "
+            f"or {key}checkpoint=PATH to load local weights."
         ) from None
 
 

@@ -15,7 +15,7 @@ from distillctl.compress.sparsity import weight_sparsity
 from distillctl.config import QuantizeMethod
 from distillctl.console import console
 from distillctl.data import eval_batches
-from distillctl.engine.predict import predict, topk_accuracy
+from distillctl.engine.predict import predict, top5_accuracy, topk_accuracy
 from distillctl.errors import UserError
 from distillctl.models import count_parameters, load_model
 from distillctl.models.normalization import stored_normalization
@@ -78,7 +78,7 @@ def run(cfg: DictConfig) -> dict:
             "arch": meta.get("model", "?"),
             "path": str(path),
             "top1": topk_accuracy(logits, labels, 1),
-            "top5": topk_accuracy(logits, labels, 5),
+            "top5": top5_accuracy(logits, labels),
             "agreement": agreement(pred, predictions.get("teacher")),
             # Compressed students are judged against the float student they came from, too.
             "agreement_with_student": agreement(pred, predictions.get("student")),

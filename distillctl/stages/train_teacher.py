@@ -34,7 +34,7 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"nothing to train: {reason}. To train this recipe's own teacher, add teacher.checkpoint=null (and teachers=[]).")
     ctx = RunContext.open(cfg)
     t = cfg.teacher
-    model = create_model(t.name, ctx.data.num_classes, t.pretrained, **t.kwargs)
+    model = create_model(t.name, ctx.data.num_classes, t.pretrained, role="teacher", **t.kwargs)
     objective = build_objective({"ce": {"kind": "ce", "weight": 1.0, "label_smoothing": cfg.trainer.label_smoothing}})
     lr = t.lr if t.lr is not None else cfg.optimizer.lr
     job = TrainingJob(FOLDER, t.name, model, objective, lr, fingerprint(cfg, ctx.workspace), model_kwargs=OmegaConf.to_container(t.kwargs))

@@ -17,7 +17,7 @@ from distillctl.console import print_summary_table
 from distillctl.data import Batches, eval_batches
 from distillctl.engine.fit import BEST, FitResult, Trainee, fit
 from distillctl.engine.optim import build_optimizer, build_schedule
-from distillctl.engine.predict import predict, topk_accuracy
+from distillctl.engine.predict import predict, top5_accuracy, topk_accuracy
 from distillctl.losses import Objective
 from distillctl.models import count_parameters, model_metadata
 from distillctl.stages.context import RunContext
@@ -101,7 +101,7 @@ def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
         "fingerprint": job.fingerprint,
         "params": params,
         "test_top1": topk_accuracy(logits, labels, 1),
-        "test_top5": topk_accuracy(logits, labels, 5),
+        "test_top5": top5_accuracy(logits, labels),
         "best_val_top1": result.best_val_top1,
         "best_epoch": result.best_epoch,
         "epochs": result.epochs,
@@ -122,7 +122,7 @@ def print_summary(stage: str, metrics: dict, result: FitResult, out_dir: Path) -
     """The rich table that closes a training stage."""
     print_summary_table(f"{stage}: {metrics['model']}", [
         ("test top-1", f"{metrics['test_top1']:.2%}"),
-        ("test top-5", f"{metrics['test_top5']:.2%}"),
+        ("test top-5", "-" if metrics["test_top5"] is None else f"{metrics['test_top5']:.2%}"),
         ("best val top-1", f"{result.best_val_top1:.2%} (epoch {result.best_epoch})"),
         ("parameters", f"{metrics['params'] / 1e6:.3f} M"),
         ("epochs", f"{result.epochs}" + (f" (resumed after {result.resumed_from})" if result.resumed_from else "")),
