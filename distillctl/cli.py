@@ -132,14 +132,31 @@ def prepare_overrides(overrides: Sequence[str]) -> list[str]:
 
 
 def with_sweep_dir(overrides: list[str]) -> list[str]:
-    """In a multirun, put the sweep's job folders under the recipe's workspace, one folder per sweep."""
+    """In a multirun, put the sweep's job folders under the recipe's workspace, one folder per sweep, each named
+    after the values swept (`0_loss.terms.kd.temperature=2`), not after every override of the command line."""
     multirun = any(o in ("-m", "--multirun") or o == "hydra.mode=MULTIRUN" for o in overrides)
-    if not multirun or any(o.startswith("hydra.sweep.dir=") for o in overrides):
+    if not multirun:
         return overrides
     values = dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith("-"))
     recipe = values.get("recipe", DEFAULT_RECIPE)
     base = values.get("run_dir") or f"runs/{recipe if ',' not in recipe else 'sweeps'}"
-    return [*overrides, f"hydra.sweep.dir={base}/sweep/${{now:%Y-%m-%d_%H-%M-%S}}"]
+    extra = [] if "hydra.sweep.dir" in values else [f"hydra.sweep.dir={base}/sweep/${{now:%Y-%m-%d_%H-%M-%S}}"]
+    if "hydra.job.config.override_dirname.exclude_keys" not in values:
+        extra.append(f"hydra.job.config.override_dirname.exclude_keys=[{','.join(fixed_keys(overrides))}]")
+    return [*overrides, *extra]
+
+
+def fixed_keys(overrides: Sequence[str]) -> list[str]:
+    """The keys a multirun does not sweep (and the run's bookkeeping keys), left out of its job folders' names."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    plain = [o for o in overrides if not o.startswith("hydra.") and not o.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(plain)
+    except Exception:  # check_composes reports a malformed override with its own message
+        return ["recipe", "run_dir", "force", "resume"]
+    fixed = {o.get_key_element() for o in parsed if not o.is_sweep_override()}
+    return sorted(fixed | {"recipe", "run_dir", "force", "resume"})
 
 
 def check_composes(overrides: Sequence[str]) -> None:
