@@ -259,8 +259,11 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
     def task(cfg) -> None:
         import importlib
 
-        stage: Callable = importlib.import_module(f"distillctl.stages.{module_name}").run
+        from distillctl.bounds import check_config
+
         try:
+            check_config(cfg)  # every value, before the stage imports torch or loads data
+            stage: Callable = importlib.import_module(f"distillctl.stages.{module_name}").run
             stage(cfg)
         except UserError as exc:
             fail(str(exc))

@@ -10,6 +10,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from distillctl.bounds import bounded
+
 # Trained weights shipped inside the package; a config names one as ${bundled:FILE} (docs in the folder's README).
 BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 
@@ -80,12 +82,12 @@ class DatasetConfig:
     label_column: str = "label"
     train_split: str = "train"
     test_split: str = "test"
-    train_limit: Optional[int] = None
-    test_limit: Optional[int] = None
+    train_limit: Optional[int] = bounded(None, min=1)
+    test_limit: Optional[int] = bounded(None, min=1)
     # Held out of train to pick the best checkpoint: a fraction (< 1) or a count of images.
-    val_size: float = 0.1
-    image_size: int = 32
-    crop_padding: int = 4
+    val_size: float = bounded(0.1, above=0)
+    image_size: int = bounded(32, min=8, max=4096)
+    crop_padding: int = bounded(4, min=0)
     hflip: bool = True
     mean: list[float] = field(default_factory=lambda: list(CIFAR10_MEAN))
     std: list[float] = field(default_factory=lambda: list(CIFAR10_STD))
@@ -101,10 +103,10 @@ class ModelConfig:
     # Weights to load instead of the run workspace's (for the teacher: skips the train-teacher lookup).
     checkpoint: Optional[str] = None
     # Learning rate when this model is the one being trained; null means optimizer.lr.
-    lr: Optional[float] = None
+    lr: Optional[float] = bounded(None, above=0)
     kwargs: dict[str, Any] = field(default_factory=dict)
     # In a `teachers` list: this teacher's share of the averaged logits.
-    weight: float = 1.0
+    weight: float = bounded(1.0, min=0)
 
 
 @dataclass
@@ -118,13 +120,13 @@ class LossConfig:
 class TrainerConfig:
     """The training loop shared by every stage."""
 
-    epochs: int = 30
-    batch_size: int = 128
-    eval_batch_size: int = 512
+    epochs: int = bounded(30, min=1)
+    batch_size: int = bounded(128, min=1)
+    eval_batch_size: int = bounded(512, min=1)
     device: str = "auto"  # auto: cuda, else mps, else cpu
     precision: Precision = Precision.auto
-    label_smoothing: float = 0.0
-    grad_clip: Optional[float] = None
+    label_smoothing: float = bounded(0.0, min=0, below=1)
+    grad_clip: Optional[float] = bounded(None, above=0)
     # NHWC memory: +16-27% on this CPU and faster on an H100 (docs/performance.md).
     channels_last: bool = True
     # torch.compile: auto = on for CUDA (3.5x on an H100, docs/performance.md), off elsewhere; or true / false.
@@ -132,10 +134,10 @@ class TrainerConfig:
     # auto = reduce-overhead (CUDA graphs: small CIFAR nets are launch-bound) on CUDA, default elsewhere.
     compile_mode: str = "auto"
     # Read losses back from the device every N steps: reading every step stalls an accelerator.
-    log_every: int = 50
+    log_every: int = bounded(50, min=1)
     # Cap on steps per epoch, for smoke tests and quick looks; null runs whole epochs.
-    max_steps_per_epoch: Optional[int] = None
-    threads: Optional[int] = None
+    max_steps_per_epoch: Optional[int] = bounded(None, min=1)
+    threads: Optional[int] = bounded(None, min=1)
 
 
 @dataclass
@@ -143,10 +145,10 @@ class OptimizerConfig:
     """The optimizer of the model being trained."""
 
     name: OptimizerName = OptimizerName.sgd
-    lr: float = 0.05
-    momentum: float = 0.9
+    lr: float = bounded(0.05, above=0)
+    momentum: float = bounded(0.9, min=0, below=1)
     nesterov: bool = False
-    weight_decay: float = 5e-4
+    weight_decay: float = bounded(5e-4, min=0)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
 
 
@@ -156,9 +158,9 @@ class SchedulerConfig:
 
     name: SchedulerName = SchedulerName.step
     milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    min_lr: float = 0.0
+    gamma: float = bounded(0.1, above=0)
+    warmup_epochs: float = bounded(0.0, min=0)
+    min_lr: float = bounded(0.0, min=0)
 
 
 @dataclass
@@ -169,13 +171,13 @@ class PruneConfig:
     importance: Importance = Importance.l1  # structured only
     global_pruning: bool = False  # rank channels across layers rather than within each
     # Structured target: a MACs ratio to reach, or (when set) a fixed channel ratio to remove instead.
-    target_macs_ratio: float = 0.5
-    channel_ratio: Optional[float] = None
-    sparsity: float = 0.5  # unstructured: fraction of conv/linear weights set to zero
+    target_macs_ratio: float = bounded(0.5, above=0, below=1)
+    channel_ratio: Optional[float] = bounded(None, above=0, below=1)
+    sparsity: float = bounded(0.5, min=0, below=1)  # unstructured: fraction of conv/linear weights set to zero
     # Iterative pruning: reach the target in this many equal steps, fine-tuning after each one.
-    steps: int = 1
-    finetune_epochs: int = 2  # structured: KD fine-tuning (per step) with the recipe's loss terms and teacher
-    finetune_lr: float = 0.01
+    steps: int = bounded(1, min=1)
+    finetune_epochs: int = bounded(2, min=0)  # structured: KD fine-tuning (per step) with the recipe's loss terms and teacher
+    finetune_lr: float = bounded(0.01, above=0)
 
 
 @dataclass
@@ -186,11 +188,11 @@ class QuantizeConfig:
     source: QuantizeSource = QuantizeSource.auto
     backend: Int8Backend = Int8Backend.x86  # torch's int8 kernels
     per_channel: bool = True  # per-channel int8 weights (per-tensor when false)
-    calibration_batches: int = 8  # training images seen by the observers: batches of calibration_batch_size
-    calibration_batch_size: int = 128
+    calibration_batches: int = bounded(8, min=1)  # training images seen by the observers: batches of calibration_batch_size
+    calibration_batch_size: int = bounded(128, min=1)
     skip: list[str] = field(default_factory=list)  # layers kept in float (torch int8)
-    qat_epochs: int = 2  # int8_qat: fake-quantized fine-tuning with the recipe's loss terms and teacher
-    qat_lr: float = 0.001
+    qat_epochs: int = bounded(2, min=1)  # int8_qat: fake-quantized fine-tuning with the recipe's loss terms and teacher
+    qat_lr: float = bounded(0.001, above=0)
 
 
 @dataclass
@@ -198,7 +200,7 @@ class ExportConfig:
     """Deployment files written after the quantize stage."""
 
     onnx: bool = False  # runs/<recipe>/export/model.onnx: the float model quantize started from
-    opset: int = 18
+    opset: int = bounded(18, min=13)
 
 
 @dataclass

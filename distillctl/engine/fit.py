@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -161,7 +162,14 @@ def run_epoch(step: Callable, batches: Batches, epoch: int, log_every: int, prog
         if i % log_every == 0 or i == len(batches):
             now = time.perf_counter()
             done = log_every if i % log_every == 0 else i % log_every
-            progress.advance(done, epoch, i, (totals.loss / totals.seen).item(), (totals.correct / totals.seen).item(), since_log / (now - t_log))
+            running_loss = (totals.loss / totals.seen).item()
+            if not math.isfinite(running_loss):
+                # Stop before this epoch is checkpointed: the last finished epoch's state stays as it was.
+                raise UserError(
+                    f"the loss became {running_loss} in epoch {epoch} (by step {i}): training diverged. Lower the learning "
+                    "rate or the loss weights, or set trainer.grad_clip; nothing of this epoch was saved."
+                )
+            progress.advance(done, epoch, i, running_loss, (totals.correct / totals.seen).item(), since_log / (now - t_log))
             since_log, t_log = 0, now
     return totals
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distillctl.bounds import bounded
 from distillctl.errors import UserError
 from distillctl.losses.base import LossTerm, StepOutputs, TermParams
 from distillctl.losses.registry import term
@@ -24,14 +25,14 @@ from distillctl.losses.registry import term
 
 @dataclass
 class AdversarialParams(TermParams):
-    weight: float = 0.1
+    weight: float = bounded(0.1, min=0)
     input: str = "logits"  # logits | features (`on` would read as a boolean in YAML)
     student_layer: str = "layer3"  # used when input=features
     teacher_layer: str = "layer3"
-    hidden: int = 256
-    lr: float = 2e-4
+    hidden: int = bounded(256, min=1)
+    lr: float = bounded(2e-4, above=0)
     betas: tuple[float, float] = (0.5, 0.999)
-    d_steps: int = 1
+    d_steps: int = bounded(1, min=1)
 
 
 def discriminator(width: int, hidden: int) -> nn.Module:

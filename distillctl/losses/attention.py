@@ -12,17 +12,18 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from distillctl.bounds import bounded
 from distillctl.losses.base import LossTerm, StepOutputs, TermParams
 from distillctl.losses.registry import term
 
 
 @dataclass
 class AttentionParams(TermParams):
-    weight: float = 1000.0
+    weight: float = bounded(1000.0, min=0)
     # Student and teacher module paths, pairwise: the i-th student layer is matched to the i-th teacher layer.
     student_layers: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
     teacher_layers: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
-    p: float = 2.0
+    p: float = bounded(2.0, above=0)
 
 
 def attention_map(feature: torch.Tensor, p: float, size: tuple[int, int] | None = None) -> torch.Tensor:

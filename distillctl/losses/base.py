@@ -8,13 +8,15 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from distillctl.bounds import bounded
+
 
 @dataclass
 class TermParams:
     """Options every term has; a term's own dataclass adds its fields."""
 
     kind: str = ""
-    weight: float = 1.0
+    weight: float = bounded(1.0, min=0)
 
 
 @dataclass

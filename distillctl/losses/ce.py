@@ -7,13 +7,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from distillctl.bounds import bounded
 from distillctl.losses.base import LossTerm, StepOutputs, TermParams
 from distillctl.losses.registry import term
 
 
 @dataclass
 class CEParams(TermParams):
-    label_smoothing: float = 0.0
+    label_smoothing: float = bounded(0.0, min=0, below=1)
 
 
 @term("ce")

@@ -12,16 +12,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from distillctl.bounds import bounded
 from distillctl.losses.base import LossTerm, StepOutputs, TermParams
 from distillctl.losses.registry import term
 
 
 @dataclass
 class DKDParams(TermParams):
-    alpha: float = 1.0
-    beta: float = 8.0
-    temperature: float = 4.0
-    warmup: int = 20
+    alpha: float = bounded(1.0, min=0)
+    beta: float = bounded(8.0, min=0)
+    temperature: float = bounded(4.0, above=0)
+    warmup: int = bounded(20, min=0)
 
 
 def dkd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float, beta: float, temperature: float) -> torch.Tensor:

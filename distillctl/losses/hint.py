@@ -13,17 +13,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distillctl.bounds import bounded
 from distillctl.losses.base import LossTerm, StepOutputs, TermParams
 from distillctl.losses.registry import term
 
 
 @dataclass
 class HintParams(TermParams):
-    weight: float = 100.0  # the CRD benchmark's setting for FitNets on CIFAR
+    weight: float = bounded(100.0, min=0)  # the CRD benchmark's setting for FitNets on CIFAR
     student_layer: str = "layer2"
     teacher_layer: str = "layer2"
-    kernel_size: int = 1  # 1: a 1x1 conv regressor; 3: the paper's convolutional regressor
-    pretrain_epochs: int = 0
+    kernel_size: int = bounded(1, min=1)  # 1: a 1x1 conv regressor; 3: the paper's convolutional regressor
+    pretrain_epochs: int = bounded(0, min=0)
 
 
 def match_size(feature: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from distillctl.bounds import bounded
 from distillctl.losses.base import LossTerm, StepOutputs, TermParams
 from distillctl.losses.registry import term
 
 
 @dataclass
 class KDParams(TermParams):
-    temperature: float = 4.0
+    temperature: float = bounded(4.0, above=0)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

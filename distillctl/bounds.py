@@ -1,0 +1,91 @@
+"""Allowed ranges, stated beside each config default, and the check of a composed config against them and against
+the schema's keys, run before any stage loads torch or data.
+
+A value outside its range (`trainer.epochs=-1`, `optimizer.lr=nan`, a KD temperature of 0) would otherwise train to
+NaN or save a meaningless model; a `+key` the schema does not know would be ignored in silence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
+
+from distillctl.errors import UserError, did_you_mean
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """An interval; `above`/`below` are strict, `min`/`max` inclusive."""
+
+    min: float | None = None
+    max: float | None = None
+    above: float | None = None
+    below: float | None = None
+
+    def holds(self, value: float) -> bool:
+        """Whether value lies in the interval."""
+        return not (
+            (self.min is not None and value < self.min)
+            or (self.max is not None and value > self.max)
+            or (self.above is not None and value <= self.above)
+            or (self.below is not None and value >= self.below)
+        )
+
+    def __str__(self) -> str:
+        parts = [f"at least {self.min:g}" if self.min is not None else None,
+                 f"more than {self.above:g}" if self.above is not None else None,
+                 f"at most {self.max:g}" if self.max is not None else None,
+                 f"less than {self.below:g}" if self.below is not None else None]
+        return " and ".join(p for p in parts if p)
+
+
+def bounded(default: Any, *, min: float | None = None, max: float | None = None,
+            above: float | None = None, below: float | None = None) -> Any:
+    """A dataclass field with its default and the range a value must lie in (None always passes)."""
+    return field(default=default, metadata={"bounds": Bounds(min, max, above, below)})
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise a UserError naming the first key whose value is out of range, non-finite, or unknown to the schema."""
+    for problem in problems(cfg, ""):
+        raise UserError(problem)
+
+
+def problems(node: Any, path: str):
+    """A message for every bad value under node."""
+    if isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            yield from problems(item, f"{path}[{i}]")
+        return
+    if not isinstance(node, DictConfig):
+        if isinstance(node, float) and not math.isfinite(node):
+            yield f"{path}={node} is not a finite number."
+        return
+    schema = OmegaConf.get_type(node)
+    declared = {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    for key in node.keys():
+        child_path = f"{path}.{key}" if path else str(key)
+        if declared is not None and key not in declared:
+            valid = sorted(declared)
+            where = f" under '{path}'" if path else ""
+            # A model's constructor arguments have their own free-form place.
+            also = f" A model's constructor arguments (drop_rate, ...) go in {path}.kwargs." if "kwargs" in declared else ""
+            yield f"unknown config key '{child_path}'.{did_you_mean(str(key), valid)} Valid keys{where}: {', '.join(valid)}.{also}"
+            continue
+        if OmegaConf.is_missing(node, key):
+            continue
+        try:
+            value = node[key]
+        except InterpolationResolutionError:  # e.g. ${hydra:...} outside a Hydra run: a path, never a number to check
+            continue
+        spec = declared[key].metadata.get("bounds") if declared is not None else None
+        if spec is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value) or not spec.holds(value):
+                yield f"{child_path}={value} is out of range: it must be {spec}."
+                continue
+        yield from problems(value, child_path)
