@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,6 +17,9 @@ MODEL_FILE, METRICS_FILE, CONFIG_FILE = "model.safetensors", "metrics.json", "co
 # Written when a training stage starts: which config an unfinished folder's checkpoints belong to.
 STARTED_FILE = "started.json"
 ONNX_FILE = "model.onnx"
+
+# Lock files this process holds open: the OS releases them when it exits, even on kill -9, so none goes stale.
+_HELD_LOCKS: dict[Path, IO[str]] = {}
 
 
 class Workspace:
@@ -38,10 +42,37 @@ class Workspace:
         return cls(root)
 
     def output(self, stage: str) -> Path:
-        """The folder a stage writes into, created on demand."""
+        """The folder a stage writes into, created on demand and claimed by this process alone."""
+        self.claim(stage)
         path = self.job_dir / stage
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def claim(self, stage: str) -> None:
+        """Hold an exclusive lock on writing `stage` until this process exits, or refuse when another holds it:
+        two runs writing one folder would each overwrite the other's results without a word."""
+        import fcntl
+
+        path = self.job_dir / ".locks" / f"{stage.replace('/', '--')}.lock"
+        if path in _HELD_LOCKS:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UserError(
+                f"{self.job_dir / stage} is being written by another distillctl run ({holder}). Wait for it to finish, "
+                "or give this run its own run_dir=."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        _HELD_LOCKS[path] = handle
 
     def find(self, stage: str) -> Path | None:
         """The folder holding a finished run of `stage`: this job's own first, then the workspace's."""

@@ -1,5 +1,5 @@
-"""`distillctl reproduce`: every seed's teacher, student and no-teacher baseline, the statistics over seeds, the gate
-on their means, and runs that are skipped when finished and resumed when interrupted."""
+"""`distillctl reproduce`: every seed's teacher, student and no-teacher baseline, the statistics over seeds, and the
+gate on their means."""
 
 from __future__ import annotations
 
@@ -61,21 +61,3 @@ def test_reproduce_exits_1_when_the_gain_falls_short(cli, tiny):
 def test_reproduce_refuses_a_single_seed_override(cli, tiny):
     result = cli("reproduce", "recipe=tiny", "seed=3")
     assert result.code == 2 and "reproduce.seeds" in result.err
-
-
-@pytest.mark.slow
-def test_pipeline_resumes_an_interrupted_stage_by_itself(cli, tiny):
-    assert cli("train-teacher", "recipe=tiny", "trainer.epochs=2").code == 0
-    teacher = tiny / "runs/tiny/teacher"
-    # What a run killed after its last epoch's checkpoint leaves: no model, no metrics.
-    (teacher / "metrics.json").unlink()
-    (teacher / "model.safetensors").unlink()
-    result = cli("pipeline", "recipe=tiny", "trainer.epochs=2")
-    assert result.code == 0, result.text[-3000:]
-    assert "resuming the interrupted run" in result.out
-    assert json.loads((teacher / "metrics.json").read_text())["resumed_from_epoch"] == 2
-    # A different config starts over rather than resuming a checkpoint that is not its own.
-    (teacher / "metrics.json").unlink()
-    other = cli("pipeline", "recipe=tiny", "trainer.epochs=1")
-    assert other.code == 0 and "resuming" not in other.out
-    assert json.loads((teacher / "metrics.json").read_text())["resumed_from_epoch"] == 0
