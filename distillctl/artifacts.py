@@ -68,19 +68,39 @@ def save_weights(path: Path, model: nn.Module, metadata: dict[str, Any]) -> None
     save_tensors(path, state, metadata)
 
 
+# All metadata goes under this one key as sorted JSON: safetensors writes its metadata map in a random order, so
+# several keys would make the same weights a different file on every run (comparing runs by hash needs equal bytes).
+METADATA_KEY = "distillctl"
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """Named tensors as safetensors with JSON-encoded metadata."""
-    meta = {k: json.dumps(v) for k, v in metadata.items()}
+    """Named tensors as safetensors with JSON-encoded metadata; the same inputs give the same bytes."""
+    meta = {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
-    """The metadata save_weights stored, decoded."""
+    """The metadata save_weights stored, decoded (also from files written before it used one key, and from other
+    tools' files, whose plain-string values are kept as they are)."""
     try:
         with safe_open(str(path), "pt") as handle:
-            return {k: json.loads(v) for k, v in (handle.metadata() or {}).items()}
+            raw = handle.metadata() or {}
+        if METADATA_KEY in raw:
+            decoded = json.loads(raw[METADATA_KEY])
+            if not isinstance(decoded, dict):
+                raise ValueError("its distillctl metadata is not a JSON object")
+            return decoded
+        return {k: json_or_text(v) for k, v in raw.items()}
     except (OSError, SafetensorError, ValueError) as exc:
         raise UserError(f"'{path}' is not a readable safetensors checkpoint ({exc}); it may be corrupt. Re-run the stage that wrote it.") from None
+
+
+def json_or_text(value: str) -> Any:
+    """A metadata value decoded from JSON, or the string itself (foreign files store plain strings: format=pt)."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 def load_weights(path: Path, model: nn.Module) -> None:

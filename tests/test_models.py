@@ -48,3 +48,17 @@ def test_unreachable_pretrained_weights_name_the_full_keys(monkeypatch, tmp_path
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(UserError, match=r"Set teacher\.pretrained=false, or teacher\.checkpoint=PATH"):
         create_model("mobilenetv3_small_050", num_classes=10, pretrained=True, role="teacher")
+
+
+def test_a_foreign_safetensors_file_with_plain_string_metadata_loads(tmp_path):
+    from safetensors.torch import save_file
+
+    from distillctl.artifacts import read_metadata
+    from distillctl.models import load_model
+
+    model = create_model("resnet8", num_classes=10)
+    path = tmp_path / "foreign.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata={"format": "pt"})  # as timm/HF write
+    assert read_metadata(path) == {"format": "pt"}
+    loaded, _ = load_model(path, "resnet8", 10)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))

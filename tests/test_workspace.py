@@ -3,6 +3,7 @@ has one writer at a time."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -46,3 +47,12 @@ def test_a_second_writer_of_a_stage_is_refused_until_the_first_is_gone(cli, tiny
         holder.wait()
     # The OS released the killed holder's lock: no stale lock blocks the next run.
     assert cli("distill", "recipe=tiny").code == 0
+
+
+@pytest.mark.slow
+def test_the_same_run_twice_gives_byte_identical_weights(cli, tiny):
+    # Users and CI compare runs by hash: the same inputs and seed must give the same bytes, metadata included.
+    for run_dir in ("runs/a", "runs/b"):
+        assert cli("train-teacher", "recipe=tiny", f"run_dir={run_dir}").code == 0
+    digests = {hashlib.sha256((tiny / run_dir / "teacher/model.safetensors").read_bytes()).hexdigest() for run_dir in ("runs/a", "runs/b")}
+    assert len(digests) == 1
