@@ -62,3 +62,42 @@ def test_a_foreign_safetensors_file_with_plain_string_metadata_loads(tmp_path):
     assert read_metadata(path) == {"format": "pt"}
     loaded, _ = load_model(path, "resnet8", 10)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def crafted(tmp_path, **metadata):
+    """A real resnet8 weights file whose metadata says whatever an attacker wants."""
+    from distillctl import artifacts
+
+    path = tmp_path / "crafted.safetensors"
+    model = create_model("resnet8", num_classes=10)
+    artifacts.save_tensors(path, {k: v.contiguous() for k, v in model.state_dict().items()}, {"model": "resnet8", "num_classes": 10, **metadata})
+    return path
+
+
+@pytest.mark.parametrize(
+    "metadata, expected",
+    [
+        ({"kwargs": {"checkpoint_path": "/etc/passwd"}}, "'checkpoint_path' is not an architecture argument"),
+        ({"kwargs": {"pretrained_cfg_overlay": {"file": "x"}}}, "is not an architecture argument"),
+        ({"kwargs": {"depth": 10**8}}, "depth=100000000"),
+        ({"kwargs": {"global_pool": "https://evil/x"}}, "global_pool"),
+        ({"model": "../../../tmp/evil"}, "model name"),
+        ({"num_classes": 10**9}, "num_classes"),
+        ({"mean": [float("nan")] * 3}, "mean"),
+        ({"shapes": "conv1"}, "shapes is not a mapping"),
+        ({"shapes": {"fc": {"type": "Linear", "in": 64, "out": 10**7}}}, "not a pruned"),
+    ],
+)
+def test_a_crafted_checkpoint_is_refused_before_anything_is_built(tmp_path, metadata, expected):
+    from distillctl.models import load_model
+
+    with pytest.raises(UserError) as refused:
+        load_model(crafted(tmp_path, **metadata))
+    assert expected in str(refused.value)
+
+
+def test_an_honest_checkpoint_with_architecture_arguments_loads(tmp_path):
+    from distillctl.models import load_model
+
+    model, meta = load_model(crafted(tmp_path, kwargs={}))
+    assert meta["model"] == "resnet8" and count_parameters(model) > 0

@@ -43,10 +43,17 @@ def apply_shapes(model: nn.Module, shapes: dict[str, dict[str, Any]]) -> nn.Modu
     """Resize `model`'s layers in place to the recorded shapes."""
     modules = dict(model.named_modules())
     for name, shape in shapes.items():
-        if name not in modules or type(modules[name]).__name__ != shape["type"]:
-            raise UserError(f"the checkpoint's layer '{name}' ({shape['type']}) is not in this model; was it pruned from another architecture?")
-        if shape_of(modules[name]) == shape:
+        if not isinstance(shape, dict) or name not in modules or type(modules[name]).__name__ != shape.get("type"):
+            raise UserError(f"the checkpoint's layer '{name}' ({str(shape)[:60]}) is not in this model; was it pruned from another architecture?")
+        original = shape_of(modules[name])
+        if original == shape:
             continue
+        # Pruning only removes channels: a recorded size above the architecture's is a crafted file, and would
+        # allocate whatever it asks for.
+        if original is None or set(shape) != set(original) or not all(
+            type(shape[k]) is int and 1 <= shape[k] <= original[k] for k in original if k != "type"
+        ):
+            raise UserError(f"the checkpoint's layer '{name}' records {shape}, which is not a pruned {original}; refusing to build it.")
         parent_name, _, child = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child, resized(modules[name], shape))
     return model

@@ -58,9 +58,11 @@ def load_model(path, fallback_name: str | None = None, num_classes: int | None =
     from pathlib import Path
 
     from distillctl import artifacts
+    from distillctl.models.metadata import checked
 
     path = Path(path)
     meta = artifacts.read_metadata(path) if path.suffix == ".safetensors" and path.is_file() else {}
+    meta = checked(meta, path)
     name = meta.get("model", fallback_name)
     classes = meta.get("num_classes", num_classes)
     if name is None or classes is None:
