@@ -78,8 +78,9 @@ class DatasetConfig:
     # A Hub id (uoft-cs/cifar10), a local directory in the Hub's parquet layout, an image folder
     # (train/<class>/*.jpg, test/<class>/*.jpg), or `embedded` for the sample shipped in the package.
     path: str = "embedded"
-    image_column: str = "img"
-    label_column: str = "label"
+    # null: the data set's only Image column / only ClassLabel column; a name given must exist.
+    image_column: Optional[str] = None
+    label_column: Optional[str] = None
     train_split: str = "train"
     test_split: str = "test"
     train_limit: Optional[int] = bounded(None, min=1)

@@ -110,3 +110,35 @@ def test_hub_cache_key_is_the_same_in_every_process():
         for seed in ("1", "2")
     }
     assert len(keys) == 1 and keys.pop().startswith("abc123-")
+
+
+def corrupted_copy(tmp_path, rows: int, broken: list[int]):
+    """The embedded sample's first `rows` train/test rows in the Hub layout, with the images at `broken` garbled."""
+    import datasets
+
+    out = tmp_path / "plain_text"
+    out.mkdir()
+    for split in ("train", "test"):
+        table = datasets.load_dataset(str(EMBEDDED_DIR), split=split).select(range(rows))
+        if split == "train":
+            table = table.cast_column("img", datasets.Image(decode=False))
+            table = table.map(lambda row, i: {"img": {"bytes": b"not a jpeg", "path": None} if i in broken else row["img"]}, with_indices=True)
+            table = table.cast_column("img", datasets.Image())
+        table.to_parquet(str(out / f"{split}-00000-of-00001.parquet"))
+    return tmp_path
+
+
+def test_a_few_undecodable_images_are_skipped_and_reported(tmp_path, capsys):
+    data = load_splits(dataset_cfg(path=str(corrupted_copy(tmp_path, 200, [3])), val_size=20))
+    assert len(data.train[1]) + len(data.val[1]) == 199
+    assert "skipped 1 of 200 images that could not be decoded (first: image 3" in capsys.readouterr().out
+
+
+def test_a_data_set_of_mostly_broken_images_is_refused(tmp_path):
+    with pytest.raises(UserError, match="30 of 200 images could not be decoded"):
+        load_splits(dataset_cfg(path=str(corrupted_copy(tmp_path, 200, list(range(30)))), val_size=20))
+
+
+def test_a_configured_column_that_does_not_exist_is_refused():
+    with pytest.raises(UserError, match="dataset.label_column=nolabel: the data set has no such column"):
+        load_splits(dataset_cfg(label_column="nolabel", train_limit=40, val_size=4))

@@ -80,7 +80,7 @@ def load_split_table(source: Source, split: str):
         ) from None
 
 
-def decode(table, image_column: str, label_column: str, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def decode(table, image_column: str | None, label_column: str | None, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Decode every image once into a uint8 array [N, size, size, 3] plus int64 labels and class names."""
     import datasets
     from PIL import Image
@@ -89,25 +89,45 @@ def decode(table, image_column: str, label_column: str, size: int) -> tuple[np.n
     label_column = pick_column(table, label_column, datasets.ClassLabel, "label_column")
     raw = table.cast_column(image_column, datasets.Image(decode=False))
     images = np.empty((len(raw), size, size, 3), dtype=np.uint8)
+    bad: list[tuple[int, str]] = []
     for i, item in enumerate(raw[image_column]):
         try:
             img = Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]).convert("RGB")
         except Exception as exc:
-            raise UserError(f"image {i} of the data set could not be decoded ({exc}); the file may be corrupt.") from None
+            bad.append((i, f"{type(exc).__name__}: {exc}"))
+            continue
         if img.size != (size, size):
             img = img.resize((size, size), Image.BILINEAR)
         images[i] = np.asarray(img)
     labels = np.asarray(raw[label_column], dtype=np.int64)
     feature = raw.features[label_column]
     names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else [str(c) for c in sorted(set(labels.tolist()))]
+    if bad:
+        images, labels = without_undecodable(images, labels, bad)
     return images, labels, names
 
 
-def pick_column(table, wanted: str, kind, option: str) -> str:
-    """The configured column, or the only column of the right type when the configured one is absent."""
-    if wanted in table.column_names:
-        return wanted
+def without_undecodable(images: np.ndarray, labels: np.ndarray, bad: list[tuple[int, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Drop images that could not be decoded and say so: one bad file in a million must not stop a long run, but
+    many mean the data set itself is broken."""
+    from distillctl.console import console
+
+    first, reason = bad[0]
+    if len(bad) > max(10, len(labels) // 100):
+        raise UserError(f"{len(bad)} of {len(labels)} images could not be decoded (first: image {first}, {reason}); is the data set corrupt?")
+    console.print(f"[yellow]warning:[/] skipped {len(bad)} of {len(labels)} images that could not be decoded (first: image {first}, {reason})")
+    keep = np.ones(len(labels), dtype=bool)
+    keep[[i for i, _ in bad]] = False
+    return images[keep], labels[keep]
+
+
+def pick_column(table, wanted: str | None, kind, option: str) -> str:
+    """The configured column, which must exist; when none is configured, the only column of the right type."""
+    if wanted is not None:
+        if wanted in table.column_names:
+            return wanted
+        raise UserError(f"dataset.{option}={wanted}: the data set has no such column (columns: {', '.join(table.column_names)}).")
     typed = [name for name, feature in table.features.items() if isinstance(feature, kind)]
     if len(typed) == 1:
         return typed[0]
-    raise UserError(f"column '{wanted}' is not in the data set (columns: {', '.join(table.column_names)}). Set dataset.{option}.")
+    raise UserError(f"cannot tell which column holds the {option.split('_')[0]}s (columns: {', '.join(table.column_names)}). Set dataset.{option}.")
