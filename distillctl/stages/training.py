@@ -57,7 +57,6 @@ def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
     trainer = job_trainer(cfg, job)
     mean, std = job.normalization or (cfg.dataset.mean, cfg.dataset.std)
     out_dir = ctx.workspace.output(job.folder)
-    workspace.save_config(out_dir, OmegaConf.merge(cfg, {"trainer": trainer}))
     workspace.record_start(out_dir, job.fingerprint)
     memory = torch.channels_last if trainer.channels_last else torch.contiguous_format
     model = job.model.to(device, memory_format=memory)
@@ -86,6 +85,8 @@ def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
         return topk_accuracy(logits, labels, 1)
 
     result = fit(trainee, batches, validate, trainer, out_dir, job.folder, teacher=teacher, resume=cfg.resume)
+    # Written with the weights, not before training: a run that fails leaves the config that made the weights there.
+    workspace.save_config(out_dir, OmegaConf.merge(cfg, {"trainer": trainer}))
     artifacts.load_weights(out_dir / BEST, model)
     params = count_parameters(model)  # before finalize: packed int8 weights are not parameters
     if job.finalize is None:
