@@ -283,11 +283,13 @@ def fail(message: str, code: int = 2) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The console script's entry point."""
-    # OpenMP threads that spin while they wait collapse when another process shares the cores: 2x slower training
-    # with one busy process beside it on 2 cores, for about 10% gained on an idle machine (docs/performance.md).
-    # Read once, when torch loads OpenMP, so it is set here before anything imports torch; a user's value wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] != "evaluate":
+        # OpenMP threads that spin while they wait collapse when another process shares the cores: training runs
+        # 1.7x faster with sleeping threads beside one busy process, 0.83x on an idle machine (docs/performance.md).
+        # `evaluate` alone keeps OpenMP's default: sleeping threads add wake-up time to its batch-1 latencies.
+        # Read once, when torch loads OpenMP, so it is set before anything imports torch; a user's value wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if not args or args[0] in ("-h", "--help", "help"):
         print(help_text())
         return

@@ -65,7 +65,7 @@ def markdown(results: dict[str, dict[str, Any]], context: dict[str, Any], figure
         f"- test images: {context['test_images']} ({context['dataset']})",
         "- latency: median of 100 batch-1 forwards after 20 warm-up; throughput: median of 7 batch-256 forwards;",
         "  torch models run as frozen TorchScript traces, ONNX models in ONNX Runtime, all on the CPU",
-        f"- CPU: {context['cpu']}, {context['threads']} threads; torch {context['torch']}",
+        f"- CPU: {context['cpu']}, {context['threads']} threads (OpenMP wait policy: {context.get('omp_wait_policy', 'default')}); torch {context['torch']}",
         f"- measured {context['date']}",
         "",
     ]

@@ -125,3 +125,21 @@ def test_recipes_piped_to_a_file_keep_every_path_whole(cli):
     result = cli("recipes")  # a subprocess: stdout is not a terminal, as in `distillctl recipes | cat`
     assert result.code == 0 and "…" not in result.out
     assert "cifar_adversarial.yaml" in result.out and "quickstart.yaml" in result.out
+
+
+@pytest.mark.parametrize("command, policy", [("recipes", "PASSIVE"), ("evaluate --help", None)])
+def test_openmp_threads_sleep_while_waiting_except_for_latency_timings(command, policy):
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        f"import os\nfrom distillctl import cli\ntry:\n    cli.main({command.split()!r})\nexcept SystemExit:\n    pass\n"
+        "print('policy', os.environ.get('OMP_WAIT_POLICY'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True).stdout
+    assert f"policy {policy}" in out
+    # A user's own setting is left alone.
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, check=True).stdout
+    assert "policy ACTIVE" in out

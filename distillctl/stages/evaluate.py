@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -95,6 +96,8 @@ def run(cfg: DictConfig) -> dict:
         "test_images": len(test_y),
         "cpu": measure.cpu_name(),
         "threads": threads,
+        # Sleeping OpenMP threads (PASSIVE, set for pipeline runs) add wake-up time to batch-1 latencies.
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "torch": torch.__version__,
     }
     # `~expect` drops the gate for a short run; rows measured across seeds are `distillctl reproduce`'s to check.
