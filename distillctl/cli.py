@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("pipeline", "run every stage in order, skipping those already done with the same config"),
     "reproduce": ("reproduce", "teacher, student and the no-teacher student over reproduce.seeds: mean ± std and the gain"),
 }
+# Commands that train but time nothing: their OpenMP threads sleep while waiting (see main()).
+TRAINING_ONLY = {"train-teacher", "distill", "prune", "quantize", "reproduce"}
 TOOLS = {
     "recipes": "list the recipes, one line each (--json: their names as a JSON list, for CI matrices)",
     "inspect": "module names and output shapes of a model: inspect model=resnet56",
@@ -284,10 +286,11 @@ def fail(message: str, code: int = 2) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """The console script's entry point."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] != "evaluate":
+    if args and args[0] in TRAINING_ONLY:
         # OpenMP threads that spin while they wait collapse when another process shares the cores: training runs
         # 1.7x faster with sleeping threads beside one busy process, 0.83x on an idle machine (docs/performance.md).
-        # `evaluate` alone keeps OpenMP's default: sleeping threads add wake-up time to its batch-1 latencies.
+        # Commands that time models (evaluate, pipeline) keep OpenMP's default: sleeping threads would add their
+        # wake-up time to every batch-1 latency (about 2x for the quickstart's ResNet-8).
         # Read once, when torch loads OpenMP, so it is set before anything imports torch; a user's value wins.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if not args or args[0] in ("-h", "--help", "help"):

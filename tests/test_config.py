@@ -127,7 +127,7 @@ def test_recipes_piped_to_a_file_keep_every_path_whole(cli):
     assert "cifar_adversarial.yaml" in result.out and "quickstart.yaml" in result.out
 
 
-@pytest.mark.parametrize("command, policy", [("recipes", "PASSIVE"), ("evaluate --help", None)])
+@pytest.mark.parametrize("command, policy", [("distill --help", "PASSIVE"), ("evaluate --help", None), ("pipeline --help", None)])
 def test_openmp_threads_sleep_while_waiting_except_for_latency_timings(command, policy):
     import os
     import subprocess

@@ -96,7 +96,7 @@ def run(cfg: DictConfig) -> dict:
         "test_images": len(test_y),
         "cpu": measure.cpu_name(),
         "threads": threads,
-        # Sleeping OpenMP threads (PASSIVE, set for pipeline runs) add wake-up time to batch-1 latencies.
+        # Sleeping OpenMP threads (OMP_WAIT_POLICY=PASSIVE, when a user sets it) add wake-up time to batch-1 latencies.
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "torch": torch.__version__,
     }
