@@ -89,3 +89,13 @@ def print_misses(rows: list[dict[str, Any]]) -> None:
         value = "missing" if row["value"] is None else f"{row['value']:.4g}"
         table.add_row(row["metric"], row["bound"], f"{row['limit']:.4g}", value)
     console.print(table)
+
+
+def enforce(checked: list[dict[str, Any]], basis: str = "") -> None:
+    """The recipe's gate: print what fell short and exit 1, or say that every expectation held (on `basis`)."""
+    misses = [row for row in checked if not row["ok"]]
+    if misses:
+        print_misses(misses)
+        raise SystemExit(1)
+    if checked:
+        console.print(f"[green]all {len(checked)} expectations met{basis}[/]")

@@ -106,10 +106,5 @@ def run(cfg: DictConfig) -> dict:
     report.write(report_dir, results, context, checked, plots.draw(report_dir, results, context["recipe"]))
     report.print_table(results, f"{context['recipe']}: {len(test_y)} test images, CPU timings on {threads} threads")
     console.print(f"report: {report_dir / 'report.md'}")
-    misses = [row for row in checked if not row["ok"]]
-    if misses:
-        report.print_misses(misses)
-        raise SystemExit(1)
-    if checked:
-        console.print(f"[green]all {len(checked)} expectations met[/]")
+    report.enforce(checked)
     return results

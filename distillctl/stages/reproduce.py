@@ -117,10 +117,5 @@ def run(cfg: DictConfig) -> dict:
     seed_results.write(root, rows, seeds, context, checked)
     seed_results.print_table(rows, seeds, f"{recipe}: test top-1 over {len(seeds)} seeds")
     console.print(f"results: {root / 'results.md'}")
-    misses = [row for row in checked if not row["ok"]]
-    if misses:
-        report.print_misses(misses)
-        raise SystemExit(1)
-    if checked:
-        console.print(f"[green]all {len(checked)} expectations met (on the means over seeds)[/]")
+    report.enforce(checked, " (on the means over seeds)")
     return {name: row.as_dict() for name, row in rows.items()}
