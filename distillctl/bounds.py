@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -56,7 +57,7 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(problem)
 
 
-def problems(node: Any, path: str):
+def problems(node: Any, path: str) -> Iterator[str]:
     """A message for every bad value under node."""
     if isinstance(node, ListConfig):
         for i, item in enumerate(node):
