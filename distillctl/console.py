@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -49,8 +47,8 @@ class TrainingProgress:
             console=console,
             disable=not console.is_terminal,
         )
-        self.total, self.done, self.started = (epochs - start_epoch + 1) * steps_per_epoch, 0, time.perf_counter()
-        self.task = self.progress.add_task(title, total=self.total, loss=float("nan"), acc=0.0, ips=0.0)
+        total = (epochs - start_epoch + 1) * steps_per_epoch
+        self.task = self.progress.add_task(title, total=total, loss=float("nan"), acc=0.0, ips=0.0)
 
     def __enter__(self) -> "TrainingProgress":
         self.progress.start()
@@ -62,10 +60,9 @@ class TrainingProgress:
     def advance(self, steps: int, epoch: int, step: int, loss: float, acc: float, ips: float) -> None:
         """Move the bar by `steps` (now at `step` of the epoch) and show the running figures."""
         self.progress.update(self.task, advance=steps, description=f"{self.title} {epoch}/{self.epochs}", loss=loss, acc=acc, ips=ips)
-        self.done += steps
         if self.plain and step < self.steps_per_epoch:  # the epoch's own line follows at its end
-            elapsed = time.perf_counter() - self.started
-            eta = clock(elapsed / self.done * (self.total - self.done))
+            task = self.progress.tasks[0]  # the bar's one task counts steps and time even with the display off
+            eta = clock(task.elapsed / task.completed * task.remaining)
             console.print(
                 f"{self.title} epoch {epoch}/{self.epochs} step {step}/{self.steps_per_epoch}  loss {loss:.4f}  "
                 f"train {acc:.1%}  {ips:,.0f} img/s  ETA {eta}"
