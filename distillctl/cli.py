@@ -149,17 +149,24 @@ def with_sweep_dir(overrides: list[str]) -> list[str]:
     return [*overrides, *extra]
 
 
+# Keys that say where and how a run goes, never what it computes: never part of a sweep job's folder name.
+BOOKKEEPING_KEYS = frozenset({"recipe", "run_dir", "force", "resume"})
+
+
 def fixed_keys(overrides: Sequence[str]) -> list[str]:
     """The keys a multirun does not sweep (and the run's bookkeeping keys), left out of its job folders' names."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    plain = [o for o in overrides if not o.startswith("hydra.") and not o.startswith("-")]
     try:
-        parsed = OverridesParser.create().parse_overrides(plain)
+        parsed = OverridesParser.create().parse_overrides(config_overrides(overrides))
     except Exception:  # check_composes reports a malformed override with its own message
-        return ["recipe", "run_dir", "force", "resume"]
-    fixed = {o.get_key_element() for o in parsed if not o.is_sweep_override()}
-    return sorted(fixed | {"recipe", "run_dir", "force", "resume"})
+        parsed = []
+    return sorted({o.get_key_element() for o in parsed if not o.is_sweep_override()} | BOOKKEEPING_KEYS)
+
+
+def config_overrides(overrides: Sequence[str]) -> list[str]:
+    """The overrides that set config values, without Hydra's own (hydra.*) and flags (-m, --cfg)."""
+    return [o for o in overrides if not o.startswith("hydra.") and not o.startswith("-")]
 
 
 def check_composes(overrides: Sequence[str]) -> None:
@@ -168,7 +175,7 @@ def check_composes(overrides: Sequence[str]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    plain = [o for o in overrides if not o.startswith("hydra.") and not o.startswith("-")]
+    plain = config_overrides(overrides)
     first = plain
     try:
         parsed = OverridesParser.create().parse_overrides(plain)
