@@ -164,6 +164,11 @@ def fixed_keys(overrides: Sequence[str]) -> list[str]:
     return sorted({o.get_key_element() for o in parsed if not o.is_sweep_override()} | BOOKKEEPING_KEYS)
 
 
+def override_key(override: str) -> str:
+    """The config key an override sets, adds (+) or deletes (~)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def config_overrides(overrides: Sequence[str]) -> list[str]:
     """The overrides that set config values, without Hydra's own (hydra.*) and flags (-m, --cfg)."""
     return [o for o in overrides if not o.startswith("hydra.") and not o.startswith("-")]
@@ -209,7 +214,7 @@ def explain_composition_error(exc: BaseException, overrides: Sequence[str]) -> s
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
         parent, _, leaf = key.rpartition(".")
         try:
-            node = compose_config([o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key])
+            node = compose_config([o for o in overrides if override_key(o) != key])
         except Exception:
             node = None
         for part in parent.split(".") if parent else []:

@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from distillctl import artifacts, expectations, report, seed_results
+from distillctl.cli import override_key
 from distillctl.console import console
 from distillctl.data import eval_batches
 from distillctl.engine.device import device_name, pick_device
@@ -28,18 +29,13 @@ from distillctl.workspace import METRICS_FILE, Workspace
 ROWS = ("teacher", "student", "baseline", "gain")
 
 
-def key(override: str) -> str:
-    """The config key an override sets."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def command_line() -> tuple[str, list[str]]:
     """The recipe's name and the command line's overrides, which every seed's runs are composed with."""
     from hydra.core.hydra_config import HydraConfig
 
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
-    if any(key(o) == "seed" for o in overrides):
+    if any(override_key(o) == "seed" for o in overrides):
         raise UserError("reproduce runs every seed in reproduce.seeds: set reproduce.seeds=[0,1,2] rather than seed=.")
     return hydra_cfg.runtime.choices.get("recipe", "recipe"), overrides
 
@@ -49,7 +45,10 @@ def compose_run(overrides: list[str], seed: int, run_dir: Path, loss: str | None
     replaces the recipe's loss and every override of it (a KD temperature means nothing without a teacher)."""
     from hydra import compose
 
-    kept = [o for o in overrides if key(o) != "run_dir" and not (loss is not None and key(o).startswith("loss"))]
+    kept = [
+        o for o in overrides
+        if override_key(o) != "run_dir" and not (loss is not None and override_key(o).startswith("loss"))
+    ]
     extra = [f"seed={seed}", f"run_dir={run_dir}"] + ([f"loss={loss}"] if loss is not None else [])
     return compose("config", overrides=[*kept, *extra])
 
