@@ -55,16 +55,21 @@ def help_text() -> str:
 
 
 def print_recipes() -> None:
-    """`distillctl recipes`: a table of recipe names, descriptions and files."""
+    """`distillctl recipes`: a table on a terminal; piped, one tab-separated line per recipe."""
     from rich.table import Table
 
-    from distillctl.console import console  # 140 columns when piped, where rich would take 80
+    from distillctl.console import console
 
+    found = recipes.available()
+    if not console.is_terminal:  # a table folds long paths across lines, which `grep`/`cut` cannot use
+        for name, recipe in found.items():
+            print(f"{name}\t{recipe.description}\t{recipe.path}")
+        return
     table = Table(title="recipes", title_justify="left")
     for column in ("recipe", "description"):
         table.add_column(column)
     table.add_column("file", overflow="fold")  # a path is folded onto the next line, never cut
-    for name, recipe in recipes.available().items():
+    for name, recipe in found.items():
         table.add_row(name, recipe.description, str(recipe.path))
     console.print(table)
 
@@ -335,5 +340,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             fail(f"unknown command '{command}'.{hint} Commands: {', '.join(known)}.")
     except UserError as exc:
         fail(str(exc))
+    except BrokenPipeError:  # `distillctl recipes | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not raise again
     except KeyboardInterrupt:
         fail("interrupted; the last finished epoch is saved: add resume=true to continue (pipeline and reproduce resume by themselves).", code=130)
