@@ -111,7 +111,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     precision = "bf16" if device.type == "cuda" else "fp32"
     data = load_splits(OmegaConf.merge(OmegaConf.structured(DatasetConfig), {"path": args.data, "val_size": 0}))
-    images, labels = data.train[0].to(device), data.train[1].to(device)
+    images, labels = data.train.images.to(device), data.train.labels.to(device)
     # The hand loop gets its padded copy for free, as a user's own preprocessing would.
     padded = F.pad(images.permute(0, 3, 1, 2), (4, 4, 4, 4)).permute(0, 2, 3, 1).contiguous()
     memory = torch.channels_last if args.channels_last else torch.contiguous_format

@@ -65,6 +65,17 @@ class QuantizeSource(StrEnum):
     pruned = "pruned"
 
 
+class Loader(StrEnum):
+    auto = "auto"  # resident when the decoded training split fits dataset.resident_max_gb, else stream
+    resident = "resident"
+    stream = "stream"
+
+
+class OnBadImage(StrEnum):
+    skip = "skip"  # warn, count in metrics.json, go on (many bad images still stop the run)
+    error = "error"  # stop at the first, naming the file
+
+
 class Int8Backend(StrEnum):
     x86 = "x86"
     fbgemm = "fbgemm"
@@ -88,8 +99,18 @@ class DatasetConfig:
     # Held out of train to pick the best checkpoint: a fraction (< 1) or a count of images.
     val_size: float = bounded(0.1, above=0)
     image_size: int = bounded(32, min=8, max=4096)
-    crop_padding: int = bounded(4, min=0)
+    # resident: every image decoded once into memory on the training device; training crops are padded shifts.
+    # stream: files decoded by `workers` processes per batch, RandomResizedCrop for training, memory flat in data size.
+    loader: Loader = Loader.auto
+    resident_max_gb: float = bounded(2.0, above=0)
+    workers: Optional[int] = bounded(None, min=0)  # stream: null = one per core less one (at most 16)
+    crop_padding: int = bounded(4, min=0)  # resident training crops
+    min_crop_scale: float = bounded(0.08, above=0, max=1)  # stream: the smallest share of the image a training crop keeps
+    crop_pct: float = bounded(0.875, above=0, max=1)  # stream evaluation: resize to image_size / crop_pct, centre crop
+    interpolation: str = "bilinear"  # stream: bilinear or bicubic
+    auto_augment: Optional[str] = None  # stream: a timm policy such as rand-m9-mstd0.5 or trivialaugment
     hflip: bool = True
+    on_bad_image: OnBadImage = OnBadImage.skip
     mean: list[float] = field(default_factory=lambda: list(CIFAR10_MEAN))
     std: list[float] = field(default_factory=lambda: list(CIFAR10_STD))
     cache_dir: str = "${oc.env:DISTILLCTL_CACHE,'~/.cache/distillctl'}"

@@ -79,3 +79,20 @@ def tiny(tmp_path: Path) -> Path:
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "tiny.yaml").write_text(TINY_RECIPE)
     return tmp_path
+
+
+def write_photo_folder(root: Path, per_split: dict[str, int], size: tuple[int, int] = (96, 72)) -> Path:
+    """An image folder of real photos: embedded CIFAR-10 images upscaled to `size` (width, height) and saved as JPEG
+    in root/<split>/<class>/, the layout a user's own images come in."""
+    import datasets
+
+    from distillctl.data.sources import EMBEDDED_DIR
+
+    for split, count in per_split.items():
+        table = datasets.load_dataset(str(EMBEDDED_DIR), split="train" if split != "test" else "test").select(range(count))
+        names = table.features["label"].names
+        for i, row in enumerate(table):
+            folder = root / split / names[row["label"]]
+            folder.mkdir(parents=True, exist_ok=True)
+            row["img"].convert("RGB").resize(size).save(folder / f"{i:05d}.jpg", quality=90)
+    return root

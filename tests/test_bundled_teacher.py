@@ -23,7 +23,7 @@ def test_quickstart_distills_from_the_bundled_teacher_which_knows_cifar10():
     assert meta["model"] == cfg.teacher.name and meta["num_classes"] == 10
     data = load_splits(cfg.dataset)
     cpu = torch.device("cpu")
-    logits, labels = predict(model, eval_batches(*data.test, 250, meta["mean"], meta["std"], cpu), cpu, "fp32")
+    logits, labels = predict(model, eval_batches(data.test.images, data.test.labels, 250, meta["mean"], meta["std"], cpu), cpu, "fp32")
     # Trained on the full CIFAR-10 training set (distillctl/weights/README.md); the sample's 500 test images are
     # from CIFAR-10's test split, which it never saw. Far above the ~48% a teacher trained on the sample reaches.
     assert topk_accuracy(logits, labels, 1) >= 0.80

@@ -28,36 +28,36 @@ def test_embedded_sample_is_real_cifar_in_hub_layout():
     assert size <= 3_000_000
     data = load_splits(dataset_cfg(val_size=250))
     assert data.classes[:3] == ["airplane", "automobile", "bird"]
-    assert data.train[0].shape == (2250, 32, 32, 3) and data.train[0].dtype == torch.uint8
-    assert len(data.val[1]) == 250 and len(data.test[1]) == 500
-    assert len(set(data.train[1].tolist())) == 10
+    assert data.train.images.shape == (2250, 32, 32, 3) and data.train.images.dtype == torch.uint8
+    assert len(data.val.labels) == 250 and len(data.test.labels) == 500
+    assert len(set(data.train.labels.tolist())) == 10
 
 
 def test_limits_and_a_fixed_validation_split():
     a = load_splits(dataset_cfg(train_limit=1000, test_limit=100, val_size=0.2))
     b = load_splits(dataset_cfg(train_limit=1000, test_limit=100, val_size=0.2))
-    assert len(a.train[1]) == 800 and len(a.val[1]) == 200 and len(a.test[1]) == 100
-    assert torch.equal(a.val[0], b.val[0])
+    assert len(a.train.labels) == 800 and len(a.val.labels) == 200 and len(a.test.labels) == 100
+    assert torch.equal(a.val.images, b.val.images)
 
 
 @pytest.mark.skipif(not SHARED_CIFAR.is_dir(), reason="../shared/data/cifar10 is not beside this checkout")
 def test_local_parquet_directory():
     data = load_splits(dataset_cfg(path=str(SHARED_CIFAR), test_limit=1000))
-    assert len(data.train[1]) + len(data.val[1]) == 50_000 and len(data.test[1]) == 1000
+    assert len(data.train.labels) + len(data.val.labels) == 50_000 and len(data.test.labels) == 1000
 
 
 def test_image_folder(tmp_path):
     from PIL import Image
 
     sample = load_splits(dataset_cfg(train_limit=40, val_size=4))
-    for split, (images, labels) in (("train", sample.train), ("test", sample.val)):
-        for i, (img, label) in enumerate(zip(images, labels)):
+    for split, part in (("train", sample.train), ("test", sample.val)):
+        for i, (img, label) in enumerate(zip(part.images, part.labels)):
             folder = tmp_path / split / sample.classes[int(label)]
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img.numpy()).resize((40, 40)).save(folder / f"{i}.png")
     data = load_splits(dataset_cfg(path=str(tmp_path), image_column="image", val_size=2))
-    assert data.train[0].shape[1:] == (32, 32, 3)  # resized to dataset.image_size
-    assert len(data.train[1]) + len(data.val[1]) == 36 and len(data.test[1]) == 4
+    assert data.train.images.shape[1:] == (32, 32, 3)  # resized to dataset.image_size
+    assert len(data.train.labels) + len(data.val.labels) == 36 and len(data.test.labels) == 4
     assert set(data.classes) <= set(sample.classes)
 
 
@@ -70,7 +70,7 @@ def test_missing_local_path_and_unreachable_hub_say_what_to_do():
 
 def test_augmented_batches_are_crops_and_flips_of_the_images():
     data = load_splits(dataset_cfg())
-    images, labels = data.train[0][:64], data.train[1][:64]
+    images, labels = data.train.images[:64], data.train.labels[:64]
     mean, std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
     batches = Batches(images, labels, 16, mean, std, torch.device("cpu"), seed=0, padding=4)
     xs, ys = zip(*batches)
@@ -93,11 +93,11 @@ def test_augmented_batches_are_crops_and_flips_of_the_images():
 
 def test_batches_resume_with_the_same_order():
     data = load_splits(dataset_cfg())
-    a = Batches(*data.train, 32, [0.5] * 3, [0.25] * 3, torch.device("cpu"), seed=3, max_steps=2)
+    a = Batches(data.train.images, data.train.labels, 32, [0.5] * 3, [0.25] * 3, torch.device("cpu"), seed=3, max_steps=2)
     list(a)
     state = a.state_dict()
     expected = [y for _, y in a]
-    b = Batches(*data.train, 32, [0.5] * 3, [0.25] * 3, torch.device("cpu"), seed=99, max_steps=2)
+    b = Batches(data.train.images, data.train.labels, 32, [0.5] * 3, [0.25] * 3, torch.device("cpu"), seed=99, max_steps=2)
     b.load_state_dict(state)
     assert all(torch.equal(p, q) for p, q in zip(expected, (y for _, y in b)))
 
@@ -130,7 +130,7 @@ def corrupted_copy(tmp_path, rows: int, broken: list[int]):
 
 def test_a_few_undecodable_images_are_skipped_and_reported(tmp_path, capsys):
     data = load_splits(dataset_cfg(path=str(corrupted_copy(tmp_path, 200, [3])), val_size=20))
-    assert len(data.train[1]) + len(data.val[1]) == 199
+    assert len(data.train.labels) + len(data.val.labels) == 199
     assert "skipped 1 of 200 images that could not be decoded (first: image 3" in capsys.readouterr().out
 
 

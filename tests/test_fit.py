@@ -25,7 +25,7 @@ def make_run(seed: int = 0, epochs: int = 2, steps: int = 4):
     torch.manual_seed(seed)
     data = load_splits(DATA)
     trainer = OmegaConf.structured(TrainerConfig(epochs=epochs, batch_size=32, max_steps_per_epoch=steps, log_every=2))
-    batches = Batches(*data.train, 32, DATA.mean, DATA.std, torch.device("cpu"), seed, max_steps=steps)
+    batches = Batches(data.train.images, data.train.labels, 32, DATA.mean, DATA.std, torch.device("cpu"), seed, max_steps=steps)
     student = create_model("resnet8", 10)
     teacher = create_model("resnet8", 10).eval()
     objective = build_objective({"ce": {"weight": 0.5}, "kd": {"weight": 0.5}})

@@ -29,7 +29,7 @@ def trained(data) -> nn.Module:
     """ResNet-20 trained for three epochs on the embedded sample: real weights and activation ranges."""
     torch.manual_seed(0)
     model = create_model("resnet20", 10)
-    batches = Batches(*data.train, 64, DATA.mean, DATA.std, torch.device("cpu"), 0)
+    batches = Batches(data.train.images, data.train.labels, 64, DATA.mean, DATA.std, torch.device("cpu"), 0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     for _ in range(3):
         for x, y in batches:
@@ -42,12 +42,12 @@ def trained(data) -> nn.Module:
 
 def calibration(data, batches: int = 4):
     """The first training images, normalized, in batches of 128."""
-    return [x for x, _ in eval_batches(data.train[0][: 128 * batches], data.train[1][: 128 * batches], 128, DATA.mean, DATA.std, torch.device("cpu"))]
+    return [x for x, _ in eval_batches(data.train.images[: 128 * batches], data.train.labels[: 128 * batches], 128, DATA.mean, DATA.std, torch.device("cpu"))]
 
 
 def split_images(data) -> torch.Tensor:
     """The sample's 500 test images, normalized."""
-    return torch.cat([x for x, _ in eval_batches(*data.test, 500, DATA.mean, DATA.std, torch.device("cpu"))])
+    return torch.cat([x for x, _ in eval_batches(data.test.images, data.test.labels, 500, DATA.mean, DATA.std, torch.device("cpu"))])
 
 
 def int8_static(model: nn.Module, data) -> nn.Module:
@@ -89,7 +89,7 @@ def test_qat_prepared_model_trains_and_converts(trained, data):
     int8_fx.calibrate(prepared, calibration(data, 2))
     optimizer = torch.optim.SGD(prepared.parameters(), lr=0.001, momentum=0.9)
     prepared.train()
-    for x, y in Batches(*data.train, 64, DATA.mean, DATA.std, torch.device("cpu"), 0, max_steps=5):
+    for x, y in Batches(data.train.images, data.train.labels, 64, DATA.mean, DATA.std, torch.device("cpu"), 0, max_steps=5):
         loss = nn.functional.cross_entropy(prepared(x), y)
         optimizer.zero_grad()
         loss.backward()

@@ -25,7 +25,7 @@ INT8 = {"method": "int8_static", "backend": "x86", "per_channel": True, "skip": 
 def images() -> torch.Tensor:
     """Sixteen real test images of the embedded sample, normalized."""
     splits = load_splits(DATA)
-    return next(eval_batches(*splits.test, 16, DATA.mean, DATA.std, torch.device("cpu")))[0]
+    return next(eval_batches(splits.test.images, splits.test.labels, 16, DATA.mean, DATA.std, torch.device("cpu")))[0]
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)

@@ -1,6 +1,7 @@
-"""Images in, batches out: load a data set once, cache it as uint8 tensors, augment whole batches."""
+"""Images in, batches out: decoded once into uint8 tensors (resident) or streamed from files by worker processes."""
 
-from distillctl.data.batches import Batches, eval_batches
-from distillctl.data.splits import DataSplits, load_splits
+from distillctl.data.batches import Batches, TensorSplit, eval_batches
+from distillctl.data.splits import DataSplits, Split, load_splits
+from distillctl.data.stream import StreamSplit
 
-__all__ = ["Batches", "DataSplits", "eval_batches", "load_splits"]
+__all__ = ["Batches", "DataSplits", "Split", "StreamSplit", "TensorSplit", "eval_batches", "load_splits"]

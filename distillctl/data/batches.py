@@ -99,3 +99,29 @@ def eval_batches(
     for start in range(0, len(labels), batch_size):
         chunk = images[start : start + batch_size].to(device, non_blocking=True)
         yield to_model_input(chunk, scale, shift, channels_last), labels[start : start + batch_size].to(device)
+
+
+class TensorSplit:
+    """A split decoded whole into uint8 [N, H, W, 3] tensors: the fastest path for images that fit in memory."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, padding: int = 4, hflip: bool = True,
+                 problems: set[str] | None = None) -> None:
+        self.images, self.labels, self.padding, self.hflip = images, labels, padding, hflip
+        self.problems = problems or set()  # images skipped while decoding
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: torch.Tensor) -> "TensorSplit":
+        """The split's images at these positions."""
+        return TensorSplit(self.images[indices], self.labels[indices], self.padding, self.hflip, self.problems)
+
+    def eval_batches(self, batch_size: int, mean: Sequence[float], std: Sequence[float], device: torch.device,
+                     channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Unaugmented batches in order."""
+        return eval_batches(self.images, self.labels, batch_size, mean, std, device, channels_last)
+
+    def train_batches(self, batch_size: int, mean: Sequence[float], std: Sequence[float], device: torch.device, seed: int,
+                      channels_last: bool = False, max_steps: int | None = None) -> Batches:
+        """Shuffled batches with pad-crop and flip, made on the training device."""
+        return Batches(self.images, self.labels, batch_size, mean, std, device, seed, self.padding, self.hflip, channels_last, max_steps)

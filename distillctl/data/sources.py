@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from distillctl.data import images
 from distillctl.errors import UserError
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "sample" / "cifar10"
@@ -80,45 +80,58 @@ def load_split_table(source: Source, split: str):
         ) from None
 
 
-def decode(table, image_column: str | None, label_column: str | None, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Decode every image once into a uint8 array [N, size, size, 3] plus int64 labels and class names."""
+def columns(table, image_column: str | None, label_column: str | None) -> tuple[str, str]:
+    """The image and label columns: the configured ones, or the only ones of their types."""
     import datasets
-    from PIL import Image
 
-    image_column = pick_column(table, image_column, datasets.Image, "image_column")
-    label_column = pick_column(table, label_column, datasets.ClassLabel, "label_column")
-    raw = table.cast_column(image_column, datasets.Image(decode=False))
-    images = np.empty((len(raw), size, size, 3), dtype=np.uint8)
-    bad: list[tuple[int, str]] = []
-    for i, item in enumerate(raw[image_column]):
-        try:
-            img = Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]).convert("RGB")
-        except Exception as exc:
-            bad.append((i, f"{type(exc).__name__}: {exc}"))
-            continue
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
-        images[i] = np.asarray(img)
-    labels = np.asarray(raw[label_column], dtype=np.int64)
-    feature = raw.features[label_column]
+    return (pick_column(table, image_column, datasets.Image, "image_column"),
+            pick_column(table, label_column, datasets.ClassLabel, "label_column"))
+
+
+def undecoded(table, image_column: str | None, label_column: str | None):
+    """The image column with decoding off (cells of {"bytes", "path"}), int64 labels and the class names."""
+    import datasets
+
+    image_column, label_column = columns(table, image_column, label_column)
+    labels = np.asarray(table[label_column], dtype=np.int64)
+    feature = table.features[label_column]
     names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else [str(c) for c in sorted(set(labels.tolist()))]
+    cells = table.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
+    return cells, image_column, labels, names
+
+
+def decode(table, image_column: str | None, label_column: str | None, size: int, on_bad_image: str = "skip"):
+    """Decode every image once into a uint8 array [N, size, size, 3] (centre squares, aspect kept), int64 labels,
+    class names and the images that could not be decoded."""
+    cells, column, labels, names = undecoded(table, image_column, label_column)
+    pixels = np.empty((len(labels), size, size, 3), dtype=np.uint8)
+    bad: list[tuple[int, str]] = []
+    for i, cell in enumerate(cells[column]):
+        try:
+            pixels[i] = np.asarray(images.fit_square(images.open_rgb(cell), size))
+        except Exception as exc:
+            where = cell.get("path") or f"image {i}"
+            if on_bad_image == "error":
+                raise UserError(f"cannot decode {where} ({type(exc).__name__}: {exc}). Fix or remove the file, or set dataset.on_bad_image=skip.") from None
+            bad.append((i, f"{where} ({type(exc).__name__}: {exc})"))
+    problems = {reason for _, reason in bad}
     if bad:
-        images, labels = without_undecodable(images, labels, bad)
-    return images, labels, names
+        pixels, labels = without_undecodable(pixels, labels, bad)
+    return pixels, labels, names, problems
 
 
-def without_undecodable(images: np.ndarray, labels: np.ndarray, bad: list[tuple[int, str]]) -> tuple[np.ndarray, np.ndarray]:
+def without_undecodable(pixels: np.ndarray, labels: np.ndarray, bad: list[tuple[int, str]]) -> tuple[np.ndarray, np.ndarray]:
     """Drop images that could not be decoded and say so: one bad file in a million must not stop a long run, but
     many mean the data set itself is broken."""
     from distillctl.console import console
 
-    first, reason = bad[0]
+    _, reason = bad[0]
     if len(bad) > max(10, len(labels) // 100):
-        raise UserError(f"{len(bad)} of {len(labels)} images could not be decoded (first: image {first}, {reason}); is the data set corrupt?")
-    console.print(f"[yellow]warning:[/] skipped {len(bad)} of {len(labels)} images that could not be decoded (first: image {first}, {reason})")
+        raise UserError(f"{len(bad)} of {len(labels)} images could not be decoded (first: {reason}); is the data set corrupt?")
+    console.print(f"[yellow]warning:[/] skipped {len(bad)} of {len(labels)} images that could not be decoded (first: {reason})")
     keep = np.ones(len(labels), dtype=bool)
     keep[[i for i, _ in bad]] = False
-    return images[keep], labels[keep]
+    return pixels[keep], labels[keep]
 
 
 def pick_column(table, wanted: str | None, kind, option: str) -> str:
@@ -130,4 +143,7 @@ def pick_column(table, wanted: str | None, kind, option: str) -> str:
     typed = [name for name, feature in table.features.items() if isinstance(feature, kind)]
     if len(typed) == 1:
         return typed[0]
+    if option == "label_column" and len(table.column_names) == 1:  # what `datasets` makes of a single class folder
+        raise UserError(f"the data set has no labels (columns: {table.column_names[0]}): an image folder needs one folder per "
+                        "class, and a classifier needs at least two classes.")
     raise UserError(f"cannot tell which column holds the {option.split('_')[0]}s (columns: {', '.join(table.column_names)}). Set dataset.{option}.")

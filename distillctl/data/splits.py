@@ -1,17 +1,21 @@
-"""Train / validation / test splits as uint8 tensors, decoded once and cached on disk."""
+"""Train / validation / test splits: decoded once and cached on disk (resident), or streamed from their files."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from distillctl.artifacts import atomic_write
 from distillctl.data import sources
+from distillctl.data.batches import TensorSplit
+from distillctl.data.stream import StreamSettings, StreamSplit, default_workers
 from distillctl.errors import UserError
 
 # The validation split is drawn with its own fixed seed so that teacher, student and every seed of a
@@ -19,46 +23,135 @@ from distillctl.errors import UserError
 SPLIT_SEED = 1234
 
 
+class Split(Protocol):
+    """One split of a data set, resident in memory (`TensorSplit`) or streamed from its files (`StreamSplit`)."""
+
+    labels: torch.Tensor
+    problems: set[str]  # images that could not be decoded and were skipped
+
+    def __len__(self) -> int: ...
+
+    def subset(self, indices: torch.Tensor) -> "Split": ...
+
+    def eval_batches(self, batch_size: int, mean: Sequence[float], std: Sequence[float], device: torch.device,
+                     channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def train_batches(self, batch_size: int, mean: Sequence[float], std: Sequence[float], device: torch.device, seed: int,
+                      channels_last: bool = False, max_steps: int | None = None): ...
+
+
 @dataclass
 class DataSplits:
-    """Images as uint8 [N, H, W, 3] and int64 labels for each split, plus the class names."""
+    """The train, validation and test splits, the class names, and which loader feeds them."""
 
-    train: tuple[torch.Tensor, torch.Tensor]
-    val: tuple[torch.Tensor, torch.Tensor]
-    test: tuple[torch.Tensor, torch.Tensor]
+    train: Split
+    val: Split
+    test: Split
     classes: list[str]
+    loader: str = "resident"
 
     @property
     def num_classes(self) -> int:
         """How many classes the classifier head needs."""
         return len(self.classes)
 
+    @property
+    def skipped_images(self) -> int:
+        """Images left out because they could not be decoded."""
+        return len(self.train.problems | self.val.problems | self.test.problems)
+
 
 def load_splits(cfg) -> DataSplits:
-    """Load (from the cache when possible) and split the data set that `cfg` (the `dataset` section) names."""
+    """Load and split the data set that `cfg` (the `dataset` section) names, resident or streamed as it says."""
     source = sources.locate(cfg.path)
-    train_x, train_y, classes = cached_split(source, cfg, cfg.train_split)
-    test_x, test_y, _ = cached_split(source, cfg, cfg.test_split)
-    order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    if cfg.loader == "stream" or (cfg.loader == "auto" and not resident_cache_hit(source, cfg) and too_big(source, cfg)):
+        train, test, classes = streamed(source, cfg)
+        kind = "stream"
+    else:
+        train, test, classes = resident(source, cfg)
+        kind = "resident"
+    check_classes(train.labels, test.labels, classes)
+    train_idx, val_idx = holdout(len(train), cfg)
+    if cfg.test_limit:
+        test = test.subset(torch.arange(min(cfg.test_limit, len(test))))
+    return DataSplits(train.subset(train_idx), train.subset(val_idx), test, classes, kind)
+
+
+def holdout(n: int, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training and validation positions: a seeded shuffle, cut to train_limit, with val_size held out."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
     if cfg.train_limit:
         order = order[: cfg.train_limit]
     n_val = int(cfg.val_size if cfg.val_size >= 1 else round(cfg.val_size * len(order)))
     if n_val >= len(order):
         raise UserError(f"dataset.val_size={cfg.val_size} leaves no training images out of {len(order)}; lower it.")
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    if cfg.test_limit:
-        test_x, test_y = test_x[: cfg.test_limit], test_y[: cfg.test_limit]
-    return DataSplits(
-        train=(train_x[train_idx], train_y[train_idx]),
-        val=(train_x[val_idx], train_y[val_idx]),
-        test=(test_x, test_y),
-        classes=classes,
+    return order[n_val:], order[:n_val]
+
+
+def check_classes(train_labels: torch.Tensor, test_labels: torch.Tensor, classes: list[str]) -> None:
+    """Refuse label sets no classifier can be trained or tested on, naming the classes at fault."""
+    if len(classes) < 2:
+        raise UserError(f"the data set has {len(classes)} class{'es' if len(classes) != 1 else ''} ({', '.join(classes)}); a classifier needs at least two.")
+    untrained = sorted(set(test_labels.tolist()) - set(train_labels.tolist()))
+    if untrained:
+        names = ", ".join(classes[i] for i in untrained[:5])
+        raise UserError(f"the test split has images of {len(untrained)} class(es) the train split lacks ({names}): add training images for them or remove them from the test split.")
+
+
+def too_big(source: sources.Source, cfg) -> bool:
+    """Whether the decoded training split would exceed dataset.resident_max_gb (the log says which loader and why)."""
+    from distillctl.console import console
+
+    rows = len(sources.load_split_table(source, cfg.train_split))
+    gigabytes = rows * cfg.image_size**2 * 3 / 1e9
+    if gigabytes <= cfg.resident_max_gb:
+        return False
+    console.print(f"data: {rows:,} training images at {cfg.image_size} px take {gigabytes:.1f} GB decoded, more than "
+                  f"dataset.resident_max_gb={cfg.resident_max_gb:g}: streaming them from their files (dataset.loader=stream)")
+    return True
+
+
+def stream_settings(cfg) -> StreamSettings:
+    """The dataset section's streaming options, with the worker count resolved."""
+    return StreamSettings(
+        size=cfg.image_size, min_crop_scale=cfg.min_crop_scale, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation,
+        auto_augment=cfg.auto_augment, hflip=cfg.hflip, workers=default_workers() if cfg.workers is None else cfg.workers,
+        on_bad_image=str(cfg.on_bad_image),
     )
 
 
-def cached_split(source: sources.Source, cfg, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def streamed(source: sources.Source, cfg) -> tuple[StreamSplit, StreamSplit, list[str]]:
+    """Train and test splits whose images stay in their files until a batch needs them."""
+    settings = stream_settings(cfg)
+    found = []
+    for split in (cfg.train_split, cfg.test_split):
+        cells, column, labels, classes = sources.undecoded(sources.load_split_table(source, split), cfg.image_column, cfg.label_column)
+        found.append(StreamSplit(cells, column, labels, torch.arange(len(labels)), settings))
+    return found[0], found[1], classes
+
+
+def resident(source: sources.Source, cfg) -> tuple[TensorSplit, TensorSplit, list[str]]:
+    """Train and test splits decoded whole (from the cache when possible)."""
+    train_x, train_y, classes, train_bad = cached_split(source, cfg, cfg.train_split)
+    test_x, test_y, _, test_bad = cached_split(source, cfg, cfg.test_split)
+    return (TensorSplit(train_x, train_y, cfg.crop_padding, cfg.hflip, train_bad),
+            TensorSplit(test_x, test_y, cfg.crop_padding, cfg.hflip, test_bad), classes)
+
+
+def decode_settings(cfg, split: str) -> str:
+    """What the decoded cache depends on besides the files. v2: centre squares (aspect kept) rather than squashed."""
+    return f"v2|{cfg.image_column}|{cfg.label_column}|{cfg.image_size}|{split}"
+
+
+def resident_cache_hit(source: sources.Source, cfg) -> bool:
+    """Whether the decoded training split is already cached (then it was small enough to decode, and is free to use)."""
+    key = source.fingerprint(decode_settings(cfg, cfg.train_split))
+    return key is not None and (Path(cfg.cache_dir).expanduser() / f"{key}.safetensors").is_file()
+
+
+def cached_split(source: sources.Source, cfg, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str], set[str]]:
     """One split's decoded images: read from the cache, or decode through `datasets` and write the cache."""
-    settings = f"{cfg.image_column}|{cfg.label_column}|{cfg.image_size}|{split}"
+    settings = decode_settings(cfg, split)
     cache_dir = Path(cfg.cache_dir).expanduser()
     key = source.fingerprint(settings)
     if key is not None and (hit := read_cache(cache_dir / f"{key}.safetensors")) is not None:
@@ -68,8 +161,8 @@ def cached_split(source: sources.Source, cfg, split: str) -> tuple[torch.Tensor,
         key = hub_cache_key(table._fingerprint, settings)
         if (hit := read_cache(cache_dir / f"{key}.safetensors")) is not None:
             return hit
-    images, labels, classes = sources.decode(table, cfg.image_column, cfg.label_column, cfg.image_size)
-    result = torch.from_numpy(images), torch.from_numpy(labels), classes
+    images, labels, classes, problems = sources.decode(table, cfg.image_column, cfg.label_column, cfg.image_size, str(cfg.on_bad_image))
+    result = torch.from_numpy(images), torch.from_numpy(labels), classes, problems
     write_cache(cache_dir / f"{key}.safetensors", *result)
     return result
 
@@ -80,7 +173,7 @@ def hub_cache_key(table_fingerprint: str, settings: str) -> str:
     return f"{table_fingerprint}-{hashlib.sha1(settings.encode()).hexdigest()[:8]}"
 
 
-def read_cache(path: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]] | None:
+def read_cache(path: Path) -> tuple[torch.Tensor, torch.Tensor, list[str], set[str]] | None:
     """The cached split, or None when it is missing or unreadable (then it is simply rebuilt)."""
     if not path.is_file():
         return None
@@ -88,14 +181,15 @@ def read_cache(path: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]] | Non
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as handle:
-            classes = json.loads(handle.metadata()["classes"])
+            meta = handle.metadata()
         tensors = load_file(str(path))
-        return tensors["images"], tensors["labels"], classes
+        return tensors["images"], tensors["labels"], json.loads(meta["classes"]), set(json.loads(meta.get("skipped", "[]")))
     except Exception:
         return None
 
 
-def write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> None:
+def write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor, classes: list[str], problems: set[str]) -> None:
     """Write atomically so that two runs decoding at once never leave a torn file."""
     tensors = {"images": images.contiguous(), "labels": labels}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"classes": json.dumps(classes)}))
+    meta = {"classes": json.dumps(classes), "skipped": json.dumps(sorted(problems))}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))

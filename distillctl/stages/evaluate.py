@@ -15,7 +15,6 @@ from distillctl.compress.onnx_export import OnnxClassifier
 from distillctl.compress.sparsity import weight_sparsity
 from distillctl.config import QuantizeMethod
 from distillctl.console import console
-from distillctl.data import eval_batches
 from distillctl.engine.predict import predict, top5_accuracy, topk_accuracy
 from distillctl.errors import UserError
 from distillctl.models import count_parameters, load_model
@@ -59,7 +58,6 @@ def run(cfg: DictConfig) -> dict:
     if not found:
         raise UserError(f"nothing to evaluate in {ctx.workspace.root}: run `distillctl pipeline` (or train-teacher and distill) with the same recipe first.")
     threads = cfg.trainer.threads or torch.get_num_threads()
-    test_x, test_y = ctx.data.test
     results, predictions = {}, {}
     for stage, path in found.items():
         console.print(f"evaluating {stage} from {path}")
@@ -69,7 +67,7 @@ def run(cfg: DictConfig) -> dict:
         device, precision = (torch.device("cpu"), "fp32") if quantized else (ctx.device, cfg.trainer.precision)
         # Each model sees images normalized as it was trained, whatever this command's dataset section says.
         mean, std = stored_normalization(meta, cfg.dataset.mean, cfg.dataset.std)
-        batches = eval_batches(test_x, test_y, cfg.trainer.eval_batch_size, mean, std, device)
+        batches = ctx.data.test.eval_batches(cfg.trainer.eval_batch_size, mean, std, device)
         logits, labels = predict(model.to(device), batches, device, precision)
         predictions[stage] = pred = logits.argmax(1)
         # Packed int8 and ONNX weights are not torch parameters: their counts come from the float source.
@@ -93,7 +91,7 @@ def run(cfg: DictConfig) -> dict:
     context = {
         "recipe": Path(cfg.run_dir).name,
         "dataset": cfg.dataset.path,
-        "test_images": len(test_y),
+        "test_images": len(ctx.data.test),
         "cpu": measure.cpu_name(),
         "threads": threads,
         # Sleeping OpenMP threads (OMP_WAIT_POLICY=PASSIVE, when a user sets it) add wake-up time to batch-1 latencies.
@@ -104,7 +102,7 @@ def run(cfg: DictConfig) -> dict:
     checked = expectations.check(cfg.get("expect") or {}, results, skip=expectations.ACROSS_SEEDS)
     report_dir = ctx.workspace.output("report")
     report.write(report_dir, results, context, checked, plots.draw(report_dir, results, context["recipe"]))
-    report.print_table(results, f"{context['recipe']}: {len(test_y)} test images, CPU timings on {threads} threads")
+    report.print_table(results, f"{context['recipe']}: {len(ctx.data.test)} test images, CPU timings on {threads} threads")
     console.print(f"report: {report_dir / 'report.md'}")
     report.enforce(checked)
     return results

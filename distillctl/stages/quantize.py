@@ -15,7 +15,6 @@ from torch import nn
 from distillctl import measure, workspace
 from distillctl.compress import int8_fx, onnx_export
 from distillctl.console import console, print_summary_table
-from distillctl.data import eval_batches
 from distillctl.engine.predict import predict, topk_accuracy
 from distillctl.errors import UserError
 from distillctl.losses import build_objective
@@ -60,18 +59,18 @@ def fingerprint(cfg: DictConfig, ws: Workspace) -> str:
 
 def calibration_images(cfg: DictConfig, ctx: RunContext, norm: Normalization) -> Iterator[torch.Tensor]:
     """A seeded random subset of the training images, normalized as the model was trained and unaugmented, on the CPU."""
-    images, labels = ctx.data.train
+    train = ctx.data.train
     q = cfg.quantize
-    count = min(q.calibration_batches * q.calibration_batch_size, len(labels))
-    chosen = torch.randperm(len(labels), generator=torch.Generator().manual_seed(cfg.seed))[:count]
-    for x, _ in eval_batches(images[chosen], labels[chosen], q.calibration_batch_size, *norm, torch.device("cpu")):
+    count = min(q.calibration_batches * q.calibration_batch_size, len(train))
+    chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:count]
+    for x, _ in train.subset(chosen).eval_batches(q.calibration_batch_size, *norm, torch.device("cpu")):
         yield x
 
 
 def test_logits(cfg: DictConfig, ctx: RunContext, model: nn.Module, norm: Normalization) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels of the test split, on the CPU where every quantized format runs."""
     cpu = torch.device("cpu")
-    batches = eval_batches(*ctx.data.test, cfg.trainer.eval_batch_size, *norm, cpu)
+    batches = ctx.data.test.eval_batches(cfg.trainer.eval_batch_size, *norm, cpu)
     return predict(model, batches, cpu, "fp32")
 
 
@@ -180,7 +179,7 @@ def export_onnx(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, 
     out_dir = ctx.workspace.output(EXPORT_DIR)
     path = out_dir / ONNX_FILE
     onnx_export.export(model, path, cfg.dataset.image_size, cfg.export.opset, keep)
-    images = next(eval_batches(*ctx.data.test, 256, *norm, torch.device("cpu")))[0]
+    images = next(ctx.data.test.eval_batches(256, *norm, torch.device("cpu")))[0]
     with torch.inference_mode():
         difference = (onnx_export.OnnxClassifier(path)(images) - model.cpu().eval()(images)).abs().max().item()
     workspace.write_metrics(out_dir, {"stage": EXPORT_DIR, "model": keep["model"], "max_abs_difference_vs_torch": difference, "opset": cfg.export.opset})

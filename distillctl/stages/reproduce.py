@@ -15,7 +15,6 @@ from omegaconf import DictConfig
 from distillctl import artifacts, expectations, report, seed_results
 from distillctl.cli import override_key
 from distillctl.console import console
-from distillctl.data import eval_batches
 from distillctl.engine.device import device_name, pick_device
 from distillctl.engine.predict import predict, topk_accuracy
 from distillctl.errors import UserError
@@ -65,7 +64,7 @@ def given_teacher_top1(cfg: DictConfig) -> float:
     """Test top-1 of a teacher given as a file (teacher.checkpoint or a `teachers` ensemble)."""
     ctx = RunContext.open(cfg)
     teacher, _ = load_teacher(cfg, ctx.workspace, ctx.data.num_classes)
-    batches = eval_batches(*ctx.data.test, cfg.trainer.eval_batch_size, cfg.dataset.mean, cfg.dataset.std, ctx.device)
+    batches = ctx.data.test.eval_batches(cfg.trainer.eval_batch_size, cfg.dataset.mean, cfg.dataset.std, ctx.device)
     logits, labels = predict(teacher.to(ctx.device), batches, ctx.device, cfg.trainer.precision)
     return topk_accuracy(logits, labels, 1)
 

@@ -14,7 +14,6 @@ from torch import nn
 
 from distillctl import artifacts, workspace
 from distillctl.console import print_summary_table
-from distillctl.data import Batches, eval_batches
 from distillctl.engine.fit import BEST, FitResult, Trainee, fit
 from distillctl.engine.optim import build_optimizer, build_schedule
 from distillctl.engine.predict import predict, top5_accuracy, topk_accuracy
@@ -64,16 +63,15 @@ def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
     teacher = job.teacher
     if teacher is not None:
         teacher = teacher.to(device, memory_format=memory).eval().requires_grad_(False)
-    batches = Batches(
-        *data.train, trainer.batch_size, mean, std, device, cfg.seed,
-        cfg.dataset.crop_padding, cfg.dataset.hflip, trainer.channels_last, trainer.max_steps_per_epoch,
+    batches = data.train.train_batches(
+        trainer.batch_size, mean, std, device, cfg.seed, trainer.channels_last, trainer.max_steps_per_epoch,
     )
 
     def split_batches(split, on: torch.device = device, size: int = trainer.eval_batch_size):
-        return eval_batches(*split, size, mean, std, on, trainer.channels_last)
+        return split.eval_batches(size, mean, std, on, trainer.channels_last)
 
     # Layer names are checked and term parameters sized before anything trains.
-    probe = next(split_batches((data.train[0][:2], data.train[1][:2]), size=2))[0]
+    probe = next(split_batches(data.train.subset(torch.arange(min(2, len(data.train)))), size=2))[0]
     objective.setup(model, teacher, probe)
     optimizer = build_optimizer([*model.parameters(), *objective.student_parameters()], cfg.optimizer, job.lr, device)
     scheduler = build_schedule(optimizer, cfg.scheduler, job.lr, len(batches), trainer.epochs)
@@ -107,7 +105,9 @@ def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
         "best_epoch": result.best_epoch,
         "epochs": result.epochs,
         "resumed_from_epoch": result.resumed_from,
-        "train_images": len(data.train[1]),
+        "train_images": len(data.train),
+        "loader": data.loader,
+        "skipped_images": data.skipped_images,
         "seconds": round(result.seconds, 2),
         "images_per_s": round(result.images_per_s, 1),
         "startup_seconds": round(result.startup_seconds, 2) if result.startup_seconds is not None else None,

@@ -1,0 +1,211 @@
+"""Images read, decoded and augmented in DataLoader worker processes, so memory stays flat whatever the data size.
+
+Training batches: timm's RandomResizedCrop + flip (+ an optional auto_augment policy); evaluation: resize of the
+shorter side to image_size / crop_pct, then a centre crop. Workers hand over uint8 tensors and the training device
+normalizes them, which moves a quarter of the bytes a float batch would.
+
+Each image's augmentation is seeded from (seed, epoch, position), not from worker RNG state: the batches are the
+same for any worker count and after a resume.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from distillctl.console import console
+from distillctl.data import images
+from distillctl.data.batches import normalizer
+from distillctl.errors import UserError
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How streamed images are decoded, augmented and fed."""
+
+    size: int
+    min_crop_scale: float
+    crop_pct: float
+    interpolation: str
+    auto_augment: str | None
+    hflip: bool
+    workers: int
+    on_bad_image: str
+
+
+def default_workers() -> int:
+    """One worker per core the process may use, less one for the training loop itself."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(16, cores - 1))
+
+
+def transform(settings: StreamSettings, training: bool):
+    """timm's standard ImageNet transforms, ending in a uint8 CHW tensor (normalization happens on the device)."""
+    from timm.data import create_transform
+
+    try:
+        if training:
+            return create_transform(
+                settings.size, is_training=True, scale=(settings.min_crop_scale, 1.0), hflip=0.5 if settings.hflip else 0.0,
+                color_jitter=None, auto_augment=settings.auto_augment, interpolation=settings.interpolation, use_prefetcher=True,
+            )
+        return create_transform(settings.size, crop_pct=settings.crop_pct, interpolation=settings.interpolation, use_prefetcher=True)
+    except (ValueError, KeyError, AssertionError) as exc:
+        raise UserError(f"dataset.auto_augment={settings.auto_augment} / dataset.interpolation={settings.interpolation}: timm refused it ({exc}). "
+                        "Use a timm policy string such as rand-m9-mstd0.5 or trivialaugment, and bilinear or bicubic.") from None
+
+
+class Rows(Dataset):
+    """Table rows decoded one at a time; a row that cannot be decoded comes back as its problem, not an exception."""
+
+    def __init__(self, cells, column: str, labels: np.ndarray, pipeline) -> None:
+        self.cells, self.column, self.labels, self.pipeline = cells, column, labels, pipeline
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key: tuple[int, int | None]):
+        row, sample_seed = key
+        cell = self.cells[row][self.column]
+        try:
+            image = images.open_rgb(cell)
+        except Exception as exc:  # corrupt, truncated or not an image at all: the caller decides what that means
+            return None, -1, f"{cell.get('path') or f'row {row}'} ({type(exc).__name__}: {exc})"
+        if sample_seed is None:
+            return self.pipeline(image), int(self.labels[row]), None
+        if get_worker_info() is not None:  # a worker's RNG is its own to reseed
+            random.seed(sample_seed)
+            torch.manual_seed(sample_seed)
+            return self.pipeline(image), int(self.labels[row]), None
+        state = random.getstate(), torch.get_rng_state()  # workers=0: leave the training process's RNG as it was
+        random.seed(sample_seed)
+        torch.manual_seed(sample_seed)
+        try:
+            return self.pipeline(image), int(self.labels[row]), None
+        finally:
+            random.setstate(state[0])
+            torch.set_rng_state(state[1])
+
+
+def collate(samples: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Stack the decoded images; report the undecodable ones beside the batch."""
+    good = [(x, y) for x, y, problem in samples if problem is None]
+    problems = [problem for _, _, problem in samples if problem is not None]
+    if not good:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), problems
+    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), problems
+
+
+class EpochOrder(Sampler):
+    """(row, augmentation seed) pairs in a shuffled order fixed by (seed, epoch); rows in order for evaluation."""
+
+    def __init__(self, rows: torch.Tensor, seed: int | None, limit: int | None = None) -> None:
+        self.rows, self.seed, self.limit, self.epoch = rows, seed, limit, 0
+
+    def __len__(self) -> int:
+        return min(len(self.rows), self.limit or len(self.rows))
+
+    def __iter__(self) -> Iterator[tuple[int, int | None]]:
+        if self.seed is None:
+            yield from ((int(r), None) for r in self.rows[: len(self)])
+            return
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = self.rows[torch.randperm(len(self.rows), generator=generator)][: len(self)]
+        seeds = torch.randint(2**62, (len(order),), generator=generator)
+        yield from zip(order.tolist(), seeds.tolist())
+
+
+class StreamSplit:
+    """Some rows of a `datasets` table whose image cells are decoded only when a batch needs them."""
+
+    def __init__(self, cells, column: str, all_labels: np.ndarray, rows: torch.Tensor, settings: StreamSettings) -> None:
+        self.cells, self.column, self.all_labels, self.rows, self.settings = cells, column, all_labels, rows, settings
+        self.labels = torch.from_numpy(all_labels[rows.numpy()])
+        self.problems: set[str] = set()  # the undecodable images met so far, by any loader of this split
+        self._eval_loaders: dict[int, DataLoader] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def subset(self, indices: torch.Tensor) -> "StreamSplit":
+        """The split's images at these positions."""
+        return StreamSplit(self.cells, self.column, self.all_labels, self.rows[indices], self.settings)
+
+    def loader(self, order: EpochOrder, batch_size: int, training: bool, device: torch.device) -> DataLoader:
+        """A DataLoader over `order` with workers that stay alive from one pass to the next."""
+        workers = self.settings.workers
+        rows = Rows(self.cells, self.column, self.all_labels, transform(self.settings, training))
+        return DataLoader(
+            rows, batch_size=batch_size, sampler=order, collate_fn=collate, num_workers=workers,
+            pin_memory=device.type == "cuda", persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+            generator=torch.Generator(),  # its worker seeds are unused (images are seeded one by one): keep torch's own RNG
+        )
+
+    def take(self, batches: Iterator, scale: torch.Tensor, shift: torch.Tensor, device: torch.device, channels_last: bool):
+        """Model-ready (x, y) from collated uint8 batches, with undecodable images reported and skipped."""
+        seen = bad = 0
+        for x, y, problems in batches:
+            seen, bad = seen + len(y) + len(problems), bad + len(problems)
+            if problems:
+                self.report(problems, bad, seen)
+            if len(y) == 0:
+                continue
+            x = x.to(device, non_blocking=True).float().mul_(scale).add_(shift)
+            yield (x.contiguous(memory_format=torch.channels_last) if channels_last else x), y.to(device, non_blocking=True)
+
+    def report(self, problems: list[str], bad: int, seen: int) -> None:
+        """Skip (and say so) or stop, as dataset.on_bad_image says; many bad images in a pass mean a broken data set."""
+        if self.settings.on_bad_image == "error":
+            raise UserError(f"cannot decode {problems[0]}. Fix or remove the file, or set dataset.on_bad_image=skip to train past it.")
+        if not self.problems:
+            console.print(f"[yellow]warning:[/] skipping an image that cannot be decoded: {problems[0]} (all are counted in metrics.json)")
+        self.problems.update(problems)
+        if bad > max(10, seen // 100):
+            raise UserError(f"{bad} of {seen} images could not be decoded in this pass (first: {problems[0]}); is the data set corrupt?")
+
+    def eval_batches(self, batch_size: int, mean: Sequence[float], std: Sequence[float], device: torch.device,
+                     channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Unaugmented batches in order (resize + centre crop)."""
+        if batch_size not in self._eval_loaders:
+            self._eval_loaders[batch_size] = self.loader(EpochOrder(self.rows, None), batch_size, False, device)
+        scale, shift = normalizer(mean, std, device)
+        return self.take(iter(self._eval_loaders[batch_size]), scale, shift, device, channels_last)
+
+    def train_batches(self, batch_size: int, mean: Sequence[float], std: Sequence[float], device: torch.device, seed: int,
+                      channels_last: bool = False, max_steps: int | None = None) -> "StreamBatches":
+        """Shuffled, augmented training batches."""
+        return StreamBatches(self, batch_size, mean, std, device, seed, channels_last, max_steps)
+
+
+class StreamBatches:
+    """An epoch of augmented batches per pass, with the same interface as the resident `Batches`."""
+
+    def __init__(self, split: StreamSplit, batch_size: int, mean, std, device: torch.device, seed: int,
+                 channels_last: bool, max_steps: int | None) -> None:
+        steps = -(-len(split) // batch_size)
+        self.steps = min(steps, max_steps) if max_steps else steps
+        self.order = EpochOrder(split.rows, seed, limit=self.steps * batch_size)
+        self.split, self.device, self.channels_last = split, device, channels_last
+        self.scale, self.shift = normalizer(mean, std, device)
+        self.loader = split.loader(self.order, batch_size, True, device)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        yield from self.split.take(iter(self.loader), self.scale, self.shift, self.device, self.channels_last)
+        self.order.epoch += 1
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The number of finished epochs: with the seed, it fixes every later batch."""
+        return {"epochs_done": torch.tensor(self.order.epoch)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what state_dict saved."""
+        self.order.epoch = int(state["epochs_done"])

@@ -1,0 +1,181 @@
+"""The streamed loader: same classes as the resident one, standard augmentation, resume, and bad files survived."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from distillctl.config import DatasetConfig
+from distillctl.data import StreamSplit, TensorSplit, load_splits
+from distillctl.data.images import fit_square, open_rgb
+from distillctl.errors import UserError
+
+from conftest import write_photo_folder
+
+MEAN, STD = [0.5] * 3, [0.25] * 3
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> str:
+    """120 training and 40 test photos at 96x72 (not square, so aspect ratio matters)."""
+    return str(write_photo_folder(tmp_path_factory.mktemp("photos"), {"train": 120, "test": 40}))
+
+
+def dataset_cfg(**overrides) -> OmegaConf:
+    return OmegaConf.merge(OmegaConf.structured(DatasetConfig), {"workers": 0, "val_size": 20, **overrides})
+
+
+def test_both_loaders_agree_on_classes_sizes_shapes_and_dtypes(photos):
+    resident = load_splits(dataset_cfg(path=photos, loader="resident", image_size=48))
+    streamed = load_splits(dataset_cfg(path=photos, loader="stream", image_size=48))
+    assert isinstance(resident.train, TensorSplit) and isinstance(streamed.train, StreamSplit)
+    assert streamed.classes == resident.classes and streamed.loader == "stream"
+    for part in ("train", "val", "test"):
+        a, b = getattr(resident, part), getattr(streamed, part)
+        assert len(a) == len(b) and torch.equal(a.labels, b.labels)
+        xa, ya = next(a.eval_batches(8, MEAN, STD, CPU))
+        xb, yb = next(b.eval_batches(8, MEAN, STD, CPU))
+        assert xa.shape == xb.shape == (8, 3, 48, 48) and xa.dtype == xb.dtype == torch.float32
+        assert torch.equal(ya, yb)
+    x, y = next(iter(streamed.train.train_batches(16, MEAN, STD, CPU, seed=0)))
+    assert x.shape == (16, 3, 48, 48) and y.dtype == torch.int64
+
+
+def test_streamed_batches_are_the_same_for_any_worker_count_and_after_a_resume(photos):
+    def epochs(workers: int, resume_after: int | None = None) -> list[torch.Tensor]:
+        split = load_splits(dataset_cfg(path=photos, loader="stream", image_size=32, workers=workers)).train
+        batches = split.train_batches(25, MEAN, STD, CPU, seed=7, max_steps=2)
+        out = []
+        for epoch in range(3):
+            if epoch == resume_after:  # a fresh process would rebuild everything and load the saved state
+                state = batches.state_dict()
+                batches = split.subset(torch.arange(len(split))).train_batches(25, MEAN, STD, CPU, seed=7, max_steps=2)
+                batches.load_state_dict(state)
+            out += [x for x, _ in batches]
+        return out
+
+    plain = epochs(0)
+    assert not torch.equal(plain[0], plain[2])  # a new shuffle and new crops each epoch
+    for other in (epochs(2), epochs(0, resume_after=2)):
+        assert all(torch.equal(p, q) for p, q in zip(plain, other, strict=True))
+
+
+def test_the_stream_loader_keeps_the_rng_of_the_training_process(photos):
+    split = load_splits(dataset_cfg(path=photos, loader="stream", image_size=32)).train
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    list(split.train_batches(30, MEAN, STD, CPU, seed=1, max_steps=1))
+    assert torch.equal(torch.rand(3), expected)  # workers=0 must not reseed the trainer's dropout and mixing
+
+
+def test_auto_streams_only_what_does_not_fit(photos, capsys):
+    assert load_splits(dataset_cfg(path=photos, image_size=48)).loader == "resident"
+    big = load_splits(dataset_cfg(path=photos, image_size=40, resident_max_gb=1e-4))
+    assert big.loader == "stream"
+    assert "more than dataset.resident_max_gb=0.0001: streaming" in capsys.readouterr().out
+
+
+def test_aspect_ratio_is_kept_in_both_loaders():
+    wide = Image.new("RGB", (90, 30), "white")
+    wide.paste(Image.new("RGB", (30, 30), "red"), (30, 0))  # the centre third is red, the margins white
+    square = np.asarray(fit_square(wide, 16))
+    assert square.shape == (16, 16, 3) and (square[..., 0] > 200).all() and (square[..., 1] < 60).all()
+
+
+def png_bytes(image: Image.Image, **save) -> dict:
+    buffer = io.BytesIO()
+    image.save(buffer, format=save.pop("format", "PNG"), **save)
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda: Image.new("L", (4, 4), 128), (128, 128, 128)),
+    (lambda: Image.new("I;16", (4, 4), 65535), (255, 255, 255)),  # 16-bit white stays white, not clipped
+    (lambda: Image.new("I;16", (4, 4), 32896), (128, 128, 128)),
+    (lambda: Image.new("RGBA", (4, 4), (0, 0, 255, 0)), (255, 255, 255)),  # fully transparent: the white background
+    (lambda: Image.new("RGBA", (4, 4), (0, 0, 255, 255)), (0, 0, 255)),
+    (lambda: Image.new("RGB", (4, 4), (200, 10, 10)).convert("P", palette=Image.Palette.ADAPTIVE), (200, 10, 10)),
+])
+def test_every_pixel_format_becomes_the_rgb_a_person_sees(make, expected):
+    pixel = np.asarray(open_rgb(png_bytes(make())))[0, 0]
+    assert np.abs(pixel.astype(int) - expected).max() <= 2
+
+
+def test_cmyk_jpeg_and_exif_rotation():
+    cmyk = Image.new("RGB", (4, 4), (255, 0, 0)).convert("CMYK")
+    assert np.abs(np.asarray(open_rgb(png_bytes(cmyk, format="JPEG")))[1, 1].astype(int) - (255, 0, 0)).max() < 20
+    tall = Image.new("RGB", (20, 10))
+    exif = tall.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    assert open_rgb(png_bytes(tall, format="JPEG", exif=exif)).size == (10, 20)
+
+
+def test_a_corrupt_streamed_image_is_skipped_counted_or_named(photos, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "photos"
+    shutil.copytree(photos, folder)
+    bad = sorted((folder / "train").rglob("*.jpg"))[5]
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated mid-file, as an interrupted copy leaves it
+    data = load_splits(dataset_cfg(path=str(folder), loader="stream", image_size=32, val_size=2))
+    seen = sum(len(y) for _, y in data.train.train_batches(40, MEAN, STD, CPU, seed=0))
+    assert seen == len(data.train) - 1 and data.skipped_images == 1
+    assert "skipping an image that cannot be decoded" in capsys.readouterr().out
+    strict = load_splits(dataset_cfg(path=str(folder), loader="stream", image_size=32, val_size=2, on_bad_image="error"))
+    with pytest.raises(UserError, match=bad.name):
+        list(strict.train.train_batches(40, MEAN, STD, CPU, seed=0))
+
+
+@pytest.mark.parametrize("layout, message", [
+    ({"train": ["cat"], "test": ["cat"]}, "a classifier needs at least two"),
+    ({"train": ["cat", "dog"], "test": ["cat", "dog", "emu"]}, "the train split lacks \\(emu\\)"),
+])
+def test_label_sets_no_classifier_can_use_are_refused(tmp_path, layout, message):
+    for split, classes in layout.items():
+        for name in classes:
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(6):
+                Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / split / name / f"{i}.png")
+    for loader in ("resident", "stream"):
+        with pytest.raises(UserError, match=message):
+            load_splits(dataset_cfg(path=str(tmp_path), loader=loader, val_size=1, image_size=8))
+
+
+def test_stray_files_and_empty_class_folders_are_ignored(tmp_path):
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(tmp_path / split / name / f"{i}.png")
+        (tmp_path / split / "cat" / "notes.txt").write_text("shot on a cloudy day")
+        (tmp_path / split / "cat" / ".DS_Store").write_bytes(b"\0\1")
+    (tmp_path / "train" / "empty").mkdir()
+    data = load_splits(dataset_cfg(path=str(tmp_path), loader="stream", val_size=1, image_size=8))
+    assert data.classes == ["cat", "dog"] and len(data.train) + len(data.val) == 8
+
+
+def test_through_the_cli_a_bad_photo_is_named_or_skipped_and_counted(photos, tmp_path, cli):
+    import json
+    import shutil
+
+    from test_cli import one_error_line
+
+    folder = tmp_path / "photos"
+    shutil.copytree(photos, folder)
+    bad = sorted((folder / "train").rglob("*.jpg"))[7]
+    bad.write_bytes(b"GIF89a, then nothing")
+    run = ["train-teacher", "teacher=resnet8", "teacher.checkpoint=null", f"dataset.path={folder}", "dataset.loader=stream",
+           "dataset.workers=1", "dataset.image_size=32", "dataset.val_size=10", "trainer.epochs=1", "trainer.batch_size=16",
+           "trainer.threads=1", "run_dir=runs/photos"]
+    assert bad.name in one_error_line(cli(*run, "dataset.on_bad_image=error"))
+    result = cli(*run)
+    assert result.code == 0, result.text
+    metrics = json.loads((tmp_path / "runs/photos/teacher/metrics.json").read_text())
+    assert metrics["loader"] == "stream" and metrics["skipped_images"] == 1 and metrics["train_images"] == 110  # rows listed; one skipped
