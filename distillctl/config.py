@@ -121,7 +121,10 @@ class ModelConfig:
     """A network: a timm model name (our CIFAR zoo is registered there) and where its weights come from."""
 
     name: str = "resnet20"
+    # timm's published weights (online); the classifier head is replaced when the data set's classes differ.
     pretrained: bool = False
+    # The same, offline: a timm or safetensors weights file for this architecture (tensors only, nothing unpickled).
+    pretrained_file: Optional[str] = None
     # Weights to load instead of the run workspace's (for the teacher: skips the train-teacher lookup).
     checkpoint: Optional[str] = None
     # Learning rate when this model is the one being trained; null means optimizer.lr.

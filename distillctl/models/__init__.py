@@ -10,9 +10,11 @@ from distillctl.models import zoo
 zoo.register()
 
 
-def create_model(name: str, num_classes: int, pretrained: bool = False, role: str | None = None, **kwargs) -> nn.Module:
+def create_model(name: str, num_classes: int, pretrained: bool = False, role: str | None = None,
+                 pretrained_file: str | None = None, **kwargs) -> nn.Module:
     """Build `name` through timm's registry, or say which names come closest; `role` (teacher, student) is the
-    config section the model comes from, so that messages name full keys."""
+    config section the model comes from, so that messages name full keys. Pretrained weights come from timm's
+    Hub (`pretrained`) or a local file (`pretrained_file`), with the head replaced for `num_classes`."""
     key = f"{role}." if role else ""
     import timm
 
@@ -20,19 +22,43 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, role: st
         # Prefer the CIFAR zoo's names: timm's ImageNet ResNets are rarely what a typo meant.
         hint = did_you_mean(name, zoo.ZOO_NAMES) or did_you_mean(name, timm.list_models())
         raise UserError(f"unknown model '{name}'.{hint} CIFAR zoo: {', '.join(zoo.ZOO_NAMES)}; any timm model name works too.")
+    if pretrained_file:
+        kwargs["pretrained_cfg_overlay"] = {"file": local_weights(pretrained_file, name, key), "custom_load": False}
+        pretrained = True
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except UserError:
         raise
     except TypeError as exc:
         raise UserError(f"model '{name}' does not take these options ({exc}); check {key}kwargs.") from None
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, KeyError) as exc:
+        if pretrained_file:
+            first = " ".join(str(exc).strip().splitlines()[:2])[:300] or type(exc).__name__
+            raise UserError(f"{key}pretrained_file={pretrained_file} does not hold weights for '{name}' ({first}).") from None
         if not pretrained:
             raise
         raise UserError(
             f"could not fetch pretrained weights for '{name}' ({type(exc).__name__}); offline? Set {key}pretrained=false, "
-            f"or {key}checkpoint=PATH to load local weights."
+            f"or {key}pretrained_file=PATH to load timm weights from a local file."
         ) from None
+
+
+def local_weights(path: str, name: str, key: str) -> str:
+    """The checked path of a local pretrained-weights file for a timm architecture."""
+    from pathlib import Path
+
+    if name in zoo.ZOO_NAMES:
+        raise UserError(f"{key}pretrained_file is for timm architectures; for a CIFAR zoo model trained by distillctl use {key}checkpoint=PATH.")
+    found = Path(path).expanduser()
+    if not found.is_file():
+        raise UserError(f"{key}pretrained_file '{found}' does not exist.")
+    return str(found.resolve())
+
+
+def pretrained_normalization(model: nn.Module) -> tuple[list[float], list[float]] | None:
+    """The (mean, std) a timm model's pretrained weights expect, when it has them."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return (list(cfg["mean"]), list(cfg["std"])) if "mean" in cfg and "std" in cfg else None
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -6,7 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from distillctl.errors import UserError
 from distillctl.losses import build_objective
-from distillctl.models import create_model
+from distillctl.models import create_model, pretrained_normalization
 from distillctl.stages.base import Stage
 from distillctl.stages.context import RunContext
 from distillctl.stages.training import TrainingJob, train_and_save
@@ -34,10 +34,14 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"nothing to train: {reason}. To train this recipe's own teacher, add teacher.checkpoint=null (and teachers=[]).")
     ctx = RunContext.open(cfg)
     t = cfg.teacher
-    model = create_model(t.name, ctx.data.num_classes, t.pretrained, role="teacher", **t.kwargs)
+    model = create_model(t.name, ctx.data.num_classes, t.pretrained, role="teacher", pretrained_file=t.pretrained_file, **t.kwargs)
     objective = build_objective({"ce": {"kind": "ce", "weight": 1.0, "label_smoothing": cfg.trainer.label_smoothing}})
     lr = t.lr if t.lr is not None else cfg.optimizer.lr
-    job = TrainingJob(FOLDER, t.name, model, objective, lr, fingerprint(cfg, ctx.workspace), model_kwargs=OmegaConf.to_container(t.kwargs))
+    # Pretrained weights are fine-tuned on images normalized as they were pretrained; the checkpoint records it,
+    # and distill feeds the teacher that way whatever the student's normalization.
+    norm = pretrained_normalization(model) if t.pretrained or t.pretrained_file else None
+    job = TrainingJob(FOLDER, t.name, model, objective, lr, fingerprint(cfg, ctx.workspace), normalization=norm,
+                      model_kwargs=OmegaConf.to_container(t.kwargs))
     return train_and_save(ctx, job)
 
 

@@ -1,0 +1,61 @@
+"""Pretrained timm teachers offline: weights from a local file the test writes, head replaced, fine-tuned, distilled."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+from distillctl import artifacts
+from distillctl.errors import UserError
+from distillctl.models import create_model, pretrained_normalization
+
+from conftest import write_photo_folder
+from test_cli import one_error_line
+
+ARCH = "mobilenetv3_small_050"
+
+
+@pytest.fixture(scope="module")
+def imagenet_file(tmp_path_factory):
+    """What timm would download: the architecture's 1000-class weights, here written locally."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / f"{ARCH}.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model(ARCH).state_dict().items()}, str(path))
+    return path
+
+
+def test_a_local_pretrained_file_loads_with_a_new_head(imagenet_file):
+    source = timm.create_model(ARCH)
+    source.load_state_dict(load_file(str(imagenet_file)))
+    model = create_model(ARCH, 7, pretrained_file=str(imagenet_file))
+    assert model.get_classifier().out_features == 7
+    assert torch.equal(model.conv_stem.weight, source.conv_stem.weight)  # the backbone is the file's
+    assert pretrained_normalization(model) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
+def test_a_file_for_another_architecture_or_a_cifar_model_is_refused(imagenet_file):
+    with pytest.raises(UserError, match="does not hold weights for 'resnet18'"):
+        create_model("resnet18", 10, role="teacher", pretrained_file=str(imagenet_file))
+    with pytest.raises(UserError, match="teacher.checkpoint=PATH"):
+        create_model("resnet20", 10, role="teacher", pretrained_file=str(imagenet_file))
+
+
+def test_fine_tune_a_pretrained_teacher_on_your_images_then_distill(imagenet_file, tmp_path, cli):
+    photos = write_photo_folder(tmp_path / "photos", {"train": 100, "test": 40})
+    common = [f"dataset.path={photos}", "dataset.val_size=10", "trainer.epochs=1", "trainer.max_steps_per_epoch=2",
+              "trainer.batch_size=16", "trainer.threads=1", "run_dir=runs/mine"]
+    assert "does not exist" in one_error_line(cli("train-teacher", f"teacher.name={ARCH}", "teacher.checkpoint=null",
+                                                  "teacher.pretrained_file=missing.safetensors", *common))
+    tuned = cli("train-teacher", f"teacher.name={ARCH}", "teacher.checkpoint=null", f"teacher.pretrained_file={imagenet_file}", *common)
+    assert tuned.code == 0, tuned.text
+    meta = artifacts.read_metadata(tmp_path / "runs/mine/teacher/model.safetensors")
+    assert meta["num_classes"] == 10 and meta["mean"] == [0.485, 0.456, 0.406]  # fine-tuned as it was pretrained
+    distilled = cli("distill", f"teacher.name={ARCH}", "teacher.checkpoint=null", f"teacher.pretrained_file={imagenet_file}",
+                    "student=resnet8", *common)
+    assert distilled.code == 0, distilled.text
+    metrics = json.loads((tmp_path / "runs/mine/student/metrics.json").read_text())
+    assert metrics["teacher"].endswith("teacher/model.safetensors")
