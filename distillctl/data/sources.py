@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distillctl.data import images
+from distillctl.data import folder, images
 from distillctl.errors import UserError
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "sample" / "cifar10"
@@ -62,7 +62,7 @@ def load_split_table(source: Source, split: str):
     datasets.disable_progress_bars()
     try:
         if source.builder == "imagefolder":
-            return datasets.load_dataset("imagefolder", data_dir=str(source.local_dir), split=split)
+            return folder.table(source.local_dir, split)
         return datasets.load_dataset(str(source.local_dir or source.spec), split=split)
     except ValueError as exc:
         if "split" in str(exc).lower():
