@@ -27,17 +27,19 @@ def test_structured_pruning_reaches_its_macs_target_and_still_runs(name, target)
     assert model.fc.out_features == 10  # the classifier is left whole
 
 
-def test_a_pruned_model_round_trips_through_safetensors(tmp_path):
-    model = create_model("resnet20", 10)
+# mobilenetv3_small_050: timm's BatchNormAct2d (a norm with its activation) and timm's Linear head.
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv3_small_050"])
+def test_a_pruned_model_round_trips_through_safetensors(tmp_path, name):
+    model = create_model(name, 10)
     model = prune_structured(model, EXAMPLE, None, 0.4, "l2", True)[0]
     model.eval()
     path = tmp_path / "model.safetensors"
-    artifacts.save_weights(path, model, {"model": "resnet20", "num_classes": 10, "kwargs": {}, "shapes": layer_shapes(model)})
+    artifacts.save_weights(path, model, {"model": name, "num_classes": 10, "kwargs": {}, "shapes": layer_shapes(model)})
     rebuilt, meta = load_model(path)
     rebuilt.eval()
     x = torch.randn(4, 3, 32, 32)
     assert torch.equal(model(x), rebuilt(x))
-    assert layer_shapes(rebuilt) == layer_shapes(model) != layer_shapes(create_model("resnet20", 10))
+    assert layer_shapes(rebuilt) == layer_shapes(model) != layer_shapes(create_model(name, 10))
 
 
 def test_unstructured_pruning_is_permanent_and_reported_as_sparsity():

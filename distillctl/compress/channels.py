@@ -55,7 +55,7 @@ def check_prunable(model: nn.Module) -> None:
             where = f"{name}.{own[0]}" if name else own[0]
             raise UserError(
                 f"parameter '{where}' (in a {type(module).__name__}) is one structured pruning cannot resize and save "
-                "(supported layers: Conv2d, BatchNorm2d, Linear). Use prune=unstructured for this model."
+                "(supported layers: Conv2d, BatchNorm2d, timm's BatchNormAct2d, Linear). Use prune=unstructured for this model."
             )
 
 

@@ -13,20 +13,34 @@ from torch import nn
 from distillctl.errors import UserError
 
 
+# Norm layers resized in place (their tensors cut), so a subclass keeps what it adds: timm's BatchNormAct2d its
+# activation. Conv and linear layers are rebuilt, so only the subclasses that take their constructor's arguments are
+# (not timm's Conv2dSame, whose padding is its own).
+# timm's Linear only adds a dtype cast for scripting, and is built like nn.Linear.
+NORMS: dict[str, type] = {"BatchNorm2d": nn.BatchNorm2d}
+LINEARS: tuple[type, ...] = (nn.Linear,)
+try:
+    from timm.layers import BatchNormAct2d, Linear as TimmLinear
+
+    NORMS["BatchNormAct2d"] = BatchNormAct2d
+    LINEARS += (TimmLinear,)
+except ImportError:  # an older timm: its models simply cannot be pruned structurally
+    pass
+
+
 def shape_of(module: nn.Module) -> dict[str, Any] | None:
-    """The shape record of a Conv2d, BatchNorm2d or Linear; None for any other module, subclasses included
-    (timm's BatchNormAct2d or Conv2dSame carry more than a size, and a plain layer would replace them)."""
+    """The shape record of a Conv2d, Linear or batch norm (NORMS); None for any other module."""
     if type(module) is nn.Conv2d:
         return {"type": "Conv2d", "in": module.in_channels, "out": module.out_channels, "groups": module.groups}
-    if type(module) is nn.BatchNorm2d:
-        return {"type": "BatchNorm2d", "features": module.num_features}
-    if type(module) is nn.Linear:
+    if NORMS.get(type(module).__name__) is type(module):
+        return {"type": type(module).__name__, "features": module.num_features}
+    if type(module) in LINEARS:
         return {"type": "Linear", "in": module.in_features, "out": module.out_features}
     return None
 
 
 def layer_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Shapes of every Conv2d, BatchNorm2d and Linear, keyed by module path."""
+    """Shapes of every Conv2d, batch norm and Linear, keyed by module path."""
     return {name: shape for name, m in model.named_modules() if (shape := shape_of(m)) is not None}
 
 
@@ -34,9 +48,21 @@ def resized(module: nn.Module, shape: dict[str, Any]) -> nn.Module:
     """A copy of `module`'s kind and hyper-parameters at the recorded size (weights are loaded afterwards)."""
     if shape["type"] == "Conv2d":
         return nn.Conv2d(shape["in"], shape["out"], module.kernel_size, module.stride, module.padding, module.dilation, shape["groups"], module.bias is not None)
-    if shape["type"] == "BatchNorm2d":
-        return nn.BatchNorm2d(shape["features"], module.eps, module.momentum, module.affine, module.track_running_stats)
-    return nn.Linear(shape["in"], shape["out"], module.bias is not None)
+    if shape["type"] in NORMS:
+        return norm_cut_to(module, shape["features"])
+    return type(module)(shape["in"], shape["out"], module.bias is not None)
+
+
+def norm_cut_to(norm: nn.Module, features: int) -> nn.Module:
+    """The batch norm itself with its first `features` channels (values are loaded afterwards)."""
+    norm.num_features = features
+    for name in ("weight", "bias"):
+        if getattr(norm, name, None) is not None:
+            setattr(norm, name, nn.Parameter(getattr(norm, name).data[:features].clone()))
+    for name in ("running_mean", "running_var"):
+        if getattr(norm, name, None) is not None:
+            setattr(norm, name, getattr(norm, name)[:features].clone())
+    return norm
 
 
 def apply_shapes(model: nn.Module, shapes: dict[str, dict[str, Any]]) -> nn.Module:
