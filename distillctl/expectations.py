@@ -16,6 +16,8 @@ def flatten(expect: Mapping[str, Any], prefix: str = "") -> dict[str, dict[str, 
     flat: dict[str, dict[str, float]] = {}
     for key, value in expect.items():
         path = f"{prefix}{key}"
+        if value is None:  # how a recipe drops a threshold it inherits (`int8_static.top1: null`)
+            continue
         if isinstance(value, Mapping) and value and set(value) <= {"min", "max"}:
             flat[path] = {bound: float(limit) for bound, limit in value.items()}
         elif isinstance(value, Mapping):

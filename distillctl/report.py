@@ -22,6 +22,8 @@ COLUMNS = [
     ("sparsity", "zeros", "{:.0%}"),
     ("latency_ms", "latency b1 (ms)", "{:.2f}"),
     ("throughput", "b256 (img/s)", "{:,.0f}"),
+    ("smaller_than_teacher", "x smaller", "{:.1f}x"),
+    ("faster_than_teacher", "x faster b1", "{:.1f}x"),
     ("runtime", "runtime", "{}"),
 ]
 SCALE = {"params": 1e-6, "macs": 1e-6}

@@ -51,6 +51,18 @@ def agreement(pred: torch.Tensor, reference: torch.Tensor | None) -> float | Non
     return None if reference is None else (pred == reference).float().mean().item()
 
 
+def add_teacher_ratios(results: dict[str, dict]) -> None:
+    """How much smaller (file) and faster (batch-1 latency) each model is than the teacher: what the deployment gains."""
+    teacher = results.get("teacher")
+    for stage, row in results.items():
+        if teacher is None or stage == "teacher":
+            row["smaller_than_teacher"] = row["faster_than_teacher"] = None
+            continue
+        row["smaller_than_teacher"] = teacher["size_mb"] / row["size_mb"] if row["size_mb"] else None
+        late = row.get("latency_ms")
+        row["faster_than_teacher"] = teacher["latency_ms"] / late if late and teacher.get("latency_ms") else None
+
+
 def run(cfg: DictConfig) -> dict:
     """Evaluate, write the report, and exit 1 when the recipe's expectations are not met."""
     ctx = RunContext.open(cfg)
@@ -88,6 +100,7 @@ def run(cfg: DictConfig) -> dict:
             "runtime": runtime,
             **measure.speed(timed, cfg.dataset.image_size, threads),
         }
+    add_teacher_ratios(results)
     context = {
         "recipe": Path(cfg.run_dir).name,
         "dataset": cfg.dataset.path,

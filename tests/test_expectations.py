@@ -1,0 +1,28 @@
+"""The `expect:` thresholds and the report's comparison with the teacher."""
+
+from __future__ import annotations
+
+import pytest
+
+from distillctl import expectations
+from distillctl.stages.evaluate import add_teacher_ratios
+
+
+def test_a_recipe_drops_an_inherited_threshold_with_null():
+    expect = {"student.top1": {"min": 0.5}, "int8_static.top1": None}
+    rows = expectations.check(expect, {"student": {"top1": 0.6}})  # no int8_static model: not asked for
+    assert [(r["metric"], r["ok"]) for r in rows] == [("student.top1", True)]
+
+
+def test_a_threshold_on_a_model_not_made_fails():
+    rows = expectations.check({"onnx_int8.top1": {"min": 0.0}}, {"student": {"top1": 0.6}})
+    assert rows[0]["ok"] is False and rows[0]["value"] is None
+
+
+def test_each_model_is_compared_with_the_teacher_in_size_and_latency():
+    results = {"teacher": {"size_mb": 90.0, "latency_ms": 20.0}, "student": {"size_mb": 15.0, "latency_ms": 8.0},
+               "onnx_int8": {"size_mb": 3.0, "latency_ms": None}}
+    add_teacher_ratios(results)
+    assert results["student"]["smaller_than_teacher"] == pytest.approx(6.0)
+    assert results["student"]["faster_than_teacher"] == pytest.approx(2.5)
+    assert results["onnx_int8"]["faster_than_teacher"] is None and results["teacher"]["smaller_than_teacher"] is None
