@@ -59,3 +59,21 @@ def test_fine_tune_a_pretrained_teacher_on_your_images_then_distill(imagenet_fil
     assert distilled.code == 0, distilled.text
     metrics = json.loads((tmp_path / "runs/mine/student/metrics.json").read_text())
     assert metrics["teacher"].endswith("teacher/model.safetensors")
+
+
+@pytest.mark.slow
+def test_the_edge_recipe_end_to_end_on_a_tiny_stand_in(tmp_path, cli):
+    """README "Your own images" with small stand-ins: photos, a timm teacher and student from local weight files."""
+    photos = write_photo_folder(tmp_path / "photos", {"train": 160, "test": 40})
+    files = {}
+    for role, arch in (("teacher", "resnet10t"), ("student", ARCH)):
+        files[role] = tmp_path / f"{arch}.safetensors"
+        save_file({k: v.contiguous() for k, v in timm.create_model(arch).state_dict().items()}, str(files[role]))
+    result = cli("pipeline", "recipe=edge_mobilenet", f"dataset.path={photos}", "dataset.image_size=64", "dataset.val_size=16",
+                 "teacher.name=resnet10t", f"teacher.pretrained_file={files['teacher']}", f"student.name={ARCH}",
+                 f"student.pretrained_file={files['student']}", "trainer.epochs=1", "trainer.max_steps_per_epoch=2",
+                 "trainer.batch_size=16", "prune.finetune_epochs=1", "quantize.calibration_batches=1", "trainer.threads=1")
+    assert result.code == 0, result.text[-3000:]
+    report = json.loads((tmp_path / "runs/edge_mobilenet/report/metrics.json").read_text())
+    assert {"teacher", "student", "pruned", "onnx_int8"} <= set(report["models"])
+    assert report["models"]["onnx_int8"]["smaller_than_teacher"] > 1
