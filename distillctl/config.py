@@ -162,6 +162,9 @@ class TrainerConfig:
     log_every: int = bounded(50, min=1)
     # Cap on steps per epoch, for smoke tests and quick looks; null runs whole epochs.
     max_steps_per_epoch: Optional[int] = bounded(None, min=1)
+    # Also save the full training state every N steps inside an epoch (long epochs: ImageNet is 10,000 steps);
+    # resume=true then continues from that step, with the batches it would have seen.
+    checkpoint_every_steps: Optional[int] = bounded(None, min=1)
     threads: Optional[int] = bounded(None, min=1)
 
 

@@ -112,3 +112,49 @@ def test_top5_is_not_reported_where_every_label_is_in_the_top_five():
     assert top5_accuracy(torch.randn(4, 5), torch.tensor([0, 1, 2, 3])) is None  # 5 classes: always 100%
     ranked = torch.arange(10, 0, -1.0).repeat(4, 1)  # classes 0-4 are every row's top five
     assert top5_accuracy(ranked, torch.tensor([0, 4, 5, 9])) == 0.5
+
+
+class DiesAfter:
+    """Batches whose process is killed once `steps` of them have been trained on."""
+
+    def __init__(self, batches, steps: int) -> None:
+        self.batches, self.left = batches, steps
+
+    def __getattr__(self, name):
+        return getattr(self.batches, name)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for item in self.batches:
+            if self.left == 0:
+                raise KeyboardInterrupt
+            self.left -= 1
+            yield item
+
+
+@pytest.mark.parametrize("loader", ["resident", "stream"])
+def test_a_run_stopped_mid_epoch_resumes_from_its_step_to_the_same_weights(tmp_path, loader):
+    from distillctl.data import load_splits
+
+    data = load_splits(OmegaConf.merge(DATA, {"loader": loader, "workers": 0, "train_limit": 400, "val_size": 16}))
+
+    def run(out, stop_at=None, resume=False):
+        torch.manual_seed(0)
+        trainee, _, trainer, teacher = make_run(epochs=2, steps=5)
+        trainer.checkpoint_every_steps = 2
+        batches = data.train.train_batches(32, DATA.mean, DATA.std, torch.device("cpu"), seed=0, max_steps=5)
+        if stop_at is not None:  # the process dies after `stop_at` steps of the second epoch
+            batches = DiesAfter(batches, 5 + stop_at)
+        torch.manual_seed(99)  # resume restores every RNG itself
+        return trainee, fit(trainee, batches, no_validation, trainer, out, "mid", teacher=teacher, resume=resume)
+
+    straight, _ = run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", stop_at=3)  # the last checkpoint is epoch 2, step 2
+    assert "checkpoint: epoch 2, step 2" in (tmp_path / "b" / "train.log").read_text()
+    resumed, result = run(tmp_path / "b", resume=True)
+    assert result.resumed_from == 1
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key

@@ -49,6 +49,10 @@ class Batches:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         steps = -(-len(labels) // batch_size)
         self.steps = min(steps, max_steps) if max_steps else steps
+        # The RNG state a pass starts from, and how far into it we are: a mid-epoch checkpoint saves both, and a
+        # resumed pass replays the skipped steps' draws so that the rest of the epoch is what it would have been.
+        self.pass_state = self.generator.get_state()
+        self.step = self.resume_step = 0
 
     def __len__(self) -> int:
         return self.steps
@@ -59,6 +63,7 @@ class Batches:
         return min(self.steps * self.batch_size, len(self.labels))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.generator.set_state(self.pass_state)
         order = torch.randperm(len(self.labels), device=self.device, generator=self.generator)
         rows_base = torch.arange(self.height, device=self.device)
         cols_base = torch.arange(self.width, device=self.device)
@@ -73,16 +78,26 @@ class Batches:
             if self.hflip:
                 flip = torch.rand(n, 1, device=self.device, generator=self.generator) < 0.5
                 cols = torch.where(flip, cols.flip(1), cols)
+            if step < self.resume_step:
+                continue
+            self.step = step + 1
             crops = self.images[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
             yield to_model_input(crops, self.scale, self.shift, self.channels_last), self.labels[idx]
+        self.pass_state, self.step, self.resume_step = self.generator.get_state(), 0, 0
+
+    @property
+    def first_step(self) -> int:
+        """Steps of the coming pass already done before a mid-epoch checkpoint (0 at an epoch's start)."""
+        return self.resume_step
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The shuffling/augmentation RNG, so a resumed run sees the same batches it would have."""
-        return {"generator": self.generator.get_state()}
+        """The shuffling/augmentation RNG at the start of the pass and the steps done in it."""
+        return {"generator": self.pass_state, "step": torch.tensor(self.step)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore what state_dict saved."""
-        self.generator.set_state(state["generator"])
+        """Restore what state_dict saved: the next pass starts where the saved one stopped."""
+        self.pass_state = state["generator"]
+        self.resume_step = int(state.get("step", 0))
 
 
 def eval_batches(

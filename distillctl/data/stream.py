@@ -107,6 +107,7 @@ class EpochOrder(Sampler):
 
     def __init__(self, rows: torch.Tensor, seed: int | None, limit: int | None = None) -> None:
         self.rows, self.seed, self.limit, self.epoch = rows, seed, limit, 0
+        self.start = 0  # positions of this epoch already trained on (a resume from a mid-epoch checkpoint)
 
     def __len__(self) -> int:
         return min(len(self.rows), self.limit or len(self.rows))
@@ -118,7 +119,7 @@ class EpochOrder(Sampler):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = self.rows[torch.randperm(len(self.rows), generator=generator)][: len(self)]
         seeds = torch.randint(2**62, (len(order),), generator=generator)
-        yield from zip(order.tolist(), seeds.tolist())
+        yield from zip(order[self.start :].tolist(), seeds[self.start :].tolist())
 
 
 class StreamSplit:
@@ -190,6 +191,7 @@ class StreamBatches:
                  channels_last: bool, max_steps: int | None) -> None:
         steps = -(-len(split) // batch_size)
         self.steps = min(steps, max_steps) if max_steps else steps
+        self.batch_size, self.step, self.resume_step = batch_size, 0, 0
         self.order = EpochOrder(split.rows, seed, limit=self.steps * batch_size)
         self.split, self.device, self.channels_last = split, device, channels_last
         self.scale, self.shift = normalizer(mean, std, device)
@@ -199,13 +201,27 @@ class StreamBatches:
         return self.steps
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        yield from self.split.take(iter(self.loader), self.scale, self.shift, self.device, self.channels_last)
+        self.order.start, self.step = self.resume_step * self.batch_size, self.resume_step
+        yield from self.split.take(self.counted(iter(self.loader)), self.scale, self.shift, self.device, self.channels_last)
         self.order.epoch += 1
+        self.step = self.resume_step = self.order.start = 0
+
+    def counted(self, batches: Iterator) -> Iterator:
+        """The loader's batches, counting the steps taken (an all-undecodable batch is a step too)."""
+        for batch in batches:
+            self.step += 1
+            yield batch
+
+    @property
+    def first_step(self) -> int:
+        """Steps of the coming pass already done before a mid-epoch checkpoint (0 at an epoch's start)."""
+        return self.resume_step
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The number of finished epochs: with the seed, it fixes every later batch."""
-        return {"epochs_done": torch.tensor(self.order.epoch)}
+        """Finished epochs and steps done in the current one: with the seed, they fix every later batch."""
+        return {"epochs_done": torch.tensor(self.order.epoch), "step": torch.tensor(self.step)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore what state_dict saved."""
+        """Restore what state_dict saved: the next pass starts where the saved one stopped."""
         self.order.epoch = int(state["epochs_done"])
+        self.resume_step = int(state.get("step", 0))

@@ -121,7 +121,14 @@ def fit(
                     startup = time.perf_counter() - distillctl.STARTED
                 return out
 
-            totals = run_epoch(step, batches, epoch, trainer_cfg.log_every, progress)
+            def save_mid_epoch(steps_done: int) -> None:
+                # Recorded as the last finished epoch plus the batches' position in this one.
+                checkpoint(trainee, batches, out_dir, epoch - 1, best_val, best_epoch, history)
+                log.write(f"# checkpoint: epoch {epoch}, step {steps_done}\n")
+                log.flush()
+
+            every = trainer_cfg.get("checkpoint_every_steps")
+            totals = run_epoch(step, batches, epoch, trainer_cfg.log_every, progress, every, save_mid_epoch)
             seconds = time.perf_counter() - t_epoch
             images_seen += totals.seen
             val_top1 = validate(model)
@@ -144,12 +151,14 @@ def fit(
     return FitResult(best_val, best_epoch, trainer_cfg.epochs, seconds, images_seen / max(seconds, 1e-9), history, start_epoch - 1, startup)
 
 
-def run_epoch(step: Callable, batches: Batches, epoch: int, log_every: int, progress: TrainingProgress) -> EpochTotals:
-    """One pass over the batches; running figures go to the progress display every `log_every` steps."""
+def run_epoch(step: Callable, batches: Batches, epoch: int, log_every: int, progress: TrainingProgress,
+              checkpoint_every: int | None = None, save: Callable[[int], None] | None = None) -> EpochTotals:
+    """One pass over the batches; running figures go to the progress display every `log_every` steps, and
+    `save(step)` runs every `checkpoint_every` steps. A pass resumed mid-epoch reports its remaining steps only."""
     device = batches.device
     totals = EpochTotals(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
     since_log, t_log = 0, time.perf_counter()
-    for i, (x, y) in enumerate(batches, 1):
+    for i, (x, y) in enumerate(batches, batches.first_step + 1):
         out, loss, parts = step(x, y)
         # Accumulate on the device; reading a value every step would stall an accelerator.
         n = len(y)
@@ -171,6 +180,11 @@ def run_epoch(step: Callable, batches: Batches, epoch: int, log_every: int, prog
                 )
             progress.advance(done, epoch, i, running_loss, (totals.correct / totals.seen).item(), since_log / (now - t_log))
             since_log, t_log = 0, now
+        if checkpoint_every and save is not None and i % checkpoint_every == 0 and i < len(batches):
+            if not math.isfinite((totals.loss / totals.seen).item()):  # never save a diverged state to resume from
+                raise UserError(f"the loss became non-finite in epoch {epoch} (by step {i}): training diverged. Lower the "
+                                "learning rate or the loss weights, or set trainer.grad_clip; the last checkpoint is kept.")
+            save(i)
     return totals
 
 
