@@ -179,3 +179,35 @@ def test_through_the_cli_a_bad_photo_is_named_or_skipped_and_counted(photos, tmp
     assert result.code == 0, result.text
     metrics = json.loads((tmp_path / "runs/photos/teacher/metrics.json").read_text())
     assert metrics["loader"] == "stream" and metrics["skipped_images"] == 1 and metrics["train_images"] == 110  # rows listed; one skipped
+
+
+def write_shards(root, per_split: dict[str, int], shards: int = 2):
+    """WebDataset tar shards (<key>.jpg + <key>.cls) of real CIFAR-10 images: the layout that feeds many GPUs."""
+    import datasets
+    import tarfile
+
+    from distillctl.data.sources import EMBEDDED_DIR
+
+    for split, count in per_split.items():
+        table = datasets.load_dataset(str(EMBEDDED_DIR), split=split).select(range(count))
+        for shard in range(shards):
+            with tarfile.open(root / f"{split}-{shard:05d}.tar", "w") as tar:
+                for i in range(shard, count, shards):
+                    jpeg = io.BytesIO()
+                    table[i]["img"].save(jpeg, format="JPEG")
+                    for suffix, data in (("jpg", jpeg.getvalue()), ("cls", str(table[i]["label"]).encode())):
+                        info = tarfile.TarInfo(f"{i:06d}.{suffix}")
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+    return root
+
+
+def test_webdataset_shards_feed_both_loaders(tmp_path):
+    shards = str(write_shards(tmp_path, {"train": 120, "test": 40}))
+    resident = load_splits(dataset_cfg(path=shards, loader="resident"))
+    streamed = load_splits(dataset_cfg(path=shards, loader="stream"))
+    assert resident.classes == streamed.classes == [str(i) for i in range(10)]
+    assert len(resident.train) + len(resident.val) == 120 and len(streamed.test) == 40
+    assert torch.equal(resident.test.labels, streamed.test.labels)
+    x, y = next(iter(streamed.train.train_batches(16, MEAN, STD, CPU, seed=0)))
+    assert x.shape == (16, 3, 32, 32) and y.dtype == torch.int64

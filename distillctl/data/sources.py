@@ -40,14 +40,15 @@ def locate(spec: str) -> Source:
         return Source(spec, EMBEDDED_DIR, None)
     path = Path(spec).expanduser()
     if path.is_dir():
-        has_parquet = any(path.rglob("*.parquet"))
+        # Parquet (the Hub's layout) and WebDataset shards (train-00000.tar, ...) are read by `datasets` itself.
+        has_tables = any(path.rglob("*.parquet")) or any(path.glob("*.tar"))
         has_class_dirs = (path / "train").is_dir() and any(p.is_dir() for p in (path / "train").iterdir())
-        if not has_parquet and not has_class_dirs:
+        if not has_tables and not has_class_dirs:
             raise UserError(
-                f"dataset.path '{spec}' holds neither parquet files (the Hub's layout) nor an image folder "
-                "(train/<class>/*.jpg). Point it at one of those."
+                f"dataset.path '{spec}' holds no parquet files (the Hub's layout), WebDataset shards (train-00000.tar) "
+                "or image folder (train/<class>/*.jpg). Point it at one of those."
             )
-        return Source(spec, path.resolve(), None if has_parquet else "imagefolder")
+        return Source(spec, path.resolve(), None if has_tables else "imagefolder")
     looks_local = spec.startswith((".", "/", "~")) or spec.count("/") > 1
     if looks_local:
         raise UserError(f"dataset.path '{spec}' does not exist. Give a local directory or a Hub id such as uoft-cs/cifar10.")
@@ -95,7 +96,12 @@ def undecoded(table, image_column: str | None, label_column: str | None):
     image_column, label_column = columns(table, image_column, label_column)
     labels = np.asarray(table[label_column], dtype=np.int64)
     feature = table.features[label_column]
-    names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else [str(c) for c in sorted(set(labels.tolist()))]
+    if isinstance(feature, datasets.ClassLabel):
+        names = list(feature.names)
+    else:  # plain integers (WebDataset's .cls): they index the classifier's outputs directly
+        if len(labels) and labels.min() < 0:
+            raise UserError(f"dataset.label_column={label_column} holds negative labels ({labels.min()}); labels must be 0, 1, 2, ...")
+        names = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
     cells = table.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
     return cells, image_column, labels, names
 
@@ -143,6 +149,8 @@ def pick_column(table, wanted: str | None, kind, option: str) -> str:
     typed = [name for name, feature in table.features.items() if isinstance(feature, kind)]
     if len(typed) == 1:
         return typed[0]
+    if option == "label_column" and not typed and "cls" in table.column_names:  # the WebDataset convention
+        return "cls"
     if option == "label_column" and len(table.column_names) == 1:  # what `datasets` makes of a single class folder
         raise UserError(f"the data set has no labels (columns: {table.column_names[0]}): an image folder needs one folder per "
                         "class, and a classifier needs at least two classes.")

@@ -94,7 +94,7 @@ def check_classes(train_labels: torch.Tensor, test_labels: torch.Tensor, classes
         raise UserError(f"the data set has {len(classes)} class{'es' if len(classes) != 1 else ''} ({', '.join(classes)}); a classifier needs at least two.")
     untrained = sorted(set(test_labels.tolist()) - set(train_labels.tolist()))
     if untrained:
-        names = ", ".join(classes[i] for i in untrained[:5])
+        names = ", ".join(classes[i] if i < len(classes) else str(i) for i in untrained[:5])
         raise UserError(f"the test split has images of {len(untrained)} class(es) the train split lacks ({names}): add training images for them or remove them from the test split.")
 
 
@@ -126,8 +126,9 @@ def streamed(source: sources.Source, cfg) -> tuple[StreamSplit, StreamSplit, lis
     found = []
     for split in (cfg.train_split, cfg.test_split):
         cells, column, labels, classes = sources.undecoded(sources.load_split_table(source, split), cfg.image_column, cfg.label_column)
-        found.append(StreamSplit(cells, column, labels, torch.arange(len(labels)), settings))
-    return found[0], found[1], classes
+        found.append((StreamSplit(cells, column, labels, torch.arange(len(labels)), settings), classes))
+    (train, classes), (test, _) = found  # the training split's classes size the head
+    return train, test, classes
 
 
 def resident(source: sources.Source, cfg) -> tuple[TensorSplit, TensorSplit, list[str]]:
