@@ -211,3 +211,9 @@ def test_webdataset_shards_feed_both_loaders(tmp_path):
     assert torch.equal(resident.test.labels, streamed.test.labels)
     x, y = next(iter(streamed.train.train_batches(16, MEAN, STD, CPU, seed=0)))
     assert x.shape == (16, 3, 32, 32) and y.dtype == torch.int64
+
+
+def test_the_image_folder_group_asks_for_its_folder(cli):
+    from test_cli import one_error_line
+
+    assert "dataset.path is not set: add dataset.path=DIR" in one_error_line(cli("distill", "recipe=edge_mobilenet", "trainer.threads=1"))

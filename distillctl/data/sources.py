@@ -38,6 +38,8 @@ def locate(spec: str) -> Source:
     """Decide what kind of source dataset.path names, failing early for a local path that isn't there."""
     if spec == "embedded":
         return Source(spec, EMBEDDED_DIR, None)
+    if not spec.strip():
+        raise UserError("dataset.path is not set: add dataset.path=DIR, a folder of your images as DIR/train/<class>/*.jpg and DIR/test/<class>/*.jpg.")
     path = Path(spec).expanduser()
     if path.is_dir():
         # Parquet (the Hub's layout) and WebDataset shards (train-00000.tar, ...) are read by `datasets` itself.
