@@ -9,7 +9,7 @@ from rich.table import Table
 # Logs captured without a terminal (CI, pipes) would otherwise wrap tables at 80 columns.
 console = Console(highlight=False)
 if not console.is_terminal:
-    console = Console(highlight=False, width=140)
+    console = Console(highlight=False, width=180)  # the evaluation table is 13 columns wide
 
 
 def print_summary_table(title: str, rows: list[tuple[str, str]]) -> None:
