@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,20 +78,26 @@ class Rows(Dataset):
             image = images.open_rgb(cell)
         except Exception as exc:  # corrupt, truncated or not an image at all: the caller decides what that means
             return None, -1, f"{cell.get('path') or f'row {row}'} ({type(exc).__name__}: {exc})"
-        if sample_seed is None:
+        with seeded(sample_seed):
             return self.pipeline(image), int(self.labels[row]), None
-        if get_worker_info() is not None:  # a worker's RNG is its own to reseed
-            random.seed(sample_seed)
-            torch.manual_seed(sample_seed)
-            return self.pipeline(image), int(self.labels[row]), None
-        state = random.getstate(), torch.get_rng_state()  # workers=0: leave the training process's RNG as it was
-        random.seed(sample_seed)
-        torch.manual_seed(sample_seed)
-        try:
-            return self.pipeline(image), int(self.labels[row]), None
-        finally:
-            random.setstate(state[0])
-            torch.set_rng_state(state[1])
+
+
+@contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Python's and torch's RNG seeded for one image's augmentation (None: unseeded, for evaluation). In the
+    training process itself (workers=0) the RNG is put back afterwards; a worker's RNG is its own."""
+    if seed is None:
+        yield
+        return
+    saved = (random.getstate(), torch.get_rng_state()) if get_worker_info() is None else None
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            random.setstate(saved[0])
+            torch.set_rng_state(saved[1])
 
 
 def collate(samples: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
