@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,16 +24,25 @@ class Source:
     spec: str  # what the user wrote in dataset.path
     local_dir: Path | None  # set for local data; None for a Hub id
     builder: str | None  # "imagefolder" for an image folder, else None (parquet dir or Hub)
+    # Splits already read: choosing a loader counts the training rows, and the chosen loader then needs the same table.
+    tables: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def fingerprint(self, extra: str) -> str | None:
         """A key for the decoded cache, computable without loading: local files' names, sizes and mtimes."""
         if self.local_dir is None:
             return None
         digest = hashlib.sha1(extra.encode())
+        digest.update(self.file_stamps)
+        return digest.hexdigest()[:16]
+
+    @cached_property
+    def file_stamps(self) -> bytes:
+        """Every local file's name, size and mtime, gathered once: each split's key needs them all (a million stats)."""
+        stamps = []
         for path in sorted(p for p in self.local_dir.rglob("*") if p.is_file()):
             stat = path.stat()
-            digest.update(f"{path.relative_to(self.local_dir)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-        return digest.hexdigest()[:16]
+            stamps.append(f"{path.relative_to(self.local_dir)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        return b"".join(stamps)
 
 
 def locate(spec: str) -> Source:
@@ -58,7 +69,14 @@ def locate(spec: str) -> Source:
 
 
 def load_split_table(source: Source, split: str):
-    """One split as a `datasets.Dataset`, with a message that says what to do when it can't be had."""
+    """One split as a `datasets.Dataset` (read once per Source), with a message that says what to do when it can't be had."""
+    if split not in source.tables:
+        source.tables[split] = read_split_table(source, split)
+    return source.tables[split]
+
+
+def read_split_table(source: Source, split: str):
+    """Ask `datasets` (or the folder listing) for one split."""
     import datasets
 
     datasets.logging.set_verbosity_error()
