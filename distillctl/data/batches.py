@@ -21,6 +21,12 @@ def to_model_input(images_nhwc: torch.Tensor, scale: torch.Tensor, shift: torch.
     return x if channels_last else x.contiguous()
 
 
+def steps_per_pass(images: int, batch_size: int, max_steps: int | None) -> int:
+    """Batches in one pass over `images` (the last one may be short), capped at max_steps."""
+    steps = -(-images // batch_size)
+    return min(steps, max_steps) if max_steps else steps
+
+
 class Batches:
     """Shuffled training batches with random crop (zero padding) and horizontal flip, on `device`."""
 
@@ -47,8 +53,7 @@ class Batches:
         self.device = device
         self.scale, self.shift = normalizer(mean, std, device)
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        steps = -(-len(labels) // batch_size)
-        self.steps = min(steps, max_steps) if max_steps else steps
+        self.steps = steps_per_pass(len(labels), batch_size, max_steps)
         # The RNG state a pass starts from, and how far into it we are: a mid-epoch checkpoint saves both, and a
         # resumed pass replays the skipped steps' draws so that the rest of the epoch is what it would have been.
         self.pass_state = self.generator.get_state()

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from distillctl.console import console
 from distillctl.data import images
-from distillctl.data.batches import normalizer
+from distillctl.data.batches import normalizer, steps_per_pass
 from distillctl.errors import UserError
 
 
@@ -196,8 +196,7 @@ class StreamBatches:
 
     def __init__(self, split: StreamSplit, batch_size: int, mean, std, device: torch.device, seed: int,
                  channels_last: bool, max_steps: int | None) -> None:
-        steps = -(-len(split) // batch_size)
-        self.steps = min(steps, max_steps) if max_steps else steps
+        self.steps = steps_per_pass(len(split), batch_size, max_steps)
         self.batch_size, self.step, self.resume_step = batch_size, 0, 0
         self.order = EpochOrder(split.rows, seed, limit=self.steps * batch_size)
         self.split, self.device, self.channels_last = split, device, channels_last
