@@ -76,6 +76,12 @@ class OnBadImage(StrEnum):
     error = "error"  # stop at the first, naming the file
 
 
+class TeacherCache(StrEnum):
+    auto = "auto"  # read cached teacher logits where present, run the teacher for the rest and keep its answers
+    on = "on"  # fill the cache for every view before training, then never run the teacher
+    off = "off"
+
+
 class Int8Backend(StrEnum):
     x86 = "x86"
     fbgemm = "fbgemm"
@@ -232,6 +238,18 @@ class ExportConfig:
 
 
 @dataclass
+class DistillConfig:
+    """How every stage that learns from the teacher (distill, prune fine-tuning, QAT) gets the teacher's outputs."""
+
+    # Logit-only losses on the resident loader: the teacher's logits for each (image, crop, flip) are kept on disk
+    # and reused by every later epoch, seed and run with the same teacher and data (docs/performance.md).
+    teacher_cache: TeacherCache = TeacherCache.auto
+    teacher_cache_dir: str = "${dataset.cache_dir}/teacher-logits"
+    teacher_cache_max_gb: float = bounded(4.0, above=0)  # larger caches are not used (auto) or refused (on)
+    teacher_cache_half: bool = True  # float16 logits (half the size; ~1e-3 relative error) rather than float32
+
+
+@dataclass
 class ReproduceConfig:
     """`distillctl reproduce`: the teacher, the recipe's student and the same student without a teacher, per seed."""
 
@@ -261,6 +279,7 @@ class Config:
     prune: PruneConfig = field(default_factory=PruneConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
     # Thresholds a run must meet, e.g. {"student.top1": {"min": 0.85}}; evaluate exits 1 on a miss. `baseline.*`
     # (the student without a teacher) and `gain.*` (student less baseline) are checked by `distillctl reproduce`.

@@ -71,3 +71,32 @@ class TrainingProgress:
     def epoch_line(self, text: str) -> None:
         """Print a line above the bar (kept in the scrollback)."""
         self.progress.console.print(text)
+
+
+class CountProgress:
+    """A bar over `total` items of work that is not training (filling a cache); off a terminal, a line per tenth."""
+
+    def __init__(self, title: str, total: int) -> None:
+        self.title, self.total, self.done, self.next_line = title, total, 0, total / 10
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not console.is_terminal,
+        )
+        self.task = self.progress.add_task(title, total=total)
+
+    def __enter__(self) -> "CountProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def advance(self, n: int) -> None:
+        """Count `n` more items done."""
+        self.done += n
+        self.progress.update(self.task, advance=n)
+        if not console.is_terminal and self.done >= self.next_line:
+            task = self.progress.tasks[0]
+            eta = clock(task.elapsed / task.completed * task.remaining) if task.completed else "?"
+            console.print(f"{self.title}: {self.done:,}/{self.total:,}  ETA {eta}")
+            self.next_line += self.total / 10

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,8 @@ class Batches:
         # resumed pass replays the skipped steps' draws so that the rest of the epoch is what it would have been.
         self.pass_state = self.generator.get_state()
         self.step = self.resume_step = 0
+        # (image positions, view numbers) of the batch last yielded: what a teacher-logit cache is keyed by.
+        self.keys: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return self.steps
@@ -70,25 +73,43 @@ class Batches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.generator.set_state(self.pass_state)
         order = torch.randperm(len(self.labels), device=self.device, generator=self.generator)
-        rows_base = torch.arange(self.height, device=self.device)
-        cols_base = torch.arange(self.width, device=self.device)
+        span = 2 * self.padding + 1
         for step in range(self.steps):
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
             n = len(idx)
-            span = 2 * self.padding + 1
-            dy = torch.randint(span, (n, 1), device=self.device, generator=self.generator)
-            dx = torch.randint(span, (n, 1), device=self.device, generator=self.generator)
-            rows = dy + rows_base
-            cols = dx + cols_base
+            dy = torch.randint(span, (n,), device=self.device, generator=self.generator)
+            dx = torch.randint(span, (n,), device=self.device, generator=self.generator)
+            flip = torch.zeros(n, dtype=torch.bool, device=self.device)
             if self.hflip:
-                flip = torch.rand(n, 1, device=self.device, generator=self.generator) < 0.5
-                cols = torch.where(flip, cols.flip(1), cols)
+                flip = torch.rand(n, device=self.device, generator=self.generator) < 0.5
             if step < self.resume_step:
                 continue
             self.step = step + 1
-            crops = self.images[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
-            yield to_model_input(crops, self.scale, self.shift, self.channels_last), self.labels[idx]
+            self.keys = idx, (dy * span + dx) * (2 if self.hflip else 1) + flip
+            yield self.crops(idx, dy, dx, flip), self.labels[idx]
         self.pass_state, self.step, self.resume_step = self.generator.get_state(), 0, 0
+
+    @property
+    def num_views(self) -> int:
+        """How many distinct augmented views each image has: every crop offset, each flipped and not."""
+        return (2 * self.padding + 1) ** 2 * (2 if self.hflip else 1)
+
+    def crops(self, idx: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        """Model input for images `idx` cropped at offsets (dy, dx) of the padded image and flipped where `flip`."""
+        rows = dy[:, None] + torch.arange(self.height, device=self.device)
+        cols = dx[:, None] + torch.arange(self.width, device=self.device)
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
+        gathered = self.images[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
+        return to_model_input(gathered, self.scale, self.shift, self.channels_last)
+
+    def view(self, idx: torch.Tensor, view: int) -> torch.Tensor:
+        """Model input for images `idx`, all in one view (the numbering of `keys`)."""
+        span, flips = 2 * self.padding + 1, 2 if self.hflip else 1
+        offset, flip = divmod(view, flips)
+        dy, dx = divmod(offset, span)
+        n = len(idx)
+        full = partial(torch.full, (n,), device=self.device)
+        return self.crops(idx, full(dy), full(dx), full(bool(flip), dtype=torch.bool))
 
     @property
     def first_step(self) -> int:

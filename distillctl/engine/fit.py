@@ -20,6 +20,7 @@ from distillctl.data import Batches
 from distillctl.console import TrainingProgress
 from distillctl.engine.device import autocast, compile_policy
 from distillctl.engine.taps import FeatureTaps
+from distillctl.engine.teacher_cache import CachedTeacher, LogitCache
 from distillctl.errors import UserError
 from distillctl.losses import Objective, StepOutputs
 from distillctl.models.ensemble import feature_source
@@ -39,6 +40,7 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: int = 0
     startup_seconds: float | None = None  # process start to the end of the first training step
+    teacher_share: float | None = None  # with a teacher cache: the share of images the teacher still ran on
 
 
 @dataclass
@@ -85,6 +87,7 @@ def fit(
     teacher: nn.Module | None = None,
     resume: bool = False,
     on_epoch_end: Sequence[Callable[[int, dict[str, Any]], None]] = (),
+    teacher_cache: LogitCache | None = None,
 ) -> FitResult:
     """Train for trainer_cfg.epochs, validating each epoch; best and last checkpoints go to out_dir."""
     model = trainee.model
@@ -95,6 +98,8 @@ def fit(
     # Compiled callables wrap the modules; hooks, checkpoints and eval keep using the modules themselves.
     student_fn = torch.compile(model, mode=mode) if mode else model
     teacher_fn = torch.compile(teacher, mode=mode) if mode and teacher is not None else teacher
+    if teacher_cache is not None:
+        teacher_fn = cached = CachedTeacher(teacher_cache, batches, teacher_fn, teacher)
     if teacher is not None:
         teacher.eval()
     t_start, images_seen, startup = time.perf_counter(), 0, None
@@ -148,7 +153,8 @@ def fit(
             for callback in on_epoch_end:
                 callback(epoch, record)
     seconds = time.perf_counter() - t_start
-    return FitResult(best_val, best_epoch, trainer_cfg.epochs, seconds, images_seen / max(seconds, 1e-9), history, start_epoch - 1, startup)
+    share = cached.teacher_share if teacher_cache is not None else None
+    return FitResult(best_val, best_epoch, trainer_cfg.epochs, seconds, images_seen / max(seconds, 1e-9), history, start_epoch - 1, startup, share)
 
 
 def run_epoch(step: Callable, batches: Batches, epoch: int, log_every: int, progress: TrainingProgress,

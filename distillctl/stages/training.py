@@ -17,6 +17,7 @@ from distillctl.console import print_summary_table
 from distillctl.engine.fit import BEST, FitResult, Trainee, fit
 from distillctl.engine.optim import build_optimizer, build_schedule
 from distillctl.engine.predict import predict, top5_accuracy, topk_accuracy
+from distillctl.engine.teacher_cache import CacheSettings, open_cache
 from distillctl.losses import Objective
 from distillctl.models import count_parameters, model_metadata
 from distillctl.stages.context import RunContext
@@ -48,6 +49,13 @@ def job_trainer(cfg: DictConfig, job: TrainingJob) -> DictConfig:
     """The trainer section with the job's own epochs and compile setting."""
     changes = {key: value for key, value in (("epochs", job.epochs), ("compile", job.compile)) if value is not None}
     return OmegaConf.merge(cfg.trainer, changes) if changes else cfg.trainer
+
+
+def cache_settings(cfg: DictConfig, trainer: DictConfig) -> CacheSettings:
+    """The teacher-cache options of the run's `distill` section."""
+    d = cfg.distill
+    return CacheSettings(str(d.teacher_cache), Path(d.teacher_cache_dir), d.teacher_cache_max_gb, d.teacher_cache_half,
+                         str(trainer.precision), trainer.eval_batch_size)
 
 
 def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
@@ -82,7 +90,12 @@ def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
         logits, labels = predict(m, split_batches(data.val), device, trainer.precision)
         return topk_accuracy(logits, labels, 1)
 
-    result = fit(trainee, batches, validate, trainer, out_dir, job.folder, teacher=teacher, resume=cfg.resume)
+    cache = open_cache(cache_settings(cfg, trainer), batches, teacher, data.num_classes, objective.layers()[1])
+    try:
+        result = fit(trainee, batches, validate, trainer, out_dir, job.folder, teacher=teacher, resume=cfg.resume, teacher_cache=cache)
+    finally:  # the logits computed so far serve the next run even when this one stops early
+        if cache is not None:
+            cache.save()
     # Written with the weights, not before training: a run that fails leaves the config that made the weights there.
     workspace.save_config(out_dir, OmegaConf.merge(cfg, {"trainer": trainer}))
     artifacts.load_weights(out_dir / BEST, model)
@@ -112,6 +125,8 @@ def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
         "images_per_s": round(result.images_per_s, 1),
         "startup_seconds": round(result.startup_seconds, 2) if result.startup_seconds is not None else None,
         "device": str(device),
+        "teacher_cache": None if cache is None else {"file": str(cache.path), "filled": round(cache.share_filled, 4),
+                                                     "teacher_ran_on": round(result.teacher_share, 4)},
         **job.extra_metrics,
     }
     workspace.write_metrics(out_dir, metrics)
@@ -129,5 +144,6 @@ def print_summary(stage: str, metrics: dict, result: FitResult, out_dir: Path) -
         ("epochs", f"{result.epochs}" + (f" (resumed after {result.resumed_from})" if result.resumed_from else "")),
         ("time", f"{result.seconds:.1f} s"),
         ("throughput", f"{result.images_per_s:,.0f} img/s"),
+        *([("teacher ran on", f"{result.teacher_share:.0%} of images (the rest from its cache)")] if result.teacher_share is not None else []),
         ("artifacts", str(out_dir)),
     ])
