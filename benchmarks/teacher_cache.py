@@ -40,23 +40,23 @@ from distillctl.losses import build_objective  # noqa: E402
 from distillctl.models import create_model  # noqa: E402
 
 
-def distill(images, labels, device, steps: int, batch: int, cache_dir: Path | None) -> tuple[float, float | None]:
-    """Steady-state images/s of two short epochs of KD through fit(), with the teacher or with its cache; and the
-    share of images the teacher ran on (None without a cache)."""
+def distill(images, labels, device, steps: int, batch: int, cache_dir: Path | None, alone: bool = False) -> tuple[float, float | None]:
+    """Steady-state images/s of two short epochs of KD through fit(), with the teacher or with its cache (alone: the
+    student trained with cross-entropy and no teacher, the ceiling); and the share of images the teacher ran on."""
     data = OmegaConf.structured(DatasetConfig)
     torch.manual_seed(0)
     teacher = create_model("resnet56", 10).to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
     student = create_model("resnet20", 10).to(device, memory_format=torch.channels_last)
     trainer = OmegaConf.structured(TrainerConfig(epochs=2, batch_size=batch, max_steps_per_epoch=steps, log_every=50))
     batches = Batches(images, labels, batch, data.mean, data.std, device, seed=0, channels_last=True, max_steps=steps)
-    objective = build_objective({"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}})
+    objective = build_objective({"ce": {}} if alone else {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}})
     optimizer = build_optimizer(student.parameters(), OmegaConf.structured(OptimizerConfig), 0.05, device)
     scheduler = build_schedule(optimizer, OmegaConf.structured(SchedulerConfig(name="step", milestones=[150])), 0.05, steps, 2)
     cache = None
     if cache_dir is not None:
         cache = open_cache(CacheSettings("auto", cache_dir, 4.0, True, "auto", 512), batches, teacher, 10, [])
     result = fit(Trainee(student, objective, optimizer, scheduler, {}), batches, lambda m: 0.0, trainer,
-                 Path(tempfile.mkdtemp()), "bench", teacher=teacher, teacher_cache=cache)
+                 Path(tempfile.mkdtemp()), "bench", teacher=None if alone else teacher, teacher_cache=cache)
     if cache is not None:
         cache.save()
     return result.history[-1]["images_per_s"], result.teacher_share
@@ -79,25 +79,32 @@ def steps_benchmark(args) -> dict:
     device = torch.device(args.device)
     data = load_splits(OmegaConf.merge(OmegaConf.structured(DatasetConfig), {"path": args.data, "val_size": 0}))
     images, labels = data.train.images.to(device), data.train.labels.to(device)
-    teacher_ips, cached_ips = [], []
+    teacher_ips, cached_ips, alone_ips = [], [], []
     for r in range(args.rounds + 1):  # round 0 warms up
         cache_dir = Path(tempfile.mkdtemp())
         distill(images, labels, device, args.steps, args.batch, cache_dir)  # fills the views this seed draws
         live, _ = distill(images, labels, device, args.steps, args.batch, None)
         cached, share = distill(images, labels, device, args.steps, args.batch, cache_dir)
+        alone, _ = distill(images, labels, device, args.steps, args.batch, None, alone=True)
         assert share == 0.0, share
         if r:
             teacher_ips.append(live)
             cached_ips.append(cached)
-        print(f"round {r}: teacher {live:,.0f} img/s, cache {cached:,.0f} img/s")
+            alone_ips.append(alone)
+        print(f"round {r}: teacher {live:,.0f} img/s, cache {cached:,.0f} img/s, no teacher {alone:,.0f} img/s")
     rate, views = fill_rate(images, labels, device, args.fill_images)
+    # The machine's speed drifts between rounds (shared cores): ratios are taken within a round, then the median.
+    speedups = [c / t for c, t in zip(cached_ips, teacher_ips)]
+    ceilings = [a / t for a, t in zip(alone_ips, teacher_ips)]
     live, cached = statistics.median(teacher_ips), statistics.median(cached_ips)
     n = len(labels)
     fill_s = n * views / rate
     saved_per_epoch = n / live - n / cached
     return {
         "device": args.device, "threads": torch.get_num_threads(), "batch": args.batch, "steps": args.steps,
-        "teacher_img_s": teacher_ips, "cached_img_s": cached_ips, "speedup": round(cached / live, 2),
+        "teacher_img_s": teacher_ips, "cached_img_s": cached_ips, "no_teacher_img_s": alone_ips,
+        "speedup_per_round": [round(x, 2) for x in speedups], "speedup": round(statistics.median(speedups), 2),
+        "no_teacher_speedup": round(statistics.median(ceilings), 2),
         "views": views, "fill_forwards_per_s": round(rate, 1), "train_images": n,
         "fill_seconds_full_split": round(fill_s), "epoch_seconds_teacher": round(n / live, 1),
         "epoch_seconds_cached": round(n / cached, 1), "break_even_epochs": round(fill_s / saved_per_epoch, 1),
