@@ -98,8 +98,8 @@ def fit(
     # Compiled callables wrap the modules; hooks, checkpoints and eval keep using the modules themselves.
     student_fn = torch.compile(model, mode=mode) if mode else model
     teacher_fn = torch.compile(teacher, mode=mode) if mode and teacher is not None else teacher
-    if teacher_cache is not None:
-        teacher_fn = cached = CachedTeacher(teacher_cache, batches, teacher_fn, teacher)
+    cached = CachedTeacher(teacher_cache, batches, teacher_fn, teacher) if teacher_cache is not None else None
+    teacher_fn = cached or teacher_fn
     if teacher is not None:
         teacher.eval()
     t_start, images_seen, startup = time.perf_counter(), 0, None
@@ -153,7 +153,7 @@ def fit(
             for callback in on_epoch_end:
                 callback(epoch, record)
     seconds = time.perf_counter() - t_start
-    share = cached.teacher_share if teacher_cache is not None else None
+    share = cached.teacher_share if cached else None
     return FitResult(best_val, best_epoch, trainer_cfg.epochs, seconds, images_seen / max(seconds, 1e-9), history, start_epoch - 1, startup, share)
 
 

@@ -113,7 +113,7 @@ class CachedTeacher:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         idx, view = self.batches.keys
         missing = ~self.cache.filled[idx, view]
-        n_missing = int(missing.sum())
+        n_missing = int(missing.sum())  # one sync per step on an accelerator: the batch's shape depends on it
         if n_missing == len(idx):  # the whole batch: the (possibly compiled) teacher at its usual batch shape
             self.cache.store(idx, view, self.teacher_fn(x))
         elif n_missing:
