@@ -115,6 +115,16 @@ def test_saving_keeps_what_another_run_wrote_meanwhile(tmp_path, images):
     assert torch.equal(merged.logits[idx, 1].float(), torch.full((4, 10), 2.0))
 
 
+def test_a_cache_folder_that_cannot_be_written_costs_the_speed_up_not_the_run(tmp_path, images, capsys):
+    teacher = create_model("resnet8", 10).eval()
+    blocker = tmp_path / "a file, not a folder"
+    blocker.write_text("")
+    cache = open_cache(settings(blocker / "cache"), batches_of(images, padding=1), teacher, 10, [])
+    cache.store(torch.arange(2), torch.zeros(2, dtype=torch.long), torch.ones(2, 10))
+    cache.save()
+    assert "teacher cache: could not write" in capsys.readouterr().out
+
+
 def test_feature_losses_and_oversized_caches_run_the_teacher_and_say_why(tmp_path, images, capsys):
     teacher = create_model("resnet8", 10).eval()
     batches = batches_of(images)

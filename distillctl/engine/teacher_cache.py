@@ -79,8 +79,13 @@ class LogitCache:
             only_theirs = theirs[1] & ~filled
             logits = torch.where(only_theirs[..., None], theirs[0], logits)
             filled = filled | theirs[1]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, lambda tmp: save_file({"logits": logits, "filled": filled}, str(tmp), metadata={"version": VERSION}))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, lambda tmp: save_file({"logits": logits, "filled": filled}, str(tmp), metadata={"version": VERSION}))
+        except OSError as exc:  # a full disk or read-only folder costs later runs the speed-up, never this run's work
+            console.print(f"teacher cache: could not write {self.path} ({exc.strerror or exc}); set distill.teacher_cache_dir "
+                          "to a writable folder to keep the teacher's logits for later runs")
+            return
         self.added = 0
 
 
