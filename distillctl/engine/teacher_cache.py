@@ -169,7 +169,8 @@ def open_cache(settings: CacheSettings, batches, teacher: nn.Module | None, num_
         return None
     key = tensor_digest(
         [*teacher.state_dict().values(), *(b for _, b in teacher.named_buffers()), batches.images, batches.labels, batches.scale, batches.shift],
-        repr(teacher), f"{batches.padding}|{batches.hflip}|{settings.precision}|{dtype}",
+        # The device type too: precision `auto` means bf16 on CUDA and fp32 elsewhere.
+        repr(teacher), f"{batches.padding}|{batches.hflip}|{settings.precision}|{batches.device.type}|{dtype}",
     )
     cache = LogitCache.open(settings.directory.expanduser() / f"{key}.safetensors", images, views, num_classes, dtype, batches.device)
     console.print(f"teacher cache: {shape}, {cache.share_filled:.1%} filled, at {cache.path}")
