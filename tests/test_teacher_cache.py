@@ -125,6 +125,14 @@ def test_a_cache_folder_that_cannot_be_written_costs_the_speed_up_not_the_run(tm
     assert "teacher cache: could not write" in capsys.readouterr().out
 
 
+def test_logits_past_float16s_range_are_kept_finite(tmp_path, images):
+    teacher = create_model("resnet8", 10).eval()
+    cache = open_cache(settings(tmp_path), batches_of(images, padding=1), teacher, 10, [])
+    cache.store(torch.arange(1), torch.zeros(1, dtype=torch.long), torch.tensor([[1e6] + [0.0] * 8 + [-1e6]]))
+    stored = cache.logits[0, 0].float()
+    assert torch.isfinite(stored).all() and stored[0] == 65504 and stored[-1] == -65504
+
+
 def test_feature_losses_and_oversized_caches_run_the_teacher_and_say_why(tmp_path, images, capsys):
     teacher = create_model("resnet8", 10).eval()
     batches = batches_of(images)

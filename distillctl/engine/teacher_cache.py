@@ -65,7 +65,10 @@ class LogitCache:
 
     def store(self, idx: torch.Tensor, view: torch.Tensor, logits: torch.Tensor) -> None:
         """Keep the logits of images `idx` in views `view` (entries already filled are simply overwritten)."""
-        self.logits[idx, view] = logits.to(self.logits.dtype)
+        # A barely trained teacher can have logits past float16's range: clamped they stay finite (as the uncached
+        # run's are) rather than turning the loss into inf - inf.
+        limit = torch.finfo(self.logits.dtype).max
+        self.logits[idx, view] = logits.float().clamp(-limit, limit).to(self.logits.dtype)
         self.filled[idx, view] = True
         self.added += len(idx)
 
