@@ -177,21 +177,23 @@ def run_epoch(step: Callable, batches: Batches, epoch: int, log_every: int, prog
         if i % log_every == 0 or i == len(batches):
             now = time.perf_counter()
             done = log_every if i % log_every == 0 else i % log_every
-            running_loss = (totals.loss / totals.seen).item()
-            if not math.isfinite(running_loss):
-                # Stop before this epoch is checkpointed: the last finished epoch's state stays as it was.
-                raise UserError(
-                    f"the loss became {running_loss} in epoch {epoch} (by step {i}): training diverged. Lower the learning "
-                    "rate or the loss weights, or set trainer.grad_clip; nothing of this epoch was saved."
-                )
+            # Stop before this epoch is checkpointed: the last finished epoch's state stays as it was.
+            running_loss = finite_loss(totals, epoch, i, "nothing of this epoch was saved")
             progress.advance(done, epoch, i, running_loss, (totals.correct / totals.seen).item(), since_log / (now - t_log))
             since_log, t_log = 0, now
         if checkpoint_every and save is not None and i % checkpoint_every == 0 and i < len(batches):
-            if not math.isfinite((totals.loss / totals.seen).item()):  # never save a diverged state to resume from
-                raise UserError(f"the loss became non-finite in epoch {epoch} (by step {i}): training diverged. Lower the "
-                                "learning rate or the loss weights, or set trainer.grad_clip; the last checkpoint is kept.")
+            finite_loss(totals, epoch, i, "the last checkpoint is kept")  # never save a diverged state to resume from
             save(i)
     return totals
+
+
+def finite_loss(totals: EpochTotals, epoch: int, step: int, kept: str) -> float:
+    """The epoch's running loss; a UserError saying what was `kept` once it is no longer finite (training diverged)."""
+    running = (totals.loss / totals.seen).item()
+    if not math.isfinite(running):
+        raise UserError(f"the loss became {running} in epoch {epoch} (by step {step}): training diverged. Lower the learning "
+                        f"rate or the loss weights, or set trainer.grad_clip; {kept}.")
+    return running
 
 
 def train_step(
