@@ -29,6 +29,12 @@ def clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def eta(progress: Progress) -> str:
+    """Time left on the bar's one task, which counts work and time even with the display off (logs, pipes)."""
+    task = progress.tasks[0]
+    return clock(task.elapsed / task.completed * task.remaining) if task.completed else "?"
+
+
 class TrainingProgress:
     """One live bar for a stage on a terminal; elsewhere (CI, `> log`) a plain line every `log_every` steps and one
     per epoch, so a log shows progress long before the first epoch ends."""
@@ -61,11 +67,9 @@ class TrainingProgress:
         """Move the bar by `steps` (now at `step` of the epoch) and show the running figures."""
         self.progress.update(self.task, advance=steps, description=f"{self.title} {epoch}/{self.epochs}", loss=loss, acc=acc, ips=ips)
         if self.plain and step < self.steps_per_epoch:  # the epoch's own line follows at its end
-            task = self.progress.tasks[0]  # the bar's one task counts steps and time even with the display off
-            eta = clock(task.elapsed / task.completed * task.remaining)
             console.print(
                 f"{self.title} epoch {epoch}/{self.epochs} step {step}/{self.steps_per_epoch}  loss {loss:.4f}  "
-                f"train {acc:.1%}  {ips:,.0f} img/s  ETA {eta}"
+                f"train {acc:.1%}  {ips:,.0f} img/s  ETA {eta(self.progress)}"
             )
 
     def epoch_line(self, text: str) -> None:
@@ -77,7 +81,7 @@ class CountProgress:
     """A bar over `total` items of work that is not training (filling a cache); off a terminal, a line per tenth."""
 
     def __init__(self, title: str, total: int) -> None:
-        self.title, self.total, self.done, self.next_line = title, total, 0, total / 10
+        self.title, self.total, self.next_line = title, total, total / 10
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not console.is_terminal,
@@ -93,10 +97,8 @@ class CountProgress:
 
     def advance(self, n: int) -> None:
         """Count `n` more items done."""
-        self.done += n
         self.progress.update(self.task, advance=n)
-        if not console.is_terminal and self.done >= self.next_line:
-            task = self.progress.tasks[0]
-            eta = clock(task.elapsed / task.completed * task.remaining) if task.completed else "?"
-            console.print(f"{self.title}: {self.done:,}/{self.total:,}  ETA {eta}")
+        done = self.progress.tasks[0].completed
+        if not console.is_terminal and done >= self.next_line:
+            console.print(f"{self.title}: {int(done):,}/{self.total:,}  ETA {eta(self.progress)}")
             self.next_line += self.total / 10
