@@ -49,14 +49,16 @@ class LogitCache:
     logits: torch.Tensor
     filled: torch.Tensor
     added: int = 0  # entries filled since the file was read
+    stamp: tuple[int, int, int] | None = None  # the file as last read or written here: another run's save changes it
 
     @classmethod
     def open(cls, path: Path, images: int, views: int, classes: int, dtype: torch.dtype, device: torch.device) -> "LogitCache":
         """The cache at `path`, or an empty one when it is missing or not what it should be (then it is rebuilt)."""
+        stamp = file_stamp(path)
         found = read(path, (images, views, classes), dtype)
         if found is None:
             found = torch.zeros(images, views, classes, dtype=dtype), torch.zeros(images, views, dtype=torch.bool)
-        return cls(path, found[0].to(device), found[1].to(device))
+        return cls(path, found[0].to(device), found[1].to(device), stamp=stamp)
 
     @property
     def share_filled(self) -> float:
@@ -77,7 +79,7 @@ class LogitCache:
         if not self.added:
             return
         logits, filled = self.logits.cpu(), self.filled.cpu()
-        theirs = read(self.path, tuple(logits.shape), logits.dtype)
+        theirs = read(self.path, tuple(logits.shape), logits.dtype) if file_stamp(self.path) != self.stamp else None
         if theirs is not None:
             only_theirs = theirs[1] & ~filled
             logits = torch.where(only_theirs[..., None], theirs[0], logits)
@@ -89,7 +91,16 @@ class LogitCache:
             console.print(f"teacher cache: could not write {self.path} ({exc.strerror or exc}); set distill.teacher_cache_dir "
                           "to a writable folder to keep the teacher's logits for later runs")
             return
-        self.added = 0
+        self.added, self.stamp = 0, file_stamp(self.path)
+
+
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of the file, None when there is none to read: atomic writes replace the inode."""
+    try:
+        stat = path.stat()
+    except OSError:  # missing, or under a path that is not a folder: `read` finds nothing there either
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def read(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -171,7 +182,8 @@ def open_cache(settings: CacheSettings, batches, teacher: nn.Module | None, num_
         console.print(f"teacher cache: off: {shape}, more than distill.teacher_cache_max_gb={settings.max_gb:g}")
         return None
     key = tensor_digest(
-        [*teacher.state_dict().values(), *(b for _, b in teacher.named_buffers()), batches.images, batches.labels, batches.scale, batches.shift],
+        # Parameters and every buffer (non-persistent ones too: ensemble weights, renormalization), each once.
+        [*teacher.parameters(), *teacher.buffers(), batches.images, batches.labels, batches.scale, batches.shift],
         # The device type too: precision `auto` means bf16 on CUDA and fp32 elsewhere.
         repr(teacher), f"{batches.padding}|{batches.hflip}|{settings.precision}|{batches.device.type}|{dtype}",
     )
