@@ -46,6 +46,8 @@ class Batches:
         max_steps: int | None = None,
     ) -> None:
         self.padding, self.hflip, self.batch_size, self.channels_last = padding, hflip, batch_size, channels_last
+        # Crop offsets per axis and flips per offset: the discrete views of an image (`keys`, `view`, `num_views`).
+        self.span, self.flips = 2 * padding + 1, 2 if hflip else 1
         self.height, self.width = images.shape[1], images.shape[2]
         # Pad once up front; each batch then only gathers its crop window.
         nhwc = images.to(device)
@@ -73,26 +75,25 @@ class Batches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.generator.set_state(self.pass_state)
         order = torch.randperm(len(self.labels), device=self.device, generator=self.generator)
-        span = 2 * self.padding + 1
         for step in range(self.steps):
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
             n = len(idx)
-            dy = torch.randint(span, (n,), device=self.device, generator=self.generator)
-            dx = torch.randint(span, (n,), device=self.device, generator=self.generator)
+            dy = torch.randint(self.span, (n,), device=self.device, generator=self.generator)
+            dx = torch.randint(self.span, (n,), device=self.device, generator=self.generator)
             flip = torch.zeros(n, dtype=torch.bool, device=self.device)
             if self.hflip:
                 flip = torch.rand(n, device=self.device, generator=self.generator) < 0.5
             if step < self.resume_step:
                 continue
             self.step = step + 1
-            self.keys = idx, (dy * span + dx) * (2 if self.hflip else 1) + flip
+            self.keys = idx, (dy * self.span + dx) * self.flips + flip
             yield self.crops(idx, dy, dx, flip), self.labels[idx]
         self.pass_state, self.step, self.resume_step = self.generator.get_state(), 0, 0
 
     @property
     def num_views(self) -> int:
         """How many distinct augmented views each image has: every crop offset, each flipped and not."""
-        return (2 * self.padding + 1) ** 2 * (2 if self.hflip else 1)
+        return self.span**2 * self.flips
 
     def crops(self, idx: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
         """Model input for images `idx` cropped at offsets (dy, dx) of the padded image and flipped where `flip`."""
@@ -104,9 +105,8 @@ class Batches:
 
     def view(self, idx: torch.Tensor, view: int) -> torch.Tensor:
         """Model input for images `idx`, all in one view (the numbering of `keys`)."""
-        span, flips = 2 * self.padding + 1, 2 if self.hflip else 1
-        offset, flip = divmod(view, flips)
-        dy, dx = divmod(offset, span)
+        offset, flip = divmod(view, self.flips)
+        dy, dx = divmod(offset, self.span)
         n = len(idx)
         full = partial(torch.full, (n,), device=self.device)
         return self.crops(idx, full(dy), full(dx), full(bool(flip), dtype=torch.bool))
