@@ -65,11 +65,12 @@ def deployable(model: nn.Module, image_size: int) -> tuple[nn.Module, str]:
         return model, "eager"
 
 
+def latency_ms(model: nn.Module, image_size: int, threads: int) -> float:
+    """Median batch-1 latency on the CPU, in milliseconds."""
+    return statistics.median(time_forward(model, 1, image_size, threads, warmup=20, repeats=100)) * 1e3
+
+
 def speed(model: nn.Module, image_size: int, threads: int) -> dict[str, float]:
     """Median batch-1 latency (ms) and batch-256 throughput (images/s) on the CPU."""
-    latency = time_forward(model, 1, image_size, threads, warmup=20, repeats=100)
     bulk = time_forward(model, 256, image_size, threads, warmup=1, repeats=7)
-    return {
-        "latency_ms": statistics.median(latency) * 1e3,
-        "throughput": 256 / statistics.median(bulk),
-    }
+    return {"latency_ms": latency_ms(model, image_size, threads), "throughput": 256 / statistics.median(bulk)}

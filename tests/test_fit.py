@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from distillctl.config import DatasetConfig, OptimizerConfig, SchedulerConfig, TrainerConfig
 from distillctl.data import Batches, load_splits
-from distillctl.engine.fit import Trainee, fit
+from distillctl.engine.fit import Trainee, fit, observing_epochs
 from distillctl.engine.optim import build_optimizer, build_schedule
 from distillctl.engine.taps import FeatureTaps
 from distillctl.errors import UserError
@@ -45,14 +45,14 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     class Stop(Exception):
         pass
 
-    def stop_after_first(epoch, record):
-        if epoch == 1:
+    def stop_after_first(title, record):
+        if record["epoch"] == 1:
             raise Stop
 
     interrupted, batches, trainer, teacher = make_run()
     (tmp_path / "b").mkdir()
-    with pytest.raises(Stop):
-        fit(interrupted, batches, no_validation, trainer, tmp_path / "b", "b", teacher=teacher, on_epoch_end=[stop_after_first])
+    with pytest.raises(Stop), observing_epochs(stop_after_first):
+        fit(interrupted, batches, no_validation, trainer, tmp_path / "b", "b", teacher=teacher)
     resumed, batches, trainer, teacher = make_run(seed=0)
     torch.manual_seed(123)  # resume must restore every RNG itself
     result = fit(resumed, batches, no_validation, trainer, tmp_path / "b", "b", teacher=teacher, resume=True)

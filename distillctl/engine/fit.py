@@ -6,7 +6,9 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,21 @@ from distillctl.losses import Objective, StepOutputs
 from distillctl.models.ensemble import feature_source
 
 BEST, LAST, LAST_STATE, HISTORY = "best.safetensors", "last.safetensors", "last_state.pt", "history.jsonl"
+
+EpochObserver = Callable[[str, dict[str, Any]], None]
+# Who else hears of every finished epoch (a search's pruner, say): set around a whole stage by whoever runs it, so
+# that the stages between that caller and this loop need not pass it down. An observer may raise to stop the run.
+EPOCH_OBSERVERS: ContextVar[tuple[EpochObserver, ...]] = ContextVar("epoch_observers", default=())
+
+
+@contextmanager
+def observing_epochs(observer: EpochObserver) -> Iterator[None]:
+    """Call observer(title, history record) after each epoch of every `fit` run inside this block."""
+    token = EPOCH_OBSERVERS.set((*EPOCH_OBSERVERS.get(), observer))
+    try:
+        yield
+    finally:
+        EPOCH_OBSERVERS.reset(token)
 
 
 @dataclass
@@ -86,7 +103,6 @@ def fit(
     title: str,
     teacher: nn.Module | None = None,
     resume: bool = False,
-    on_epoch_end: Sequence[Callable[[int, dict[str, Any]], None]] = (),
     teacher_cache: LogitCache | None = None,
 ) -> FitResult:
     """Train for trainer_cfg.epochs, validating each epoch; best and last checkpoints go to out_dir."""
@@ -150,8 +166,9 @@ def fit(
             progress.epoch_line(line)
             log.write(line + "\n")
             log.flush()
-            for callback in on_epoch_end:
-                callback(epoch, record)
+            # After the checkpoint: an observer that stops the run leaves it resumable at this epoch.
+            for observer in EPOCH_OBSERVERS.get():
+                observer(title, record)
     seconds = time.perf_counter() - t_start
     share = cached.teacher_share if cached else None
     return FitResult(best_val, best_epoch, trainer_cfg.epochs, seconds, images_seen / max(seconds, 1e-9), history, start_epoch - 1, startup, share)
