@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "accuracy, agreement, size and speed of every model in the workspace"),
     "pipeline": ("pipeline", "run every stage in order, skipping those already done with the same config"),
     "reproduce": ("reproduce", "teacher, student and the no-teacher student over reproduce.seeds: mean ± std and the gain"),
+    "search": ("search", "Optuna search over search.space (search=kd, search=students), scored on validation top-1: best.yaml"),
 }
 # Commands that train but time nothing: their OpenMP threads sleep while waiting (see main()).
 TRAINING_ONLY = {"train-teacher", "distill", "prune", "quantize", "reproduce"}
@@ -189,14 +190,22 @@ def check_composes(overrides: Sequence[str]) -> None:
     first = plain
     try:
         parsed = OverridesParser.create().parse_overrides(plain)
-        # A sweep is checked with its first value: composition is the same for every value.
-        first = [
-            f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
-            for o in parsed
-        ]
+        # A sweep is checked with one of its values: composition is the same for every value.
+        first = [f"{o.get_key_element()}={sample_value(o)}" if o.is_sweep_override() else o.input_line for o in parsed]
         compose_config(first)
     except (HydraException, OmegaConfBaseException) as exc:
         raise UserError(explain_composition_error(exc, first)) from None
+
+
+def sample_value(override) -> str:
+    """One value of a sweep override: the first of a list or range, the low end of an interval (which a
+    sampling sweeper such as Hydra's Optuna plugin draws from, and which cannot be enumerated)."""
+    from hydra.core.override_parser.types import IntervalSweep
+
+    sweep = override.value()
+    if isinstance(sweep, IntervalSweep):
+        return str(sweep.start)
+    return next(iter(override.sweep_string_iterator()))
 
 
 def compose_config(overrides: Sequence[str]):
@@ -243,6 +252,10 @@ def explain_composition_error(exc: BaseException, overrides: Sequence[str]) -> s
     message = " ".join(str(exc).split()).split(" Config search path")[0]
     if cause is not None:
         message += f" ({' '.join(str(cause).split())})"
+    if any(override_key(o).startswith("search.space") for o in overrides):
+        # Hydra's advice (+search.space=...) fails too: a space's keys are new entries of a dict.
+        message += (" To add entries to the search space use ++search.space='{key: {low: 1, high: 8}}' "
+                    "(after search=NAME, or alone), or declare search.space in a recipe.")
     return message
 
 
@@ -276,7 +289,7 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
         check_composes(overrides)
     module_name = COMMANDS[command][0]
 
-    def task(cfg) -> None:
+    def task(cfg) -> float | None:
         import importlib
 
         from distillctl.bounds import check_config
@@ -284,12 +297,20 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
         try:
             check_config(cfg)  # every value, before the stage imports torch or loads data
             stage: Callable = importlib.import_module(f"distillctl.stages.{module_name}").run
-            stage(cfg)
+            return sweep_objective(stage(cfg))
         except UserError as exc:
             fail(str(exc))
 
     sys.argv = [f"distillctl {command}", *overrides]
     hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(task)()
+
+
+def sweep_objective(result) -> float | None:
+    """What a Hydra sweeper that optimizes (Hydra's Optuna plugin) gets back from a job: the trained model's best
+    validation top-1, never a test figure. Commands that train nothing return None."""
+    if isinstance(result, dict) and result.get("best_val_top1") is not None:
+        return float(result["best_val_top1"])
+    return None
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from distillctl import artifacts
 from distillctl.console import console
 from distillctl.stages import distill, evaluate, prune, quantize, train_teacher
 from distillctl.stages.base import Stage, bring_up_to_date
-from distillctl.workspace import Workspace
+from distillctl.workspace import METRICS_FILE, Workspace
 
 # Training stages in order; evaluate always runs last (it is the recipe's pass/fail gate).
 TRAINING_STAGES: list[Stage] = [train_teacher.STAGE, distill.STAGE, prune.STAGE, quantize.STAGE]
 
 
-def run(cfg: DictConfig) -> None:
-    """Run or skip each training stage, then evaluate."""
+def run(cfg: DictConfig) -> dict:
+    """Run or skip each training stage, then evaluate; return the distilled student's metrics (what a Hydra
+    sweeper over pipelines optimizes)."""
     ws = Workspace.from_config(cfg)
     redo = bool(cfg.force)
     for stage in TRAINING_STAGES:
@@ -26,3 +28,5 @@ def run(cfg: DictConfig) -> None:
         redo = bring_up_to_date(stage, cfg, ws, redo) or redo
     console.rule("evaluate")
     evaluate.run(cfg)
+    student = ws.find(distill.FOLDER)
+    return (artifacts.read_json(student / METRICS_FILE) or {}) if student is not None else {}
