@@ -82,6 +82,23 @@ class TeacherCache(StrEnum):
     off = "off"
 
 
+class SamplerName(StrEnum):
+    tpe = "tpe"  # Optuna's TPE: models good and bad regions from finished trials (one or two objectives)
+    random = "random"
+    nsga2 = "nsga2"  # genetic; for a Pareto search (search.minimize) with many trials
+
+
+class PrunerName(StrEnum):
+    median = "median"  # stop a trial whose validation top-1 falls below the median of earlier trials at that epoch
+    hyperband = "hyperband"
+    none = "none"
+
+
+class SearchCost(StrEnum):
+    latency_ms = "latency_ms"  # batch-1 CPU latency, measured as `evaluate` does
+    macs = "macs"
+
+
 class Int8Backend(StrEnum):
     x86 = "x86"
     fbgemm = "fbgemm"
@@ -250,6 +267,26 @@ class DistillConfig:
 
 
 @dataclass
+class SearchConfig:
+    """`distillctl search`: Optuna trials over config values, each a distill run scored by its validation top-1."""
+
+    # Config key -> {low, high[, log, step, type: int]} or {choices: [...]}; search=NAME picks a bundled space.
+    space: dict[str, Any] = field(default_factory=dict)
+    trials: int = bounded(20, min=1)  # trained trials (complete or pruned); trials over budget are not counted
+    epochs: Optional[int] = bounded(None, min=1)  # each trial's training; null: trainer.epochs
+    sampler: SamplerName = SamplerName.tpe
+    pruner: PrunerName = PrunerName.median
+    pruner_warmup_epochs: int = bounded(1, min=0)  # epochs every trial runs before it can be stopped
+    # Budgets on the student, checked before a trial trains (one over budget never trains).
+    max_latency_ms: Optional[float] = bounded(None, above=0)
+    max_macs: Optional[float] = bounded(None, above=0)
+    # A second objective to minimize beside validation top-1: the search then finds a Pareto front.
+    minimize: Optional[SearchCost] = None
+    # Where trials are stored; null: sqlite in <run_dir>/search/. A shared database URL lets many machines work on one study.
+    storage: Optional[str] = None
+
+
+@dataclass
 class ReproduceConfig:
     """`distillctl reproduce`: the teacher, the recipe's student and the same student without a teacher, per seed."""
 
@@ -281,6 +318,7 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     # Thresholds a run must meet, e.g. {"student.top1": {"min": 0.85}}; evaluate exits 1 on a miss. `baseline.*`
     # (the student without a teacher) and `gain.*` (student less baseline) are checked by `distillctl reproduce`.
     expect: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,55 @@
+"""A trial written back as a recipe: the searched recipe plus only what differs (the command line's overrides and
+the trial's values), so `distillctl pipeline recipe=<file>` trains it at the recipe's full schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from distillctl import artifacts, recipes
+
+# Keys a search's command line sets that say where and how it ran, not what a trial trained.
+NOT_COPIED = ("recipe", "run_dir", "search", "force", "resume", "hydra")
+
+
+def recipe_body(config_groups: set[str], overrides: Sequence[str], values: dict[str, Any]) -> tuple[list[str], dict[str, Any], list[str]]:
+    """The defaults entries (config-group choices), the values, and the deleted keys that a recipe needs to say what
+    overrides + values say. A recipe can only add to what it includes, so deletions (`~expect`) stay on the command
+    line that runs it."""
+    groups, deleted, body = [], [], OmegaConf.create({})
+    parsed = OverridesParser.create().parse_overrides(list(overrides)) if overrides else []
+    settings = [(o.get_key_element().lstrip("+~"), o.value(), o.is_delete()) for o in parsed]
+    settings += [(key, value, False) for key, value in values.items()]
+    for key, value, delete in settings:
+        if key.split(".")[0] in NOT_COPIED:
+            continue
+        if delete:
+            deleted.append(f"~{key}")
+        elif key in config_groups:
+            groups.append(f"override /{key}: {value}")
+        else:
+            OmegaConf.update(body, key, value, force_add=True)
+    return groups, OmegaConf.to_container(body), deleted
+
+
+def write_recipe(path: Path, base: str, description: str, header: Sequence[str], groups: list[str],
+                 body: dict[str, Any]) -> None:
+    """Write the recipe: `base` included by name when `distillctl recipes` knows it, else copied in whole."""
+    import yaml
+
+    copied: dict[str, Any] = {}
+    defaults: list[Any] = [base]
+    if base not in recipes.available():  # a recipe given as a file path cannot be named: its content is copied in
+        from hydra.core.config_store import ConfigStore
+
+        copied = OmegaConf.to_container(ConfigStore.instance().load(f"recipe/{base}.yaml").node)
+        defaults = copied.pop("defaults", [])
+    settings = OmegaConf.to_container(OmegaConf.merge(copied, body))
+    settings.pop("description", None)
+    document = {"description": description, "defaults": [*defaults, *groups], **settings}
+    text = "# @package _global_\n" + "".join(f"# {line}\n" for line in header) + yaml.safe_dump(document, sort_keys=False)
+    artifacts.write_text(path, text)
