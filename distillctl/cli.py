@@ -26,8 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reproduce": ("reproduce", "teacher, student and the no-teacher student over reproduce.seeds: mean ± std and the gain"),
     "search": ("search", "Optuna search over search.space (search=kd, search=students), scored on validation top-1: best.yaml"),
 }
-# Commands that train but time nothing: their OpenMP threads sleep while waiting (see main()).
-TRAINING_ONLY = {"train-teacher", "distill", "prune", "quantize", "reproduce"}
+# Commands that (mostly) train: their OpenMP threads sleep while waiting (see main()). `search` times students for
+# its budgets too, but spinning threads made its training 10-20x slower beside another busy process.
+TRAINING_ONLY = {"train-teacher", "distill", "prune", "quantize", "reproduce", "search"}
 TOOLS = {
     "recipes": "list the recipes, one line each (--json: their names as a JSON list, for CI matrices)",
     "inspect": "module names and output shapes of a model: inspect model=resnet56",

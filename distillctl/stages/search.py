@@ -6,6 +6,7 @@ and several processes or machines can work on one study. Ends with a report and 
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -250,7 +251,9 @@ def write_report(cfg: DictConfig, study: optuna.Study, recipe: str, base: list[s
         "sampler / pruner": f"{s.sampler} / {s.pruner if not s.minimize else 'none'}",
         "objectives": "max validation top-1" + (f", min {s.minimize}" if s.minimize else ""),
         "budgets": ", ".join(f"{k}={v:g}" for k, v in (("max_latency_ms", s.max_latency_ms), ("max_macs", s.max_macs)) if v is not None) or "none",
-        "latency measured on": f"{measure.cpu_name()}, {cfg.trainer.threads or torch.get_num_threads()} threads, torch {torch.__version__}",
+        # Sleeping OpenMP threads (distillctl's default for search) add wake-up time to batch-1 latencies.
+        "latency measured on": f"{measure.cpu_name()}, {cfg.trainer.threads or torch.get_num_threads()} threads, "
+                               f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, torch {torch.__version__}",
         "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     budget = s.max_latency_ms if cost == "latency_ms" else s.max_macs
