@@ -193,7 +193,7 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"search continues the study in {Path(cfg.run_dir) / 'search'}; to start over, delete that folder or give run_dir=...")
     recipe, base = command_line()
     params = parse_space(s.space, cfg)
-    check_space(params, lambda extra: compose_run([*base, *extra]), check_config)
+    check_space(params, cfg, lambda extra: compose_run([*base, *extra]), check_config)
     root = Path(cfg.run_dir) / "search"
     root.mkdir(parents=True, exist_ok=True)
     epochs = s.epochs or cfg.trainer.epochs
@@ -205,8 +205,9 @@ def run(cfg: DictConfig) -> dict:
     study = open_study(storage, ["maximize", *(["minimize"] if multi else [])], make_sampler(s.sampler, cfg.seed),
                        make_pruner(s.pruner if pruning else PrunerName.none, s.pruner_warmup_epochs, epochs),
                        setup_identity(cfg, params, epochs))
-    # A fresh seed per session: a restarted search must not draw the same values its first session drew.
-    study.sampler = make_sampler(s.sampler, cfg.seed + len(study.get_trials(deepcopy=False)))
+    # Seeded per session and process: a restarted search, or a second worker started beside the first, must not
+    # draw the values already drawn. What a search found is reproduced from its stored trials and best.yaml.
+    study.sampler = make_sampler(s.sampler, hash((cfg.seed, len(study.get_trials(deepcopy=False)), os.getpid())) % 2**31)
     if requeued := recover_killed(study, storage):
         console.print(f"continuing interrupted trial(s) {', '.join(map(str, requeued))} from their last epoch")
     if not study.get_trials(deepcopy=False) and enqueue_recipe_values(study, params, cfg):
