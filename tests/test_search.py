@@ -19,6 +19,8 @@ from distillctl import config
 from distillctl.cli import check_composes, prepare_overrides, sweep_objective
 from distillctl.errors import UserError
 from distillctl.search.space import Param, override, parse_param, parse_space
+from distillctl.config import PrunerName
+from distillctl.search.study import make_pruner
 from distillctl.stages.search import Objective
 
 # Trials of 2 epochs x 2 steps on the tiny recipe (its teacher is trained once, shared by every trial).
@@ -63,18 +65,22 @@ def test_overrides_round_trip_through_hydra():
 
 
 def test_the_objective_reports_each_epoch_and_stops_a_poor_trial():
-    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
-    for _ in range(2):
+    pruner = make_pruner(PrunerName.median, warmup_epochs=1, epochs=3)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for _ in range(3):
         done = study.ask()
-        done.report(0.5, 1)
+        for epoch in (1, 2, 3):
+            done.report(0.5, epoch)
         study.tell(done, 0.5)
     objective = Objective.__new__(Objective)
-    objective.pruning = True
-    good, poor = study.ask(), study.ask()
-    objective.report(good, {"epoch": 1, "val_top1": 0.6})  # above the median of earlier trials: goes on
-    with pytest.raises(optuna.TrialPruned, match="after epoch 1"):
-        objective.report(poor, {"epoch": 1, "val_top1": 0.1})
-    assert poor.storage.get_trial(poor._trial_id).intermediate_values == {1: 0.1}
+    objective.pruning, objective.epochs = True, 3
+    good, poor, late = study.ask(), study.ask(), study.ask()
+    objective.report(good, {"epoch": 2, "val_top1": 0.6})  # above the median of earlier trials: goes on
+    objective.report(poor, {"epoch": 1, "val_top1": 0.1})  # the warm-up epoch: never stopped
+    with pytest.raises(optuna.TrialPruned, match="after epoch 2"):
+        objective.report(poor, {"epoch": 2, "val_top1": 0.1})
+    assert poor.storage.get_trial(poor._trial_id).intermediate_values == {1: 0.1, 2: 0.1}
+    objective.report(late, {"epoch": 3, "val_top1": 0.1})  # the last epoch: stopping would save nothing
 
 
 def test_the_bundled_student_space_builds_every_student():

@@ -122,10 +122,11 @@ def make_sampler(name: SamplerName, seed: int) -> optuna.samplers.BaseSampler:
 
 def make_pruner(name: PrunerName, warmup_epochs: int, epochs: int) -> optuna.pruners.BasePruner:
     """The pruner search.pruner names: it stops a trial from its per-epoch validation top-1."""
+    # Steps are epoch numbers (from 1) and Optuna prunes from step n_warmup_steps on: +1 spares warmup_epochs epochs.
     if name == PrunerName.median:
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup_epochs)
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup_epochs + 1)
     if name == PrunerName.hyperband:
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, warmup_epochs), max_resource=max(epochs, 1))
+        return optuna.pruners.HyperbandPruner(min_resource=warmup_epochs + 1, max_resource=max(epochs, warmup_epochs + 1))
     return optuna.pruners.NopPruner()
 
 

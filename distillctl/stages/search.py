@@ -115,8 +115,9 @@ class Objective:
     """One trial: draw values, check the budget, distill (reporting each epoch to the pruner), score."""
 
     def __init__(self, cfg: DictConfig, params: list[Param], base: list[str], root: Path, pruning: bool,
-                 storage: RDBStorage) -> None:
+                 storage: RDBStorage, epochs: int) -> None:
         self.cfg, self.params, self.base, self.root, self.pruning, self.storage = cfg, params, base, root, pruning, storage
+        self.epochs = epochs
         self.threads = cfg.trainer.threads or torch.get_num_threads()
         self.costs: dict[str, dict[str, float]] = {}
 
@@ -170,7 +171,8 @@ class Objective:
             return
         epoch, value = record["epoch"], record["val_top1"]
         trial.report(value, epoch)
-        if trial.should_prune():
+        # Stopping after the last epoch saves nothing and would cost the trial its place among the complete ones.
+        if epoch < self.epochs and trial.should_prune():
             console.print(f"[yellow]pruned[/]: validation top-1 {value:.2%} after epoch {epoch} is below the pruner's cut")
             raise optuna.TrialPruned(f"validation top-1 {value:.2%} after epoch {epoch}")
 
@@ -215,7 +217,7 @@ def run(cfg: DictConfig) -> dict:
     console.print("search space:\n  " + "\n  ".join(map(str, params)))
     teacher = shared_teacher(cfg)
     trial_base = [*base, *([override("trainer.epochs", epochs)] if s.epochs else []), *teacher]
-    objective = Objective(cfg, params, trial_base, root, pruning, storage)
+    objective = Objective(cfg, params, trial_base, root, pruning, storage, epochs)
     objective.remember_costs(study)
     failed_in_a_row = 0
     while True:
