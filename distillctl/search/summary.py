@@ -115,35 +115,42 @@ def write(root: Path, rows: list[TrialRow], front: list[TrialRow], best: TrialRo
         lines.append(f"| {r.number}{mark} | {r.state} | {fmt_pct(r.val_top1)} | {r.epochs} | {late} | {macs} | {fmt_params(r.params)} | {r.note} |")
     lines += ["", f"## Pareto front: validation top-1 against {COST_LABELS[cost]}", ""]
     lines += [f"- trial {r.number}: {fmt_pct(r.val_top1)} at {getattr(r, cost):.4g}: {fmt_params(r.params)}" for r in front] or ["(no complete trial)"]
-    lines += ["", "![accuracy against cost](search.png)", ""]
+    lines += ["", "![validation top-1 of every trial](search.png)", ""]
     artifacts.write_text(root / "results.md", "\n".join(lines))
     plot = draw(root / "search.png", rows, front, cost, str(context["recipe"]), budget)
     return [root / "results.json", root / "results.md", plot]
 
 
 def draw(path: Path, rows: list[TrialRow], front: list[TrialRow], cost: str, title: str, budget: float | None) -> Path:
-    """Validation top-1 against the student's cost for every trial that trained, the front joined by a line."""
+    """Validation top-1 against the student's cost for every trial that trained, the front joined by a line; when
+    every trial has the same student (one cost), against the trial number instead: the search's progress."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers and CI
     import matplotlib.pyplot as plt
 
+    scored = [r for r in rows if r.val_top1 is not None and getattr(r, cost)]
+    by_cost = len({getattr(r, cost) for r in scored}) > 1
+
+    def x(row: TrialRow) -> float:
+        return getattr(row, cost) if by_cost else row.number
+
     figure, axes = plt.subplots(figsize=(6.5, 4.2), dpi=120)
-    styles = {"complete": ("o", "tab:blue"), "pruned": ("x", "tab:gray")}
-    for state, (marker, color) in styles.items():
-        points = [(getattr(r, cost), r.val_top1 * 100) for r in rows if r.state == state and r.val_top1 is not None and getattr(r, cost)]
+    for state, marker, color in (("complete", "o", "tab:blue"), ("pruned", "x", "tab:gray")):
+        points = [(x(r), r.val_top1 * 100) for r in scored if r.state == state]
         if points:
-            axes.scatter(*zip(*points), marker=marker, color=color, s=30, label=f"{state} ({len(points)})")
-    if front:
-        axes.plot([getattr(r, cost) for r in front], [r.val_top1 * 100 for r in front], "-", color="tab:orange", lw=1.5,
+            label = f"{state} ({len(points)})" + (", at its last epoch" if state == "pruned" else "")
+            axes.scatter(*zip(*points), marker=marker, color=color, s=30, label=label)
+    if front and by_cost:
+        axes.plot([x(r) for r in front], [r.val_top1 * 100 for r in front], "-", color="tab:orange", lw=1.5,
                   marker="o", mfc="none", ms=10, label="Pareto front")
-    default = [r for r in rows if r.recipe_default and r.val_top1 is not None and r.state == "complete"]
+    default = [r for r in scored if r.recipe_default and r.state == "complete"]
     if default:
-        axes.scatter([getattr(default[0], cost)], [default[0].val_top1 * 100], marker="*", s=160, color="tab:green",
+        axes.scatter([x(default[0])], [default[0].val_top1 * 100], marker="*", s=160, color="tab:green",
                      label="recipe's own values", zorder=3)
-    if budget is not None:
+    if budget is not None and by_cost:
         axes.axvline(budget, ls="--", color="tab:red", lw=1, label="budget")
-    axes.set_xlabel(COST_LABELS[cost])
+    axes.set_xlabel(COST_LABELS[cost] if by_cost else "trial")
     axes.set_ylabel("validation top-1 (%)")
     axes.set_title(f"{title}: {len(rows)} trials", fontsize=10)
     axes.grid(True, alpha=0.3)
