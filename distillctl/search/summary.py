@@ -101,7 +101,7 @@ def write(root: Path, rows: list[TrialRow], front: list[TrialRow], best: TrialRo
     artifacts.write_json(root / "results.json", data)
     lines = [f"# Search: {context['recipe']}", ""]
     lines += [f"- **{key}**: {value}" for key, value in context.items()]
-    lines += ["", "Scored by the best validation top-1 of each trial (held out of the training split; the test split is never used).", ""]
+    lines += ["", "Scored by the best validation top-1 of each trial (held out of the training split); the test split is never used to choose (each trial's distill stage reports it, as every distill does).", ""]
     if best is not None:
         lines.append(f"**Best**: trial {best.number} ({best.folder}), validation top-1 {fmt_pct(best.val_top1)}: {fmt_params(best.params)}.")
         if default is not None and default is not best:
