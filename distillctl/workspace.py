@@ -81,6 +81,11 @@ class Workspace:
                 return base / stage
         return None
 
+    def metrics(self, stage: str) -> dict[str, Any]:
+        """The metrics.json of the finished `stage` (see find), or {} when there is none."""
+        found = self.find(stage)
+        return (artifacts.read_json(found / METRICS_FILE) or {}) if found is not None else {}
+
     def require(self, stage: str, what: str, command: str) -> Path:
         """The finished `stage` folder, or a UserError naming the command that makes it."""
         found = self.find(stage)

@@ -88,7 +88,6 @@ def recover_killed(study: optuna.Study, storage: RDBStorage) -> list[int]:
     (killed, crashed, machine rebooted), so it continues now rather than after the heartbeat's grace period.
     Returns the numbers of the trials queued again."""
     host = socket.gethostname()
-    retry = RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)
     queued = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(trial.user_attrs.get(WORKER, "")).rpartition(":")
@@ -100,9 +99,20 @@ def recover_killed(study: optuna.Study, storage: RDBStorage) -> list[int]:
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
-        retry(study, storage.get_trial(trial._trial_id))
+        queue_again(study, storage, trial._trial_id)
         queued.append(trial.number)
     return queued
+
+
+def queue_again(study: optuna.Study, storage: RDBStorage, trial_id: int) -> None:
+    """Queue a copy of the trial (its values, its epochs reported so far, its origin) as the next to run, as the
+    heartbeat does for a trial whose worker stopped beating."""
+    RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(study, storage.get_trial(trial_id))
+
+
+def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
+    """The trials that a later trial continues: failed runs whose work went on elsewhere."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
 
 
 def origin(trial: FrozenTrial) -> int:
@@ -134,7 +144,7 @@ def counts(study: optuna.Study) -> dict[str, int]:
     """Trials by outcome: trained to the end, stopped by the pruner, failed (and not queued again), over budget
     (never trained), queued, and running now."""
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = retried_numbers(trials)
     found = dict.fromkeys(("complete", "pruned", "failed", "over_budget", "waiting", "running"), 0)
     for trial in trials:
         if trial.user_attrs.get(OVER_BUDGET):

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from distillctl import artifacts
 from distillctl.console import console
-from distillctl.search.study import OVER_BUDGET, origin
+from distillctl.search.study import OVER_BUDGET, origin, retried_numbers
 
 COST_LABELS = {"latency_ms": "CPU latency at batch 1 (ms)", "macs": "MACs per image"}
 
@@ -37,7 +37,7 @@ class TrialRow:
 def trial_rows(study: optuna.Study) -> list[TrialRow]:
     """Every trial, except failed ones that a retry replaced (killed runs that went on in another trial)."""
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = retried_numbers(trials)
     rows = []
     for t in trials:
         if t.state == TrialState.FAIL and t.number in retried:

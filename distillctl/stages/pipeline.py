@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from distillctl import artifacts
 from distillctl.console import console
 from distillctl.stages import distill, evaluate, prune, quantize, train_teacher
 from distillctl.stages.base import Stage, bring_up_to_date
-from distillctl.workspace import METRICS_FILE, Workspace
+from distillctl.workspace import Workspace
 
 # Training stages in order; evaluate always runs last (it is the recipe's pass/fail gate).
 TRAINING_STAGES: list[Stage] = [train_teacher.STAGE, distill.STAGE, prune.STAGE, quantize.STAGE]
@@ -28,5 +27,4 @@ def run(cfg: DictConfig) -> dict:
         redo = bring_up_to_date(stage, cfg, ws, redo) or redo
     console.rule("evaluate")
     evaluate.run(cfg)
-    student = ws.find(distill.FOLDER)
-    return (artifacts.read_json(student / METRICS_FILE) or {}) if student is not None else {}
+    return ws.metrics(distill.FOLDER)

@@ -14,11 +14,12 @@ from typing import Any
 import optuna
 import torch
 from optuna.storages import RDBStorage
+from optuna.trial import TrialState
 from omegaconf import DictConfig, OmegaConf
 
-from distillctl import artifacts, measure
+from distillctl import measure
 from distillctl.bounds import check_config
-from distillctl.cli import explain_composition_error, override_key
+from distillctl.cli import CONFIG_DIR, explain_composition_error, override_key
 from distillctl.config import PrunerName
 from distillctl.console import console
 from distillctl.engine.fit import observing_epochs
@@ -28,13 +29,13 @@ from distillctl.models import create_model
 from distillctl.search import best_recipe, summary
 from distillctl.search.space import Param, check_space, current_value, override, parse_space
 from distillctl.search.study import (
-    OVER_BUDGET, WORKER, counts, make_pruner, make_sampler, open_storage, open_study, origin, recover_killed,
-    storage_url, trained, worker_id,
+    OVER_BUDGET, WORKER, counts, make_pruner, make_sampler, open_storage, open_study, origin, queue_again,
+    recover_killed, storage_url, trained, worker_id,
 )
 from distillctl.stages import distill, train_teacher
 from distillctl.stages.base import bring_up_to_date
 from distillctl.stages.context import cached_splits
-from distillctl.workspace import METRICS_FILE, Workspace, fingerprint, model_file
+from distillctl.workspace import Workspace, fingerprint, model_file
 
 # Keys of the command line that say where this search runs; trials get their own.
 OWN_KEYS = ("run_dir", "force", "resume")
@@ -147,19 +148,18 @@ class Objective:
             trial.set_user_attr(OVER_BUDGET, reason)
             console.print(f"[yellow]not trained[/]: {reason}")
             raise optuna.TrialPruned(reason)
+        ws = Workspace.from_config(cfg)
         try:
             with observing_epochs(lambda title, record: self.report(trial, record)):
-                bring_up_to_date(distill.STAGE, cfg, Workspace.from_config(cfg))
+                bring_up_to_date(distill.STAGE, cfg, ws)
         except UserError as exc:  # e.g. these values made the loss diverge: the search learns from it and goes on
             trial.set_user_attr("error", str(exc))
             console.print(f"[red]trial {trial.number} failed[/]: {exc}")
             raise TrialFailed(str(exc)) from None
         except KeyboardInterrupt:  # queue it again, so the next `search` resumes its last epoch
-            from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-            RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(trial.study, self.storage.get_trial(trial._trial_id))
+            queue_again(trial.study, self.storage, trial._trial_id)
             raise
-        metrics = artifacts.read_json(Workspace.from_config(cfg).find(distill.FOLDER) / METRICS_FILE) or {}
+        metrics = ws.metrics(distill.FOLDER)
         trial.set_user_attr("epochs", metrics.get("epochs"))
         val = float(metrics["best_val_top1"])
         minimize = self.cfg.search.minimize
@@ -231,7 +231,7 @@ def run(cfg: DictConfig) -> dict:
         number = len(study.get_trials(deepcopy=False))
         study.optimize(objective, n_trials=1, catch=(TrialFailed,))
         last = study.get_trials(deepcopy=False)[number:]
-        failed_in_a_row = failed_in_a_row + 1 if last and all(t.state.name == "FAIL" for t in last) else 0
+        failed_in_a_row = failed_in_a_row + 1 if last and all(t.state == TrialState.FAIL for t in last) else 0
         if failed_in_a_row >= MAX_FAILED_IN_A_ROW:
             raise UserError(f"{MAX_FAILED_IN_A_ROW} trials in a row failed; the last: {last[-1].user_attrs.get('error')}")
     return write_report(cfg, study, recipe, base, root, teacher, epochs)
@@ -264,7 +264,7 @@ def write_report(cfg: DictConfig, study: optuna.Study, recipe: str, base: list[s
     summary.print_table(rows, f"{recipe}: search trials, best first (validation top-1)")
     if best is None:
         raise UserError(f"no trial trained to the end; see {root / 'results.md'}.")
-    groups = {p.name for p in (Path(__file__).resolve().parents[1] / "configs").iterdir() if p.is_dir()}
+    groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
     for row, name in [(best, "best.yaml"), *((r, f"pareto/trial-{r.number:04d}.yaml") for r in (front if s.minimize else []))]:
         write_trial_recipe(root / name, row, recipe, base, teacher, groups, epochs)
     console.print(f"report: {written[1]}\nbest trial as a recipe: distillctl pipeline recipe={root / 'best.yaml'}")
