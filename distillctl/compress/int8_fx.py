@@ -11,6 +11,7 @@ torch's deprecation warning is silenced here and the choice is recorded in the R
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -57,7 +58,9 @@ def check_supported(model: nn.Module, skip: Iterable[str]) -> None:
     for name, module in model.named_modules():
         if any(name == s or name.startswith(s + ".") for s in skip):
             continue
-        if not list(module.children()) and not isinstance(module, supported):
+        # An empty Sequential (timm's identity shortcut) passes its input on as it is.
+        empty = isinstance(module, nn.Sequential) and not len(module)
+        if not list(module.children()) and not empty and not isinstance(module, supported):
             raise UserError(
                 f"layer '{name}' ({type(module).__name__}) has no int8 kernel in torch's x86 backend. "
                 f"Keep it in float with quantize.skip=[{name}], or use quantize=onnx_int8 or quantize=fp16."
@@ -90,10 +93,32 @@ def qconfig_mapping(backend: str, per_channel: bool, skip: Iterable[str], qat: b
     return mapping
 
 
+def split_norm_act(model: nn.Module) -> nn.Module:
+    """Replace timm's BatchNormAct2d (batch norm, dropout and activation in one module) by a Sequential of
+    BatchNorm2d, dropout and activation under the same names (bn1.act stays bn1.act), in place.
+
+    FX traces BatchNormAct2d's forward rather than keeping it whole, which bakes the mode it was traced in into
+    the graph: a QAT model (traced in training mode) kept normalizing with batch statistics after conversion.
+    Split, the batch norm is a layer FX fuses into the conv before it (one int8 conv instead of a float
+    batch norm between dequantize and quantize)."""
+    from timm.layers import BatchNormAct2d
+
+    for name, module in list(model.named_modules()):
+        if type(module) is not BatchNormAct2d:
+            continue
+        bn = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        bn.load_state_dict(module.state_dict())
+        split = nn.Sequential(OrderedDict(bn=bn.train(module.training), drop=module.drop, act=module.act))
+        owner, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(owner), attr, split)
+    return model
+
+
 def prepare(model: nn.Module, example: torch.Tensor, backend: str, per_channel: bool, skip: Iterable[str], qat: bool = False) -> nn.Module:
     """The model with observers (static) or fake-quant modules (QAT) inserted and conv-bn-relu fused."""
     from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
+    split_norm_act(model)
     torch.backends.quantized.engine = backend
     mapping = qconfig_mapping(backend, per_channel, list(skip), qat)
     with quiet():
@@ -118,8 +143,12 @@ def convert(prepared: nn.Module) -> nn.Module:
     """Observed (or fake-quantized) model -> int8 model on fbgemm/x86 kernels."""
     from torch.ao.quantization.quantize_fx import convert_fx
 
-    with quiet():
-        return convert_fx(prepared.cpu().eval())
+    try:
+        with quiet():
+            return convert_fx(prepared.cpu().eval())
+    except RuntimeError as exc:  # e.g. a fake-quantized functional weight (timm's ghostnet) with invalid ranges
+        raise UserError(f"torch's int8 conversion failed for this model ({str(exc).splitlines()[0][:200]}). "
+                        "Use quantize=int8_static, quantize=onnx_int8 or quantize=fp16.") from None
 
 
 def rebuild(model: nn.Module, image_size: int, backend: str, per_channel: bool, skip: Iterable[str]) -> nn.Module:
@@ -168,5 +197,11 @@ def load_quantized(path, model: nn.Module, quantization: dict) -> nn.Module:
         artifacts.load_weights(path, model)
         return Cast(model, CAST_DTYPES[method])
     int8 = rebuild(model, quantization["image_size"], quantization["backend"], quantization["per_channel"], quantization["skip"])
-    artifacts.fit_state(int8, int8_state.decode(artifacts.read_weights(path), quantization["layout"]), path)
+    state = int8_state.decode(artifacts.read_weights(path), quantization["layout"])
+    # FX keeps a functional linear's packed weights (timm's Linear head) as graph attributes: its state_dict lists
+    # them, but load_state_dict does not set them.
+    for key in [k for k, v in state.items() if isinstance(v, torch.ScriptObject)]:
+        owner, _, attr = key.rpartition(".")
+        setattr(int8.get_submodule(owner), attr, state.pop(key))
+    artifacts.fit_state(int8, state, path)
     return int8

@@ -2,7 +2,9 @@
 
 safetensors holds no quantized dtypes, so each quantized tensor becomes its integer values, its scales
 (float32: the observers computed them in float32, so nothing is lost) and zero points, and the recipe to
-reassemble it. Packed linear parameters (a tuple), dtype entries and absent biases (None) are recorded the same way.
+reassemble it. Packed linear parameters (a tuple), dtype entries and absent biases (None) are recorded the same way,
+and so are the packed weights FX keeps for a functional linear (timm's Linear head calls F.linear): unpacked to
+(weight, bias) here and packed again on load.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections import OrderedDict
 from typing import Any
 
 import torch
+
+from distillctl.errors import UserError
 
 PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric)
 
@@ -27,6 +31,12 @@ def encode(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, An
             return {"dtype": str(value).removeprefix("torch.")}
         if value is None:  # a quantized conv with no bias (no BN folded into it: pre-activation blocks)
             return {"none": True}
+        if isinstance(value, torch.ScriptObject):
+            if "LinearPackedParams" not in value._type().qualified_name():
+                layer = key.rsplit("_packed", 1)[0]
+                raise UserError(f"int8 state '{key}' ({value._type().qualified_name()}) cannot be stored. Keep that layer "
+                                f"in float with quantize.skip=[{layer}], or use quantize=onnx_int8.")
+            return {"linear_packed": put(key, tuple(torch.ops.quantized.linear_unpack(value)))}
         value = value.detach()
         if not value.is_quantized:
             tensors[key] = value.contiguous().cpu()
@@ -54,28 +64,36 @@ def encode(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, An
 def decode(tensors: dict[str, torch.Tensor], layout: dict[str, Any]) -> dict[str, Any]:
     """The state_dict encode() was given, quantized tensors and all."""
 
+    used: set[str] = set()
+
+    def take(key: str) -> torch.Tensor:
+        used.add(key)
+        return tensors[key]
+
     def get(key: str, entry: dict[str, Any] | None) -> Any:
         if entry is None:
-            return tensors[key]
+            return take(key)
         if "tuple" in entry:
             return tuple(get(f"{key}.{i}", e) for i, e in enumerate(entry["tuple"]))
+        if "linear_packed" in entry:
+            return torch.ops.quantized.linear_prepack(*get(key, entry["linear_packed"]))
         if "dtype" in entry:
             return getattr(torch, entry["dtype"])
         if entry.get("none"):
             return None
         # The integer dtype (int8 / uint8) of the stored values picks qint8 / quint8.
-        values = tensors[key]
+        values = take(key)
         if "axis" in entry:
-            scales = tensors[key + ".scales"].double()
-            zero_points = tensors.get(key + ".zero_points", torch.zeros(len(scales), dtype=torch.int32)).long()
-            return torch._make_per_channel_quantized_tensor(values, scales, zero_points, entry["axis"])
+            scales = take(key + ".scales").double()
+            zero_points = take(key + ".zero_points") if key + ".zero_points" in tensors else torch.zeros(len(scales), dtype=torch.int32)
+            return torch._make_per_channel_quantized_tensor(values, scales, zero_points.long(), entry["axis"])
         return torch._make_per_tensor_quantized_tensor(values, entry["scale"], entry["zero_point"])
 
     entries = layout["entries"]
-    companions = {f"{k}.{part}" for k, e in entries.items() for part in ("scales", "zero_points")}
-    tuple_parts = {f"{k}.{i}" for k, e in entries.items() if "tuple" in e for i in range(len(e["tuple"]))}
-    plain = [k for k in tensors if k not in entries and k not in companions and k not in tuple_parts]
-    state = OrderedDict((key, get(key, entries.get(key))) for key in [*entries, *plain])
+    decoded = {key: get(key, entry) for key, entry in entries.items()}
+    # What no entry consumed is a plain tensor stored as it is.
+    plain = {key: value for key, value in tensors.items() if key not in used}
+    state = OrderedDict([*decoded.items(), *plain.items()])
     state._metadata = OrderedDict(layout["versions"].items())  # type: ignore[attr-defined]
     return state
 
