@@ -293,17 +293,37 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
     def task(cfg) -> float | None:
         import importlib
 
+        from contextlib import nullcontext
+
+        from distillctl import tracking
         from distillctl.bounds import check_config
 
         try:
             check_config(cfg)  # every value, before the stage imports torch or loads data
+            tracking.check_installed(cfg.logger)
             stage: Callable = importlib.import_module(f"distillctl.stages.{module_name}").run
-            return sweep_objective(stage(cfg))
+            group = tracking_group(command, cfg)
+            with tracking.grouped(group) if group else nullcontext():
+                return sweep_objective(stage(cfg))
         except UserError as exc:
             fail(str(exc))
 
     sys.argv = [f"distillctl {command}", *overrides]
     hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(task)()
+
+
+# Commands whose stage runs are grouped in the trackers (an MLflow parent run, a W&B group), as are a sweep's jobs.
+GROUPING = {"pipeline", "reproduce", "search"}
+
+
+def tracking_group(command: str, cfg) -> str | None:
+    """The name that groups this job's tracked runs: its sweep's folder, or the orchestrating command and workspace."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f"sweep {HydraConfig.get().sweep.dir}"
+    return f"{command} {cfg.run_dir}" if command in GROUPING else None
 
 
 def sweep_objective(result) -> float | None:

@@ -99,6 +99,12 @@ class SearchCost(StrEnum):
     macs = "macs"
 
 
+class WandbMode(StrEnum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
 class Int8Backend(StrEnum):
     x86 = "x86"
     fbgemm = "fbgemm"
@@ -287,6 +293,43 @@ class SearchConfig:
 
 
 @dataclass
+class TensorBoardLogger:
+    """logger=tensorboard: event files in each stage's folder (tensorboard --logdir runs)."""
+
+    flush_secs: int = bounded(30, min=1)
+
+
+@dataclass
+class MlflowLogger:
+    """logger=mlflow: one MLflow run per stage in the recipe's experiment."""
+
+    # null: $MLFLOW_TRACKING_URI, else a SQLite store beside the recipe workspaces (runs/mlflow.db). A server:
+    # http://host:5000; any database MLflow supports: postgresql://...
+    tracking_uri: Optional[str] = None
+    experiment: Optional[str] = None  # null: the recipe's name
+
+
+@dataclass
+class WandbLogger:
+    """logger=wandb: one W&B run per stage, grouped by sweep, search or pipeline."""
+
+    project: Optional[str] = None  # null: distillctl-<recipe>
+    entity: Optional[str] = None
+    # offline: written under each stage's wandb/ folder, uploaded later with `wandb sync`, so training never waits on
+    # the network; online streams to the W&B server (after `wandb login`).
+    mode: WandbMode = WandbMode.offline
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment trackers (logger=tensorboard, logger=[mlflow,wandb]); each stage also writes summary.csv."""
+
+    tensorboard: Optional[TensorBoardLogger] = None
+    mlflow: Optional[MlflowLogger] = None
+    wandb: Optional[WandbLogger] = None
+
+
+@dataclass
 class ReproduceConfig:
     """`distillctl reproduce`: the teacher, the recipe's student and the same student without a teacher, per seed."""
 
@@ -319,6 +362,7 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     # Thresholds a run must meet, e.g. {"student.top1": {"min": 0.85}}; evaluate exits 1 on a miss. `baseline.*`
     # (the student without a teacher) and `gain.*` (student less baseline) are checked by `distillctl reproduce`.
     expect: dict[str, Any] = field(default_factory=dict)

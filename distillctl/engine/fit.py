@@ -26,6 +26,7 @@ from distillctl.engine.teacher_cache import CachedTeacher, LogitCache
 from distillctl.errors import UserError
 from distillctl.losses import Objective, StepOutputs
 from distillctl.models.ensemble import feature_source
+from distillctl.tracking import NO_TRACKER, Tracker, summary_csv
 
 BEST, LAST, LAST_STATE, HISTORY = "best.safetensors", "last.safetensors", "last_state.pt", "history.jsonl"
 
@@ -104,8 +105,10 @@ def fit(
     teacher: nn.Module | None = None,
     resume: bool = False,
     teacher_cache: LogitCache | None = None,
+    tracker: Tracker = NO_TRACKER,
 ) -> FitResult:
-    """Train for trainer_cfg.epochs, validating each epoch; best and last checkpoints go to out_dir."""
+    """Train for trainer_cfg.epochs, validating each epoch; best and last checkpoints go to out_dir; running figures
+    and each epoch's record go to the tracker, against the training step."""
     model = trainee.model
     out_dir.mkdir(parents=True, exist_ok=True)
     start_epoch, best_val, best_epoch, history = restore(trainee, batches, out_dir) if resume else (1, -1.0, 0, [])
@@ -149,12 +152,13 @@ def fit(
                 log.flush()
 
             every = trainer_cfg.get("checkpoint_every_steps")
-            totals = run_epoch(step, batches, epoch, trainer_cfg.log_every, progress, every, save_mid_epoch)
+            totals = run_epoch(step, batches, epoch, trainer_cfg.log_every, progress, every, save_mid_epoch, tracker)
             seconds = time.perf_counter() - t_epoch
             images_seen += totals.seen
             val_top1 = validate(model)
             record = totals.record(epoch, val_top1, trainee.optimizer.param_groups[0]["lr"], seconds)
             history.append(record)
+            tracker.log({f"epoch/{k}" if k != "epoch" else k: v for k, v in record.items()}, epoch * len(batches))
             if val_top1 > best_val:
                 best_val, best_epoch = val_top1, epoch
                 artifacts.save_weights(out_dir / BEST, model, {**trainee.metadata, "epoch": epoch, "val_top1": best_val})
@@ -175,9 +179,11 @@ def fit(
 
 
 def run_epoch(step: Callable, batches: Batches, epoch: int, log_every: int, progress: TrainingProgress,
-              checkpoint_every: int | None = None, save: Callable[[int], None] | None = None) -> EpochTotals:
-    """One pass over the batches; running figures go to the progress display every `log_every` steps, and
-    `save(step)` runs every `checkpoint_every` steps. A pass resumed mid-epoch reports its remaining steps only."""
+              checkpoint_every: int | None = None, save: Callable[[int], None] | None = None,
+              tracker: Tracker = NO_TRACKER) -> EpochTotals:
+    """One pass over the batches; running figures go to the progress display and the tracker every `log_every`
+    steps, and `save(step)` runs every `checkpoint_every` steps. A pass resumed mid-epoch reports its remaining
+    steps only."""
     device = batches.device
     totals = EpochTotals(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
     since_log, t_log = 0, time.perf_counter()
@@ -196,7 +202,10 @@ def run_epoch(step: Callable, batches: Batches, epoch: int, log_every: int, prog
             done = log_every if i % log_every == 0 else i % log_every
             # Stop before this epoch is checkpointed: the last finished epoch's state stays as it was.
             running_loss = finite_loss(totals, epoch, i, "nothing of this epoch was saved")
-            progress.advance(done, epoch, i, running_loss, (totals.correct / totals.seen).item(), since_log / (now - t_log))
+            running_top1, images_per_s = (totals.correct / totals.seen).item(), since_log / (now - t_log)
+            progress.advance(done, epoch, i, running_loss, running_top1, images_per_s)
+            tracker.log({"train/loss": running_loss, "train/top1": running_top1, "train/images_per_s": images_per_s},
+                        (epoch - 1) * len(batches) + i)
             since_log, t_log = 0, now
         if checkpoint_every and save is not None and i % checkpoint_every == 0 and i < len(batches):
             finite_loss(totals, epoch, i, "the last checkpoint is kept")  # never save a diverged state to resume from
@@ -266,6 +275,7 @@ def checkpoint(trainee: Trainee, batches: Batches, out_dir: Path, epoch: int, be
     }
     artifacts.save_state(out_dir / LAST_STATE, state)
     artifacts.write_text(out_dir / HISTORY, "".join(json.dumps(r) + "\n" for r in history))
+    artifacts.write_text(out_dir / summary_csv.SUMMARY_FILE, summary_csv.render(history))
 
 
 def restore(trainee: Trainee, batches: Batches, out_dir: Path) -> tuple[int, float, int, list]:

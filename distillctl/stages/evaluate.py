@@ -20,6 +20,7 @@ from distillctl.errors import UserError
 from distillctl.models import count_parameters, load_model
 from distillctl.models.normalization import stored_normalization
 from distillctl.stages.context import RunContext
+from distillctl.tracking import tracked
 from distillctl.workspace import METRICS_FILE, model_file
 
 QUANTIZED = [str(m) for m in QuantizeMethod]
@@ -114,7 +115,11 @@ def run(cfg: DictConfig) -> dict:
     # `~expect` drops the gate for a short run; rows measured across seeds are `distillctl reproduce`'s to check.
     checked = expectations.check(cfg.get("expect") or {}, results, skip=expectations.ACROSS_SEEDS)
     report_dir = ctx.workspace.output("report")
-    report.write(report_dir, results, context, checked, plots.draw(report_dir, results, context["recipe"]))
+    with tracked(cfg, report_dir) as tracker:
+        figures = plots.draw(report_dir, results, context["recipe"])
+        report.write(report_dir, results, context, checked, figures)
+        tracker.log({f"{stage}/{key}": value for stage, row in results.items() for key, value in row.items()}, 0)
+        tracker.artifacts([report_dir / METRICS_FILE, report_dir / "report.md", *figures])
     report.print_table(results, f"{context['recipe']}: {len(ctx.data.test)} test images, CPU timings on {threads} threads")
     console.print(f"report: {report_dir / 'report.md'}")
     report.enforce(checked)

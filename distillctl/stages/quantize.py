@@ -24,6 +24,7 @@ from distillctl.models.teachers import load_teacher
 from distillctl.stages.base import Stage
 from distillctl.stages.context import RunContext
 from distillctl.stages.training import TrainingJob, train_and_save
+from distillctl.tracking import tracked
 from distillctl.workspace import METRICS_FILE, MODEL_FILE, ONNX_FILE, Workspace, fingerprint as config_fingerprint, recorded_fingerprint
 
 EXPORT_DIR = "export"
@@ -128,6 +129,10 @@ def run(cfg: DictConfig) -> dict:
     if cfg.export.onnx:
         metrics["onnx_export"] = str(export_onnx(cfg, ctx, model, keep, norm))
     workspace.write_metrics(out_dir, metrics)
+    if method != "int8_qat":  # QAT's run was tracked while it trained
+        with tracked(cfg, out_dir) as tracker:
+            tracker.log(metrics, 0)
+            tracker.artifacts([out_dir / METRICS_FILE, out_dir / workspace.CONFIG_FILE])
     print_summary(method, metrics, out_dir)
     return metrics
 

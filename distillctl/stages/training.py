@@ -21,6 +21,7 @@ from distillctl.engine.teacher_cache import CacheSettings, open_cache
 from distillctl.losses import Objective
 from distillctl.models import count_parameters, model_metadata
 from distillctl.stages.context import RunContext
+from distillctl.tracking import Tracker, summary_csv, tracked
 
 
 @dataclass
@@ -59,12 +60,19 @@ def cache_settings(cfg: DictConfig, trainer: DictConfig) -> CacheSettings:
 
 
 def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
-    """Train the job's model, keep the best-on-validation weights as model.safetensors, return its metrics."""
+    """Train the job's model, keep the best-on-validation weights as model.safetensors, return its metrics; the
+    run goes to the trackers `logger=` chose."""
+    out_dir = ctx.workspace.output(job.folder)
+    workspace.record_start(out_dir, job.fingerprint)
+    with tracked(ctx.cfg, out_dir) as tracker:
+        return train_tracked(ctx, job, out_dir, tracker)
+
+
+def train_tracked(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Tracker) -> dict:
+    """train_and_save's work inside the stage's tracked run."""
     cfg, device, data = ctx.cfg, ctx.device, ctx.data
     trainer = job_trainer(cfg, job)
     mean, std = job.normalization or (cfg.dataset.mean, cfg.dataset.std)
-    out_dir = ctx.workspace.output(job.folder)
-    workspace.record_start(out_dir, job.fingerprint)
     memory = torch.channels_last if trainer.channels_last else torch.contiguous_format
     model = job.model.to(device, memory_format=memory)
     objective = job.objective.to(device)
@@ -92,7 +100,8 @@ def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
 
     cache = open_cache(cache_settings(cfg, trainer), batches, teacher, data.num_classes, objective.layers()[1])
     try:
-        result = fit(trainee, batches, validate, trainer, out_dir, job.folder, teacher=teacher, resume=cfg.resume, teacher_cache=cache)
+        result = fit(trainee, batches, validate, trainer, out_dir, job.folder, teacher=teacher, resume=cfg.resume,
+                     teacher_cache=cache, tracker=tracker)
     finally:  # the logits computed so far serve the next run even when this one stops early
         if cache is not None:
             cache.save()
@@ -130,6 +139,9 @@ def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
         **job.extra_metrics,
     }
     workspace.write_metrics(out_dir, metrics)
+    tracker.log({"test/top1": metrics["test_top1"], "test/top5": metrics["test_top5"], "best_val_top1": result.best_val_top1,
+                 "params": params}, result.epochs * len(batches))
+    tracker.artifacts(out_dir / name for name in (workspace.METRICS_FILE, workspace.CONFIG_FILE, summary_csv.SUMMARY_FILE))
     print_summary(job.folder, metrics, result, out_dir)
     return metrics
 

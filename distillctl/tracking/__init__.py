@@ -1,0 +1,176 @@
+"""Experiment tracking: each stage's run in the trackers that `logger=` chooses (TensorBoard, MLflow, W&B).
+
+A stage opens one run with `tracked(...)` and logs metrics against the training step; a tracker that fails while
+logging is dropped with a warning rather than stopping the training it reports on. Sweeps, searches, reproduce
+runs and pipelines group their stages' runs with `grouped(...)`: an MLflow parent run, a W&B group.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from omegaconf import DictConfig, OmegaConf
+
+from distillctl.errors import UserError
+
+# logger key -> (module under distillctl.tracking, the package it needs, what to install).
+BACKENDS = {
+    "tensorboard": ("tensorboard_run", "tensorboard", "tensorboard"),
+    "mlflow": ("mlflow_run", "mlflow", "mlflow-skinny"),
+    "wandb": ("wandb_run", "wandb", "wandb"),
+}
+IDENTITY_FILE = "tracking.json"  # each tracker's run id, so a resumed stage continues its runs
+
+GROUP: ContextVar[str | None] = ContextVar("tracking_group", default=None)
+
+
+@contextmanager
+def grouped(name: str) -> Iterator[None]:
+    """Group the runs of every stage inside this block under `name` (an outer group wins: a sweep of pipelines is
+    one group)."""
+    token = GROUP.set(GROUP.get() or name)
+    try:
+        yield
+    finally:
+        GROUP.reset(token)
+
+
+@dataclass
+class RunInfo:
+    """What every tracker needs to open a stage's run."""
+
+    name: str  # the stage folder's path (runs/quickstart/distill): unique, and says where the artifacts are
+    experiment: str  # the recipe
+    group: str | None
+    out_dir: Path
+    params: dict[str, Any]  # the resolved config, flattened (trainer.epochs: 30)
+    config_yaml: str
+    workspace_root: Path
+    previous: dict[str, Any] = field(default_factory=dict)  # tracking.json of the run this one resumes
+
+
+class Backend(Protocol):
+    """One tracker's run."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def artifacts(self, paths: list[Path]) -> None: ...
+
+    def close(self, failed: bool) -> None: ...
+
+    def identity(self) -> Any: ...
+
+
+class Tracker:
+    """The runs of one stage in every chosen tracker; each call goes to all of them."""
+
+    def __init__(self, backends: dict[str, Backend] | None = None) -> None:
+        self.backends = dict(backends or {})
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        """Numeric metrics at a training step (None values are left out)."""
+        numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if numbers:
+            self.each("log", numbers, step)
+
+    def artifacts(self, paths: Iterable[Path]) -> None:
+        """Files that exist among `paths`, uploaded or recorded as the run's artifacts."""
+        present = [Path(p) for p in paths if Path(p).is_file()]
+        if present:
+            self.each("artifacts", present)
+
+    def close(self, failed: bool = False) -> None:
+        """End every run, marked failed when the stage raised."""
+        self.each("close", failed)
+        self.backends.clear()
+
+    def each(self, method: str, *args: Any) -> None:
+        for name, backend in list(self.backends.items()):
+            try:
+                getattr(backend, method)(*args)
+            except Exception as exc:  # a tracker that fails never stops the training it reports on
+                from rich.markup import escape
+
+                from distillctl.console import console
+
+                console.print(f"[yellow]warning:[/] logger.{name} stopped logging this run "
+                              f"({escape(type(exc).__name__)}: {escape(str(exc)[:200])}); the stage goes on without it.")
+                del self.backends[name]
+
+
+NO_TRACKER = Tracker()
+
+
+def chosen(logger_cfg: DictConfig | None) -> list[str]:
+    """The trackers `logger=` selected."""
+    return [name for name in BACKENDS if logger_cfg is not None and logger_cfg.get(name) is not None]
+
+
+def check_installed(logger_cfg: DictConfig | None) -> None:
+    """Refuse a chosen tracker whose package is missing, before anything trains."""
+    for name in chosen(logger_cfg):
+        _, package, install = BACKENDS[name]
+        if importlib.util.find_spec(package) is None:
+            raise UserError(f"logger={name} needs the {package} package: pip install {install} "
+                            f"(or pip install 'distillctl[tracking]' for every tracker).")
+
+
+@contextmanager
+def tracked(cfg: DictConfig, out_dir: Path) -> Iterator[Tracker]:
+    """A run for the stage writing `out_dir` in every tracker cfg.logger chooses, with the resolved config as its
+    parameters; ended as finished, or as failed when the block raises."""
+    names = chosen(cfg.get("logger"))
+    if not names:
+        yield NO_TRACKER
+        return
+    check_installed(cfg.logger)
+    info = run_info(cfg, out_dir)
+    backends: dict[str, Backend] = {}
+    for name in names:
+        module = importlib.import_module(f"distillctl.tracking.{BACKENDS[name][0]}")
+        try:
+            backends[name] = module.open_run(cfg.logger[name], info)
+        except Exception as exc:  # an unreachable server, a bad URI: said before anything trains
+            Tracker(backends).close(failed=True)
+            raise UserError(f"logger={name} could not start a run ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). "
+                            f"Check the logger.{name} settings, or run without logger={name}.") from None
+    tracker = Tracker(backends)
+    identities = {name: backend.identity() for name, backend in backends.items()}
+    (out_dir / IDENTITY_FILE).write_text(json.dumps(identities, indent=1) + "\n")
+    try:
+        yield tracker
+    except BaseException:
+        tracker.close(failed=True)
+        raise
+    tracker.close()
+
+
+def run_info(cfg: DictConfig, out_dir: Path) -> RunInfo:
+    """The run's name, grouping and parameters from the config and the folder the stage writes."""
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    previous = {}
+    if cfg.get("resume") and (out_dir / IDENTITY_FILE).is_file():
+        try:
+            previous = json.loads((out_dir / IDENTITY_FILE).read_text())
+        except ValueError:  # a damaged file costs only the continuity of the curves
+            previous = {}
+    workspace_root = Path(cfg.run_dir)
+    return RunInfo(name=str(out_dir), experiment=workspace_root.name, group=GROUP.get(), out_dir=out_dir,
+                   params=flatten(plain), config_yaml=OmegaConf.to_yaml(plain), workspace_root=workspace_root, previous=previous)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys; lists and scalars as values (what trackers show as parameters)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat |= flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    return flat
