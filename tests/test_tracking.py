@@ -177,3 +177,22 @@ def test_a_tracker_that_cannot_start_is_one_message_before_training(tmp_path):
     with pytest.raises(UserError, match=r"logger=mlflow could not start a run .*bogus.*Check the logger.mlflow settings"):
         with tracking.tracked(cfg, tmp_path):
             pytest.fail("the block must not run")
+
+
+def test_a_resumed_stage_continues_its_mlflow_run(tmp_path):
+    from mlflow import MlflowClient
+
+    out_dir = tmp_path / "runs/tiny/student"
+    out_dir.mkdir(parents=True)
+    logger = {"tensorboard": None, "wandb": None, "mlflow": {"tracking_uri": None, "experiment": None}}
+    cfg = OmegaConf.create({"run_dir": str(tmp_path / "runs/tiny"), "resume": False, "seed": 0, "logger": logger})
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.tracked(cfg, out_dir) as tracker:
+            tracker.log({"epoch/val_top1": 0.2}, 3)
+            raise KeyboardInterrupt  # the run stops after its first epoch
+    with tracking.tracked(OmegaConf.merge(cfg, {"resume": True}), out_dir) as tracker:
+        tracker.log({"epoch/val_top1": 0.3}, 6)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs/mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == str(out_dir)
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "epoch/val_top1")] == [(3, 0.2), (6, 0.3)]
