@@ -51,7 +51,7 @@ def help_text() -> str:
         "",
         "Any config value can be overridden (trainer.epochs=30, loss.terms.kd.temperature=8); -m sweeps",
         "comma-separated values; `distillctl <command> --cfg job` prints the resolved config;",
-        "`distillctl <command> --help` lists the config groups.",
+        "`distillctl <command> --help` says what a command does, with its main options and an example.",
     ]
     return "\n".join(lines)
 
@@ -373,6 +373,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             from distillctl.inspect import run_inspect
 
             run_inspect(overrides)
+        elif command in COMMANDS and any(o in ("-h", "--help") for o in overrides):
+            from distillctl import command_help
+
+            print(command_help.render(command, overrides))
         elif command in COMMANDS:
             run_hydra(command, overrides)
         else:

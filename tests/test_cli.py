@@ -218,3 +218,19 @@ def test_logs_without_a_terminal_show_progress_within_an_epoch(cli, tiny):
     assert result.code == 0, result.text
     assert "teacher epoch 1/1 step 1/3  loss" in result.out and "ETA 0:" in result.out
     assert "teacher epoch 1/1  loss" in result.out  # and the epoch's own line
+
+
+def test_each_command_has_a_help_page_with_this_recipes_values(cli):
+    from distillctl.cli import COMMANDS
+    from distillctl.command_help import HELP
+
+    assert set(HELP) == set(COMMANDS)
+    page = cli("distill", "--help")
+    assert page.code == 0
+    assert "Trains the student from the frozen teacher" in page.out and "example:" in page.out
+    assert "values for recipe=quickstart" in page.out and "resnet8" in page.out  # the quickstart's student
+    assert "is powered by Hydra" not in page.out
+    other = cli("search", "recipe=cifar_resnet", "search=kd", "-h")
+    assert other.code == 0 and "values for recipe=cifar_resnet" in other.out and "loss.terms.kd.temperature" in other.out
+    typo = cli("distill", "trainer.epochz=3", "--help")
+    assert typo.code == 2 and "Did you mean 'epochs'" in typo.err
