@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from distillctl import artifacts
+from distillctl import files
 
 # (metric key, axis label, file name)
 PLOTS = [
@@ -41,7 +41,7 @@ def draw(report_dir: Path, results: dict[str, dict[str, Any]], title: str) -> li
         axes.grid(True, which="both", alpha=0.3)
         figure.tight_layout()
         path = report_dir / name
-        artifacts.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+        files.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
         plt.close(figure)
         written.append(path)
     return written

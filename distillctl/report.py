@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-from distillctl import artifacts
+from distillctl import files
 from distillctl.console import console
 
 # (key, header, format) for each column of the table and of report.md.
@@ -78,8 +78,8 @@ def markdown(results: dict[str, dict[str, Any]], context: dict[str, Any], figure
 def write(report_dir: Path, results: dict[str, dict[str, Any]], context: dict[str, Any], expectations: list[dict], figures: list[Path] = ()) -> None:
     """metrics.json and report.md (referencing `figures`, PNGs in report_dir), atomically."""
     context = {**context, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    artifacts.write_json(report_dir / "metrics.json", {"models": results, "context": context, "expect": expectations})
-    artifacts.write_text(report_dir / "report.md", markdown(results, context, figures))
+    files.write_json(report_dir / "metrics.json", {"models": results, "context": context, "expect": expectations})
+    files.write_text(report_dir / "report.md", markdown(results, context, figures))
 
 
 def print_misses(rows: list[dict[str, Any]]) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.table import Table
 
-from distillctl import artifacts
+from distillctl import files
 from distillctl.console import console
 
 
@@ -98,10 +98,10 @@ def markdown(rows: dict[str, Row], seeds: list[int], context: dict[str, Any], ch
 def write(out_dir: Path, rows: dict[str, Row], seeds: list[int], context: dict[str, Any], checked: list[dict[str, Any]]) -> None:
     """results.json and results.md in out_dir."""
     context = {**context, "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    artifacts.write_json(out_dir / "results.json", {
+    files.write_json(out_dir / "results.json", {
         "seeds": seeds,
         "rows": {name: row.as_dict() for name, row in rows.items()},
         "expectations": checked,
         "context": context,
     })
-    artifacts.write_text(out_dir / "results.md", markdown(rows, seeds, context, checked))
+    files.write_text(out_dir / "results.md", markdown(rows, seeds, context, checked))

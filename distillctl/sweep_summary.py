@@ -9,7 +9,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.table import Table
 
-from distillctl import artifacts
+from distillctl import files
 
 
 class SweepSummary(Callback):
@@ -21,7 +21,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = []
         for metrics_file in sorted(sweep_dir.glob("*/*/metrics.json")):
-            metrics = artifacts.read_json(metrics_file) or {}
+            metrics = files.read_json(metrics_file) or {}
             if "test_top1" in metrics:
                 rows.append((metrics_file.parent.parent.name, metrics_file.parent.name, metrics))
         if not rows:

@@ -10,7 +10,7 @@ from typing import IO, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from distillctl import artifacts
+from distillctl import files
 from distillctl.errors import UserError
 
 MODEL_FILE, METRICS_FILE, CONFIG_FILE = "model.safetensors", "metrics.json", "config.yaml"
@@ -84,7 +84,15 @@ class Workspace:
     def metrics(self, stage: str) -> dict[str, Any]:
         """The metrics.json of the finished `stage` (see find), or {} when there is none."""
         found = self.find(stage)
-        return (artifacts.read_json(found / METRICS_FILE) or {}) if found is not None else {}
+        return (files.read_json(found / METRICS_FILE) or {}) if found is not None else {}
+
+    def final_student(self, source: str) -> Path:
+        """The float student to compress further (quantize.source): auto prefers the pruned one to the distilled."""
+        if source in ("auto", "pruned") and (found := self.find("pruned")) is not None:
+            return found
+        if source == "pruned":
+            raise UserError(f"no pruned model in {self.root / 'pruned'}: run `distillctl prune` with the same recipe first, or set quantize.source=student.")
+        return self.require("student", "distilled student", "distill")
 
     def require(self, stage: str, what: str, command: str) -> Path:
         """The finished `stage` folder, or a UserError naming the command that makes it."""
@@ -113,25 +121,25 @@ def fingerprint(cfg: DictConfig, sections: list[str], inputs: list[str] | tuple[
 
 def recorded_fingerprint(stage_dir: Path) -> str | None:
     """The fingerprint a finished stage recorded in its metrics.json."""
-    metrics = artifacts.read_json(stage_dir / METRICS_FILE) or {}
+    metrics = files.read_json(stage_dir / METRICS_FILE) or {}
     return metrics.get("fingerprint")
 
 
 def started_fingerprint(stage_dir: Path) -> str | None:
     """The fingerprint of the run that last started in stage_dir (finished or not)."""
-    return (artifacts.read_json(stage_dir / STARTED_FILE) or {}).get("fingerprint")
+    return (files.read_json(stage_dir / STARTED_FILE) or {}).get("fingerprint")
 
 
 def record_start(stage_dir: Path, fingerprint: str) -> None:
     """Note which config is training in stage_dir, so an interrupted run is resumed only with the same one."""
-    artifacts.write_json(stage_dir / STARTED_FILE, {"fingerprint": fingerprint})
+    files.write_json(stage_dir / STARTED_FILE, {"fingerprint": fingerprint})
 
 
 def save_config(stage_dir: Path, cfg: DictConfig) -> None:
     """The fully resolved config beside the stage's artifacts."""
-    artifacts.write_text(stage_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+    files.write_text(stage_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def write_metrics(stage_dir: Path, metrics: dict[str, Any]) -> None:
     """metrics.json, written last: its presence marks the stage finished."""
-    artifacts.write_json(stage_dir / METRICS_FILE, metrics)
+    files.write_json(stage_dir / METRICS_FILE, metrics)

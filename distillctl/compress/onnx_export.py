@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distillctl import artifacts
+from distillctl import files
 from distillctl.errors import UserError
 
 INPUT, OUTPUT = "images", "logits"
@@ -38,7 +38,7 @@ def export(model: nn.Module, path: Path, image_size: int, opset: int, metadata: 
     proto = program.model_proto
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=json.dumps(value))
-    artifacts.atomic_write(path, lambda tmp: onnx.save(proto, str(tmp)))
+    files.atomic_write(path, lambda tmp: onnx.save(proto, str(tmp)))
 
 
 def metadata(path: Path) -> dict:
@@ -80,7 +80,7 @@ def quantize_int8(float_path: Path, out_path: Path, batches: Iterable[torch.Tens
     try:
         # Shape inference and graph clean-up first, as ONNX Runtime's quantizer recommends.
         quant_pre_process(str(float_path), str(prepared))
-        artifacts.atomic_write(out_path, lambda tmp: quantize_static(
+        files.atomic_write(out_path, lambda tmp: quantize_static(
             str(prepared), str(tmp), Reader(batches), quant_format=QuantFormat.QDQ, per_channel=per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         ))

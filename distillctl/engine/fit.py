@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import distillctl
-from distillctl import artifacts
+from distillctl import artifacts, files
 from distillctl.data import Batches
 from distillctl.console import TrainingProgress
 from distillctl.engine.device import autocast, compile_policy
@@ -274,8 +274,8 @@ def checkpoint(trainee: Trainee, batches: Batches, out_dir: Path, epoch: int, be
         "python_rng": json.dumps(random.getstate()),
     }
     artifacts.save_state(out_dir / LAST_STATE, state)
-    artifacts.write_text(out_dir / HISTORY, "".join(json.dumps(r) + "\n" for r in history))
-    artifacts.write_text(out_dir / summary_csv.SUMMARY_FILE, summary_csv.render(history))
+    files.write_text(out_dir / HISTORY, "".join(json.dumps(r) + "\n" for r in history))
+    files.write_text(out_dir / summary_csv.SUMMARY_FILE, summary_csv.render(history))
 
 
 def restore(trainee: Trainee, batches: Batches, out_dir: Path) -> tuple[int, float, int, list]:

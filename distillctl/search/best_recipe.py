@@ -10,7 +10,7 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from distillctl import artifacts, recipes
+from distillctl import files, recipes
 
 # Keys a search's command line sets that say where and how it ran, not what a trial trained.
 NOT_COPIED = ("recipe", "run_dir", "search", "force", "resume", "hydra")
@@ -52,4 +52,4 @@ def write_recipe(path: Path, base: str, description: str, header: Sequence[str],
     settings.pop("description", None)
     document = {"description": description, "defaults": [*defaults, *groups], **settings}
     text = "# @package _global_\n" + "".join(f"# {line}\n" for line in header) + yaml.safe_dump(document, sort_keys=False)
-    artifacts.write_text(path, text)
+    files.write_text(path, text)

@@ -11,7 +11,7 @@ import optuna
 from optuna.trial import TrialState
 from rich.table import Table
 
-from distillctl import artifacts
+from distillctl import files
 from distillctl.console import console
 from distillctl.search.study import OVER_BUDGET, origin, retried_numbers
 
@@ -98,7 +98,7 @@ def write(root: Path, rows: list[TrialRow], front: list[TrialRow], best: TrialRo
     default = next((r for r in rows if r.recipe_default and r.state == "complete"), None)
     data = {"context": context, "best": asdict(best) if best else None, "recipe_default": asdict(default) if default else None,
             "pareto_front": [r.number for r in front], "trials": [asdict(r) for r in rows]}
-    artifacts.write_json(root / "results.json", data)
+    files.write_json(root / "results.json", data)
     lines = [f"# Search: {context['recipe']}", ""]
     lines += [f"- **{key}**: {value}" for key, value in context.items()]
     lines += ["", "Scored by the best validation top-1 of each trial (held out of the training split); the test split is never used to choose (each trial's distill stage reports it, as every distill does).", ""]
@@ -116,7 +116,7 @@ def write(root: Path, rows: list[TrialRow], front: list[TrialRow], best: TrialRo
     lines += ["", f"## Pareto front: validation top-1 against {COST_LABELS[cost]}", ""]
     lines += [f"- trial {r.number}: {fmt_pct(r.val_top1)} at {getattr(r, cost):.4g}: {fmt_params(r.params)}" for r in front] or ["(no complete trial)"]
     lines += ["", "![validation top-1 of every trial](search.png)", ""]
-    artifacts.write_text(root / "results.md", "\n".join(lines))
+    files.write_text(root / "results.md", "\n".join(lines))
     plot = draw(root / "search.png", rows, front, cost, str(context["recipe"]), budget)
     return [root / "results.json", root / "results.md", plot]
 
@@ -156,7 +156,7 @@ def draw(path: Path, rows: list[TrialRow], front: list[TrialRow], cost: str, tit
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8, loc="best")
     figure.tight_layout()
-    artifacts.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+    files.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
     plt.close(figure)
     return path
 

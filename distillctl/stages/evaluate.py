@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from distillctl import artifacts, expectations, measure, plots, report
+from distillctl import expectations, files, measure, plots, report
 from distillctl.compress import onnx_export
 from distillctl.compress.onnx_export import OnnxClassifier
 from distillctl.compress.sparsity import weight_sparsity
@@ -84,7 +84,7 @@ def run(cfg: DictConfig) -> dict:
         logits, labels = predict(model.to(device), batches, device, precision)
         predictions[stage] = pred = logits.argmax(1)
         # Packed int8 and ONNX weights are not torch parameters: their counts come from the float source.
-        recorded = (artifacts.read_json(path.parent / METRICS_FILE) or {}) if quantized else {}
+        recorded = (files.read_json(path.parent / METRICS_FILE) or {}) if quantized else {}
         timed, runtime = (model, "onnxruntime") if isinstance(model, OnnxClassifier) else measure.deployable(model, cfg.dataset.image_size)
         results[stage] = {
             "arch": meta.get("model", "?"),

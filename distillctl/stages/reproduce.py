@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from distillctl import artifacts, expectations, report, seed_results
+from distillctl import expectations, files, report, seed_results
 from distillctl.cli import override_key
 from distillctl.console import console
 from distillctl.engine.device import device_name, pick_device
@@ -54,7 +54,7 @@ def compose_run(overrides: list[str], seed: int, run_dir: Path, loss: str | None
 
 def recorded_top1(ws: Workspace, folder: str) -> float:
     """The test top-1 a finished training stage recorded."""
-    metrics = artifacts.read_json(ws.root / folder / METRICS_FILE) or {}
+    metrics = files.read_json(ws.root / folder / METRICS_FILE) or {}
     if "test_top1" not in metrics:
         raise UserError(f"{ws.root / folder} has no test accuracy in {METRICS_FILE}; rerun with force=true.")
     return float(metrics["test_top1"])

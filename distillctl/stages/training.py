@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from distillctl import artifacts, workspace
+from distillctl import artifacts, files, workspace
 from distillctl.console import print_summary_table
 from distillctl.engine.fit import BEST, FitResult, Trainee, fit
 from distillctl.engine.optim import build_optimizer, build_schedule
@@ -110,7 +110,7 @@ def train_tracked(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Tra
     artifacts.load_weights(out_dir / BEST, model)
     params = count_parameters(model)  # before finalize: packed int8 weights are not parameters
     if job.finalize is None:
-        artifacts.atomic_write(out_dir / workspace.MODEL_FILE, lambda tmp: shutil.copyfile(out_dir / BEST, tmp))
+        files.atomic_write(out_dir / workspace.MODEL_FILE, lambda tmp: shutil.copyfile(out_dir / BEST, tmp))
         logits, labels = predict(model, split_batches(data.test), device, trainer.precision)
     else:
         model = job.finalize(model, out_dir)
