@@ -379,8 +379,9 @@ def bundled_weights(name: str) -> str:
 
 def register() -> None:
     """Put the schema into Hydra's ConfigStore under the name config.yaml starts its defaults with, the loss
-    terms (each term's dataclass, registered by importing its module) under loss/terms, and the `bundled` resolver."""
-    import distillctl.losses  # noqa: F401
+    terms' option dataclasses under loss/terms, and the `bundled` resolver (all without importing torch)."""
+    from distillctl.losses import params
 
+    params.register()
     ConfigStore.instance().store(name="schema", node=Config)
     OmegaConf.register_new_resolver("bundled", bundled_weights, replace=True)

@@ -50,7 +50,7 @@ def test_a_terms_config_defaults_are_its_dataclass_defaults(kind):
     cfg = composed("recipe=quickstart", f"+loss/terms@loss.terms.extra={kind}")
     node = cfg.loss.terms.extra
     for f in fields(TERMS[kind].Params):
-        if f.name in TERMS[kind].follows:
+        if f.name in TERMS[kind].Params.follows:
             continue
         default = kind if f.name == "kind" else f.default_factory() if callable(f.default_factory) else f.default
         value = node[f.name]

@@ -10,29 +10,16 @@ D is an MLP on softmax outputs by default (`input: logits`) or on globally poole
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillctl.bounds import bounded
 from distillctl.errors import UserError
-from distillctl.losses.base import LossTerm, StepOutputs, TermParams
+from distillctl.losses.base import LossTerm, StepOutputs
+from distillctl.losses.params import AdversarialParams
 from distillctl.losses.registry import term
-
-
-@dataclass
-class AdversarialParams(TermParams):
-    weight: float = bounded(0.1, min=0)
-    input: str = "logits"  # logits | features (`on` would read as a boolean in YAML)
-    student_layer: str = "layer3"  # used when input=features
-    teacher_layer: str = "layer3"
-    hidden: int = bounded(256, min=1)
-    lr: float = bounded(2e-4, above=0)
-    betas: tuple[float, float] = (0.5, 0.999)
-    d_steps: int = bounded(1, min=1)
 
 
 def discriminator(width: int, hidden: int) -> nn.Module:
@@ -46,7 +33,6 @@ def discriminator(width: int, hidden: int) -> nn.Module:
 class Adversarial(LossTerm):
     """The generator loss for the student; the discriminator's own update in after_step."""
 
-    Params = AdversarialParams
 
     def __init__(self, params: AdversarialParams) -> None:
         super().__init__(params)

@@ -7,23 +7,12 @@ paper's beta (1000, the default weight) the total is the reference implementatio
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 
-from distillctl.bounds import bounded
-from distillctl.losses.base import LossTerm, StepOutputs, TermParams
+from distillctl.losses.base import LossTerm, StepOutputs
+from distillctl.losses.params import AttentionParams
 from distillctl.losses.registry import term
-
-
-@dataclass
-class AttentionParams(TermParams):
-    weight: float = bounded(1000.0, min=0)
-    # Student and teacher module paths, pairwise: the i-th student layer is matched to the i-th teacher layer.
-    student_layers: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
-    teacher_layers: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
-    p: float = bounded(2.0, above=0)
 
 
 def attention_map(feature: torch.Tensor, p: float, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -38,7 +27,6 @@ def attention_map(feature: torch.Tensor, p: float, size: tuple[int, int] | None 
 class AttentionTransfer(LossTerm):
     """Match where the student's layers put their activation energy to where the teacher's do."""
 
-    Params = AttentionParams
 
     def __init__(self, params: AttentionParams) -> None:
         super().__init__(params)

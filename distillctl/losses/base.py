@@ -1,4 +1,4 @@
-"""What a loss term is: options in a dataclass, the layers it taps, a forward on one step's outputs."""
+"""What a loss term is: its options (a dataclass in params.py), the layers it taps, a forward on one step's outputs."""
 
 from __future__ import annotations
 
@@ -8,15 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from distillctl.bounds import bounded
-
-
-@dataclass
-class TermParams:
-    """Options every term has; a term's own dataclass adds its fields."""
-
-    kind: str = ""
-    weight: float = bounded(1.0, min=0)
+from distillctl.losses.params import TermParams
 
 
 @dataclass
@@ -41,10 +33,8 @@ class LossTerm(nn.Module):
     `after_step`, and keeps its optimizer's state in `get_extra_state`.
     """
 
-    Params: ClassVar[type[TermParams]] = TermParams
+    Params: ClassVar[type[TermParams]] = TermParams  # set by @term from distillctl.losses.params.PARAMS
     needs_teacher: ClassVar[bool] = True
-    # Params fields that default to another config value in a run: field -> dotted config key.
-    follows: ClassVar[dict[str, str]] = {}
 
     def __init__(self, params: TermParams) -> None:
         super().__init__()

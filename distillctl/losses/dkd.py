@@ -7,22 +7,11 @@ Defaults are the paper's CIFAR-100 settings (alpha 1, beta 8, T 4, 20 warm-up ep
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from distillctl.bounds import bounded
-from distillctl.losses.base import LossTerm, StepOutputs, TermParams
+from distillctl.losses.base import LossTerm, StepOutputs
 from distillctl.losses.registry import term
-
-
-@dataclass
-class DKDParams(TermParams):
-    alpha: float = bounded(1.0, min=0)
-    beta: float = bounded(8.0, min=0)
-    temperature: float = bounded(4.0, above=0)
-    warmup: int = bounded(20, min=0)
 
 
 def dkd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float, beta: float, temperature: float) -> torch.Tensor:
@@ -45,7 +34,6 @@ def dkd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
 class DecoupledKD(LossTerm):
     """TCKD + NCKD with a linear warm-up of the whole term."""
 
-    Params = DKDParams
 
     def forward(self, out: StepOutputs) -> torch.Tensor:
         ramp = min(out.epoch / self.params.warmup, 1.0) if self.params.warmup else 1.0

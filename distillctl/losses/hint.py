@@ -7,24 +7,13 @@ the only term, so the student is trained up to its hint layer before the whole o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillctl.bounds import bounded
-from distillctl.losses.base import LossTerm, StepOutputs, TermParams
+from distillctl.losses.base import LossTerm, StepOutputs
+from distillctl.losses.params import HintParams
 from distillctl.losses.registry import term
-
-
-@dataclass
-class HintParams(TermParams):
-    weight: float = bounded(100.0, min=0)  # the CRD benchmark's setting for FitNets on CIFAR
-    student_layer: str = "layer2"
-    teacher_layer: str = "layer2"
-    kernel_size: int = bounded(1, min=1)  # 1: a 1x1 conv regressor; 3: the paper's convolutional regressor
-    pretrain_epochs: int = bounded(0, min=0)
 
 
 def match_size(feature: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -40,7 +29,6 @@ def match_size(feature: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class Hint(LossTerm):
     """MSE between regressor(student feature) and the teacher feature."""
 
-    Params = HintParams
 
     def __init__(self, params: HintParams) -> None:
         super().__init__(params)

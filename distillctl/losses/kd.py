@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from distillctl.bounds import bounded
-from distillctl.losses.base import LossTerm, StepOutputs, TermParams
+from distillctl.losses.base import LossTerm, StepOutputs
 from distillctl.losses.registry import term
-
-
-@dataclass
-class KDParams(TermParams):
-    temperature: float = bounded(4.0, above=0)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -28,7 +20,6 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 class KnowledgeDistillation(LossTerm):
     """Match the teacher's temperature-softened class distribution."""
 
-    Params = KDParams
 
     def forward(self, out: StepOutputs) -> torch.Tensor:
         return kd_loss(out.student_logits, out.teacher_logits, self.params.temperature)

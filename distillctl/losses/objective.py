@@ -11,6 +11,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from distillctl.errors import UserError, did_you_mean
+from distillctl.losses import adversarial, attention, ce, dkd, hint, kd  # noqa: F401  (each registers its term)
 from distillctl.losses.base import LossTerm, StepOutputs
 from distillctl.losses.registry import TERMS
 
@@ -78,8 +79,6 @@ class Objective(nn.Module):
 
 def build_objective(terms_cfg: Mapping[str, Any]) -> Objective:
     """Validate each entry of loss.terms against its kind's dataclass and build the terms."""
-    import distillctl.losses  # noqa: F401  (registers the built-in terms)
-
     terms: dict[str, LossTerm] = {}
     for name, entry in terms_cfg.items():
         entry = OmegaConf.to_container(entry, resolve=True) if OmegaConf.is_config(entry) else dict(entry or {})

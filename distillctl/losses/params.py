@@ -1,0 +1,93 @@
+"""The options of every loss term: one dataclass per term kind, the one place its defaults and ranges are stated.
+
+They live apart from the terms' code (which needs torch) so that the CLI composes and checks a config without
+importing torch: a mistake then answers in about a second. A new term adds its dataclass here, its module beside
+this one, and its YAML in configs/loss/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from distillctl.bounds import bounded
+
+
+@dataclass
+class TermParams:
+    """Options every term has; a term's own dataclass adds its fields."""
+
+    kind: str = ""
+    weight: float = bounded(1.0, min=0)
+    # Fields that default to another config value in a run: field -> dotted config key.
+    follows: ClassVar[dict[str, str]] = {}
+
+
+@dataclass
+class CEParams(TermParams):
+    label_smoothing: float = bounded(0.0, min=0, below=1)
+    follows: ClassVar[dict[str, str]] = {"label_smoothing": "trainer.label_smoothing"}
+
+@dataclass
+class KDParams(TermParams):
+    temperature: float = bounded(4.0, above=0)
+
+@dataclass
+class DKDParams(TermParams):
+    alpha: float = bounded(1.0, min=0)
+    beta: float = bounded(8.0, min=0)
+    temperature: float = bounded(4.0, above=0)
+    warmup: int = bounded(20, min=0)
+
+@dataclass
+class HintParams(TermParams):
+    weight: float = bounded(100.0, min=0)  # the CRD benchmark's setting for FitNets on CIFAR
+    student_layer: str = "layer2"
+    teacher_layer: str = "layer2"
+    kernel_size: int = bounded(1, min=1)  # 1: a 1x1 conv regressor; 3: the paper's convolutional regressor
+    pretrain_epochs: int = bounded(0, min=0)
+
+@dataclass
+class AttentionParams(TermParams):
+    weight: float = bounded(1000.0, min=0)
+    # Student and teacher module paths, pairwise: the i-th student layer is matched to the i-th teacher layer.
+    student_layers: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
+    teacher_layers: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
+    p: float = bounded(2.0, above=0)
+
+@dataclass
+class AdversarialParams(TermParams):
+    weight: float = bounded(0.1, min=0)
+    input: str = "logits"  # logits | features (`on` would read as a boolean in YAML)
+    student_layer: str = "layer3"  # used when input=features
+    teacher_layer: str = "layer3"
+    hidden: int = bounded(256, min=1)
+    lr: float = bounded(2e-4, above=0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    d_steps: int = bounded(1, min=1)
+
+
+# Term kind -> its options, as written in loss.terms.<name>.kind.
+PARAMS: dict[str, type[TermParams]] = {
+    "ce": CEParams,
+    "kd": KDParams,
+    "dkd": DKDParams,
+    "hint": HintParams,
+    "attention": AttentionParams,
+    "adversarial": AdversarialParams,
+}
+
+
+def register() -> None:
+    """Store each kind's dataclass in Hydra's ConfigStore as `loss/terms/<kind>`: loss groups pick terms with
+    `terms@terms.kd: kd`, and `+loss/terms@loss.terms.NAME=KIND` adds one from the command line, typo-checked."""
+    for kind, params in PARAMS.items():
+        node = OmegaConf.structured(params(kind=kind))
+        # A field that follows another config value (CE's label smoothing follows trainer.label_smoothing) is an
+        # interpolation in the run's config; built outside a run, the dataclass default applies.
+        for field_name, source in params.follows.items():
+            node[field_name] = "${" + source + "}"
+        ConfigStore.instance().store(group="loss/terms", name=kind, node=node)
