@@ -295,12 +295,13 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
 
         from contextlib import nullcontext
 
-        from distillctl import tracking
+        from distillctl import preflight, tracking
         from distillctl.bounds import check_config
 
         try:
             check_config(cfg)  # every value, before the stage imports torch or loads data
             tracking.check_installed(cfg.logger)
+            preflight.check(command, cfg)  # files, data set and prerequisite stages, still without torch
             stage: Callable = importlib.import_module(f"distillctl.stages.{module_name}").run
             group = tracking_group(command, cfg)
             with tracking.grouped(group) if group else nullcontext():

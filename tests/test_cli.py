@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -234,3 +235,30 @@ def test_each_command_has_a_help_page_with_this_recipes_values(cli):
     assert other.code == 0 and "values for recipe=cifar_resnet" in other.out and "loss.terms.kd.temperature" in other.out
     typo = cli("distill", "trainer.epochz=3", "--help")
     assert typo.code == 2 and "Did you mean 'epochs'" in typo.err
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["prune"], "no distilled student in runs/quickstart/student: run `distillctl distill`"),
+        (["quantize", "quantize.source=pruned"], "no pruned model"),
+        (["distill", "recipe=cifar_resnet", "dataset.path=embedded"], "no trained teacher in runs/cifar_resnet/teacher"),
+        (["distill", "teacher.checkpoint=missing.safetensors"], "teacher.checkpoint 'missing.safetensors' does not exist"),
+        (["distill", "student.pretrained_file=missing.safetensors"], "student.pretrained_file 'missing.safetensors' does not exist"),
+        (["train-teacher", "dataset=imagefolder", "dataset.path=./nowhere"], "dataset.path './nowhere' does not exist"),
+        (["train-teacher", "recipe=cifar_resnet"], "not in the local Hugging Face cache"),  # offline, Hub id
+        (["distill", "logger=wandb", "logger.wandb.mode=onlin"], "is not one of offline, online, disabled"),
+    ],
+)
+def test_mistakes_seen_on_disk_are_refused_before_torch_is_imported(tmp_path, args, expected):
+    """The config and the file system are checked first, so these answer in about a second, not after the torch import
+    and the data load."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom distillctl.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n"
+            "    print('torch imported:', 'torch' in sys.modules, 'exit', exc.code)\n")
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert expected in proc.stderr
+    assert "torch imported: False exit 2" in proc.stdout

@@ -94,11 +94,16 @@ def read_split_table(source: Source, split: str):
         reason = "offline mode is on" if offline else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         if source.local_dir is not None:
             raise UserError(f"could not read the data set in '{source.local_dir}' ({reason}). Is a file corrupt?") from None
-        raise UserError(
-            f"could not load '{source.spec}' from the Hugging Face Hub ({reason}). Without network, point "
-            "dataset.path at local files: a directory in the Hub's parquet layout (e.g. dataset.path=../shared/data/cifar10) "
-            "or an image folder with train/<class>/*.jpg and test/<class>/*.jpg."
-        ) from None
+        raise UserError(offline_message(source.spec, reason)) from None
+
+
+def offline_message(spec: str, reason: str) -> str:
+    """What to do when a Hub data set cannot be had."""
+    return (
+        f"could not load '{spec}' from the Hugging Face Hub ({reason}). Without network, point "
+        "dataset.path at local files: a directory in the Hub's parquet layout (e.g. dataset.path=../shared/data/cifar10) "
+        "or an image folder with train/<class>/*.jpg and test/<class>/*.jpg."
+    )
 
 
 def columns(table, image_column: str | None, label_column: str | None) -> tuple[str, str]:

@@ -10,11 +10,13 @@ from distillctl.artifacts import load_weights
 from distillctl.errors import UserError
 from distillctl.losses import build_objective
 from distillctl.models import create_model
-from distillctl.models.teachers import load_teacher, teacher_checkpoints
+from distillctl.models.teachers import load_teacher
 from distillctl.stages.base import Stage
 from distillctl.stages.context import RunContext
 from distillctl.stages.training import TrainingJob, train_and_save
-from distillctl.workspace import MODEL_FILE, Workspace, fingerprint as config_fingerprint, recorded_fingerprint
+from distillctl.teacher_files import teacher_checkpoints
+from distillctl.workspace import MODEL_FILE, Workspace, recorded_fingerprint
+from distillctl.workspace import fingerprint as config_fingerprint
 
 FOLDER = "student"
 

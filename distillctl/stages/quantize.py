@@ -31,16 +31,6 @@ EXPORT_DIR = "export"
 Normalization = tuple[list[float], list[float]]
 
 
-def source_dir(cfg: DictConfig, ws: Workspace) -> Path:
-    """The float model to quantize: quantize.source, where auto prefers the pruned student."""
-    choice = cfg.quantize.source
-    if choice in ("auto", "pruned") and (found := ws.find("pruned")) is not None:
-        return found
-    if choice == "pruned":
-        raise UserError(f"no pruned model in {ws.root / 'pruned'}: run `distillctl prune` with the same recipe first, or set quantize.source=student.")
-    return ws.require("student", "distilled student", "distill")
-
-
 def folder(cfg: DictConfig) -> str:
     """The folder this run writes: the method's name."""
     return str(cfg.quantize.method)
@@ -49,7 +39,7 @@ def folder(cfg: DictConfig) -> str:
 def fingerprint(cfg: DictConfig, ws: Workspace) -> str:
     """What the quantized model depends on: the quantize (and export) settings, training set-up for QAT, the source."""
     try:
-        source_id = recorded_fingerprint(source_dir(cfg, ws)) or "unknown"
+        source_id = recorded_fingerprint(ws.final_student(str(cfg.quantize.source))) or "unknown"
     except UserError:
         source_id = "no-source"
     sections = ["dataset", "quantize", "export"]
@@ -91,7 +81,7 @@ def run(cfg: DictConfig) -> dict:
     """Quantize the workspace's final float model into runs/<recipe>/<method>/ and, with export.onnx, export it."""
     method, q = folder(cfg), cfg.quantize
     ctx = RunContext.open(cfg)
-    source = source_dir(cfg, ctx.workspace) / MODEL_FILE
+    source = ctx.workspace.final_student(str(cfg.quantize.source)) / MODEL_FILE
     model, meta = load_model(source)
     model.eval()
     norm = stored_normalization(meta, cfg.dataset.mean, cfg.dataset.std)

@@ -1,0 +1,63 @@
+"""What the CLI checks before it imports torch or loads data: everything that needs only the config and the file
+system (weights files, where the data set is, the stage outputs a command builds on). Such a mistake then answers
+in about two seconds instead of after the torch import and the data load."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from distillctl.errors import UserError
+from distillctl.teacher_files import teacher_checkpoints
+from distillctl.workspace import Workspace
+
+# The finished stage outputs each command starts from (pipeline, reproduce and search train what is missing).
+NEEDS: dict[str, Callable[[DictConfig, Workspace], object]] = {
+    "distill": teacher_checkpoints,
+    "prune": lambda cfg, ws: ws.require("student", "distilled student", "distill"),
+    "quantize": lambda cfg, ws: ws.final_student(str(cfg.quantize.source)),
+}
+
+
+def check(command: str, cfg: DictConfig) -> None:
+    """Raise the UserError a stage would raise later, for every problem visible from the config and the disk."""
+    for role in ("teacher", "student"):
+        for key in ("checkpoint", "pretrained_file"):
+            existing_file(f"{role}.{key}", cfg[role][key])
+    for i, entry in enumerate(cfg.teachers):
+        existing_file(f"teachers[{i}].checkpoint", entry.checkpoint)
+    check_dataset(cfg.dataset.path)
+    if need := NEEDS.get(command):
+        need(cfg, Workspace.from_config(cfg))
+
+
+def existing_file(key: str, value: str | None) -> None:
+    """A weights file named in the config must be there."""
+    if value and not Path(value).expanduser().is_file():
+        raise UserError(f"{key} '{Path(value).expanduser()}' does not exist.")
+
+
+def check_dataset(spec: str) -> None:
+    """dataset.path names a local data set that is there, or a Hub id that can be had (online, or cached offline)."""
+    from distillctl.data.sources import locate, offline_message
+
+    source = locate(spec)
+    if source.local_dir is None and offline() and not hub_cached(spec):
+        raise UserError(offline_message(spec, "offline mode is on and it is not in the local Hugging Face cache"))
+
+
+def offline() -> bool:
+    """Whether the Hugging Face libraries were told not to use the network."""
+    return os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+
+
+def hub_cached(repo_id: str) -> bool:
+    """Whether a Hub data set is in the local Hub download cache or in `datasets`' own cache."""
+    home = Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser()
+    hub = Path(os.environ.get("HF_HUB_CACHE", home / "hub")).expanduser()
+    prepared = Path(os.environ.get("HF_DATASETS_CACHE", home / "datasets")).expanduser()
+    owner_name = repo_id.replace("/", "--")
+    return (hub / f"datasets--{owner_name}").is_dir() or any(prepared.glob(f"{repo_id.replace('/', '___')}*"))
