@@ -57,6 +57,7 @@ class QuantizeMethod(StrEnum):
     int8_static = "int8_static"
     int8_qat = "int8_qat"
     onnx_int8 = "onnx_int8"
+    executorch_int8 = "executorch_int8"  # a .pte program for phones and boards: int8 on ExecuTorch's XNNPACK backend
 
 
 class QuantizeSource(StrEnum):
@@ -106,8 +107,10 @@ class WandbMode(StrEnum):
 
 
 class Int8Backend(StrEnum):
+    auto = "auto"  # qnnpack on ARM CPUs, x86 elsewhere
     x86 = "x86"
     fbgemm = "fbgemm"
+    qnnpack = "qnnpack"  # torch's int8 kernels for ARM (they also run, slower, on x86)
 
 
 @dataclass
@@ -243,7 +246,7 @@ class QuantizeConfig:
 
     method: QuantizeMethod = QuantizeMethod.int8_static
     source: QuantizeSource = QuantizeSource.auto
-    backend: Int8Backend = Int8Backend.x86  # torch's int8 kernels
+    backend: Int8Backend = Int8Backend.auto  # torch's int8 kernels
     per_channel: bool = True  # per-channel int8 weights (per-tensor when false)
     calibration_batches: int = bounded(8, min=1)  # training images seen by the observers: batches of calibration_batch_size
     calibration_batch_size: int = bounded(128, min=1)

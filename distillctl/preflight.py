@@ -30,8 +30,18 @@ def check(command: str, cfg: DictConfig) -> None:
     for i, entry in enumerate(cfg.teachers):
         existing_file(f"teachers[{i}].checkpoint", entry.checkpoint)
     check_dataset(cfg.dataset.path)
+    if command in ("quantize", "pipeline") and cfg.quantize.method == "executorch_int8":
+        require_package("executorch", "quantize=executorch_int8", "executorch")
     if need := NEEDS.get(command):
         need(cfg, Workspace.from_config(cfg))
+
+
+def require_package(module: str, feature: str, extra: str) -> None:
+    """Refuse a feature whose optional package is not installed, naming what to install."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UserError(f"{feature} needs the {module} package: pip install 'distillctl[{extra}]'.")
 
 
 def existing_file(key: str, value: str | None) -> None:

@@ -17,6 +17,7 @@ MODEL_FILE, METRICS_FILE, CONFIG_FILE = "model.safetensors", "metrics.json", "co
 # Written when a training stage starts: which config an unfinished folder's checkpoints belong to.
 STARTED_FILE = "started.json"
 ONNX_FILE = "model.onnx"
+PTE_FILE = "model.pte"  # an ExecuTorch program
 
 # Lock files this process holds open: the OS releases them when it exits, even on kill -9, so none goes stale.
 _HELD_LOCKS: dict[Path, IO[str]] = {}
@@ -103,8 +104,8 @@ class Workspace:
 
 
 def model_file(stage_dir: Path) -> Path | None:
-    """The model a stage folder holds: safetensors (torch) or ONNX."""
-    return next((stage_dir / name for name in (MODEL_FILE, ONNX_FILE) if (stage_dir / name).is_file()), None)
+    """The model a stage folder holds: safetensors (torch), ONNX or an ExecuTorch program."""
+    return next((stage_dir / name for name in (MODEL_FILE, ONNX_FILE, PTE_FILE) if (stage_dir / name).is_file()), None)
 
 
 def finished(stage_dir: Path) -> bool:

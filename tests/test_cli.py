@@ -111,7 +111,7 @@ def test_prune_without_a_student_says_what_to_run(cli, tiny):
 def test_every_quantization_and_export_through_the_cli(cli, tiny):
     assert cli("train-teacher", "recipe=tiny").code == 0 and cli("distill", "recipe=tiny").code == 0
     runs = tiny / "runs" / "tiny"
-    for method in ("int8_static", "int8_qat", "fp16", "onnx_int8"):
+    for method in ("int8_static", "int8_qat", "fp16", "onnx_int8", "executorch_int8"):
         result = cli("quantize", "recipe=tiny", f"quantize={method}", "export.onnx=true")
         assert result.code == 0, result.text
         metrics = json.loads((runs / method / "metrics.json").read_text())
@@ -121,8 +121,9 @@ def test_every_quantization_and_export_through_the_cli(cli, tiny):
     report = cli("evaluate", "recipe=tiny")
     assert report.code == 0, report.text
     rows = json.loads((runs / "report" / "metrics.json").read_text())["models"]
-    assert list(rows) == ["teacher", "student", "fp16", "int8_static", "int8_qat", "onnx_int8"]
+    assert list(rows) == ["teacher", "student", "fp16", "int8_static", "int8_qat", "onnx_int8", "executorch_int8"]
     assert rows["onnx_int8"]["runtime"] == "onnxruntime" and rows["int8_static"]["runtime"] == "torchscript"
+    assert rows["executorch_int8"]["runtime"] == "executorch-xnnpack" and rows["executorch_int8"]["latency_ms"] > 0
     assert rows["int8_qat"]["params"] == rows["student"]["params"] and rows["int8_qat"]["macs"] == rows["student"]["macs"]
     # Feature-tapping terms cannot follow fused layers: refused before any training, with the way out.
     fitnet = cli("quantize", "recipe=tiny", "quantize=int8_qat", "loss=fitnet")

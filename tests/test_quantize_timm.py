@@ -134,3 +134,19 @@ def test_onnx_int8_exports_quantizes_and_runs_in_onnx_runtime(name, images, tmp_
     int8_logits = onnx_export.OnnxClassifier(int8_path, 1)(images[1])
     assert int8_logits.shape == (64, 10) and torch.isfinite(int8_logits).all()
     assert int8_path.stat().st_size < 0.6 * float_path.stat().st_size
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenetv3_small_050"])
+def test_executorch_int8_takes_what_torch_int8_refuses(name, images, tmp_path):
+    """SiLU (efficientnet) has no torch x86 int8 kernel, but XNNPACK runs it: the .pte runs in ExecuTorch's runtime."""
+    from distillctl.compress import executorch_export
+
+    model = timm_model(name)
+    path = tmp_path / "model.pte"
+    executorch_export.export_int8(model, path, SIZE, images[:1], per_channel=True, metadata={"model": name})
+    logits = executorch_export.ExecuTorchClassifier(path)(images[1][:16])
+    with torch.inference_mode():
+        expected = model(images[1][:16])
+    assert logits.shape == (16, 10) and torch.isfinite(logits).all()
+    assert (logits - expected).abs().max() < 0.1 * expected.abs().max() + 1e-3

@@ -20,7 +20,17 @@ from torch import nn
 
 from distillctl.errors import UserError
 
-BACKENDS = ("x86", "fbgemm")
+BACKENDS = ("x86", "fbgemm", "qnnpack")
+ARM = ("arm64", "aarch64")
+
+
+def resolve_backend(backend: str) -> str:
+    """quantize.backend with `auto` made concrete: qnnpack (torch's ARM int8 kernels) on ARM CPUs, x86 elsewhere."""
+    if backend != "auto":
+        return backend
+    import platform
+
+    return "qnnpack" if platform.machine().lower() in ARM else "x86"
 
 # Leaf layers that run on int8 tensors as they are (no weights to quantize) or that FX leaves in place.
 PASSTHROUGH = (

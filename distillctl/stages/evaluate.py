@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from distillctl import expectations, files, measure, plots, report
-from distillctl.compress import onnx_export
+from distillctl.compress import executorch_export, onnx_export
+from distillctl.compress.executorch_export import ExecuTorchClassifier
 from distillctl.compress.onnx_export import OnnxClassifier
 from distillctl.compress.sparsity import weight_sparsity
 from distillctl.config import QuantizeMethod
@@ -43,8 +44,19 @@ def load_artifact(stage: str, path: Path, cfg: DictConfig, num_classes: int, thr
     """A model file as something to call on image batches, with its metadata."""
     if path.suffix == ".onnx":
         return OnnxClassifier(path, threads), onnx_export.metadata(path)
+    if path.suffix == ".pte":
+        return ExecuTorchClassifier(path), executorch_export.metadata(path)
     # Foreign files without metadata are named by the config section of the model they stand for.
     return load_model(path, cfg["teacher" if stage == "teacher" else "student"].name, num_classes)
+
+
+def runtime_of(model: nn.Module, image_size: int) -> tuple[nn.Module, str]:
+    """What a model is timed as and the runtime's name: files run in their own runtime, torch models as deployed."""
+    if isinstance(model, OnnxClassifier):
+        return model, "onnxruntime"
+    if isinstance(model, ExecuTorchClassifier):
+        return model, "executorch-xnnpack"
+    return measure.deployable(model, image_size)
 
 
 def agreement(pred: torch.Tensor, reference: torch.Tensor | None) -> float | None:
@@ -85,7 +97,7 @@ def run(cfg: DictConfig) -> dict:
         predictions[stage] = pred = logits.argmax(1)
         # Packed int8 and ONNX weights are not torch parameters: their counts come from the float source.
         recorded = (files.read_json(path.parent / METRICS_FILE) or {}) if quantized else {}
-        timed, runtime = (model, "onnxruntime") if isinstance(model, OnnxClassifier) else measure.deployable(model, cfg.dataset.image_size)
+        timed, runtime = runtime_of(model, cfg.dataset.image_size)
         results[stage] = {
             "arch": meta.get("model", "?"),
             "path": str(path),

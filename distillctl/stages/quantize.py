@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from distillctl import measure, workspace
-from distillctl.compress import int8_fx, onnx_export
+from distillctl.compress import executorch_export, int8_fx, onnx_export
 from distillctl.console import console, print_summary_table
 from distillctl.engine.predict import predict, topk_accuracy
 from distillctl.errors import UserError
@@ -25,7 +25,7 @@ from distillctl.stages.base import Stage
 from distillctl.stages.context import RunContext
 from distillctl.stages.training import TrainingJob, train_and_save
 from distillctl.tracking import tracked
-from distillctl.workspace import METRICS_FILE, MODEL_FILE, ONNX_FILE, Workspace, fingerprint as config_fingerprint, recorded_fingerprint
+from distillctl.workspace import METRICS_FILE, MODEL_FILE, ONNX_FILE, PTE_FILE, Workspace, fingerprint as config_fingerprint, recorded_fingerprint
 
 EXPORT_DIR = "export"
 Normalization = tuple[list[float], list[float]]
@@ -93,7 +93,8 @@ def run(cfg: DictConfig) -> dict:
     float_logits = test_logits(cfg, ctx, model, norm)[0]
     info = {"source": str(source), "params": count_parameters(model), "macs": measure.macs(model, size)}
     fp = fingerprint(cfg, ctx.workspace)
-    quantization = {"method": method, "backend": q.backend, "per_channel": q.per_channel, "skip": list(q.skip), "image_size": size}
+    backend = int8_fx.resolve_backend(str(q.backend))
+    quantization = {"method": method, "backend": backend, "per_channel": q.per_channel, "skip": list(q.skip), "image_size": size}
     keep = architecture_metadata(meta)
     out_dir = ctx.workspace.output(method)
     # A re-run that stops half-way must not leave the folder looking finished with the old metrics.
@@ -128,19 +129,23 @@ def run(cfg: DictConfig) -> dict:
 
 
 def quantize_after_training(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, quantization: dict, out_dir: Path, norm: Normalization) -> nn.Module:
-    """fp16/bf16 casts, int8_static and onnx_int8: no training, a calibration pass at most."""
+    """fp16/bf16 casts, int8_static, onnx_int8 and executorch_int8: no training, a calibration pass at most."""
     q, method, size = cfg.quantize, cfg.quantize.method, cfg.dataset.image_size
     if method in int8_fx.CAST_DTYPES:
         cast = int8_fx.Cast(copy.deepcopy(model), int8_fx.CAST_DTYPES[method])
         int8_fx.save_quantized(out_dir / MODEL_FILE, cast, keep, quantization)
         return cast
     if method == "int8_static":
-        prepared = int8_fx.prepare(copy.deepcopy(model), torch.zeros(1, 3, size, size), q.backend, q.per_channel, q.skip)
+        prepared = int8_fx.prepare(copy.deepcopy(model), torch.zeros(1, 3, size, size), quantization["backend"], q.per_channel, q.skip)
         seen = int8_fx.calibrate(prepared, calibration_images(cfg, ctx, norm))
         console.print(f"calibrated on {seen} training images")
         int8 = int8_fx.convert(prepared)
         int8_fx.save_quantized(out_dir / MODEL_FILE, int8, keep, quantization)
         return int8
+    if method == "executorch_int8":
+        seen = executorch_export.export_int8(model, out_dir / PTE_FILE, size, calibration_images(cfg, ctx, norm), q.per_channel, keep)
+        console.print(f"calibrated on {seen} training images")
+        return executorch_export.ExecuTorchClassifier(out_dir / PTE_FILE)
     with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
         float_path = Path(scratch) / "float.onnx"
         onnx_export.export(model, float_path, size, cfg.export.opset, keep)
@@ -152,7 +157,7 @@ def train_qat(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, qu
     """Fake-quantized fine-tuning through the one training loop, then conversion to int8."""
     q, size = cfg.quantize, cfg.dataset.image_size
     teacher = load_teacher(cfg, ctx.workspace, ctx.data.num_classes)[0] if objective.needs_teacher else None
-    prepared = int8_fx.prepare(copy.deepcopy(model), torch.zeros(1, 3, size, size), q.backend, q.per_channel, q.skip, qat=True)
+    prepared = int8_fx.prepare(copy.deepcopy(model), torch.zeros(1, 3, size, size), quantization["backend"], q.per_channel, q.skip, qat=True)
     # Start from calibrated ranges rather than fake-quantizing with placeholders during the first steps.
     int8_fx.calibrate(prepared, calibration_images(cfg, ctx, norm))
 
