@@ -116,6 +116,9 @@ def finished(stage_dir: Path) -> bool:
 def fingerprint(cfg: DictConfig, sections: list[str], inputs: list[str] | tuple[str, ...] = ()) -> str:
     """Hash of the config sections a stage depends on and of its inputs' fingerprints."""
     chosen = {s: OmegaConf.to_container(cfg[s], resolve=True) for s in sections}
+    if "dataset" in sections and cfg.dataset.get("train_limit"):
+        # train_limit once counted the held-out images too: a run made under that rule trained on other images
+        chosen["train_limit_counts"] = "training images"
     blob = json.dumps({"config": chosen, "inputs": list(inputs)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -36,7 +36,8 @@ def test_embedded_sample_is_real_cifar_in_hub_layout():
 def test_limits_and_a_fixed_validation_split():
     a = load_splits(dataset_cfg(train_limit=1000, test_limit=100, val_size=0.2))
     b = load_splits(dataset_cfg(train_limit=1000, test_limit=100, val_size=0.2))
-    assert len(a.train.labels) == 800 and len(a.val.labels) == 200 and len(a.test.labels) == 100
+    # train_limit counts training images; the held-out part (a fraction of them) comes on top
+    assert len(a.train.labels) == 1000 and len(a.val.labels) == 200 and len(a.test.labels) == 100
     assert torch.equal(a.val.images, b.val.images)
 
 
@@ -57,7 +58,7 @@ def test_image_folder(tmp_path):
             Image.fromarray(img.numpy()).resize((40, 40)).save(folder / f"{i}.png")
     data = load_splits(dataset_cfg(path=str(tmp_path), image_column="image", val_size=2))
     assert data.train.images.shape[1:] == (32, 32, 3)  # resized to dataset.image_size
-    assert len(data.train.labels) + len(data.val.labels) == 36 and len(data.test.labels) == 4
+    assert len(data.train.labels) + len(data.val.labels) == 40 and len(data.test.labels) == 4
     assert set(data.classes) <= set(sample.classes)
 
 
@@ -142,3 +143,11 @@ def test_a_data_set_of_mostly_broken_images_is_refused(tmp_path):
 def test_a_configured_column_that_does_not_exist_is_refused():
     with pytest.raises(UserError, match="dataset.label_column=nolabel: the data set has no such column"):
         load_splits(dataset_cfg(label_column="nolabel", train_limit=40, val_size=4))
+
+
+def test_a_train_limit_beyond_the_split_trains_on_what_is_left_and_says_so(capsys):
+    data = load_splits(dataset_cfg(train_limit=2400, val_size=250, test_limit=50))
+    assert len(data.val.labels) == 250 and len(data.train.labels) == 2500 - 250
+    out = capsys.readouterr().out
+    assert "dataset.train_limit=2400, but the train split has 2500 images and 250 are held out" in out
+    assert "data: 2,250 training, 250 validation" in out

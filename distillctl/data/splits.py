@@ -12,11 +12,12 @@ from typing import Protocol
 import torch
 from safetensors.torch import load_file, save_file
 
-from distillctl.artifacts import atomic_write
+from distillctl.console import console
 from distillctl.data import sources
 from distillctl.data.batches import TensorSplit
 from distillctl.data.stream import StreamSettings, StreamSplit, default_workers
 from distillctl.errors import UserError
+from distillctl.files import atomic_write
 
 # The validation split is drawn with its own fixed seed so that teacher, student and every seed of a
 # sweep select checkpoints on the same images.
@@ -74,18 +75,25 @@ def load_splits(cfg) -> DataSplits:
     train_idx, val_idx = holdout(len(train), cfg)
     if cfg.test_limit:
         test = test.subset(torch.arange(min(cfg.test_limit, len(test))))
+    console.print(f"data: {len(train_idx):,} training, {len(val_idx):,} validation (held out of '{cfg.train_split}'), "
+                  f"{len(test):,} test images, {len(classes)} classes ({kind} loader)")
     return DataSplits(train.subset(train_idx), train.subset(val_idx), test, classes, kind)
 
 
 def holdout(n: int, cfg) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training and validation positions: a seeded shuffle, cut to train_limit, with val_size held out."""
+    """Training and validation positions from a seeded shuffle of the train split: val_size images held out (a count,
+    or a fraction of the training images), then train_limit training images on top of them (all the rest when unset)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
-    if cfg.train_limit:
-        order = order[: cfg.train_limit]
-    n_val = int(cfg.val_size if cfg.val_size >= 1 else round(cfg.val_size * len(order)))
-    if n_val >= len(order):
-        raise UserError(f"dataset.val_size={cfg.val_size} leaves no training images out of {len(order)}; lower it.")
-    return order[n_val:], order[:n_val]
+    limit = cfg.train_limit
+    n_val = int(cfg.val_size) if cfg.val_size >= 1 else round(cfg.val_size * (limit or n))
+    if n_val >= n:
+        raise UserError(f"dataset.val_size={cfg.val_size} holds out {n_val} of the {n} images of the train split, leaving none "
+                        "to train on; lower it.")
+    train = order[n_val:] if limit is None else order[n_val:n_val + limit]
+    if limit is not None and len(train) < limit:
+        console.print(f"[yellow]note:[/] dataset.train_limit={limit}, but the train split has {n} images and {n_val} are "
+                      f"held out for validation (dataset.val_size): training on {len(train)}")
+    return train, order[:n_val]
 
 
 def check_classes(train_labels: torch.Tensor, test_labels: torch.Tensor, classes: list[str]) -> None:
@@ -100,7 +108,6 @@ def check_classes(train_labels: torch.Tensor, test_labels: torch.Tensor, classes
 
 def too_big(source: sources.Source, cfg) -> bool:
     """Whether the decoded training split would exceed dataset.resident_max_gb (the log says which loader and why)."""
-    from distillctl.console import console
 
     rows = len(sources.load_split_table(source, cfg.train_split))
     gigabytes = rows * cfg.image_size**2 * 3 / 1e9
