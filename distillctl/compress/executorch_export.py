@@ -9,8 +9,11 @@ calibrated on training images; the same .pte runs from the Android/iOS/C++ runti
 
 from __future__ import annotations
 
+import logging
+import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,6 +26,25 @@ from distillctl.preflight import require_package
 META_SUFFIX = ".json"  # model.pte.json: what the program cannot hold (model name, classes, normalization)
 
 
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Hush what the export and the runtime print on every call: torchao's deprecation notices (Python warnings and
+    torch's logger) and the runtime's CPU probing, which its C++ writes straight to the stderr file descriptor."""
+    logger = logging.getLogger("torch.utils._pytree")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        logger.setLevel(level)
+
+
 def check_installed() -> None:
     """Refuse before any work when ExecuTorch is not installed."""
     require_package("executorch", "quantize=executorch_int8", "executorch")
@@ -33,17 +55,16 @@ def export_int8(model: nn.Module, path: Path, image_size: int, batches: Iterable
     """Quantize `model` to int8 for XNNPACK, calibrated on `batches`, and write the batch-1 program to `path`
     (metadata beside it). Returns how many calibration images were seen."""
     check_installed()
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
-    from executorch.exir import to_edge_transform_and_lower
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
     example = (torch.zeros(1, 3, image_size, image_size),)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.export and torchao warn about their own deprecations on every call
+    with quiet():
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+        from executorch.exir import to_edge_transform_and_lower
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
         try:
             graph = torch.export.export(model.cpu().eval(), example).module()
         except Exception as exc:  # torch.export raises many error types for untraceable code
@@ -83,10 +104,11 @@ class ExecuTorchClassifier(nn.Module):
     def __init__(self, path: Path) -> None:
         super().__init__()
         check_installed()
-        from executorch.runtime import Runtime
-
         try:
-            self.method = Runtime.get().load_program(str(path)).load_method("forward")
+            with quiet():
+                from executorch.runtime import Runtime
+
+                self.method = Runtime.get().load_program(str(path)).load_method("forward")
         except Exception as exc:
             raise UserError(f"ExecuTorch could not load '{path}' ({type(exc).__name__}); it may be corrupt. Re-run the stage that wrote it.") from None
         self.path = path
