@@ -158,3 +158,14 @@ def test_a_run_stopped_mid_epoch_resumes_from_its_step_to_the_same_weights(tmp_p
     assert result.resumed_from == 1
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_compiling_on_the_cpu_is_warned_about_and_auto_leaves_it_off():
+    from omegaconf import OmegaConf
+
+    from distillctl.engine.device import compile_policy
+
+    cpu = torch.device("cpu")
+    forced = compile_policy(cpu, OmegaConf.create({"compile": "true", "compile_mode": "auto"}), False)
+    assert forced[0] == "default" and forced[1].startswith("warning: trainer.compile=true on the CPU")
+    assert compile_policy(cpu, OmegaConf.create({"compile": "auto", "compile_mode": "auto"}), False) == (None, None)

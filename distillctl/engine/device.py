@@ -55,9 +55,14 @@ def compile_mode(device: torch.device, compile_setting: object, mode: str) -> st
 
 
 def compile_policy(device: torch.device, trainer_cfg, taps_features: bool) -> tuple[str | None, str | None]:
-    """The torch.compile mode to train with (None: eager) and a note for the log when `auto` chose eager."""
+    """The torch.compile mode to train with (None: eager) and a note for the log: why `auto` chose eager, or a warning
+    that compiling on the CPU takes minutes."""
     mode = compile_mode(device, trainer_cfg.compile, trainer_cfg.compile_mode)
     if mode is not None and taps_features and str(trainer_cfg.compile).lower() == "auto":
         # Measured on an H100: hooks inside CUDA-graphed models re-trace every step (65 img/s against 20,000).
         return None, "compile off: feature-tapping terms and CUDA graphs do not mix yet (trainer.compile=true forces it)"
+    if mode is not None and device.type == "cpu":
+        # Compiling the quickstart student on this 2-core CPU took more than 7 minutes before the first step.
+        return mode, ("warning: trainer.compile=true on the CPU: the first steps wait for a C++ build (minutes on a few "
+                      "cores, with no word until it ends) and CPU training gains little; trainer.compile=auto leaves it off")
     return mode, None
