@@ -78,8 +78,8 @@ def print_recipes() -> None:
 
 def resolve_recipe_overrides(overrides: Sequence[str]) -> list[str]:
     """Register every recipe in Hydra's ConfigStore and rewrite `recipe=path.yaml` to the stored name."""
-    from omegaconf import OmegaConf
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
     store = ConfigStore.instance()
     to_store = dict(recipes.available())
@@ -292,7 +292,6 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
 
     def task(cfg) -> float | None:
         import importlib
-
         from contextlib import nullcontext
 
         from distillctl import preflight, tracking

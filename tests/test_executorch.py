@@ -22,7 +22,7 @@ def data():
 
 
 def batches(split, count: int, size: int = 64):
-    return list(x for x, _ in eval_batches(split.images[:count], split.labels[:count], size, DATA.mean, DATA.std, torch.device("cpu")))
+    return [x for x, _ in eval_batches(split.images[:count], split.labels[:count], size, DATA.mean, DATA.std, torch.device("cpu"))]
 
 
 def test_int8_program_runs_in_executorch_and_agrees_with_pytorch(data, tmp_path):

@@ -174,9 +174,9 @@ def test_logger_choices_compose_alone_or_together_and_typos_are_named():
 def test_a_tracker_that_cannot_start_is_one_message_before_training(tmp_path):
     cfg = OmegaConf.create({"run_dir": str(tmp_path / "runs/tiny"), "resume": False, "seed": 0,
                             "logger": {"tensorboard": None, "wandb": None, "mlflow": {"tracking_uri": "bogus://nowhere", "experiment": None}}})
-    with pytest.raises(UserError, match=r"logger=mlflow could not start a run .*bogus.*Check the logger.mlflow settings"):
-        with tracking.tracked(cfg, tmp_path):
-            pytest.fail("the block must not run")
+    refused = pytest.raises(UserError, match=r"logger=mlflow could not start a run .*bogus.*Check the logger.mlflow settings")
+    with refused, tracking.tracked(cfg, tmp_path):
+        pytest.fail("the block must not run")
 
 
 def test_a_resumed_stage_continues_its_mlflow_run(tmp_path):
@@ -186,10 +186,9 @@ def test_a_resumed_stage_continues_its_mlflow_run(tmp_path):
     out_dir.mkdir(parents=True)
     logger = {"tensorboard": None, "wandb": None, "mlflow": {"tracking_uri": None, "experiment": None}}
     cfg = OmegaConf.create({"run_dir": str(tmp_path / "runs/tiny"), "resume": False, "seed": 0, "logger": logger})
-    with pytest.raises(KeyboardInterrupt):
-        with tracking.tracked(cfg, out_dir) as tracker:
-            tracker.log({"epoch/val_top1": 0.2}, 3)
-            raise KeyboardInterrupt  # the run stops after its first epoch
+    with pytest.raises(KeyboardInterrupt), tracking.tracked(cfg, out_dir) as tracker:
+        tracker.log({"epoch/val_top1": 0.2}, 3)
+        raise KeyboardInterrupt  # the run stops after its first epoch
     with tracking.tracked(OmegaConf.merge(cfg, {"resume": True}), out_dir) as tracker:
         tracker.log({"epoch/val_top1": 0.3}, 6)
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs/mlflow.db'}")

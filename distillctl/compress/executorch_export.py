@@ -57,7 +57,9 @@ def export_int8(model: nn.Module, path: Path, image_size: int, batches: Iterable
     check_installed()
     example = (torch.zeros(1, 3, image_size, image_size),)
     with quiet():
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+            XnnpackPartitioner,
+        )
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer,
             get_symmetric_quantization_config,

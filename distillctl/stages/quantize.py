@@ -25,7 +25,15 @@ from distillctl.stages.base import Stage
 from distillctl.stages.context import RunContext
 from distillctl.stages.training import TrainingJob, train_and_save
 from distillctl.tracking import tracked
-from distillctl.workspace import METRICS_FILE, MODEL_FILE, ONNX_FILE, PTE_FILE, Workspace, fingerprint as config_fingerprint, recorded_fingerprint
+from distillctl.workspace import (
+    METRICS_FILE,
+    MODEL_FILE,
+    ONNX_FILE,
+    PTE_FILE,
+    Workspace,
+    recorded_fingerprint,
+)
+from distillctl.workspace import fingerprint as config_fingerprint
 
 EXPORT_DIR = "export"
 Normalization = tuple[list[float], list[float]]
