@@ -292,8 +292,6 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
 
     def task(cfg) -> float | None:
         import importlib
-        from contextlib import nullcontext
-
         from distillctl import preflight, tracking
         from distillctl.bounds import check_config
 
@@ -302,8 +300,7 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
             tracking.check_installed(cfg.logger)
             preflight.check(command, cfg)  # files, data set and prerequisite stages, still without torch
             stage: Callable = importlib.import_module(f"distillctl.stages.{module_name}").run
-            group = tracking_group(command, cfg)
-            with tracking.grouped(group) if group else nullcontext():
+            with tracking.session(recipe_name(cfg), Path(cfg.run_dir).parent, tracking_group(command, cfg)):
                 return sweep_objective(stage(cfg))
         except UserError as exc:
             fail(str(exc))
@@ -314,6 +311,15 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
 
 # Commands whose stage runs are grouped in the trackers (an MLflow parent run, a W&B group), as are a sweep's jobs.
 GROUPING = {"pipeline", "reproduce", "search"}
+
+
+def recipe_name(cfg) -> str:
+    """The recipe this job runs (a recipe given as a file is stored under its name)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.choices.get("recipe") or Path(cfg.run_dir).name)
+    return Path(cfg.run_dir).name
 
 
 def tracking_group(command: str, cfg) -> str | None:

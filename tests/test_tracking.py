@@ -195,3 +195,20 @@ def test_a_resumed_stage_continues_its_mlflow_run(tmp_path):
     (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == str(out_dir)
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "epoch/val_top1")] == [(3, 0.2), (6, 0.3)]
+
+
+@pytest.mark.slow
+def test_search_trials_are_runs_of_the_recipes_experiment_under_one_parent(cli, tiny):
+    """Trials have workspaces of their own (runs/tiny/search/trial-N); their runs still go to the recipe's experiment
+    in the one local store, grouped under the search."""
+    from mlflow import MlflowClient
+
+    done = cli("search", "recipe=tiny", "search=kd", "search.trials=2", "search.epochs=1", "search.pruner=none",
+               "trainer.max_steps_per_epoch=2", "trainer.threads=1", "dataset.test_limit=100", "logger=mlflow")
+    assert done.code == 0, done.text
+    assert not list((tiny / "runs").rglob("*/mlflow.db"))  # one store, runs/mlflow.db, not one per trial
+    client = MlflowClient(f"sqlite:///{tiny / 'runs/mlflow.db'}")
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])}
+    parent = runs["search runs/tiny"]
+    trials = [name for name in runs if "/search/trial-" in name]
+    assert len(trials) == 2 and all(runs[t].data.tags["mlflow.parentRunId"] == parent.info.run_id for t in trials)

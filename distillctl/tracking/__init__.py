@@ -1,8 +1,9 @@
 """Experiment tracking: each stage's run in the trackers that `logger=` chooses (TensorBoard, MLflow, W&B).
 
 A stage opens one run with `tracked(...)` and logs metrics against the training step; a tracker that fails while
-logging is dropped with a warning rather than stopping the training it reports on. Sweeps, searches, reproduce
-runs and pipelines group their stages' runs with `grouped(...)`: an MLflow parent run, a W&B group.
+logging is dropped with a warning rather than stopping the training it reports on. The command around the stages
+sets the `session(...)`: the recipe (the experiment), where local stores go, and the group that sweeps, searches,
+reproduce runs and pipelines put their stages' runs in (an MLflow parent run, a W&B group).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
+from distillctl import files
 from distillctl.errors import UserError
 
 # logger key -> (module under distillctl.tracking, the package it needs, what to install).
@@ -28,18 +30,29 @@ BACKENDS = {
 }
 IDENTITY_FILE = "tracking.json"  # each tracker's run id, so a resumed stage continues its runs
 
-GROUP: ContextVar[str | None] = ContextVar("tracking_group", default=None)
+
+
+@dataclass(frozen=True)
+class Session:
+    """What every stage run of one command shares: search trials and reproduce seeds have workspaces of their own
+    (runs/<recipe>/search/trial-3), yet belong to the recipe's experiment, local store and group."""
+
+    recipe: str
+    home: Path  # where local stores go: the folder holding the recipe workspaces (runs/)
+    group: str | None = None
+
+
+SESSION: ContextVar[Session | None] = ContextVar("tracking_session", default=None)
 
 
 @contextmanager
-def grouped(name: str) -> Iterator[None]:
-    """Group the runs of every stage inside this block under `name` (an outer group wins: a sweep of pipelines is
-    one group)."""
-    token = GROUP.set(GROUP.get() or name)
+def session(recipe: str, home: Path, group: str | None) -> Iterator[None]:
+    """The session of every stage run inside this block."""
+    token = SESSION.set(Session(recipe, home, group))
     try:
         yield
     finally:
-        GROUP.reset(token)
+        SESSION.reset(token)
 
 
 @dataclass
@@ -52,7 +65,7 @@ class RunInfo:
     out_dir: Path
     params: dict[str, Any]  # the resolved config, flattened (trainer.epochs: 30)
     config_yaml: str
-    workspace_root: Path
+    home: Path  # where local stores go (runs/)
     previous: dict[str, Any] = field(default_factory=dict)  # tracking.json of the run this one resumes
 
 
@@ -143,7 +156,7 @@ def tracked(cfg: DictConfig, out_dir: Path) -> Iterator[Tracker]:
                             f"Check the logger.{name} settings, or run without logger={name}.") from None
     tracker = Tracker(backends)
     identities = {name: backend.identity() for name, backend in backends.items()}
-    (out_dir / IDENTITY_FILE).write_text(json.dumps(identities, indent=1) + "\n")
+    files.write_json(out_dir / IDENTITY_FILE, identities)
     try:
         yield tracker
     except BaseException:
@@ -161,9 +174,10 @@ def run_info(cfg: DictConfig, out_dir: Path) -> RunInfo:
             previous = json.loads((out_dir / IDENTITY_FILE).read_text())
         except ValueError:  # a damaged file costs only the continuity of the curves
             previous = {}
-    workspace_root = Path(cfg.run_dir)
-    return RunInfo(name=str(out_dir), experiment=workspace_root.name, group=GROUP.get(), out_dir=out_dir,
-                   params=flatten(plain), config_yaml=OmegaConf.to_yaml(plain), workspace_root=workspace_root, previous=previous)
+    # Outside a command (a stage called from Python): the workspace names the recipe, its parent holds the stores.
+    here = SESSION.get() or Session(Path(cfg.run_dir).name, Path(cfg.run_dir).parent)
+    return RunInfo(name=str(out_dir), experiment=here.recipe, group=here.group, out_dir=out_dir, params=flatten(plain),
+                   config_yaml=OmegaConf.to_yaml(plain), home=here.home, previous=previous)
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

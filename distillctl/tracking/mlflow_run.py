@@ -22,7 +22,7 @@ def tracking_uri(settings: DictConfig, info: RunInfo) -> str:
         return str(settings.tracking_uri)
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{(info.workspace_root.parent / 'mlflow.db').resolve()}"
+    return f"sqlite:///{(info.home / 'mlflow.db').resolve()}"
 
 
 class MlflowRun:
