@@ -292,6 +292,7 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
 
     def task(cfg) -> float | None:
         import importlib
+
         from distillctl import preflight, tracking
         from distillctl.bounds import check_config
 
