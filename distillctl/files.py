@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -13,10 +14,17 @@ UMASK = os.umask(0o022)
 os.umask(UMASK)
 
 
+# A temporary file is named after its writer (.NAME.HOST-PID-RANDOM.partial), so that the next writer of NAME can
+# tell the leftovers of a killed process from the file another live process is writing right now.
+PARTIAL = ".partial"
+HOST = socket.gethostname().replace(".", "_").replace("-", "_")
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` then rename tmp over `path`, so a crash leaves the previous file intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    remove_leftovers(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{HOST}-{os.getpid()}-", suffix=PARTIAL)
     os.close(fd)
     try:
         write(Path(tmp))
@@ -25,6 +33,33 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_leftovers(path: Path) -> None:
+    """Delete the temporary files of earlier writes of `path` whose process, on this host, is gone (killed mid-write):
+    they can be as large as the file itself."""
+    for leftover in path.parent.glob(f".{glob_escape(path.name)}.{HOST}-*{PARTIAL}"):
+        pid = leftover.name[len(path.name) + len(HOST) + 3:].split("-")[0]
+        if pid.isdigit() and not alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    """name with glob's special characters taken literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_json(path: Path, data: Any) -> None:
