@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from distillctl.errors import UserError, did_you_mean
+from distillctl.model_arguments import allowed_name, plain_value
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,29 @@ def check_config(cfg: DictConfig) -> None:
     """Raise a UserError naming the first key whose value is out of range, non-finite, or unknown to the schema."""
     for problem in problems(cfg, ""):
         raise UserError(problem)
+    for problem in model_argument_problems(cfg):
+        raise UserError(problem)
+
+
+# Constructor arguments distillctl sets itself, and the key that sets each.
+OWN_ARGUMENTS = {"num_classes": "the data set's classes", "pretrained": "{role}.pretrained"}
+
+
+def model_argument_problems(cfg: DictConfig) -> Iterator[str]:
+    """A message for every model constructor argument (teacher/student/teachers kwargs) that distillctl sets itself
+    or that a weights file written with it could not be loaded with (paths, URLs, big numbers)."""
+    roles = [("teacher", cfg.get("teacher")), ("student", cfg.get("student"))]
+    roles += [(f"teachers[{i}]", entry) for i, entry in enumerate(cfg.get("teachers") or [])]
+    for role, model in roles:
+        for key, value in ((model or {}).get("kwargs") or {}).items():
+            where = f"{role}.kwargs.{key}"
+            if key in OWN_ARGUMENTS:
+                yield f"{where} is set by distillctl from {OWN_ARGUMENTS[key].format(role=role)}; remove it."
+            elif not allowed_name(key):
+                yield (f"{where}: constructor arguments shape the architecture; weights come from {role}.checkpoint, "
+                       f"{role}.pretrained_file or {role}.pretrained.")
+            elif not plain_value(OmegaConf.to_object(value) if OmegaConf.is_config(value) else value):
+                yield f"{where}={value}: a constructor argument must be a flag, a number up to 4096 or a short name."
 
 
 def problems(node: Any, path: str) -> Iterator[str]:

@@ -1,8 +1,5 @@
-"""A weights file's metadata, checked before anything in it is used: the file may come from anyone.
-
-Its `kwargs` go to timm's model constructor, so a crafted file could otherwise point timm at another file of its
-choosing (`checkpoint_path`, `pretrained_cfg`) or allocate without bound (`depth=10**8`).
-"""
+"""A weights file's metadata, checked before anything in it is used: the file may come from anyone (its `kwargs`
+go to timm's model constructor: distillctl/model_arguments.py says what they may be)."""
 
 from __future__ import annotations
 
@@ -12,14 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from distillctl.errors import UserError
+from distillctl.model_arguments import allowed_name, plain_value
 
 NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
-KWARG = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
-# Constructor arguments that load, fetch or locate something rather than shape the architecture.
-FORBIDDEN_WORDS = ("path", "file", "url", "cfg", "pretrained", "checkpoint", "hub", "cache", "dir", "features_only", "out_indices")
-MAX_INT = 4096  # depths, widths and multipliers of real architectures stay far below this
 MAX_CLASSES = 100_000
-MAX_STRING = 64
 
 
 def checked(meta: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -38,7 +31,7 @@ def checked(meta: dict[str, Any], path: Path) -> dict[str, Any]:
     if not isinstance(kwargs, dict):
         raise refuse("kwargs is not a mapping")
     for key, value in kwargs.items():
-        if not (isinstance(key, str) and KWARG.match(key)) or any(word in key for word in FORBIDDEN_WORDS):
+        if not allowed_name(key):
             raise refuse(f"model argument {str(key)[:40]!r} is not an architecture argument")
         if not plain_value(value):
             raise refuse(f"model argument {key}={str(value)[:40]} is not a small number, flag or short name")
@@ -55,16 +48,3 @@ def checked(meta: dict[str, Any], path: Path) -> dict[str, Any]:
 def finite(value: Any) -> bool:
     """A real number that is not NaN or infinite."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def plain_value(value: Any) -> bool:
-    """A constructor argument that can only shape a model: a flag, a bounded number or a short name."""
-    if isinstance(value, bool):
-        return True
-    if isinstance(value, int):
-        return abs(value) <= MAX_INT
-    if isinstance(value, float):
-        return math.isfinite(value) and abs(value) <= MAX_INT
-    if isinstance(value, str):
-        return len(value) <= MAX_STRING and not any(c in value for c in "/\\:~")
-    return False
