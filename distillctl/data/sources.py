@@ -79,19 +79,20 @@ def read_split_table(source: Source, split: str):
     """Ask `datasets` (or the folder listing) for one split."""
     import datasets
 
-    datasets.logging.set_verbosity_error()
+    # Errors are reported below in one line; datasets would log them first as well.
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     datasets.disable_progress_bars()
     try:
         if source.builder == "imagefolder":
             return folder.table(source.local_dir, split)
         return datasets.load_dataset(str(source.local_dir or source.spec), split=split)
-    except ValueError as exc:
-        if "split" in str(exc).lower():
-            raise UserError(f"data set '{source.spec}' has no split '{split}': {exc}. Set dataset.train_split / dataset.test_split.") from None
+    except UserError:
         raise
-    except Exception as exc:  # network, missing repo, corrupt file: all the user's to fix
+    except Exception as exc:  # no such split, network, missing repo, corrupt file: all the user's to fix
+        if isinstance(exc, ValueError) and "split" in str(exc).lower():
+            raise UserError(f"data set '{source.spec}' has no split '{split}': {str(exc).rstrip('.')}. Set dataset.train_split / dataset.test_split.") from None
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
-        reason = "offline mode is on" if offline else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        reason = "offline mode is on" if offline else f"{type(exc).__name__}: {str(exc).splitlines()[0].rstrip('.') if str(exc) else ''}"
         if source.local_dir is not None:
             raise UserError(f"could not read the data set in '{source.local_dir}' ({reason}). Is a file corrupt?") from None
         raise UserError(offline_message(source.spec, reason)) from None
