@@ -77,6 +77,11 @@ class OnBadImage(StrEnum):
     error = "error"  # stop at the first, naming the file
 
 
+class OnNan(StrEnum):
+    stop = "stop"  # end the run at the next loss read-out (every log_every steps), keeping the last good checkpoint
+    skip_step = "skip_step"  # read the loss every step and skip the update where it is not finite (stops after 10 in a row)
+
+
 class TeacherCache(StrEnum):
     auto = "auto"  # read cached teacher logits where present, run the teacher for the rest and keep its answers
     on = "on"  # fill the cache for every view before training, then never run the teacher
@@ -198,6 +203,7 @@ class TrainerConfig:
     # resume=true then continues from that step, with the batches it would have seen.
     checkpoint_every_steps: Optional[int] = bounded(None, min=1)
     threads: Optional[int] = bounded(None, min=1)
+    on_nan: OnNan = OnNan.stop
 
 
 @dataclass
@@ -350,6 +356,8 @@ class Config:
     seed: int = 0
     force: bool = False
     resume: bool = False
+    # A stage another run is writing: wait for that run to end instead of refusing (exit 2).
+    wait: bool = False
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     teacher: ModelConfig = field(default_factory=lambda: ModelConfig(name="resnet56"))
     student: ModelConfig = field(default_factory=ModelConfig)

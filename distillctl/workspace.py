@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,6 +20,12 @@ MODEL_FILE, METRICS_FILE, CONFIG_FILE = "model.safetensors", "metrics.json", "co
 STARTED_FILE = "started.json"
 ONNX_FILE = "model.onnx"
 PTE_FILE = "model.pte"  # an ExecuTorch program
+SUMMARY_FILE = "summary.csv"
+# A stage's results, replaced together when a run finishes (metrics.json, written last, marks it finished). The other
+# files of a stage folder (best/last checkpoints, history.jsonl, train.log) belong to the latest run, finished or not.
+RESULT_FILES = (MODEL_FILE, ONNX_FILE, PTE_FILE, CONFIG_FILE, SUMMARY_FILE, METRICS_FILE)
+# Where a run writes its results before they replace the stage's; `published` inside lists them once all are written.
+STAGING, PUBLISHED = ".staging", "published.json"
 
 # Lock files this process holds open: the OS releases them when it exits, even on kill -9, so none goes stale.
 _HELD_LOCKS: dict[Path, IO[str]] = {}
@@ -27,9 +35,10 @@ class Workspace:
     """Where a run reads and writes. In a Hydra sweep each job writes to its own folder under
     runs/<recipe>/sweep/ and still finds inputs (the teacher) in runs/<recipe>/."""
 
-    def __init__(self, root: Path, job_dir: Path | None = None) -> None:
+    def __init__(self, root: Path, job_dir: Path | None = None, wait: bool = False) -> None:
         self.root = root
         self.job_dir = job_dir or root
+        self.wait = wait  # for a stage another run writes: wait for it to end instead of refusing
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "Workspace":
@@ -37,24 +46,25 @@ class Workspace:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        root = Path(cfg.run_dir)
+        root, wait = Path(cfg.run_dir), bool(cfg.get("wait", False))
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            return cls(root, Path(HydraConfig.get().runtime.output_dir))
-        return cls(root)
+            return cls(root, Path(HydraConfig.get().runtime.output_dir), wait)
+        return cls(root, wait=wait)
 
     def output(self, stage: str) -> Path:
         """The folder a stage writes into, created on demand and claimed by this process alone."""
-        self.claim(stage)
+        self.claim(stage, self.wait)
         path = self.job_dir / stage
         path.mkdir(parents=True, exist_ok=True)
+        settle(path)
         return path
 
-    def claim(self, stage: str) -> None:
+    def claim(self, stage: str, wait: bool = False) -> None:
         """Hold an exclusive lock on writing `stage` until this process exits, or refuse when another holds it:
         two runs writing one folder would each overwrite the other's results without a word."""
         import fcntl
 
-        path = self.job_dir / ".locks" / f"{stage.replace('/', '--')}.lock"
+        path = lock_file(self.job_dir, stage)
         if path in _HELD_LOCKS:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,11 +74,16 @@ class Workspace:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            handle.close()
-            raise UserError(
-                f"{self.job_dir / stage} is being written by another distillctl run ({holder}). Wait for it to finish, "
-                "or give this run its own run_dir=."
-            ) from None
+            if not wait:
+                handle.close()
+                raise UserError(
+                    f"{self.job_dir / stage} is being written by another distillctl run ({holder}). Add wait=true to "
+                    "start when it ends, or give this run its own run_dir=."
+                ) from None
+            from distillctl.console import console
+
+            console.print(f"waiting for another distillctl run ({holder}) to finish writing {self.job_dir / stage}")
+            fcntl.flock(handle, fcntl.LOCK_EX)
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}")
@@ -78,6 +93,9 @@ class Workspace:
     def find(self, stage: str) -> Path | None:
         """The folder holding a finished run of `stage`: this job's own first, then the workspace's."""
         for base in dict.fromkeys([self.job_dir, self.root]):
+            with unclaimed(base, stage) as free:
+                if free:  # nobody writes it now: finish or drop what a killed run left half-published
+                    settle(base / stage)
             if finished(base / stage):
                 return base / stage
         return None
@@ -101,6 +119,77 @@ class Workspace:
         if found is None:
             raise UserError(f"no {what} in {self.root / stage}: run `distillctl {command}` with the same recipe first.")
         return found
+
+
+def lock_file(base: Path, stage: str) -> Path:
+    """The lock a writer of base/stage holds."""
+    return base / ".locks" / f"{stage.replace('/', '--')}.lock"
+
+
+@contextmanager
+def unclaimed(base: Path, stage: str):
+    """Yield whether no other process writes base/stage, holding it for the block when so (this process's own
+    claims count as free)."""
+    import fcntl
+
+    path = lock_file(base, stage)
+    if path in _HELD_LOCKS or not (base / stage / STAGING).exists():
+        yield path in _HELD_LOCKS  # nothing to settle where no results are staged
+        return
+    try:
+        handle = path.open("a+")
+    except OSError:  # a read-only workspace: nobody can be writing it
+        yield True
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def staging(stage_dir: Path) -> Path:
+    """An empty folder for a run's results, published into stage_dir by publish() once all are written."""
+    path = stage_dir / STAGING
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def publish(stage_dir: Path) -> None:
+    """Replace the stage's results with the staged ones as one change: once the list of staged files is written,
+    an interrupted publish is finished by the next run or lookup (settle), never left half-done."""
+    staged = stage_dir / STAGING
+    names = sorted(p.name for p in staged.iterdir() if p.is_file() and p.name != PUBLISHED)
+    if METRICS_FILE not in names:
+        raise RuntimeError(f"{staged} holds no {METRICS_FILE}: nothing marks the results finished")
+    files.write_json(staged / PUBLISHED, names)
+    settle(stage_dir)
+
+
+def settle(stage_dir: Path) -> None:
+    """Finish an interrupted publish (its file list was written), or drop results a killed run never finished."""
+    staged = stage_dir / STAGING
+    if not staged.is_dir():
+        return
+    names = files.read_json(staged / PUBLISHED)
+    if not isinstance(names, list):
+        shutil.rmtree(staged, ignore_errors=True)
+        return
+    # The folder reads unfinished while its results change, so nobody takes a new model with the old metrics.
+    (stage_dir / METRICS_FILE).unlink(missing_ok=True)
+    for name in RESULT_FILES:
+        if name not in names:
+            (stage_dir / name).unlink(missing_ok=True)  # an earlier run's result this one does not have
+    for name in sorted(names, key=lambda n: n == METRICS_FILE):  # metrics.json last
+        if (staged / name).exists():  # else moved before the interruption
+            os.replace(staged / name, stage_dir / name)
+    shutil.rmtree(staged, ignore_errors=True)
 
 
 def model_file(stage_dir: Path) -> Path | None:

@@ -1,14 +1,18 @@
-"""The run workspace under interruptions and concurrent runs: an interrupted stage resumes by itself, and a stage
-has one writer at a time."""
+"""The run workspace under interruptions and concurrent runs: an interrupted stage resumes by itself, a stage's
+results are replaced together or not at all, and a stage has one writer at a time."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from distillctl import files, workspace
 
 
 @pytest.mark.slow
@@ -56,3 +60,106 @@ def test_the_same_run_twice_gives_byte_identical_weights(cli, tiny):
         assert cli("train-teacher", "recipe=tiny", f"run_dir={run_dir}").code == 0
     digests = {hashlib.sha256((tiny / run_dir / "teacher/model.safetensors").read_bytes()).hexdigest() for run_dir in ("runs/a", "runs/b")}
     assert len(digests) == 1
+
+
+def write_results(folder: Path, tag: str) -> None:
+    """A stage's results, each file saying which run wrote it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (workspace.MODEL_FILE, workspace.CONFIG_FILE, workspace.METRICS_FILE):
+        (folder / name).write_text(tag)
+
+
+def results(folder: Path) -> dict[str, str]:
+    """The stage's results by name."""
+    return {p.name: p.read_text() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_results_are_replaced_together_or_not_at_all(tmp_path):
+    ws = workspace.Workspace(tmp_path)
+    stage = tmp_path / "student"
+    write_results(stage, "old")
+    # A run killed while writing its results: nothing listed as published, so they are dropped.
+    write_results(workspace.staging(stage), "new")
+    assert ws.find("student") == stage and results(stage) == dict.fromkeys(results(stage), "old")
+    assert not (stage / workspace.STAGING).exists()
+    # A run killed half-way through publishing (the list written, the config already moved): finished by the next lookup.
+    staged = workspace.staging(stage)
+    write_results(staged, "new")
+    (staged / workspace.ONNX_FILE).write_text("new")
+    (stage / workspace.PTE_FILE).write_text("old")  # an earlier run's result this run does not have
+    files.write_json(staged / workspace.PUBLISHED, sorted(p.name for p in staged.iterdir()))
+    os.replace(staged / workspace.CONFIG_FILE, stage / workspace.CONFIG_FILE)
+    assert ws.find("student") == stage
+    assert results(stage) == dict.fromkeys([workspace.CONFIG_FILE, workspace.METRICS_FILE, workspace.MODEL_FILE, workspace.ONNX_FILE], "new")
+
+
+def test_a_staging_folder_of_a_live_writer_is_left_alone(tmp_path):
+    stage = tmp_path / "student"
+    write_results(stage, "old")
+    write_results(workspace.staging(stage), "new")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from distillctl.workspace import Workspace; "
+         f"Workspace(Path({str(tmp_path)!r})).claim('student'); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert workspace.Workspace(tmp_path).find("student") == stage  # the old results, still whole
+        assert results(stage / workspace.STAGING) == dict.fromkeys(results(stage), "new")  # the writer's, untouched
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "model.safetensors"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = tmp_path / f".model.safetensors.{files.HOST}-{dead.pid}-abc{files.PARTIAL}"
+    live = tmp_path / f".model.safetensors.{files.HOST}-{os.getppid()}-abc{files.PARTIAL}"
+    other_host = tmp_path / f".model.safetensors.elsewhere-{dead.pid}-abc{files.PARTIAL}"
+    for path in (leftover, live, other_host):
+        path.write_text("partial")
+    files.write_text(target, "whole")
+    assert target.read_text() == "whole"
+    assert not leftover.exists() and live.exists() and other_host.exists()
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_then_rerun_gives_the_same_weights(tmp_path):
+    """Every training stage (teacher, student, pruning fine-tune, QAT) killed with SIGKILL at random moments, mid-step
+    or mid-write, and the pipeline run again until it finishes: each model is byte-identical to an uninterrupted run's."""
+    import random
+    import signal
+    import time
+
+    from conftest import TINY_RECIPE
+
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes/tiny.yaml").write_text(TINY_RECIPE)
+    args = [sys.executable, "-m", "distillctl", "pipeline", "recipe=tiny", "quantize=int8_qat", "trainer.epochs=2",
+            "trainer.max_steps_per_epoch=6", "trainer.checkpoint_every_steps=2", "prune.finetune_epochs=2",
+            "quantize.qat_epochs=2", "trainer.threads=1"]
+    straight = subprocess.run([*args, "run_dir=runs/straight"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    draw, kills, log = random.Random(17), 0, []
+    for attempt in range(12):
+        proc = subprocess.Popen([*args, "run_dir=runs/killed"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        delay = draw.uniform(3, 8) if attempt < 8 else 600  # the last tries finish the pipeline
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            log.append(f"killed after {delay:.1f}s")
+            time.sleep(0.2)
+            continue
+        assert proc.returncode == 0, proc.stderr.read()[-2000:]
+        break
+    assert kills >= 3, log
+    for stage in ("teacher", "student", "pruned", "int8_qat"):
+        a, b = (tmp_path / f"runs/{run}/{stage}/model.safetensors" for run in ("straight", "killed"))
+        assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest(), (stage, log)
+    assert not list((tmp_path / "runs/killed").rglob(f"*{files.PARTIAL}")), "temporary files left behind"

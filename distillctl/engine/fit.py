@@ -18,15 +18,15 @@ from torch import nn
 
 import distillctl
 from distillctl import artifacts, files
-from distillctl.data import Batches
 from distillctl.console import TrainingProgress
+from distillctl.data import Batches
 from distillctl.engine.device import autocast, compile_policy
 from distillctl.engine.taps import FeatureTaps
 from distillctl.engine.teacher_cache import CachedTeacher, LogitCache
 from distillctl.errors import UserError
 from distillctl.losses import Objective, StepOutputs
 from distillctl.models.ensemble import feature_source
-from distillctl.tracking import NO_TRACKER, Tracker, summary_csv
+from distillctl.tracking import NO_TRACKER, Tracker
 
 BEST, LAST, LAST_STATE, HISTORY = "best.safetensors", "last.safetensors", "last_state.pt", "history.jsonl"
 
@@ -80,6 +80,7 @@ class EpochTotals:
     correct: torch.Tensor
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
     seen: int = 0
+    skipped_steps: int = 0  # trainer.on_nan=skip_step: steps whose loss was not finite, left out of the sums
 
     def record(self, epoch: int, val_top1: float, lr: float, seconds: float) -> dict[str, Any]:
         """The epoch's line in history.jsonl."""
@@ -92,6 +93,7 @@ class EpochTotals:
             "seconds": round(seconds, 3),
             "images_per_s": round(self.seen / seconds, 1),
             **{f"loss.{k}": round((v / self.seen).item(), 5) for k, v in self.parts.items()},
+            **({"skipped_steps": self.skipped_steps} if self.skipped_steps else {}),
         }
 
 
@@ -187,16 +189,29 @@ def run_epoch(step: Callable, batches: Batches, epoch: int, log_every: int, prog
     device = batches.device
     totals = EpochTotals(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
     since_log, t_log = 0, time.perf_counter()
+    skipped_in_a_row = 0
     for i, (x, y) in enumerate(batches, batches.first_step + 1):
-        out, loss, parts = step(x, y)
-        # Accumulate on the device; reading a value every step would stall an accelerator.
-        n = len(y)
-        totals.loss += loss.detach() * n
-        totals.correct += (out.student_logits.detach().argmax(1) == y).sum()
-        for name, value in parts.items():
-            totals.parts[name] = totals.parts.get(name, 0) + value * n
-        totals.seen += n
-        since_log += n
+        taken = step(x, y)
+        if taken is None:  # on_nan=skip_step left out a step whose loss was not finite
+            totals.skipped_steps += 1
+            skipped_in_a_row += 1
+            if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                raise UserError(f"the loss was not finite for {skipped_in_a_row} steps in a row (epoch {epoch}, step {i}): "
+                                "training diverged. Lower the learning rate or the loss weights, or set trainer.grad_clip; "
+                                "the last checkpoint is kept.")
+        else:
+            skipped_in_a_row = 0
+            out, loss, parts = taken
+            # Accumulate on the device; reading a value every step would stall an accelerator.
+            n = len(y)
+            totals.loss += loss.detach() * n
+            totals.correct += (out.student_logits.detach().argmax(1) == y).sum()
+            for name, value in parts.items():
+                totals.parts[name] = totals.parts.get(name, 0) + value * n
+            totals.seen += n
+            since_log += n
+        if not totals.seen:
+            continue
         if i % log_every == 0 or i == len(batches):
             now = time.perf_counter()
             done = log_every if i % log_every == 0 else i % log_every
@@ -210,7 +225,14 @@ def run_epoch(step: Callable, batches: Batches, epoch: int, log_every: int, prog
         if checkpoint_every and save is not None and i % checkpoint_every == 0 and i < len(batches):
             finite_loss(totals, epoch, i, "the last checkpoint is kept")  # never save a diverged state to resume from
             save(i)
+    if not totals.seen:
+        raise UserError(f"the loss was not finite at any step of epoch {epoch}: training diverged. Lower the learning rate "
+                        "or the loss weights, or set trainer.grad_clip; the last checkpoint is kept.")
     return totals
+
+
+# trainer.on_nan=skip_step: this many non-finite steps in a row mean the run diverged rather than met a bad batch.
+MAX_SKIPPED_IN_A_ROW = 10
 
 
 def finite_loss(totals: EpochTotals, epoch: int, step: int, kept: str) -> float:
@@ -232,8 +254,9 @@ def train_step(
     student_taps: FeatureTaps,
     teacher_taps: FeatureTaps,
     trainer_cfg,
-) -> tuple[StepOutputs, torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimisation step of the student (and of terms with their own updates); returns what it computed."""
+) -> tuple[StepOutputs, torch.Tensor, dict[str, torch.Tensor]] | None:
+    """One optimisation step of the student (and of terms with their own updates); returns what it computed, or
+    None for a step left out under trainer.on_nan=skip_step."""
     device = x.device
     teacher_logits, teacher_features = None, {}
     if teacher_fn is not None:
@@ -249,6 +272,9 @@ def train_step(
         out = StepOutputs(logits, y, teacher_logits, student_taps.take(), teacher_features, epoch)
         loss, parts = trainee.objective(out)
     trainee.optimizer.zero_grad(set_to_none=True)
+    if trainer_cfg.get("on_nan") == "skip_step" and not torch.isfinite(loss.detach()).item():
+        trainee.scheduler.step()  # the schedule keeps its length
+        return None
     loss.backward()
     if trainer_cfg.grad_clip:
         nn.utils.clip_grad_norm_(trainee.model.parameters(), trainer_cfg.grad_clip)
@@ -275,13 +301,17 @@ def checkpoint(trainee: Trainee, batches: Batches, out_dir: Path, epoch: int, be
     }
     artifacts.save_state(out_dir / LAST_STATE, state)
     files.write_text(out_dir / HISTORY, "".join(json.dumps(r) + "\n" for r in history))
-    files.write_text(out_dir / summary_csv.SUMMARY_FILE, summary_csv.render(history))
+
+
+def check_resumable(out_dir: Path) -> None:
+    """Refuse resume=true where no checkpoint was saved."""
+    if not (out_dir / LAST_STATE).is_file() or not (out_dir / LAST).is_file():
+        raise UserError(f"resume=true but {out_dir} holds no checkpoint to resume from; run without resume=true.")
 
 
 def restore(trainee: Trainee, batches: Batches, out_dir: Path) -> tuple[int, float, int, list]:
     """Load the last checkpoint of out_dir into the trainee; returns the epoch to start from and the history."""
-    if not (out_dir / LAST_STATE).is_file() or not (out_dir / LAST).is_file():
-        raise UserError(f"resume=true but {out_dir} holds no checkpoint to resume from; run without resume=true.")
+    check_resumable(out_dir)
     artifacts.load_weights(out_dir / LAST, trainee.model)
     state = artifacts.load_state(out_dir / LAST_STATE)
     trainee.optimizer.load_state_dict(state["optimizer"])

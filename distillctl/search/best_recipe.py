@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from distillctl import files, recipes
 
 # Keys a search's command line sets that say where and how it ran, not what a trial trained.
-NOT_COPIED = ("recipe", "run_dir", "search", "force", "resume", "hydra")
+NOT_COPIED = ("recipe", "run_dir", "search", "force", "resume", "wait", "hydra")
 
 
 def recipe_body(config_groups: set[str], overrides: Sequence[str], values: dict[str, Any]) -> tuple[list[str], dict[str, Any], list[str]]:

@@ -15,7 +15,7 @@ from distillctl.errors import UserError, did_you_mean
 
 RANGE_KEYS = {"low", "high", "log", "step", "type"}
 # Keys a search may not vary: where runs go, what they must reach, and the teacher every trial shares.
-FIXED_PREFIXES = ("search", "run_dir", "force", "resume", "hydra", "expect", "smoke_expect", "reproduce", "teacher", "teachers")
+FIXED_PREFIXES = ("search", "run_dir", "force", "resume", "wait", "hydra", "expect", "smoke_expect", "reproduce", "teacher", "teachers")
 PLAIN_VALUE = re.compile(r"^[A-Za-z_][\w.\-/]*$")
 
 

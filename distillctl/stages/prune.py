@@ -19,7 +19,8 @@ from distillctl.models.teachers import load_teacher
 from distillctl.stages.base import Stage
 from distillctl.stages.context import RunContext
 from distillctl.stages.training import TrainingJob, train_and_save
-from distillctl.workspace import MODEL_FILE, Workspace, fingerprint as config_fingerprint, recorded_fingerprint
+from distillctl.workspace import MODEL_FILE, Workspace, recorded_fingerprint
+from distillctl.workspace import fingerprint as config_fingerprint
 
 FOLDER = "pruned"
 
@@ -84,10 +85,12 @@ def prune_structured_steps(cfg: DictConfig, ctx: RunContext, model, meta: dict, 
 def save_without_training(ctx: RunContext, model, meta: dict, extra: dict, fp: str) -> dict:
     """Write the pruned model as it is (unstructured pruning, or no fine-tuning asked for)."""
     out_dir = ctx.workspace.output(FOLDER)
-    workspace.save_config(out_dir, ctx.cfg)
-    artifacts.save_weights(out_dir / MODEL_FILE, model, architecture_metadata(meta) | {"shapes": layer_shapes(model)})
+    staged = workspace.staging(out_dir)
+    workspace.save_config(staged, ctx.cfg)
+    artifacts.save_weights(staged / MODEL_FILE, model, architecture_metadata(meta) | {"shapes": layer_shapes(model)})
     metrics = {"stage": FOLDER, "model": meta["model"], "fingerprint": fp, "finetune_epochs": 0, **extra}
-    workspace.write_metrics(out_dir, metrics)
+    workspace.write_metrics(staged, metrics)
+    workspace.publish(out_dir)
     return metrics
 
 

@@ -105,16 +105,17 @@ def run(cfg: DictConfig) -> dict:
     quantization = {"method": method, "backend": backend, "per_channel": q.per_channel, "skip": list(q.skip), "image_size": size}
     keep = architecture_metadata(meta)
     out_dir = ctx.workspace.output(method)
-    # A re-run that stops half-way must not leave the folder looking finished with the old metrics.
-    (out_dir / METRICS_FILE).unlink(missing_ok=True)
-    workspace.save_config(out_dir, cfg)
     start = time.perf_counter()
     console.print(f"quantizing {meta['model']} from {source} ({method})")
+    # The results are staged and replace the folder's together at the end (workspace.publish).
     if method == "int8_qat":
         metrics = train_qat(cfg, ctx, model, keep, quantization, objective, info, fp, norm)
-        quantized, _ = load_model(out_dir / MODEL_FILE)
+        staged = out_dir / workspace.STAGING
+        quantized, _ = load_model(staged / MODEL_FILE)
     else:
-        quantized = quantize_after_training(cfg, ctx, model, keep, quantization, out_dir, norm)
+        staged = workspace.staging(out_dir)
+        workspace.save_config(staged, cfg)
+        quantized = quantize_after_training(cfg, ctx, model, keep, quantization, staged, norm)
         metrics = {"stage": method, "model": meta["model"], "fingerprint": fp, **info}
     logits, labels = test_logits(cfg, ctx, quantized, norm)
     metrics |= {
@@ -122,43 +123,45 @@ def run(cfg: DictConfig) -> dict:
         "test_top1": topk_accuracy(logits, labels, 1),
         "float_test_top1": topk_accuracy(float_logits, labels, 1),
         "agreement_with_float": (logits.argmax(1) == float_logits.argmax(1)).float().mean().item(),
-        "size_mb": workspace.model_file(out_dir).stat().st_size / 1e6,
+        "size_mb": workspace.model_file(staged).stat().st_size / 1e6,
         "float_size_mb": source.stat().st_size / 1e6,
     }
     if cfg.export.onnx:
         metrics["onnx_export"] = str(export_onnx(cfg, ctx, model, keep, norm))
-    workspace.write_metrics(out_dir, metrics)
+    workspace.write_metrics(staged, metrics)
     if method != "int8_qat":  # QAT's run was tracked while it trained
         with tracked(cfg, out_dir) as tracker:
             tracker.log(metrics, 0)
-            tracker.artifacts([out_dir / METRICS_FILE, out_dir / workspace.CONFIG_FILE])
+            tracker.artifacts([staged / METRICS_FILE, staged / workspace.CONFIG_FILE])
+    workspace.publish(out_dir)
     print_summary(method, metrics, out_dir)
     return metrics
 
 
-def quantize_after_training(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, quantization: dict, out_dir: Path, norm: Normalization) -> nn.Module:
-    """fp16/bf16 casts, int8_static, onnx_int8 and executorch_int8: no training, a calibration pass at most."""
+def quantize_after_training(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, quantization: dict, into: Path, norm: Normalization) -> nn.Module:
+    """fp16/bf16 casts, int8_static, onnx_int8 and executorch_int8 written into `into`: no training, a calibration
+    pass at most."""
     q, method, size = cfg.quantize, cfg.quantize.method, cfg.dataset.image_size
     if method in int8_fx.CAST_DTYPES:
         cast = int8_fx.Cast(copy.deepcopy(model), int8_fx.CAST_DTYPES[method])
-        int8_fx.save_quantized(out_dir / MODEL_FILE, cast, keep, quantization)
+        int8_fx.save_quantized(into / MODEL_FILE, cast, keep, quantization)
         return cast
     if method == "int8_static":
         prepared = int8_fx.prepare(copy.deepcopy(model), torch.zeros(1, 3, size, size), quantization["backend"], q.per_channel, q.skip)
         seen = int8_fx.calibrate(prepared, calibration_images(cfg, ctx, norm))
         console.print(f"calibrated on {seen} training images")
         int8 = int8_fx.convert(prepared)
-        int8_fx.save_quantized(out_dir / MODEL_FILE, int8, keep, quantization)
+        int8_fx.save_quantized(into / MODEL_FILE, int8, keep, quantization)
         return int8
     if method == "executorch_int8":
-        seen = executorch_export.export_int8(model, out_dir / PTE_FILE, size, calibration_images(cfg, ctx, norm), q.per_channel, keep)
+        seen = executorch_export.export_int8(model, into / PTE_FILE, size, calibration_images(cfg, ctx, norm), q.per_channel, keep)
         console.print(f"calibrated on {seen} training images")
-        return executorch_export.ExecuTorchClassifier(out_dir / PTE_FILE)
-    with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
+        return executorch_export.ExecuTorchClassifier(into / PTE_FILE)
+    with tempfile.TemporaryDirectory(dir=into) as scratch:  # `into` is a staging folder: gone with it if killed
         float_path = Path(scratch) / "float.onnx"
         onnx_export.export(model, float_path, size, cfg.export.opset, keep)
-        onnx_export.quantize_int8(float_path, out_dir / ONNX_FILE, calibration_images(cfg, ctx, norm), q.per_channel)
-    return onnx_export.OnnxClassifier(out_dir / ONNX_FILE, cfg.trainer.threads)
+        onnx_export.quantize_int8(float_path, into / ONNX_FILE, calibration_images(cfg, ctx, norm), q.per_channel)
+    return onnx_export.OnnxClassifier(into / ONNX_FILE, cfg.trainer.threads)
 
 
 def train_qat(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, quantization: dict, objective, info: dict, fp: str, norm: Normalization) -> dict:
@@ -178,6 +181,7 @@ def train_qat(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, qu
         folder(cfg), keep["model"], prepared, objective, q.qat_lr, fp, teacher,
         epochs=q.qat_epochs, compile="false",  # fake-quant observers update Python-side state every step
         normalization=norm, model_kwargs=keep.get("kwargs", {}), extra_metrics=info, extra_metadata=keep, finalize=finalize,
+        publish=False,  # run() adds the comparison with the float model first
     )
     return train_and_save(ctx, job)
 
@@ -185,12 +189,14 @@ def train_qat(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, qu
 def export_onnx(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, norm: Normalization) -> Path:
     """runs/<recipe>/export/model.onnx, checked against PyTorch on test images."""
     out_dir = ctx.workspace.output(EXPORT_DIR)
-    path = out_dir / ONNX_FILE
-    onnx_export.export(model, path, cfg.dataset.image_size, cfg.export.opset, keep)
+    staged = workspace.staging(out_dir)
+    onnx_export.export(model, staged / ONNX_FILE, cfg.dataset.image_size, cfg.export.opset, keep)
     images = next(ctx.data.test.eval_batches(256, *norm, torch.device("cpu")))[0]
     with torch.inference_mode():
-        difference = (onnx_export.OnnxClassifier(path)(images) - model.cpu().eval()(images)).abs().max().item()
-    workspace.write_metrics(out_dir, {"stage": EXPORT_DIR, "model": keep["model"], "max_abs_difference_vs_torch": difference, "opset": cfg.export.opset})
+        difference = (onnx_export.OnnxClassifier(staged / ONNX_FILE)(images) - model.cpu().eval()(images)).abs().max().item()
+    workspace.write_metrics(staged, {"stage": EXPORT_DIR, "model": keep["model"], "max_abs_difference_vs_torch": difference, "opset": cfg.export.opset})
+    workspace.publish(out_dir)
+    path = out_dir / ONNX_FILE
     console.print(f"exported {path} (largest logit difference from PyTorch on 256 test images: {difference:.2e})")
     return path
 

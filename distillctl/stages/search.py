@@ -38,7 +38,7 @@ from distillctl.stages.context import cached_splits
 from distillctl.workspace import Workspace, fingerprint, model_file
 
 # Keys of the command line that say where this search runs; trials get their own.
-OWN_KEYS = ("run_dir", "force", "resume")
+OWN_KEYS = ("run_dir", "force", "resume", "wait")
 # Trainer keys that change how fast a trial runs, not what it learns: a search may continue with other values.
 SPEED_ONLY = ("threads", "device", "compile", "compile_mode", "log_every", "eval_batch_size", "checkpoint_every_steps")
 # Failed trials in a row (never a good sign) after which the search stops instead of failing every trial.

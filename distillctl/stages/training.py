@@ -12,9 +12,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from distillctl import artifacts, files, workspace
+from distillctl import artifacts, disk, files, workspace
 from distillctl.console import print_summary_table
-from distillctl.engine.fit import BEST, FitResult, Trainee, fit
+from distillctl.engine.fit import BEST, FitResult, Trainee, check_resumable, fit
 from distillctl.engine.optim import build_optimizer, build_schedule
 from distillctl.engine.predict import predict, top5_accuracy, topk_accuracy
 from distillctl.engine.teacher_cache import CacheSettings, open_cache
@@ -42,8 +42,11 @@ class TrainingJob:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     extra_metrics: dict[str, Any] = field(default_factory=dict)
     extra_metadata: dict[str, Any] = field(default_factory=dict)
-    # Turns the trained model into the one saved and tested on the CPU (QAT -> int8) and writes model.safetensors.
+    # Turns the trained model into the one saved and tested on the CPU (QAT -> int8) and writes model.safetensors
+    # into the folder it is given.
     finalize: Callable[[nn.Module, Path], nn.Module] | None = None
+    # False: the results stay staged (workspace.staging) for the caller to add to and publish.
+    publish: bool = True
 
 
 def job_trainer(cfg: DictConfig, job: TrainingJob) -> DictConfig:
@@ -63,6 +66,11 @@ def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
     """Train the job's model, keep the best-on-validation weights as model.safetensors, return its metrics; the
     run goes to the trackers `logger=` chose."""
     out_dir = ctx.workspace.output(job.folder)
+    # best + last weights, the optimizer's state (about one more copy), the staged result; and some room for logs.
+    weights = sum(t.numel() * t.element_size() for t in job.model.state_dict().values())
+    disk.check_free_space(out_dir, 5 * weights + 10 * disk.MB, f"training {job.folder}")
+    if ctx.cfg.resume:
+        check_resumable(out_dir)  # before the folder records this run as started
     workspace.record_start(out_dir, job.fingerprint)
     with tracked(ctx.cfg, out_dir) as tracker:
         return train_tracked(ctx, job, out_dir, tracker)
@@ -105,15 +113,17 @@ def train_tracked(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Tra
     finally:  # the logits computed so far serve the next run even when this one stops early
         if cache is not None:
             cache.save()
-    # Written with the weights, not before training: a run that fails leaves the config that made the weights there.
-    workspace.save_config(out_dir, OmegaConf.merge(cfg, {"trainer": trainer}))
+    # The results go to a staging folder and replace the stage's together: a run that fails before the end leaves
+    # the previous config, weights and metrics as they were.
+    staged = workspace.staging(out_dir)
+    workspace.save_config(staged, OmegaConf.merge(cfg, {"trainer": trainer}))
     artifacts.load_weights(out_dir / BEST, model)
     params = count_parameters(model)  # before finalize: packed int8 weights are not parameters
     if job.finalize is None:
-        files.atomic_write(out_dir / workspace.MODEL_FILE, lambda tmp: shutil.copyfile(out_dir / BEST, tmp))
+        shutil.copyfile(out_dir / BEST, staged / workspace.MODEL_FILE)
         logits, labels = predict(model, split_batches(data.test), device, trainer.precision)
     else:
-        model = job.finalize(model, out_dir)
+        model = job.finalize(model, staged)
         cpu = torch.device("cpu")
         logits, labels = predict(model, split_batches(data.test, cpu), cpu, "fp32")
     metrics = {
@@ -138,10 +148,13 @@ def train_tracked(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Tra
                                                      "teacher_ran_on": round(result.teacher_share, 4)},
         **job.extra_metrics,
     }
-    workspace.write_metrics(out_dir, metrics)
+    files.write_text(staged / workspace.SUMMARY_FILE, summary_csv.render(result.history))
+    workspace.write_metrics(staged, metrics)
     tracker.log({"test/top1": metrics["test_top1"], "test/top5": metrics["test_top5"], "best_val_top1": result.best_val_top1,
                  "params": params}, result.epochs * len(batches))
-    tracker.artifacts(out_dir / name for name in (workspace.METRICS_FILE, workspace.CONFIG_FILE, summary_csv.SUMMARY_FILE))
+    tracker.artifacts(staged / name for name in (workspace.METRICS_FILE, workspace.CONFIG_FILE, workspace.SUMMARY_FILE))
+    if job.publish:
+        workspace.publish(out_dir)
     print_summary(job.folder, metrics, result, out_dir)
     return metrics
 

@@ -1,12 +1,10 @@
-"""summary.csv: one row per epoch of a training stage (timm's train.py writes the same), for any spreadsheet."""
+"""summary.csv: one row per epoch of a finished training stage (timm's train.py writes the same), for any spreadsheet."""
 
 from __future__ import annotations
 
 import csv
 import io
 from typing import Any
-
-SUMMARY_FILE = "summary.csv"
 
 
 def render(history: list[dict[str, Any]]) -> str:
