@@ -113,6 +113,8 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 def load_state(path: Path) -> dict[str, Any]:
     """Read what save_state wrote, refusing anything that would need unpickling code."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing anyway
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise UserError(f"could not read training state '{path}' ({type(exc).__name__}); delete it and start without resume=true.") from None

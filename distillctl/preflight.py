@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from distillctl.disk import check_writable
 from distillctl.errors import UserError
 from distillctl.teacher_files import teacher_checkpoints
 from distillctl.workspace import Workspace
@@ -30,6 +31,7 @@ def check(command: str, cfg: DictConfig) -> None:
     for i, entry in enumerate(cfg.teachers):
         existing_file(f"teachers[{i}].checkpoint", entry.checkpoint)
     check_dataset(cfg.dataset.path)
+    check_writable(Path(cfg.run_dir), "run_dir")
     if command in ("quantize", "pipeline") and cfg.quantize.method == "executorch_int8":
         require_package("executorch", "quantize=executorch_int8", "executorch")
     if need := NEEDS.get(command):
@@ -46,8 +48,9 @@ def require_package(module: str, feature: str, extra: str) -> None:
 
 def existing_file(key: str, value: str | None) -> None:
     """A weights file named in the config must be there."""
-    if value and not Path(value).expanduser().is_file():
-        raise UserError(f"{key} '{Path(value).expanduser()}' does not exist.")
+    path = Path(value).expanduser() if value else None
+    if path is not None and not path.is_file():
+        raise UserError(f"{key} '{path}' {'is a folder, not a weights file' if path.is_dir() else 'does not exist'}.")
 
 
 def check_dataset(spec: str) -> None:

@@ -16,6 +16,7 @@ from distillctl.console import console
 from distillctl.data import sources
 from distillctl.data.batches import TensorSplit
 from distillctl.data.stream import StreamSettings, StreamSplit, default_workers
+from distillctl.disk import write_failure
 from distillctl.errors import UserError
 from distillctl.files import atomic_write
 
@@ -197,7 +198,14 @@ def read_cache(path: Path) -> tuple[torch.Tensor, torch.Tensor, list[str], set[s
 
 
 def write_cache(path: Path, images: torch.Tensor, labels: torch.Tensor, classes: list[str], problems: set[str]) -> None:
-    """Write atomically so that two runs decoding at once never leave a torn file."""
+    """Write atomically so that two runs decoding at once never leave a torn file. The cache only saves time: a
+    full or read-only disk is reported and the run goes on with the images it decoded."""
     tensors = {"images": images.contiguous(), "labels": labels}
     meta = {"classes": json.dumps(classes), "skipped": json.dumps(sorted(problems))}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    try:
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    except Exception as exc:
+        if (reason := write_failure(exc)) is None:
+            raise
+        console.print(f"warning: decoded images not cached ({reason}: {path.parent}); "
+                      "the next run decodes them again. Set dataset.cache_dir to a folder with room.")

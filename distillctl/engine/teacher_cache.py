@@ -24,6 +24,7 @@ from torch import nn
 from distillctl.artifacts import atomic_write
 from distillctl.console import CountProgress, console
 from distillctl.data.batches import Batches
+from distillctl.disk import write_failure
 from distillctl.engine.device import autocast
 from distillctl.errors import UserError
 
@@ -87,9 +88,11 @@ class LogitCache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(self.path, lambda tmp: save_file({"logits": logits, "filled": filled}, str(tmp), metadata={"version": VERSION}))
-        except OSError as exc:  # a full disk or read-only folder costs later runs the speed-up, never this run's work
-            console.print(f"teacher cache: could not write {self.path} ({exc.strerror or exc}); set distill.teacher_cache_dir "
-                          "to a writable folder to keep the teacher's logits for later runs")
+        except Exception as exc:  # a full disk or read-only folder costs later runs the speed-up, never this run's work
+            if (reason := write_failure(exc)) is None:
+                raise
+            console.print(f"warning: teacher cache not saved ({reason}: {self.path}); set distill.teacher_cache_dir "
+                          "to a folder with room to keep the teacher's logits for later runs")
             return
         self.added, self.stamp = 0, file_stamp(self.path)
 
