@@ -94,8 +94,10 @@ def resolve_recipe_overrides(overrides: Sequence[str]) -> list[str]:
     for name, recipe in to_store.items():
         try:
             node = OmegaConf.load(recipe.path)
-        except Exception as exc:  # a broken YAML file is the user's to fix
-            raise UserError(f"recipe {recipe.path} is not valid YAML: {exc}") from None
+        except Exception as exc:  # a broken YAML file (or one asking for Python objects) is the user's to fix
+            raise UserError(f"recipe {recipe.path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        if not OmegaConf.is_dict(node):
+            raise UserError(f"recipe {recipe.path} must be a mapping of config keys (trainer: {{epochs: 30}}, ...), not a list.")
         store.store(group="recipe", name=name, node=model_defaults_as_names(node), package="_global_")
     return rewritten
 
@@ -157,7 +159,7 @@ def with_sweep_dir(overrides: list[str]) -> list[str]:
 
 
 # Keys that say where and how a run goes, never what it computes: never part of a sweep job's folder name.
-BOOKKEEPING_KEYS = frozenset({"recipe", "run_dir", "force", "resume"})
+BOOKKEEPING_KEYS = frozenset({"recipe", "run_dir", "force", "resume", "wait"})
 
 
 def fixed_keys(overrides: Sequence[str]) -> list[str]:
@@ -219,25 +221,39 @@ def compose_config(overrides: Sequence[str]):
 
 def explain_composition_error(exc: BaseException, overrides: Sequence[str]) -> str:
     """Hydra's message for a bad override on one line: the full key, what is allowed, and the closest match."""
+    import dataclasses
+    import re
     from enum import Enum
 
-    from omegaconf import DictConfig
+    from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-    cause = exc.__cause__
+    # Hydra chains the OmegaConf error as the cause, or (a mistake inside a recipe file) only as the context.
+    cause = exc.__cause__ or exc.__context__
     key = getattr(cause, "full_key", None)
+    origin = re.match(r"In '(recipe/[^']+)'", str(exc))
+    source = f"in {origin.group(1)}: " if origin else ""
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
         parent, _, leaf = key.rpartition(".")
         try:
             node = compose_config([o for o in overrides if override_key(o) != key])
-        except Exception:
+        except Exception:  # the key is in a recipe file: the schema says what is valid
             node = None
         for part in parent.split(".") if parent else []:
             node = node.get(part) if isinstance(node, DictConfig) else None
+        if isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict:  # a free-form mapping such as kwargs
+            value = next((o.split("=", 1)[1] for o in overrides if override_key(o) == key), "...")
+            return f"{source}'{key}' is a new entry of {parent}: add it with +{key}={value}."
+        owner = getattr(cause, "object_type", None)
         if isinstance(node, DictConfig):
             valid = sorted(node.keys())
+        elif dataclasses.is_dataclass(owner):
+            valid = sorted(f.name for f in dataclasses.fields(owner))
+        else:
+            valid = None
+        if valid is not None:
             where = f" under '{parent}'" if parent else ""
-            return f"unknown config key '{key}'.{did_you_mean(leaf, valid)} Valid keys{where}: {', '.join(valid)}."
+            return f"{source}unknown config key '{key}'.{did_you_mean(leaf, valid)} Valid keys{where}: {', '.join(valid)}."
     if isinstance(cause, ValidationError) and key:
         value = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == key), None)
         import typing
@@ -305,6 +321,12 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
                 return sweep_objective(stage(cfg))
         except UserError as exc:
             fail(str(exc))
+        except Exception as exc:
+            from distillctl.disk import explain_write_error
+
+            if (message := explain_write_error(exc)) is None:
+                raise
+            fail(message)
 
     sys.argv = [f"distillctl {command}", *overrides]
     hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(task)()

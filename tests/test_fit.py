@@ -169,3 +169,25 @@ def test_compiling_on_the_cpu_is_warned_about_and_auto_leaves_it_off():
     forced = compile_policy(cpu, OmegaConf.create({"compile": "true", "compile_mode": "auto"}), False)
     assert forced[0] == "default" and forced[1].startswith("warning: trainer.compile=true on the CPU")
     assert compile_policy(cpu, OmegaConf.create({"compile": "auto", "compile_mode": "auto"}), False) == (None, None)
+
+
+@pytest.mark.parametrize("on_nan", ["stop", "skip_step"])
+def test_a_non_finite_loss_stops_the_run_or_skips_its_step(tmp_path, on_nan):
+    trainee, batches, trainer, teacher = make_run(epochs=1, steps=4)
+    trainer.on_nan = on_nan
+    real, calls = trainee.objective.forward, []
+
+    def second_step_diverges(out):
+        loss, parts = real(out)
+        calls.append(1)
+        return (loss * math.inf, parts) if len(calls) == 2 else (loss, parts)
+
+    trainee.objective.forward = second_step_diverges
+    if on_nan == "stop":
+        with pytest.raises(UserError, match="the loss became inf in epoch 1 .by step 2.: training diverged"):
+            fit(trainee, batches, no_validation, trainer, tmp_path, "t", teacher=teacher)
+        assert not (tmp_path / "last_state.pt").exists()  # nothing of the diverged epoch was saved
+        return
+    result = fit(trainee, batches, no_validation, trainer, tmp_path, "t", teacher=teacher)
+    assert result.history[0]["skipped_steps"] == 1 and math.isfinite(result.history[0]["loss"])
+    assert all(torch.isfinite(p).all() for p in trainee.model.parameters())

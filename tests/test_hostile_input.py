@@ -1,0 +1,266 @@
+"""Hostile and clumsy input through the CLI, against a workspace that holds finished results: every case must end
+in exit 2 with one line on stderr and no traceback, run nothing it was handed, and leave the results as they were."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SHARED_CIFAR, TINY_RECIPE
+from safetensors.torch import load_file, save_file
+
+from distillctl.workspace import RESULT_FILES
+
+pytestmark = pytest.mark.slow
+
+TEACHER = "runs/tiny/teacher/model.safetensors"
+
+
+def run_cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`distillctl args...` in cwd, as a user would run it."""
+    return subprocess.run([sys.executable, "-m", "distillctl", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a finished tiny pipeline and the hostile files the cases point at."""
+    home = tmp_path_factory.mktemp("hostile")
+    (home / "recipes").mkdir()
+    (home / "recipes/tiny.yaml").write_text(TINY_RECIPE)
+    done = run_cli(home, "pipeline", "recipe=tiny", "trainer.threads=2")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    write_hostile_files(home)
+    return home
+
+
+def write_hostile_files(home: Path) -> None:
+    """Checkpoints, recipes and data sets made to break things."""
+    bad = home / "bad"
+    bad.mkdir()
+    (bad / "corrupt.safetensors").write_bytes(b"\x00garbage" * 10)
+    (bad / "empty.safetensors").write_bytes(b"")
+    # A header that claims 2**60 bytes: a reader that trusts it allocates without bound.
+    (bad / "huge_header.safetensors").write_bytes((2**60).to_bytes(8, "little") + b"{}")
+
+    class Payload:  # unpickling this would run code
+        def __reduce__(self):
+            return (os.system, (f"touch {home / 'PWNED'}",))
+
+    (bad / "pickled.pt").write_bytes(pickle.dumps({"state_dict": Payload()}))
+    tensors = load_file(home / TEACHER)
+    for name, meta in {
+        "checkpoint_path": {"model": "resnet8", "num_classes": 10, "kwargs": {"checkpoint_path": "/etc/passwd"}},
+        "deep": {"model": "resnet8", "num_classes": 10, "kwargs": {"depth": 10**8}},
+        "classes": {"model": "resnet8", "num_classes": 10**9},
+        "model_name": {"model": "../../etc/passwd", "num_classes": 10},
+    }.items():
+        save_file(tensors, str(bad / f"{name}.safetensors"), metadata={"distillctl": json.dumps(meta)})
+    other = {k: v for k, v in tensors.items() if not k.startswith("fc.")}  # weights of another head
+    other["fc.weight"], other["fc.bias"] = torch.zeros(3, tensors["fc.weight"].shape[1]), torch.zeros(3)
+    save_file(other, str(bad / "wrong_shape.safetensors"), metadata={"distillctl": json.dumps({"model": "resnet8", "num_classes": 10})})
+    (bad / "a_folder.safetensors").mkdir()
+
+    (bad / "code.yaml").write_text(f"# @package _global_\ntrainer: !!python/object/apply:os.system ['touch {home / 'PWNED'}']\n")
+    (bad / "list.yaml").write_text("- trainer\n- epochs\n")
+    (bad / "typo.yaml").write_text("# @package _global_\ntrainer: {epochz: 3}\n")
+    (bad / "syntax.yaml").write_text("# @package _global_\ntrainer: {epochs: 3\n")
+    (bad / "group.yaml").write_text("# @package _global_\ndefaults:\n  - override /optimizer: adam\n")
+
+    truncated = bad / "truncated/plain_text"
+    truncated.mkdir(parents=True)
+    for split in ("train", "test"):
+        whole = (SHARED_CIFAR / "plain_text" / f"{split}-00000-of-00001.parquet").read_bytes()
+        (truncated / f"{split}-00000-of-00001.parquet").write_bytes(whole[: len(whole) // 3])
+    import pyarrow.parquet as pq
+
+    images = pq.read_table(SHARED_CIFAR / "plain_text/test-00000-of-00001.parquet").slice(0, 20).column("img").to_pylist()
+    for split in ("train", "test"):
+        one = bad / f"one_class/{split}/cat"
+        one.mkdir(parents=True)
+        for i, image in enumerate(images):
+            (one / f"{i}.png").write_bytes(image["bytes"])
+        (bad / f"no_classes/{split}").mkdir(parents=True)
+
+    state = home / "runs/poisoned_state/student"
+    state.mkdir(parents=True)
+    shutil.copy(home / "runs/tiny/student/last.safetensors", state / "last.safetensors")
+    (state / "last_state.pt").write_bytes(pickle.dumps({"epoch": Payload()}))
+
+
+def snapshot(root: Path, results_only: bool = False) -> dict[str, str]:
+    """Each file under runs/ (the locks aside) by its hash; results_only: the stages' results alone."""
+    found = {}
+    for path in sorted((root / "runs").rglob("*")):
+        if path.is_file() and ".locks" not in path.parts and (not results_only or path.name in RESULT_FILES):
+            found[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def assert_refused(home: Path, args: list[str], expected: str, results_only: bool = False, env: dict[str, str] | None = None) -> str:
+    """Run one case: exit 2, one line on stderr naming the problem, nothing executed, results unchanged."""
+    before = snapshot(home, results_only)
+    proc = run_cli(home, *args, env=env)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, f"exit {proc.returncode}: {proc.stderr[-3000:]}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert expected in lines[0], lines[0]
+    assert not (home / "PWNED").exists(), "a hostile file ran code"
+    assert snapshot(home, results_only) == before, "a refused run changed the workspace"
+    return lines[0]
+
+
+CASES = {
+    # Values that make no sense
+    "negative epochs": (["distill", "recipe=tiny", "trainer.epochs=-1"], "trainer.epochs=-1 is out of range: it must be at least 1"),
+    "zero temperature": (["distill", "recipe=tiny", "loss.terms.kd.temperature=0"], "loss.terms.kd.temperature=0.0 is out of range"),
+    "nan learning rate": (["distill", "recipe=tiny", "optimizer.lr=nan"], "optimizer.lr=nan is out of range"),
+    "negative learning rate": (["distill", "recipe=tiny", "optimizer.lr=-1"], "optimizer.lr=-1.0 is out of range"),
+    "infinite loss weight": (["distill", "recipe=tiny", "loss.terms.kd.weight=inf"], "loss.terms.kd.weight=inf"),
+    "no calibration": (["quantize", "recipe=tiny", "quantize.calibration_batches=0"], "quantize.calibration_batches=0 is out of range"),
+    "zero batch": (["distill", "recipe=tiny", "trainer.batch_size=0"], "trainer.batch_size=0 is out of range"),
+    "tiny images": (["distill", "recipe=tiny", "dataset.image_size=3"], "dataset.image_size=3 is out of range"),
+    "no threads": (["distill", "recipe=tiny", "trainer.threads=0"], "trainer.threads=0 is out of range"),
+    "all smoothing": (["distill", "recipe=tiny", "trainer.label_smoothing=1"], "(from ${trainer.label_smoothing}) is out of range"),
+    "negative limit": (["distill", "recipe=tiny", "dataset.test_limit=-5"], "dataset.test_limit=-5 is out of range"),
+    "prune past the model": (["prune", "recipe=tiny", "prune.target_macs_ratio=1.5"], "prune.target_macs_ratio=1.5 is out of range"),
+    "epochs not a number": (["distill", "recipe=tiny", "trainer.epochs=abc"], "trainer.epochs=abc"),
+    "unknown precision": (["distill", "recipe=tiny", "trainer.precision=fp64"], "is not one of auto, fp32, bf16"),
+    "unknown on_nan": (["distill", "recipe=tiny", "trainer.on_nan=ignore"], "is not one of stop, skip_step"),
+    # Keys the schema does not know, and constructor arguments that are not architecture arguments
+    "added unknown key": (["distill", "recipe=tiny", "+student.num_classes=7"], "unknown config key 'student.num_classes'"),
+    "num_classes argument": (["distill", "recipe=tiny", "+student.kwargs.num_classes=7"], "student.kwargs.num_classes is set by distillctl"),
+    "path argument": (["distill", "recipe=tiny", "+teacher.kwargs.checkpoint_path=/etc/passwd"], "teacher.kwargs.checkpoint_path: constructor arguments shape"),
+    "huge argument": (["distill", "recipe=tiny", "+student.kwargs.depth=100000000"], "student.kwargs.depth=100000000"),
+    "argument without +": (["distill", "recipe=tiny", "student.kwargs.drop_rate=0.1"], "add it with +student.kwargs.drop_rate=0.1"),
+    "argument the model lacks": (["distill", "recipe=tiny", "+student.kwargs.wings=2"], "model 'resnet8' does not take these options"),
+    "missing label column": (["distill", "recipe=tiny", "dataset.label_column=nolabel"], "dataset.label_column=nolabel: the data set has no such column"),
+    # Typos
+    "unknown command": (["distil", "recipe=tiny"], "Did you mean 'distill'?"),
+    "unknown recipe": (["distill", "recipe=tyni"], "unknown recipe 'tyni'"),
+    "misspelt key": (["distill", "recipe=tiny", "trainer.epochz=3"], "Did you mean 'epochs'?"),
+    "unknown model": (["distill", "recipe=tiny", "student.name=resnet9"], "unknown model 'resnet9'"),
+    "unknown method": (["quantize", "recipe=tiny", "quantize.method=int8_statik"], "Did you mean 'int8_static'"),
+    "unknown logger": (["distill", "recipe=tiny", "logger=tensorbord"], "tensorbord"),
+    # Checkpoints
+    "missing checkpoint": (["distill", "recipe=tiny", "teacher.checkpoint=bad/missing.safetensors"], "does not exist"),
+    "corrupt checkpoint": (["distill", "recipe=tiny", "teacher.checkpoint=bad/corrupt.safetensors"], "may be corrupt"),
+    "empty checkpoint": (["distill", "recipe=tiny", "teacher.checkpoint=bad/empty.safetensors"], "may be corrupt"),
+    "header of 2**60 bytes": (["distill", "recipe=tiny", "teacher.checkpoint=bad/huge_header.safetensors"], "may be corrupt"),
+    "pickled checkpoint": (["distill", "recipe=tiny", "teacher.checkpoint=bad/pickled.pt"], "pickled Python objects, which are never loaded"),
+    "metadata loads a file": (["distill", "recipe=tiny", "teacher.checkpoint=bad/checkpoint_path.safetensors"], "untrustworthy metadata (model argument 'checkpoint_path'"),
+    "metadata allocates": (["distill", "recipe=tiny", "teacher.checkpoint=bad/deep.safetensors"], "untrustworthy metadata (model argument depth=100000000"),
+    "metadata class count": (["distill", "recipe=tiny", "teacher.checkpoint=bad/classes.safetensors"], "untrustworthy metadata (num_classes"),
+    "metadata model path": (["distill", "recipe=tiny", "teacher.checkpoint=bad/model_name.safetensors"], "untrustworthy metadata (model name"),
+    "another head": (["distill", "recipe=tiny", "teacher.checkpoint=bad/wrong_shape.safetensors"], "does not fit this model"),
+    "a folder as checkpoint": (["distill", "recipe=tiny", "teacher.checkpoint=bad/a_folder.safetensors"], "is a folder, not a weights file"),
+    # (the run records itself as started before it reads the state: only the results must stay as they were)
+    "pickled resume state": (["distill", "recipe=tiny", "run_dir=runs/poisoned_state", "resume=true",
+                              f"teacher.checkpoint={TEACHER}"], "could not read training state", True),
+    "resume with nothing": (["distill", "recipe=tiny", "run_dir=runs/fresh", "resume=true", f"teacher.checkpoint={TEACHER}"],
+                            "holds no checkpoint to resume from"),
+    # Recipe files
+    "recipe runs code": (["distill", "recipe=bad/code.yaml"], "is not valid YAML"),
+    "recipe is a list": (["distill", "recipe=bad/list.yaml"], "must be a mapping of config keys"),
+    "recipe with a typo": (["distill", "recipe=bad/typo.yaml"], "in recipe/typo: unknown config key 'trainer.epochz'. Did you mean 'epochs'?"),
+    "recipe not YAML": (["distill", "recipe=bad/syntax.yaml"], "is not valid YAML"),
+    "recipe names no such group": (["distill", "recipe=bad/group.yaml"], "adam"),
+    "recipe file missing": (["distill", "recipe=bad/none.yaml"], "none.yaml"),
+    # Data sets
+    "truncated parquet": (["train-teacher", "recipe=tiny", "dataset.path=bad/truncated", "run_dir=runs/data"], "Is a file corrupt?"),
+    "one class": (["train-teacher", "recipe=tiny", "dataset=imagefolder", "dataset.path=bad/one_class", "run_dir=runs/data"],
+                  "a classifier needs at least two"),
+    "no classes": (["train-teacher", "recipe=tiny", "dataset=imagefolder", "dataset.path=bad/no_classes", "run_dir=runs/data"], "no_classes"),
+    "no such folder": (["train-teacher", "recipe=tiny", "dataset.path=./nowhere"], "does not exist"),
+    "Hub id offline": (["train-teacher", "recipe=tiny", "dataset.path=someone/some-data"], "not in the local Hugging Face cache"),
+    # Stages out of order
+    "prune before distill": (["prune", "recipe=tiny", "run_dir=runs/empty"], "no distilled student"),
+    "quantize a missing pruned model": (["quantize", "recipe=tiny", "run_dir=runs/empty", "quantize.source=pruned"], "no pruned model"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_hostile_or_clumsy_input_is_one_line_and_changes_nothing(home, case):
+    args, expected, *results_only = CASES[case]
+    threads = ["trainer.threads=1"] if args[0] != "distil" else []  # before the case's own values, which win
+    assert_refused(home, [args[0], *threads, *args[1:]], expected, *results_only)
+
+
+def test_a_diverging_run_stops_and_keeps_the_results(home):
+    # A weight past float32's range makes the first step's loss infinite.
+    line = assert_refused(home, ["distill", "recipe=tiny", "force=true", "loss.terms.kd.weight=1e39", "trainer.threads=1"],
+                          "the loss became inf in epoch 1 (by step 1): training diverged", results_only=True)
+    assert "Lower the learning rate" in line
+
+
+@contextlib.contextmanager
+def small_filesystem(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at where (needs root: CI runs as root here); unmounted afterwards."""
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here ({mounted.stderr.strip()}); the disk cases need root")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_or_read_only_folder_is_one_line_before_training(home, tmp_path):
+    teacher = f"teacher.checkpoint={home / TEACHER}"
+    with small_filesystem(tmp_path / "small", "300k") as small:
+        line = assert_refused(home, ["distill", "recipe=tiny", f"run_dir={small}/run", teacher, "trainer.threads=1"], "MB are free")
+        assert "needs about" in line
+        subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True)
+        assert_refused(home, ["distill", "recipe=tiny", f"run_dir={small}/run", teacher, "trainer.threads=1"], "is a read-only file system")
+
+
+def test_caches_on_a_full_disk_cost_speed_not_the_run(home, tmp_path):
+    teacher = f"teacher.checkpoint={home / TEACHER}"
+    with small_filesystem(tmp_path / "small", "300k") as small:
+        proc = run_cli(home, "distill", "recipe=tiny", "run_dir=runs/cacheless", teacher, "trainer.threads=1",
+                       env={"DISTILLCTL_CACHE": str(small)})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "warning: decoded images not cached (the disk is full" in proc.stdout
+        assert not [p for p in small.rglob("*") if p.is_file()], "a torn cache file was left behind"
+
+
+def test_a_stage_another_run_writes_is_refused_or_waited_for(home):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from pathlib import Path; from distillctl.workspace import Workspace; "
+         "Workspace(Path('runs/tiny')).claim('student'); print('held', flush=True); time.sleep(300)"],
+        cwd=home, stdout=subprocess.PIPE, text=True,
+    )
+    waiter = None
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert_refused(home, ["distill", "recipe=tiny", "force=true", "trainer.threads=1"], f"another distillctl run (pid {holder.pid})")
+        waiter = subprocess.Popen([sys.executable, "-m", "distillctl", "distill", "recipe=tiny", "force=true", "wait=true",
+                                   "trainer.threads=1"], cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        seen = []
+        for line in waiter.stdout:  # it says whom it waits for, then waits
+            seen.append(line)
+            if "waiting for another distillctl run" in line:
+                break
+        assert f"(pid {holder.pid})" in seen[-1], "".join(seen)[-2000:]
+        assert waiter.poll() is None
+        holder.kill()  # the OS releases its lock: the waiting run starts
+        rest = waiter.communicate(timeout=300)[0]
+        assert waiter.returncode == 0, rest[-2000:]
+        assert "student: resnet8" in rest
+    finally:
+        for proc in (holder, waiter):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
