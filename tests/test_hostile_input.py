@@ -19,6 +19,7 @@ import torch
 from conftest import SHARED_CIFAR, TINY_RECIPE
 from safetensors.torch import load_file, save_file
 
+from distillctl.artifacts import read_metadata
 from distillctl.workspace import RESULT_FILES
 
 pytestmark = pytest.mark.slow
@@ -66,6 +67,15 @@ def write_hostile_files(home: Path) -> None:
         "model_name": {"model": "../../etc/passwd", "num_classes": 10},
     }.items():
         save_file(tensors, str(bad / f"{name}.safetensors"), metadata={"distillctl": json.dumps(meta)})
+    int8_file = home / "runs/tiny/int8_static/model.safetensors"
+    int8_meta, int8_tensors = read_metadata(int8_file), load_file(int8_file)
+    for name, change in {
+        "int8_size": {"image_size": 10**6},  # the traced example would be 3 * 10**12 floats
+        "int8_dtype": {"layout": {**int8_meta["quantization"]["layout"], "entries": {"x": {"dtype": "load"}}}},
+        "int8_layout": {"layout": {**int8_meta["quantization"]["layout"], "entries": {"nothing.here": {"scale": 1.0, "zero_point": 0}}}},
+    }.items():
+        meta = {**int8_meta, "quantization": {**int8_meta["quantization"], **change}}
+        save_file(int8_tensors, str(bad / f"{name}.safetensors"), metadata={"distillctl": json.dumps(meta)})
     other = {k: v for k, v in tensors.items() if not k.startswith("fc.")}  # weights of another head
     other["fc.weight"], other["fc.bias"] = torch.zeros(3, tensors["fc.weight"].shape[1]), torch.zeros(3)
     save_file(other, str(bad / "wrong_shape.safetensors"), metadata={"distillctl": json.dumps({"model": "resnet8", "num_classes": 10})})
@@ -163,6 +173,9 @@ CASES = {
     "metadata allocates": (["distill", "recipe=tiny", "teacher.checkpoint=bad/deep.safetensors"], "untrustworthy metadata (model argument depth=100000000"),
     "metadata class count": (["distill", "recipe=tiny", "teacher.checkpoint=bad/classes.safetensors"], "untrustworthy metadata (num_classes"),
     "metadata model path": (["distill", "recipe=tiny", "teacher.checkpoint=bad/model_name.safetensors"], "untrustworthy metadata (model name"),
+    "int8 example of 10**6 px": (["distill", "recipe=tiny", "teacher.checkpoint=bad/int8_size.safetensors"], "untrustworthy metadata (quantization image_size"),
+    "int8 layout names torch.load": (["distill", "recipe=tiny", "teacher.checkpoint=bad/int8_dtype.safetensors"], "quantization layout dtype 'load'"),
+    "int8 layout without tensors": (["distill", "recipe=tiny", "teacher.checkpoint=bad/int8_layout.safetensors"], "int8 layout that does not match its tensors"),
     "another head": (["distill", "recipe=tiny", "teacher.checkpoint=bad/wrong_shape.safetensors"], "does not fit this model"),
     "a folder as checkpoint": (["distill", "recipe=tiny", "teacher.checkpoint=bad/a_folder.safetensors"], "is a folder, not a weights file"),
     # (the run records itself as started before it reads the state: only the results must stay as they were)

@@ -207,7 +207,11 @@ def load_quantized(path, model: nn.Module, quantization: dict) -> nn.Module:
         artifacts.load_weights(path, model)
         return Cast(model, CAST_DTYPES[method])
     int8 = rebuild(model, quantization["image_size"], quantization["backend"], quantization["per_channel"], quantization["skip"])
-    state = int8_state.decode(artifacts.read_weights(path), quantization["layout"])
+    try:
+        state = int8_state.decode(artifacts.read_weights(path), quantization["layout"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:  # a layout that does not match its tensors
+        raise UserError(f"'{path}' holds an int8 layout that does not match its tensors ({type(exc).__name__}: "
+                        f"{str(exc)[:120]}); re-run the quantize stage that wrote it.") from None
     # FX keeps a functional linear's packed weights (timm's Linear head) as graph attributes: its state_dict lists
     # them, but load_state_dict does not set them.
     for key in [k for k, v in state.items() if isinstance(v, torch.ScriptObject)]:

@@ -35,9 +35,11 @@ def checked(meta: dict[str, Any], path: Path) -> dict[str, Any]:
             raise refuse(f"model argument {str(key)[:40]!r} is not an architecture argument")
         if not plain_value(value):
             raise refuse(f"model argument {key}={str(value)[:40]} is not a small number, flag or short name")
-    for key in ("shapes", "quantization"):  # their own loaders check what is inside
+    for key in ("shapes", "quantization"):  # the shapes' loader checks what is inside them against the model
         if key in meta and not isinstance(meta[key], dict):
             raise refuse(f"{key} is not a mapping")
+    if "quantization" in meta and (problem := quantization_problem(meta["quantization"])):
+        raise refuse(f"quantization {problem}")
     for key in ("mean", "std"):
         stats = meta.get(key)
         if stats is not None and not (isinstance(stats, list) and 1 <= len(stats) <= 4 and all(finite(v) for v in stats)):
@@ -48,3 +50,42 @@ def checked(meta: dict[str, Any], path: Path) -> dict[str, Any]:
 def finite(value: Any) -> bool:
     """A real number that is not NaN or infinite."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+QUANTIZE_METHODS = ("fp16", "bf16", "int8_static", "int8_qat")  # the methods stored as safetensors
+INT8_BACKENDS = ("x86", "fbgemm", "qnnpack")
+# What an int8 layout entry may name as a dtype (int8_state.decode looks it up on torch).
+LAYOUT_DTYPES = ("qint8", "quint8", "qint32", "float32", "float16", "bfloat16", "int8", "uint8", "int32", "int64")
+
+
+def quantization_problem(q: dict[str, Any]) -> str | None:
+    """What is wrong with a weights file's quantization record (it sizes the traced example and names torch
+    attributes), or None."""
+    if q.get("method") not in QUANTIZE_METHODS:
+        return f"method {str(q.get('method'))[:40]!r}"
+    if q["method"] in ("fp16", "bf16"):
+        return None
+    size = q.get("image_size")
+    if not (isinstance(size, int) and not isinstance(size, bool) and 8 <= size <= 4096):
+        return f"image_size {str(size)[:40]!r}"
+    if q.get("backend") not in INT8_BACKENDS:
+        return f"backend {str(q.get('backend'))[:40]!r}"
+    if not isinstance(q.get("per_channel"), bool):
+        return "per_channel is not a flag"
+    skip = q.get("skip", [])
+    if not (isinstance(skip, list) and len(skip) <= 1000 and all(isinstance(s, str) and len(s) <= 200 for s in skip)):
+        return "skip is not a list of layer names"
+    layout = q.get("layout")
+    if not (isinstance(layout, dict) and isinstance(layout.get("entries"), dict) and isinstance(layout.get("versions"), dict)):
+        return "layout is not a mapping of entries and versions"
+    return next((f"layout dtype {d[:40]!r}" for d in layout_dtypes(layout["entries"]) if d not in LAYOUT_DTYPES), None)
+
+
+def layout_dtypes(node: Any) -> list[str]:
+    """Every dtype named anywhere in a layout."""
+    if isinstance(node, dict):
+        own = [str(node["dtype"])] if "dtype" in node else []
+        return own + [d for value in node.values() for d in layout_dtypes(value)]
+    if isinstance(node, list):
+        return [d for value in node for d in layout_dtypes(value)]
+    return []
