@@ -11,6 +11,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,6 +102,18 @@ def write_hostile_files(home: Path) -> None:
         for i, image in enumerate(images):
             (one / f"{i}.png").write_bytes(image["bytes"])
         (bad / f"no_classes/{split}").mkdir(parents=True)
+        for cls in ("cat", "dog"):
+            folder = bad / f"bombs/{split}/{cls}"
+            folder.mkdir(parents=True)
+            for i, image in enumerate(images[:4]):
+                (folder / f"{i}.png").write_bytes(image["bytes"])
+    # A 100-byte PNG announcing 20000 x 20000 pixels: decoding it would allocate 1.2 GB.
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    size = (20000).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", size) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    (bad / "bombs/train/cat/bomb.png").write_bytes(bomb)
 
     state = home / "runs/poisoned_state/student"
     state.mkdir(parents=True)
@@ -195,6 +208,8 @@ CASES = {
     "one class": (["train-teacher", "recipe=tiny", "dataset=imagefolder", "dataset.path=bad/one_class", "run_dir=runs/data"],
                   "a classifier needs at least two"),
     "no classes": (["train-teacher", "recipe=tiny", "dataset=imagefolder", "dataset.path=bad/no_classes", "run_dir=runs/data"], "no_classes"),
+    "decompression bomb": (["train-teacher", "recipe=tiny", "dataset=imagefolder", "dataset.path=bad/bombs", "run_dir=runs/data",
+                            "dataset.on_bad_image=error"], "bomb.png (DecompressionBombError"),
     "no such folder": (["train-teacher", "recipe=tiny", "dataset.path=./nowhere"], "does not exist"),
     "Hub id offline": (["train-teacher", "recipe=tiny", "dataset.path=someone/some-data"], "not in the local Hugging Face cache"),
     # Stages out of order
