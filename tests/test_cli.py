@@ -187,12 +187,17 @@ def test_every_method_recipe_trains_a_few_steps(cli, tmp_path):
     small = ["dataset=embedded", *TINY, "dataset.test_limit=100"]
     assert cli("train-teacher", "recipe=cifar_resnet", "teacher=resnet14", *small, "run_dir=runs/t").code == 0
     ckpt = tmp_path / "runs/t/teacher/model.safetensors"
-    expected = {"cifar_fitnet": {"ce", "hint"}, "cifar_at": {"ce", "at"}, "cifar_adversarial": {"ce", "kd", "adversarial"}, "cifar_dkd": {"ce", "dkd"}}
-    for recipe, terms in expected.items():
-        result = cli("distill", f"recipe={recipe}", *small, f"teacher.checkpoint={ckpt}", "teacher.name=resnet14")
-        assert result.code == 0, f"{recipe}: {result.text}"
-        history = json.loads((tmp_path / f"runs/{recipe}/student/history.jsonl").read_text().splitlines()[-1])
-        assert {f"loss.{t}" for t in terms} <= set(history), (recipe, history)
+    expected = {"cifar_fitnet": {"ce", "hint"}, "cifar_at": {"ce", "at"}, "cifar_adversarial": {"ce", "kd", "adversarial"}, "cifar_dkd": {"ce", "dkd"},
+                # loss presets without a recipe of their own
+                "cifar_resnet loss=dist": {"ce", "dist"}, "cifar_resnet loss=kd_ls": {"ce", "kd"}, "cifar_resnet loss=rkd": {"ce", "rkd"},
+                "cifar_resnet loss=pkt": {"ce", "pkt"}, "cifar_resnet loss=sp": {"ce", "sp"}}
+    for method, terms in expected.items():
+        recipe, *loss = method.split()
+        run_dir = f"runs/{method.replace(' loss=', '-')}"
+        result = cli("distill", f"recipe={recipe}", *loss, *small, f"teacher.checkpoint={ckpt}", "teacher.name=resnet14", f"run_dir={run_dir}")
+        assert result.code == 0, f"{method}: {result.text}"
+        history = json.loads((tmp_path / run_dir / "student/history.jsonl").read_text().splitlines()[-1])
+        assert {f"loss.{t}" for t in terms} <= set(history), (method, history)
     bad_layer = cli("distill", "recipe=cifar_fitnet", *small, f"teacher.checkpoint={ckpt}", "teacher.name=resnet14", "loss.terms.hint.student_layer=layer_2")
     assert "Did you mean 'layer2'" in one_error_line(bad_layer)
     state = torch.load(tmp_path / "runs/cifar_adversarial/student/last_state.pt", weights_only=True)

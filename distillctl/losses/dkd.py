@@ -11,12 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from distillctl.losses.base import LossTerm, StepOutputs
+from distillctl.losses.logits import softened
 from distillctl.losses.registry import term
 
 
-def dkd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float, beta: float, temperature: float) -> torch.Tensor:
+def dkd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float, beta: float, temperature: float,
+             standardize: bool = False) -> torch.Tensor:
     """alpha * TCKD + beta * NCKD, each a batch-mean KL divergence times T^2."""
-    s, t = student.float() / temperature, teacher.float() / temperature
+    s, t = softened(student, temperature, standardize), softened(teacher, temperature, standardize)
     target = F.one_hot(labels, s.shape[1]).bool()
     p_s, p_t = s.softmax(1), t.softmax(1)
     # Target / non-target binary distributions.
@@ -34,8 +36,7 @@ def dkd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
 class DecoupledKD(LossTerm):
     """TCKD + NCKD with a linear warm-up of the whole term."""
 
-
     def forward(self, out: StepOutputs) -> torch.Tensor:
         ramp = min(out.epoch / self.params.warmup, 1.0) if self.params.warmup else 1.0
         p = self.params
-        return ramp * dkd_loss(out.student_logits, out.teacher_logits, out.labels, p.alpha, p.beta, p.temperature)
+        return ramp * dkd_loss(out.student_logits, out.teacher_logits, out.labels, p.alpha, p.beta, p.temperature, p.standardize)

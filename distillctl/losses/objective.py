@@ -11,7 +11,18 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from distillctl.errors import UserError, did_you_mean
-from distillctl.losses import adversarial, attention, ce, dkd, hint, kd  # noqa: F401  (each registers its term)
+from distillctl.losses import (  # noqa: F401  (each registers its term)
+    adversarial,
+    attention,
+    ce,
+    dist,
+    dkd,
+    hint,
+    kd,
+    pkt,
+    rkd,
+    similarity,
+)
 from distillctl.losses.base import LossTerm, StepOutputs
 from distillctl.losses.registry import TERMS
 

@@ -34,6 +34,8 @@ class CEParams(TermParams):
 @dataclass
 class KDParams(TermParams):
     temperature: float = bounded(4.0, above=0)
+    # Logit standardization (Sun et al. 2024): z-score each sample's logits before the temperature (losses/logits.py).
+    standardize: bool = False
 
 @dataclass
 class DKDParams(TermParams):
@@ -41,6 +43,36 @@ class DKDParams(TermParams):
     beta: float = bounded(8.0, min=0)
     temperature: float = bounded(4.0, above=0)
     warmup: int = bounded(20, min=0)
+    standardize: bool = False
+
+@dataclass
+class DISTParams(TermParams):
+    beta: float = bounded(1.0, min=0)  # inter-class relation (each sample's class ranking)
+    gamma: float = bounded(1.0, min=0)  # intra-class relation (each class's ranking of the samples)
+    temperature: float = bounded(1.0, above=0)  # the paper's ImageNet values; configs/loss/dist.yaml has CIFAR's
+    standardize: bool = False
+
+@dataclass
+class EmbeddingParams(TermParams):
+    """Terms on one embedding per image: the tapped layer's output, averaged over its spatial positions."""
+
+    student_layer: str = "layer3"
+    teacher_layer: str = "layer3"
+
+@dataclass
+class RKDParams(EmbeddingParams):
+    distance_weight: float = bounded(25.0, min=0)  # the paper's w_D and w_A
+    angle_weight: float = bounded(50.0, min=0)
+
+@dataclass
+class PKTParams(EmbeddingParams):
+    weight: float = bounded(30000.0, min=0)  # the CRD benchmark's setting for PKT on CIFAR
+
+@dataclass
+class SPParams(TermParams):
+    weight: float = bounded(3000.0, min=0)  # the CRD benchmark's setting for SP on CIFAR
+    student_layer: str = "layer3"  # the whole feature map, flattened, not pooled
+    teacher_layer: str = "layer3"
 
 @dataclass
 class HintParams(TermParams):
@@ -78,6 +110,10 @@ PARAMS: dict[str, type[TermParams]] = {
     "hint": HintParams,
     "attention": AttentionParams,
     "adversarial": AdversarialParams,
+    "dist": DISTParams,
+    "rkd": RKDParams,
+    "pkt": PKTParams,
+    "sp": SPParams,
 }
 
 
