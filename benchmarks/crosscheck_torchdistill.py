@@ -1,0 +1,136 @@
+"""Each loss term against torchdistill's implementation of the same method, on the same inputs: the largest difference.
+
+    python benchmarks/crosscheck_torchdistill.py            # table into docs/results.md
+
+torchdistill is fetched as a wheel (no dependencies: it runs on this environment's torch) into a temporary folder
+that is put on the path of a child process and deleted afterwards; nothing is installed into the environment.
+Where the two libraries scale a loss differently (torchdistill's KD leaves T^2 and the weights to the caller), the
+table says how the values were put on one scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from results_doc import replace_block
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "results.md"
+VERSION = "1.1.5"
+
+
+def fetch(into: Path) -> Path:
+    """torchdistill's wheel unpacked under `into` (pip download, no dependencies)."""
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", f"torchdistill=={VERSION}", "-d", str(into)],
+                   check=True)
+    wheel = next(into.glob("torchdistill-*.whl"))
+    site = into / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    return site
+
+
+def compare(draws: int) -> list[dict]:
+    """In the child process: every method, `draws` random inputs each; the largest absolute and relative difference."""
+    import torch
+    from torchdistill.losses import mid_level as td
+
+    from distillctl.losses.attention import attention_map
+    from distillctl.losses.dist import dist_loss
+    from distillctl.losses.embedding import embedding
+    from distillctl.losses.kd import kd_loss
+    from distillctl.losses.pkt import pkt_loss
+    from distillctl.losses.rkd import rkd_loss
+    from distillctl.losses.similarity import sp_loss
+
+    def io(value: torch.Tensor, key: str = "m") -> dict:
+        return {key: {"output": value}}
+
+    def l1_gram(feature: torch.Tensor) -> torch.Tensor:
+        f = feature.flatten(1)
+        return torch.nn.functional.normalize(f @ f.t(), p=1, dim=1)
+
+    temperature = 4.0
+    methods = {
+        "KD": ("torchdistill's KDLoss (alpha 0) is the bare KL: times T^2",
+               lambda s, t, fs, ft: kd_loss(s, t, temperature),
+               lambda s, t, fs, ft: td.KDLoss("m", "output", "m", "output", temperature=temperature, alpha=0)(io(s), io(t)) * temperature**2),
+        "KD, logit standardization": ("LogitStdKDLoss times T^2",
+               lambda s, t, fs, ft: kd_loss(s, t, 2.0, standardize=True),
+               lambda s, t, fs, ft: td.LogitStdKDLoss("m", "output", "m", "output", temperature=2.0, alpha=0)(io(s), io(t)) * 4.0),
+        "DIST": ("beta = gamma = 2, T = 4 in both",
+               lambda s, t, fs, ft: dist_loss(s, t, 2.0, 2.0, temperature),
+               lambda s, t, fs, ft: td.DISTLoss("m", "output", "m", "output", beta=2.0, gamma=2.0, tau=temperature)(io(s), io(t))),
+        "AT": ("ATLoss(mode='code') is the sum over layers; ours halves it (the paper's beta/2)",
+               lambda s, t, fs, ft: (attention_map(fs, 2) - attention_map(ft, 2)).pow(2).mean() / 2,
+               lambda s, t, fs, ft: td.ATLoss({"p": {"student": {"io": "output", "path": "s"}, "teacher": {"io": "output", "path": "t"}}},
+                                              mode="code")(io(fs, "s"), io(ft, "t")) / 2),
+        "RKD": ("on the spatially averaged embedding, w_D 25, w_A 50",
+               lambda s, t, fs, ft: rkd_loss(embedding(fs), embedding(ft), 25.0, 50.0),
+               lambda s, t, fs, ft: td.RKDLoss("s", "t", dist_factor=25.0, angle_factor=50.0, reduction="mean")(
+                   io(embedding(fs), "s"), io(embedding(ft), "t"))),
+        "PKT": ("on the spatially averaged embedding",
+               lambda s, t, fs, ft: pkt_loss(embedding(fs), embedding(ft)),
+               lambda s, t, fs, ft: td.PKTLoss("s", "output", "t", "output")(io(embedding(fs), "s"), io(embedding(ft), "t"))),
+        "SP": ("on the feature maps, reduction batchmean",
+               lambda s, t, fs, ft: sp_loss(fs, ft),
+               lambda s, t, fs, ft: td.SPKDLoss("s", "t", reduction="batchmean")(io(fs, "s"), io(ft, "t"))),
+        # torchdistill calls normalize(G, 1), whose second argument is p: its Gram rows are L1-normalized, where the
+        # paper (and the CRD benchmark's code) divide by the L2 norm. The same formula with L1 rows:
+        "SP with L1-normalized rows": ("ours with torchdistill's L1 row norm, to show that this is the only difference",
+               lambda s, t, fs, ft: (l1_gram(fs) - l1_gram(ft)).pow(2).sum() / len(fs) ** 2,
+               lambda s, t, fs, ft: td.SPKDLoss("s", "t", reduction="batchmean")(io(fs, "s"), io(ft, "t"))),
+    }
+    rows = []
+    for name, (scale, ours, theirs) in methods.items():
+        largest = relative = 0.0
+        for draw in range(draws):
+            generator = torch.Generator().manual_seed(draw)
+            s, t = torch.randn(32, 100, generator=generator) * 3, torch.randn(32, 100, generator=generator) * 3
+            # Feature maps whose images differ (an offset per image and channel), as a network's do.
+            fs, ft = ((torch.randn(32, 64, 8, 8, generator=generator) + 2 * torch.randn(32, 64, 1, 1, generator=generator)).relu()
+                      for _ in range(2))
+            a, b = ours(s, t, fs, ft).item(), float(theirs(s, t, fs, ft))
+            largest, relative = max(largest, abs(a - b)), max(relative, abs(a - b) / max(abs(b), 1e-12))
+        rows.append({"method": name, "scale": scale, "largest": largest, "relative": relative})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--draws", type=int, default=20)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(compare(args.draws)))
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        site = fetch(Path(scratch))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+        child = subprocess.run([sys.executable, __file__, "--child", f"--draws={args.draws}"], env=env, capture_output=True, text=True)
+    if child.returncode:
+        raise SystemExit(f"the comparison failed:\n{child.stderr[-3000:]}")
+    rows = json.loads(child.stdout.strip().splitlines()[-1])
+    import torch
+
+    lines = [
+        f"torchdistill {VERSION} against distillctl on the same inputs (`python benchmarks/crosscheck_torchdistill.py`, "
+        f"torch {torch.__version__}, float32 on the CPU): {args.draws} random draws per method of 32 x 100 logits and "
+        "32 x 64 x 8 x 8 feature maps; the largest absolute and relative difference of the loss values.",
+        "",
+        "| method | largest difference | relative | how the scales were matched |",
+        "|---|---:|---:|---|",
+    ]
+    lines += [f"| {r['method']} | {r['largest']:.2e} | {r['relative']:.2e} | {r['scale']} |" for r in rows]
+    print(replace_block(RESULTS, "crosscheck", "Loss terms against torchdistill", "\n".join(lines)))
+
+
+if __name__ == "__main__":
+    main()
