@@ -1,7 +1,7 @@
 """Every distillation method at one fixed budget, several seeds: test top-1 (mean, spread) and time per epoch.
 
-    python benchmarks/methods.py                      # CPU budget (~25 min on 2 cores); table into docs/results.md
-    python benchmarks/methods.py --train-limit 0 --epochs 240 --teacher-epochs 240   # the recipes' full schedules (GPU)
+    python benchmarks/methods.py                      # CPU budget (~40 min on 2 cores); table into docs/results.md
+    python benchmarks/methods.py --train-limit 0 --val-size 5000 --epochs 240 --teacher-epochs 240   # full schedules (GPU)
 
 One ResNet-56 teacher is trained once; each method then trains a ResNet-20 student from it through the CLI,
 exactly as a user would (`distillctl distill recipe=cifar_<method> ...`).
@@ -31,6 +31,11 @@ METHODS = {
     "adversarial": ["loss=adversarial"],
     "DKD": ["loss=dkd"],
     "KD + AT": ["loss=kd_at"],
+    "DIST": ["loss=dist"],
+    "KD, standardized logits": ["loss=kd_ls"],
+    "RKD": ["loss=rkd"],
+    "PKT": ["loss=pkt"],
+    "SP": ["loss=sp"],
 }
 
 
@@ -42,14 +47,15 @@ def distillctl(*args: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(REPO.parent / "shared/data/cifar10"))
-    parser.add_argument("--train-limit", type=int, default=4000, help="0: all 50,000 training images")
+    parser.add_argument("--train-limit", type=int, default=3600, help="training images; 0: all 50,000 but --val-size")
+    parser.add_argument("--val-size", type=int, default=400, help="images held out for validation (picking the best epoch)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--teacher-epochs", type=int, default=15)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="runs/bench-methods")
     args = parser.parse_args()
     out = REPO / args.out
-    data = [f"dataset.path={args.data}", f"dataset.val_size={0.1 if args.train_limit else 5000}"]
+    data = [f"dataset.path={args.data}", f"dataset.val_size={args.val_size}"]
     if args.train_limit:
         data.append(f"dataset.train_limit={args.train_limit}")
     # A short budget gets a cosine schedule; the recipe's steps at 150/180/210 fit only its 240 epochs.
@@ -71,7 +77,8 @@ def main() -> None:
             epoch_seconds.append(statistics.mean(h["seconds"] for h in history))
         rows[method] = (scores, statistics.median(epoch_seconds))
         print(f"{method:16s} " + " ".join(f"{s:.2%}" for s in scores) + f"  {statistics.median(epoch_seconds):.1f} s/epoch", flush=True)
-    limit = f"{args.train_limit:,} training images (90% train, 10% validation)" if args.train_limit else "all 50,000 training images"
+    limit = (f"{args.train_limit:,} training and {args.val_size:,} validation images" if args.train_limit
+             else f"all 50,000 training images, {args.val_size:,} of them for validation")
     cmd = "python benchmarks/methods.py" + ("" if sys.argv[1:] == [] else " " + " ".join(sys.argv[1:]))
     lines = [
         f"Measured {date.today()} with `{cmd}`: CIFAR-10 ({limit}; the full 10,000-image test split), "
