@@ -112,7 +112,7 @@ def problems(node: Any, path: str) -> Iterator[str]:
         if spec is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value) or not spec.holds(value):
                 # A value taken from another key (${trainer.label_smoothing}) is named by that key too: the user set it.
-                source = node._get_node(key)._value() if OmegaConf.is_interpolation(node, key) else None
+                source = OmegaConf.to_container(node, resolve=False)[key] if OmegaConf.is_interpolation(node, key) else None
                 taken = f" (from {source})" if source else ""
                 yield f"{child_path}={value}{taken} is out of range: it must be {spec}."
                 continue
