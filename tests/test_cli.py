@@ -190,7 +190,7 @@ def test_every_method_recipe_trains_a_few_steps(cli, tmp_path):
     expected = {"cifar_fitnet": {"ce", "hint"}, "cifar_at": {"ce", "at"}, "cifar_adversarial": {"ce", "kd", "adversarial"}, "cifar_dkd": {"ce", "dkd"},
                 # loss presets without a recipe of their own
                 "cifar_resnet loss=dist": {"ce", "dist"}, "cifar_resnet loss=kd_ls": {"ce", "kd"}, "cifar_resnet loss=rkd": {"ce", "rkd"},
-                "cifar_resnet loss=pkt": {"ce", "pkt"}, "cifar_resnet loss=sp": {"ce", "sp"}}
+                "cifar_resnet loss=pkt": {"ce", "pkt"}, "cifar_resnet loss=sp": {"ce", "sp"}, "cifar_resnet loss=crd": {"ce", "crd"}}
     for method, terms in expected.items():
         recipe, *loss = method.split()
         run_dir = f"runs/{method.replace(' loss=', '-')}"

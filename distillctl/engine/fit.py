@@ -142,7 +142,9 @@ def fit(
                 nonlocal startup
                 if mode:  # CUDA-graph outputs of the previous step may be overwritten from here on
                     torch.compiler.cudagraph_mark_step_begin()
-                out = train_step(trainee, x, y, epoch, student_fn, teacher_fn, student_taps, teacher_taps, trainer_cfg)
+                keys = getattr(batches, "keys", None)  # the resident loader says which images it yielded
+                out = train_step(trainee, x, y, epoch, student_fn, teacher_fn, student_taps, teacher_taps, trainer_cfg,
+                                 keys[0] if keys is not None else None, len(batches.labels) if keys is not None else 0)
                 if startup is None:
                     startup = time.perf_counter() - distillctl.STARTED
                 return out
@@ -254,6 +256,8 @@ def train_step(
     student_taps: FeatureTaps,
     teacher_taps: FeatureTaps,
     trainer_cfg,
+    indices: torch.Tensor | None = None,
+    num_images: int = 0,
 ) -> tuple[StepOutputs, torch.Tensor, dict[str, torch.Tensor]] | None:
     """One optimisation step of the student (and of terms with their own updates); returns what it computed, or
     None for a step left out under trainer.on_nan=skip_step."""
@@ -269,7 +273,7 @@ def train_step(
     # low-precision features; the terms compute their losses in fp32 themselves.
     with autocast(device, trainer_cfg.precision):
         logits = student_fn(x)
-        out = StepOutputs(logits, y, teacher_logits, student_taps.take(), teacher_features, epoch)
+        out = StepOutputs(logits, y, teacher_logits, student_taps.take(), teacher_features, epoch, indices, num_images)
         loss, parts = trainee.objective(out)
     trainee.optimizer.zero_grad(set_to_none=True)
     if trainer_cfg.get("on_nan") == "skip_step" and not torch.isfinite(loss.detach()).item():

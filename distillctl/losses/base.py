@@ -22,6 +22,10 @@ class StepOutputs:
     student_features: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)
     epoch: int = 0  # 1-based epoch, for terms with a warm-up
+    # Positions of the batch's images in the training split, and that split's size, for terms that keep something per
+    # training image (CRD's memory bank). None where the loader cannot say (the streaming loader).
+    indices: torch.Tensor | None = None
+    num_images: int = 0
 
 
 class LossTerm(nn.Module):

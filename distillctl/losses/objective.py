@@ -15,6 +15,7 @@ from distillctl.losses import (  # noqa: F401  (each registers its term)
     adversarial,
     attention,
     ce,
+    crd,
     dist,
     dkd,
     hint,
@@ -47,8 +48,9 @@ class Objective(nn.Module):
         teacher = dict.fromkeys(name for t in self.terms.values() for name in t.teacher_layers())
         return list(student), list(teacher)
 
-    def setup(self, student: nn.Module, teacher: nn.Module | None, sample: torch.Tensor) -> None:
-        """Check every named layer and let terms size their parameters from one probe batch."""
+    def setup(self, student: nn.Module, teacher: nn.Module | None, sample: torch.Tensor, num_images: int = 0) -> None:
+        """Check every named layer and let terms size their parameters (and per-image state, for `num_images`
+        training images) from one probe batch."""
         from distillctl.engine.taps import FeatureTaps
         from distillctl.models.ensemble import feature_source
 
@@ -61,7 +63,8 @@ class Objective(nn.Module):
             with torch.no_grad():
                 student_logits = student(sample)
                 teacher_logits = teacher(sample) if teacher is not None else None
-            probe = StepOutputs(student_logits, torch.zeros(len(sample), dtype=torch.long, device=sample.device), teacher_logits, s_taps.take(), t_taps.take())
+            probe = StepOutputs(student_logits, torch.zeros(len(sample), dtype=torch.long, device=sample.device), teacher_logits,
+                                s_taps.take(), t_taps.take(), num_images=num_images)
         student.train(was_training)
         for t in self.terms.values():
             t.setup(probe)

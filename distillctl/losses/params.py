@@ -101,6 +101,14 @@ class AdversarialParams(TermParams):
     betas: tuple[float, float] = (0.5, 0.999)
     d_steps: int = bounded(1, min=1)
 
+@dataclass
+class CRDParams(EmbeddingParams):
+    weight: float = bounded(0.8, min=0)  # the paper's beta on CIFAR-100
+    feat_dim: int = bounded(128, min=1)  # the shared space both embeddings are projected into
+    negatives: int = bounded(16384, min=1)  # N of the NCE: negatives drawn per image from the memory bank
+    temperature: float = bounded(0.07, above=0)
+    momentum: float = bounded(0.5, min=0, below=1)  # of the memory bank's running embedding per training image
+
 
 # Term kind -> its options, as written in loss.terms.<name>.kind.
 PARAMS: dict[str, type[TermParams]] = {
@@ -114,6 +122,7 @@ PARAMS: dict[str, type[TermParams]] = {
     "rkd": RKDParams,
     "pkt": PKTParams,
     "sp": SPParams,
+    "crd": CRDParams,
 }
 
 
