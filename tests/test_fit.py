@@ -7,8 +7,14 @@ import math
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch import nn
 
-from distillctl.config import DatasetConfig, OptimizerConfig, SchedulerConfig, TrainerConfig
+from distillctl.config import (
+    DatasetConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+    TrainerConfig,
+)
 from distillctl.data import Batches, load_splits
 from distillctl.engine.fit import Trainee, fit, observing_epochs
 from distillctl.engine.optim import build_optimizer, build_schedule
@@ -86,6 +92,27 @@ def test_taps_capture_named_modules_and_are_removed():
         assert features["layer2"].shape == (2, 32, 16, 16) and features["layer3.0.conv1"].shape == (2, 64, 8, 8)
         assert taps.take() == {}
     assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_a_preact_tap_captures_what_an_in_place_relu_overwrites():
+    model = create_model("resnet20", 10)
+    with FeatureTaps(model, ["layer3", "layer3:preact"], "the student") as taps:
+        for _ in range(2):  # the first batch checks the tap and narrows it to the last ReLU; the second uses that
+            model(torch.randn(2, 3, 32, 32))
+            features = taps.take()
+            before = features["layer3:preact"]
+            # The stage's output before its last block's final ReLU (a ReLU that also runs earlier in the block).
+            assert before.shape == features["layer3"].shape and (before < 0).any()
+            assert torch.equal(before.relu(), features["layer3"])
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
+
+
+def test_a_preact_tap_refuses_a_module_that_does_not_end_with_an_activation():
+    with pytest.raises(UserError, match="holds no activation"):
+        FeatureTaps(create_model("resnet8", 10), ["layer3.0.bn2:preact"], "the student")
+    head = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 1))  # a ReLU inside, but not last
+    with FeatureTaps(head, [":preact"], "the student"), pytest.raises(UserError, match="does not end with an activation"):
+        head(torch.randn(1, 3, 4, 4))
 
 
 def test_a_wrong_layer_name_fails_with_the_closest_names():

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from distillctl.losses.base import LossTerm, StepOutputs
-from distillctl.losses.params import AttentionParams
+from distillctl.losses.base import StepOutputs
+from distillctl.losses.pairs import LayerPairs
 from distillctl.losses.registry import term
 
 
@@ -24,30 +24,13 @@ def attention_map(feature: torch.Tensor, p: float, size: tuple[int, int] | None 
 
 
 @term("attention")
-class AttentionTransfer(LossTerm):
+class AttentionTransfer(LayerPairs):
     """Match where the student's layers put their activation energy to where the teacher's do."""
-
-
-    def __init__(self, params: AttentionParams) -> None:
-        super().__init__(params)
-        if len(params.student_layers) != len(params.teacher_layers):
-            from distillctl.errors import UserError
-
-            raise UserError(
-                f"attention needs as many student_layers as teacher_layers ({len(params.student_layers)} vs {len(params.teacher_layers)})."
-            )
-
-    def student_layers(self) -> list[str]:
-        return list(self.params.student_layers)
-
-    def teacher_layers(self) -> list[str]:
-        return list(self.params.teacher_layers)
 
     def forward(self, out: StepOutputs) -> torch.Tensor:
         total = 0.0
-        for s_name, t_name in zip(self.params.student_layers, self.params.teacher_layers):
-            t = out.teacher_features[t_name]
+        for s, t in self.pairs(out):
             a_t = attention_map(t, self.params.p)
-            a_s = attention_map(out.student_features[s_name], self.params.p, t.shape[-2:])
+            a_s = attention_map(s, self.params.p, t.shape[-2:])
             total = total + (a_s - a_t).pow(2).mean()
         return total / 2

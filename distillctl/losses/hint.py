@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillctl.losses.base import LossTerm, StepOutputs
+from distillctl.losses.pairs import placed_like
 from distillctl.losses.params import HintParams
 from distillctl.losses.registry import term
 
@@ -28,7 +29,6 @@ def match_size(feature: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 @term("hint")
 class Hint(LossTerm):
     """MSE between regressor(student feature) and the teacher feature."""
-
 
     def __init__(self, params: HintParams) -> None:
         super().__init__(params)
@@ -47,9 +47,8 @@ class Hint(LossTerm):
         s = probe.student_features[self.params.student_layer]
         t = probe.teacher_features[self.params.teacher_layer]
         k = self.params.kernel_size
-        self.regressor = nn.Sequential(
-            nn.Conv2d(s.shape[1], t.shape[1], k, padding=k // 2, bias=False), nn.BatchNorm2d(t.shape[1])
-        ).to(device=s.device, memory_format=torch.channels_last if s.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+        self.regressor = placed_like(nn.Sequential(
+            nn.Conv2d(s.shape[1], t.shape[1], k, padding=k // 2, bias=False), nn.BatchNorm2d(t.shape[1])), s)
 
     def forward(self, out: StepOutputs) -> torch.Tensor:
         s = out.student_features[self.params.student_layer]
