@@ -40,15 +40,20 @@ def fetch(into: Path) -> Path:
 def compare(draws: int) -> list[dict]:
     """In the child process: every method, `draws` random inputs each; the largest absolute and relative difference."""
     import torch
+    import torch.nn.functional as F
     from torchdistill.losses import mid_level as td
+    from torchdistill.models.wrapper import Regressor4VID
 
     from distillctl.losses.attention import attention_map
+    from distillctl.losses.cc import cc_loss
     from distillctl.losses.dist import dist_loss
     from distillctl.losses.embedding import embedding
     from distillctl.losses.kd import kd_loss
     from distillctl.losses.pkt import pkt_loss
+    from distillctl.losses.reviewkd import hcl_loss
     from distillctl.losses.rkd import rkd_loss
     from distillctl.losses.similarity import sp_loss
+    from distillctl.losses.vid import EPS, predictor, vid_loss
 
     def io(value: torch.Tensor, key: str = "m") -> dict:
         return {key: {"output": value}}
@@ -58,6 +63,23 @@ def compare(draws: int) -> list[dict]:
         return torch.nn.functional.normalize(f @ f.t(), p=1, dim=1)
 
     temperature = 4.0
+    # VID: our mean predictor, and torchdistill's regressor with the same weights and starting variance.
+    torch.manual_seed(0)
+    ours_vid, theirs_vid = predictor(64, 64), Regressor4VID(64, 64, 64, eps=EPS, init_pred_var=5.0)
+    theirs_vid.regressor.load_state_dict(ours_vid.state_dict())
+    with torch.no_grad():
+        theirs_vid.soft_plus_param.add_(torch.randn(64))  # a variance per channel, as if trained
+
+    def vid_theirs(fs, ft):
+        mean, var = theirs_vid(fs)
+        return td.VIDLoss({"p": {"student": {"io": "output", "path": "s"}, "teacher": {"io": "output", "path": "t"}}})(
+            io((mean, var), "s"), io(ft, "t"))
+
+    def cc_theirs(fs, ft):
+        unit = [F.normalize(embedding(f), dim=1) for f in (fs, ft)]
+        value = td.CCKDLoss("s", "t", {"type": "gaussian", "gamma": 0.4, "max_p": 2}, "batchmean")(io(unit[0], "s"), io(unit[1], "t"))
+        return value**2 * len(fs) ** 2
+
     methods = {
         "KD": ("torchdistill's KDLoss (alpha 0) is the bare KL: times T^2",
                lambda s, t, fs, ft: kd_loss(s, t, temperature),
@@ -87,6 +109,16 @@ def compare(draws: int) -> list[dict]:
         "SP with L1-normalized rows": ("ours with torchdistill's L1 row norm, to show that this is the only difference",
                lambda s, t, fs, ft: (l1_gram(fs) - l1_gram(ft)).pow(2).sum() / len(fs) ** 2,
                lambda s, t, fs, ft: td.SPKDLoss("s", "t", reduction="batchmean")(io(fs, "s"), io(ft, "t"))),
+        "VID": ("the whole term: the same predictor weights and per-channel variances in both",
+               lambda s, t, fs, ft: vid_loss(ours_vid(fs), F.softplus(theirs_vid.soft_plus_param) + EPS, ft),
+               lambda s, t, fs, ft: vid_theirs(fs, ft)),
+        "CC": ("Gaussian kernel, gamma 0.4, order 2; torchdistill's batchmean divides the Frobenius norm, not its square, "
+               "by B^2 (squared and times B^2 here), and is given unit embeddings (ours normalizes them itself)",
+               lambda s, t, fs, ft: cc_loss(embedding(fs), embedding(ft), 0.4, 2),
+               lambda s, t, fs, ft: cc_theirs(fs, ft)),
+        "ReviewKD (HCL)": ("the hierarchical context loss on one level, pooled sizes 4, 2, 1",
+               lambda s, t, fs, ft: hcl_loss(fs, ft),
+               lambda s, t, fs, ft: td.HierarchicalContextLoss("s", "output", "t", "output")(io((fs, None), "s"), io(ft, "t"))),
     }
     rows = []
     for name, (scale, ours, theirs) in methods.items():
@@ -97,7 +129,8 @@ def compare(draws: int) -> list[dict]:
             # Feature maps whose images differ (an offset per image and channel), as a network's do.
             fs, ft = ((torch.randn(32, 64, 8, 8, generator=generator) + 2 * torch.randn(32, 64, 1, 1, generator=generator)).relu()
                       for _ in range(2))
-            a, b = ours(s, t, fs, ft).item(), float(theirs(s, t, fs, ft))
+            with torch.no_grad():
+                a, b = ours(s, t, fs, ft).item(), float(theirs(s, t, fs, ft))
             largest, relative = max(largest, abs(a - b)), max(relative, abs(a - b) / max(abs(b), 1e-12))
         rows.append({"method": name, "scale": scale, "largest": largest, "relative": relative})
     return rows

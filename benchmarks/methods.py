@@ -1,6 +1,6 @@
 """Every distillation method at one fixed budget, several seeds: test top-1 (mean, spread) and time per epoch.
 
-    python benchmarks/methods.py                      # CPU budget (~40 min on 2 cores); table into docs/results.md
+    python benchmarks/methods.py                      # CPU budget (~75 min on 2 cores); table into docs/results.md
     python benchmarks/methods.py --train-limit 0 --val-size 5000 --epochs 240 --teacher-epochs 240   # full schedules (GPU)
 
 One ResNet-56 teacher is trained once; each method then trains a ResNet-20 student from it through the CLI,
@@ -36,6 +36,12 @@ METHODS = {
     "RKD": ["loss=rkd"],
     "PKT": ["loss=pkt"],
     "SP": ["loss=sp"],
+    "CRD": ["loss=crd"],
+    "NST": ["loss=nst"],
+    "VID": ["loss=vid"],
+    "CC": ["loss=cc"],
+    "OFD": ["loss=ofd"],
+    "ReviewKD": ["loss=reviewkd"],
 }
 
 

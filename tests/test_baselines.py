@@ -1,4 +1,5 @@
-"""The benchmark's baseline terms (DIST, logit standardization, RKD, PKT, SP, CRD): each against a hand computation
+"""The benchmark's baseline terms (DIST, logit standardization, RKD, PKT, SP, CRD, NST, VID, CC, OFD,
+ReviewKD): each against a hand computation
 written with plain loops, the identities its paper states, and gradients that reach the student, never the teacher;
 CRD's memory bank moves as the paper says and survives a checkpoint."""
 
@@ -15,14 +16,20 @@ from distillctl import artifacts
 from distillctl.engine.taps import FeatureTaps
 from distillctl.errors import UserError
 from distillctl.losses import StepOutputs, build_objective
+from distillctl.losses.cc import cc_loss, correlation
 from distillctl.losses.crd import contrast, nce_loss
 from distillctl.losses.dist import dist_loss
 from distillctl.losses.dkd import dkd_loss
 from distillctl.losses.embedding import embedding
 from distillctl.losses.kd import kd_loss
+from distillctl.losses.nst import nst_loss
+from distillctl.losses.ofd import margin, partial_l2
 from distillctl.losses.pkt import pkt_loss
+from distillctl.losses.reviewkd import hcl_loss
 from distillctl.losses.rkd import rkd_loss
 from distillctl.losses.similarity import sp_loss
+from distillctl.losses.vid import EPS as VID_EPS
+from distillctl.losses.vid import vid_loss
 from distillctl.models import create_model
 
 
@@ -115,7 +122,132 @@ def test_sp_matches_gram_matrices_computed_by_hand():
     assert sp_loss(2 * t, t).item() == pytest.approx(0, abs=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["dist", "rkd", "pkt", "sp"])
+def test_nst_is_the_squared_mmd_of_the_channels_computed_by_hand():
+    torch.manual_seed(8)
+    s, t = torch.randn(2, 3, 2, 2), torch.randn(2, 4, 2, 2)
+
+    def channels(f):  # per image: each channel's values over positions, L2-normalized
+        out = []
+        for image in f.flatten(2).tolist():
+            out.append([[x / math.sqrt(sum(v * v for v in c)) for x in c] for c in image])
+        return out
+
+    def k(a, b):
+        return sum(sum(x * y for x, y in zip(u, v)) ** 2 for u in a for v in b) / (len(a) * len(b))
+
+    cs, ct = channels(s), channels(t)
+    expected = sum(k(ct[b], ct[b]) + k(cs[b], cs[b]) - 2 * k(cs[b], ct[b]) for b in range(2)) / 2
+    assert nst_loss(s, t).item() == pytest.approx(expected, rel=1e-5)
+    # The channels' scale is not compared, only where they fire; a larger map is pooled to the smaller size first.
+    assert nst_loss(t * torch.tensor([1, 2, 3, 4.0]).view(1, 4, 1, 1), t).item() == pytest.approx(0, abs=1e-6)
+    big = torch.randn(2, 3, 4, 4)
+    assert nst_loss(big, t).item() == pytest.approx(nst_loss(F.avg_pool2d(big, 2), t).item(), rel=1e-6)
+
+
+def test_vid_is_the_gaussian_negative_log_likelihood_and_starts_at_the_reference_variance():
+    torch.manual_seed(9)
+    mean, t, variance = torch.randn(2, 3, 2, 2), torch.randn(2, 3, 2, 2), torch.tensor([0.5, 1.0, 4.0])
+    values = [0.5 * ((m - x) ** 2 / variance[c].item() + math.log(variance[c].item()))
+              for b in range(2) for c in range(3) for m, x in zip(mean[b, c].flatten().tolist(), t[b, c].flatten().tolist())]
+    assert vid_loss(mean, variance, t).item() == pytest.approx(sum(values) / len(values), rel=1e-5)
+    # The likelihood is best where each channel's variance is its mean squared error.
+    mse = (mean - t).pow(2).mean((0, 2, 3))
+    best = vid_loss(mean, mse, t).item()
+    assert all(vid_loss(mean, mse * f, t).item() > best for f in (0.8, 1.25))
+    term = build_objective({"vid": {}}).terms["vid"]
+    probe = StepOutputs(torch.zeros(2, 10), torch.zeros(2, dtype=torch.long), None,
+                        {f"layer{i}": torch.randn(2, 4 * i, 8, 8) for i in (1, 2, 3)}, {f"layer{i}": torch.randn(2, 8 * i, 4, 4) for i in (1, 2, 3)})
+    term.setup(probe)
+    assert all(torch.allclose(F.softplus(raw) + VID_EPS, torch.full((8 * i,), 5.0)) for i, raw in zip((1, 2, 3), term.raw_variances))
+    assert math.isfinite(term(probe).item())
+
+
+def test_cc_matches_the_gaussian_kernel_and_its_taylor_series_by_hand():
+    torch.manual_seed(10)
+    s, t, gamma = torch.randn(4, 5), torch.randn(4, 7), 0.4
+
+    def unit(e):
+        return [[x / math.sqrt(sum(v * v for v in row)) for x in row] for row in e.tolist()]
+
+    def taylor(e, order):
+        u = unit(e)
+        dots = [[sum(a * b for a, b in zip(u[i], u[j])) for j in range(4)] for i in range(4)]
+        return [[math.exp(-2 * gamma) * sum((2 * gamma * d) ** p / math.factorial(p) for p in range(order + 1)) for d in row] for row in dots]
+
+    cs, ct = taylor(s, 2), taylor(t, 2)
+    expected = sum((cs[i][j] - ct[i][j]) ** 2 for i in range(4) for j in range(4)) / 16
+    assert cc_loss(s, t, gamma, 2).item() == pytest.approx(expected, rel=1e-5)
+    # Taken far enough, the series is the Gaussian kernel exp(-gamma |u_i - u_j|^2) itself.
+    u = unit(s)
+    exact = [[math.exp(-gamma * math.dist(u[i], u[j]) ** 2) for j in range(4)] for i in range(4)]
+    assert torch.allclose(correlation(s, gamma, 12), torch.tensor(exact), atol=1e-6)
+    assert cc_loss(3 * t, t, gamma, 2).item() == pytest.approx(0, abs=1e-7)
+
+
+def test_ofd_margin_is_the_mean_negative_response_of_each_channels_gaussian():
+    torch.manual_seed(11)
+    means, stds = torch.tensor([-1.0, 0.0, 0.5, 1.5, 10.0]), torch.tensor([1.0, 2.0, 1.0, 0.5, 1.0])
+    x = means.view(1, 5, 1, 1) + stds.view(1, 5, 1, 1) * torch.randn(400, 5, 20, 20)
+    sampled = torch.stack([c[c < 0].mean() for c in x.transpose(0, 1).flatten(1)])
+    m = margin(x)
+    assert torch.allclose(m[:4], sampled[:4], atol=0.01)  # Monte Carlo: 160,000 draws per channel, ~200 negative in the last
+    assert m[1].item() == pytest.approx(-2.0 * math.sqrt(2 / math.pi), rel=0.01)  # a centred Gaussian's half-normal mean
+    assert m[4].item() == pytest.approx(-3.0, rel=0.01)  # negatives rarer than 1e-3: the paper's -3 std
+
+
+def test_ofd_partial_l2_skips_a_student_already_below_a_non_positive_target():
+    s, t = torch.tensor([-3.0, -1.0, 0.5, -2.0, 2.0]), torch.tensor([-2.0, -2.0, -1.0, 1.0, 1.0])
+    # By position: s below a negative target (free); s above it; s above it; t positive; t positive.
+    assert partial_l2(s, t).item() == pytest.approx(0 + 1 + 2.25 + 9 + 1)
+
+
+def test_hcl_weighs_the_pooled_comparisons_as_the_paper_does():
+    torch.manual_seed(12)
+    s, t = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+
+    def pooled_mse(k):  # average over k x k blocks, by hand, then the mean squared difference
+        a, b = (f.unfold(2, 8 // k, 8 // k).unfold(3, 8 // k, 8 // k).mean((-1, -2)) for f in (s, t))
+        return (a - b).pow(2).mean().item()
+
+    expected = ((s - t).pow(2).mean().item() + pooled_mse(4) / 2 + pooled_mse(2) / 4 + pooled_mse(1) / 8) / (1 + 1 / 2 + 1 / 4 + 1 / 8)
+    assert hcl_loss(s, t).item() == pytest.approx(expected, rel=1e-5)
+    # A 4x4 map is not "pooled" to 4x4: only 2x2 and 1x1 are added.
+    small_s, small_t = s[..., :4, :4], t[..., :4, :4]
+    pooled = [F.adaptive_avg_pool2d(f, k) for k in (2, 1) for f in (small_s, small_t)]
+    expected = ((small_s - small_t).pow(2).mean() + (pooled[0] - pooled[1]).pow(2).mean() / 2 + (pooled[2] - pooled[3]).pow(2).mean() / 4) / 1.75
+    assert hcl_loss(small_s, small_t).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_reviewkd_teaches_each_teacher_stage_from_the_deeper_student_stages_too():
+    student, teacher = create_model("resnet8", 10), create_model("resnet14", 10).eval().requires_grad_(False)
+    objective = build_objective({"reviewkd": {}})
+    x = torch.randn(4, 3, 32, 32)
+    objective.setup(student, teacher, x)
+    term = objective.terms["reviewkd"]
+    s_layers, t_layers = objective.layers()
+    with FeatureTaps(student, s_layers, "s") as st, FeatureTaps(teacher, t_layers, "t") as tt:
+        student(x), teacher(x)
+        s_feats, t_feats = st.take(), tt.take()
+    s_feats = {k: v.detach().requires_grad_() for k, v in s_feats.items()}
+    out = StepOutputs(torch.zeros(4, 10), torch.zeros(4, dtype=torch.long), None, s_feats, t_feats, epoch=5)
+    levels = term.predictions(out)
+    assert [p.shape for p, _ in levels] == [t.shape for _, t in levels] == [(4, 16, 32, 32), (4, 32, 16, 16), (4, 64, 8, 8), (4, 64, 1, 1)]
+    # The shallowest level's prediction reads every student stage (the review), the deepest only its own.
+    shallow = torch.autograd.grad(levels[0][0].sum(), list(s_feats.values()), retain_graph=True)
+    assert all(g.abs().sum() > 0 for g in shallow)
+    deepest = torch.autograd.grad(levels[-1][0].sum(), list(s_feats.values()), allow_unused=True)
+    assert [g is not None for g in deepest] == [False, False, False, True]
+    # Ramped in over 20 epochs: at epoch 5, a quarter of the sum over the levels.
+    assert term(out).item() == pytest.approx(0.25 * sum(hcl_loss(p, t).item() for p, t in levels), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["attention", "nst", "vid", "ofd", "reviewkd"])
+def test_layer_pairs_must_pair_up(kind):
+    with pytest.raises(UserError, match=f"{kind} needs as many student_layers as teacher_layers"):
+        build_objective({kind: {"student_layers": ["layer1"], "teacher_layers": ["layer1", "layer2"]}})
+
+
+@pytest.mark.parametrize("kind", ["dist", "rkd", "pkt", "sp", "nst", "vid", "cc", "ofd", "reviewkd"])
 def test_gradients_reach_the_student_never_the_teacher(kind):
     student, teacher = create_model("resnet8", 10), create_model("resnet14", 10).eval().requires_grad_(False)
     objective = build_objective({kind: {}})
@@ -126,13 +258,19 @@ def test_gradients_reach_the_student_never_the_teacher(kind):
         with torch.inference_mode():
             t_logits = teacher(x)
         t_feats = {k: v.clone() for k, v in tt.take().items()}
-        total, parts = objective(StepOutputs(student(x), torch.randint(10, (8,)), t_logits.clone(), st.take(), t_feats))
+        total, parts = objective(StepOutputs(student(x), torch.randint(10, (8,)), t_logits.clone(), st.take(), t_feats, epoch=1))
     total.backward()
     assert math.isfinite(total.item()) and total.item() > 0
     assert sum(p.grad.abs().sum().item() for p in student.parameters() if p.grad is not None) > 0
     assert all(p.grad is None for p in teacher.parameters())
-    # Logit-only terms read no layers, so the teacher cache serves them; the others tap the last stage.
-    assert (s_layers, t_layers) == (([], []) if kind == "dist" else (["layer3"], ["layer3"]))
+    # A term's own parameters (VID's predictors and variances) train with the student.
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.student_parameters())
+    # Logit-only terms read no layers, so the teacher cache serves them; the others tap the last stage, or every stage.
+    stages = ["layer1", "layer2", "layer3"]
+    pre = [f"{stage}:preact" for stage in stages]
+    expected = {"dist": ([], []), "nst": (stages, stages), "vid": (stages, stages), "ofd": (pre, pre),
+                "reviewkd": ([*pre, "pool"], [*pre, "pool"])}
+    assert (s_layers, t_layers) == expected.get(kind, (["layer3"], ["layer3"]))
 
 
 def test_crd_nce_loss_matches_a_hand_computation():
@@ -183,6 +321,24 @@ def test_crd_trains_its_projections_moves_its_memory_and_checkpoints_it(tmp_path
     again.load_state_dict(artifacts.load_state(tmp_path / "state.pt")["objective"])
     for key, value in objective.state_dict().items():
         assert torch.equal(value, again.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("kind", ["vid", "ofd", "reviewkd"])
+def test_a_terms_parameters_and_buffers_survive_a_checkpoint(kind, tmp_path):
+    # VID: predictors and variances; OFD: connectors and the margins measured on the first batch; ReviewKD: fusions.
+    student, teacher = create_model("resnet8", 10), create_model("resnet14", 10).eval()
+    objective = build_objective({kind: {}})
+    objective.setup(student, teacher, torch.randn(4, 3, 32, 32))
+    with torch.no_grad():
+        for value in objective.state_dict().values():
+            if value.is_floating_point():
+                value.add_(torch.randn_like(value))  # as if trained
+    artifacts.save_state(tmp_path / "state.pt", {"objective": objective.state_dict()})
+    again = build_objective({kind: {}})
+    again.setup(student, teacher, torch.randn(4, 3, 32, 32))  # another first batch: other margins, until loaded
+    again.load_state_dict(artifacts.load_state(tmp_path / "state.pt")["objective"])
+    assert objective.state_dict().keys() == again.state_dict().keys()
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in objective.state_dict().items())
 
 
 def test_crd_says_it_needs_the_resident_loader():

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import SHARED_CIFAR, TINY
+
+import distillctl
+
 
 def one_error_line(result) -> str:
     """The run failed the way user errors must: exit 2, one line, no traceback."""
@@ -190,7 +192,14 @@ def test_every_method_recipe_trains_a_few_steps(cli, tmp_path):
     expected = {"cifar_fitnet": {"ce", "hint"}, "cifar_at": {"ce", "at"}, "cifar_adversarial": {"ce", "kd", "adversarial"}, "cifar_dkd": {"ce", "dkd"},
                 # loss presets without a recipe of their own
                 "cifar_resnet loss=dist": {"ce", "dist"}, "cifar_resnet loss=kd_ls": {"ce", "kd"}, "cifar_resnet loss=rkd": {"ce", "rkd"},
-                "cifar_resnet loss=pkt": {"ce", "pkt"}, "cifar_resnet loss=sp": {"ce", "sp"}, "cifar_resnet loss=crd": {"ce", "crd"}}
+                "cifar_resnet loss=pkt": {"ce", "pkt"}, "cifar_resnet loss=sp": {"ce", "sp"}, "cifar_resnet loss=crd": {"ce", "crd"},
+                "cifar_resnet loss=nst": {"ce", "nst"}, "cifar_resnet loss=vid": {"ce", "vid"}, "cifar_resnet loss=cc": {"ce", "cc"},
+                "cifar_resnet loss=ofd": {"ce", "ofd"}, "cifar_resnet loss=reviewkd": {"ce", "reviewkd"},
+                "cifar_resnet": {"ce", "kd"}, "cifar_resnet loss=kd_at": {"ce", "kd", "at"}, "cifar_resnet loss=ce": {"ce"}}
+    # Like timm's test over every registered model: a loss preset added without a line here fails.
+    presets = {f.stem for f in (Path(distillctl.__file__).parent / "configs/loss").glob("*.yaml")}
+    tried = {m.split("loss=")[1] if "loss=" in m else {"cifar_resnet": "kd", "cifar_at": "at"}.get(m, m.removeprefix("cifar_")) for m in expected}
+    assert presets == tried, presets ^ tried
     for method, terms in expected.items():
         recipe, *loss = method.split()
         run_dir = f"runs/{method.replace(' loss=', '-')}"

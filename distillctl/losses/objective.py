@@ -14,15 +14,20 @@ from distillctl.errors import UserError, did_you_mean
 from distillctl.losses import (  # noqa: F401  (each registers its term)
     adversarial,
     attention,
+    cc,
     ce,
     crd,
     dist,
     dkd,
     hint,
     kd,
+    nst,
+    ofd,
     pkt,
+    reviewkd,
     rkd,
     similarity,
+    vid,
 )
 from distillctl.losses.base import LossTerm, StepOutputs
 from distillctl.losses.registry import TERMS
