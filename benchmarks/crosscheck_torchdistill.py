@@ -48,6 +48,7 @@ def compare(draws: int) -> list[dict]:
     from distillctl.losses.cc import cc_loss
     from distillctl.losses.dist import dist_loss
     from distillctl.losses.embedding import embedding
+    from distillctl.losses.ft import factor_loss
     from distillctl.losses.kd import kd_loss
     from distillctl.losses.pkt import pkt_loss
     from distillctl.losses.reviewkd import hcl_loss
@@ -116,6 +117,9 @@ def compare(draws: int) -> list[dict]:
                "by B^2 (squared and times B^2 here), and is given unit embeddings (ours normalizes them itself)",
                lambda s, t, fs, ft: cc_loss(embedding(fs), embedding(ft), 0.4, 2),
                lambda s, t, fs, ft: cc_theirs(fs, ft)),
+        "FT": ("the factor loss (p = 1, mean reduction) on given factor maps",
+               lambda s, t, fs, ft: factor_loss(fs, ft),
+               lambda s, t, fs, ft: td.FTLoss(p=1, paraphraser_path="t", translator_path="s")(io(fs, "s"), io(ft, "t"))),
         "ReviewKD (HCL)": ("the hierarchical context loss on one level, pooled sizes 4, 2, 1",
                lambda s, t, fs, ft: hcl_loss(fs, ft),
                lambda s, t, fs, ft: td.HierarchicalContextLoss("s", "output", "t", "output")(io((fs, None), "s"), io(ft, "t"))),

@@ -1,5 +1,5 @@
 """The benchmark's baseline terms (DIST, logit standardization, RKD, PKT, SP, CRD, NST, VID, CC, OFD,
-ReviewKD): each against a hand computation
+ReviewKD, FT): each against a hand computation
 written with plain loops, the identities its paper states, and gradients that reach the student, never the teacher;
 CRD's memory bank moves as the paper says and survives a checkpoint."""
 
@@ -21,6 +21,7 @@ from distillctl.losses.crd import contrast, nce_loss
 from distillctl.losses.dist import dist_loss
 from distillctl.losses.dkd import dkd_loss
 from distillctl.losses.embedding import embedding
+from distillctl.losses.ft import factor_loss
 from distillctl.losses.kd import kd_loss
 from distillctl.losses.nst import nst_loss
 from distillctl.losses.ofd import margin, partial_l2
@@ -241,6 +242,52 @@ def test_reviewkd_teaches_each_teacher_stage_from_the_deeper_student_stages_too(
     assert term(out).item() == pytest.approx(0.25 * sum(hcl_loss(p, t).item() for p, t in levels), rel=1e-5)
 
 
+def test_ft_factor_loss_is_the_mean_absolute_difference_of_unit_factors():
+    torch.manual_seed(13)
+    s, t = torch.randn(2, 3, 2, 2), torch.randn(2, 3, 2, 2)
+    expected = 0.0
+    for a, b in zip(s.flatten(1).tolist(), t.flatten(1).tolist()):
+        na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(x * x for x in b))
+        expected += sum(abs(x / na - y / nb) for x, y in zip(a, b))
+    assert factor_loss(s, t).item() == pytest.approx(expected / s.numel(), rel=1e-5)
+    assert factor_loss(4 * t, t).item() == pytest.approx(0, abs=1e-7)
+
+
+def test_ft_trains_only_its_paraphraser_first_then_freezes_it_and_trains_the_student():
+    torch.manual_seed(14)
+    student, teacher = create_model("resnet8", 10), create_model("resnet14", 10).eval().requires_grad_(False)
+    objective = build_objective({"ce": {}, "ft": {"paraphraser_epochs": 1}})
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(10, (8,))
+    objective.setup(student, teacher, x)
+    term = objective.terms["ft"]
+    # Momentum and weight decay: an optimizer that moved parameters without gradients would show it here.
+    optimizer = torch.optim.SGD([*student.parameters(), *objective.student_parameters()], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    s_layers, t_layers = objective.layers()
+
+    def snapshot():
+        return {name: [p.detach().clone() for p in m.parameters()] for name, m in
+                (("student", student), ("paraphraser", term.paraphraser), ("translator", term.translator), ("teacher", teacher))}
+
+    def step(epoch):
+        with FeatureTaps(student, s_layers, "s") as st, FeatureTaps(teacher, t_layers, "t") as tt:
+            with torch.no_grad():
+                t_logits = teacher(x)
+            out = StepOutputs(student(x), y, t_logits, st.take(), tt.take(), epoch=epoch)
+            total, parts = objective(out)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        return set(parts)
+
+    def moved(before, after):
+        return {name for name in before if any(not torch.equal(a, b) for a, b in zip(before[name], after[name]))}
+
+    for epoch, terms, trained in ((1, {"ft"}, {"paraphraser"}), (2, {"ce", "ft"}, {"student", "translator"})):
+        before = snapshot()
+        assert step(epoch) == terms and step(epoch) == terms
+        assert moved(before, snapshot()) == trained, epoch
+
+
 @pytest.mark.parametrize("kind", ["attention", "nst", "vid", "ofd", "reviewkd"])
 def test_layer_pairs_must_pair_up(kind):
     with pytest.raises(UserError, match=f"{kind} needs as many student_layers as teacher_layers"):
@@ -323,9 +370,10 @@ def test_crd_trains_its_projections_moves_its_memory_and_checkpoints_it(tmp_path
         assert torch.equal(value, again.state_dict()[key]), key
 
 
-@pytest.mark.parametrize("kind", ["vid", "ofd", "reviewkd"])
+@pytest.mark.parametrize("kind", ["vid", "ofd", "reviewkd", "ft"])
 def test_a_terms_parameters_and_buffers_survive_a_checkpoint(kind, tmp_path):
-    # VID: predictors and variances; OFD: connectors and the margins measured on the first batch; ReviewKD: fusions.
+    # VID: predictors and variances; OFD: connectors and the margins measured on the first batch; ReviewKD: fusions;
+    # FT: paraphraser and translator.
     student, teacher = create_model("resnet8", 10), create_model("resnet14", 10).eval()
     objective = build_objective({kind: {}})
     objective.setup(student, teacher, torch.randn(4, 3, 32, 32))
@@ -341,9 +389,9 @@ def test_a_terms_parameters_and_buffers_survive_a_checkpoint(kind, tmp_path):
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in objective.state_dict().items())
 
 
-def test_crd_says_it_needs_the_resident_loader():
+def test_crd_says_it_needs_two_images():
     term = build_objective({"crd": {}}).terms["crd"]
-    with pytest.raises(UserError, match="needs the resident loader"):
+    with pytest.raises(UserError, match="at least 2 training images"):
         term.setup(crd_outputs(term, torch.randn(2, 4, 2, 2), torch.randn(2, 4, 2, 2), torch.arange(2), 0))
 
 

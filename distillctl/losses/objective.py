@@ -19,6 +19,7 @@ from distillctl.losses import (  # noqa: F401  (each registers its term)
     crd,
     dist,
     dkd,
+    ft,
     hint,
     kd,
     nst,

@@ -119,6 +119,15 @@ class ReviewKDParams(PairedParams):
     warmup: int = bounded(20, min=0)  # epochs over which the term is ramped in (the reference's CIFAR setting)
 
 @dataclass
+class FTParams(TermParams):
+    weight: float = bounded(200.0, min=0)  # the CRD benchmark's setting for FT on CIFAR
+    student_layer: str = "layer3"
+    teacher_layer: str = "layer3"
+    rate: float = bounded(0.5, above=0)  # factors per teacher channel (the paper's k)
+    # Epochs at the start that train only the paraphraser (the reference's 30 come before its 240 student epochs).
+    paraphraser_epochs: int = bounded(30, min=0)
+
+@dataclass
 class CCParams(EmbeddingParams):
     # Not the paper's (it states none for CIFAR; the CRD benchmark's 0.02 belongs to a different formula): on the
     # CIFAR pair the term measures 0.06 at initialization and 0.008 once the student has trained alone for 4
@@ -165,6 +174,7 @@ PARAMS: dict[str, type[TermParams]] = {
     "cc": CCParams,
     "ofd": OFDParams,
     "reviewkd": ReviewKDParams,
+    "ft": FTParams,
 }
 
 
