@@ -42,11 +42,15 @@ METHODS = {
     "CC": ["loss=cc"],
     "OFD": ["loss=ofd"],
     "ReviewKD": ["loss=reviewkd"],
+    # One of the 4 epochs for the paraphraser (the reference: 30 before its 240), three for the student.
+    "FT": ["loss=ft", "loss.terms.ft.paraphraser_epochs=1"],
 }
 
 
-def distillctl(*args: str) -> None:
-    """One CLI call; its output goes to a log beside the runs."""
+def distillctl(*args: str, unless: Path | None = None) -> None:
+    """One CLI call (its output dropped), skipped when `unless` names a metrics.json that is already there (--reuse)."""
+    if unless is not None and unless.is_file():
+        return
     subprocess.run([sys.executable, "-m", "distillctl", *args], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
 
 
@@ -59,6 +63,9 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=int, default=15)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="runs/bench-methods")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the finished runs in --out (made by the same command) and run only the rest: a long table "
+                             "interrupted, or one with methods added, goes on where it stopped")
     args = parser.parse_args()
     out = REPO / args.out
     data = [f"dataset.path={args.data}", f"dataset.val_size={args.val_size}"]
@@ -67,7 +74,8 @@ def main() -> None:
     # A short budget gets a cosine schedule; the recipe's steps at 150/180/210 fit only its 240 epochs.
     schedule = [] if args.epochs >= 240 else ["scheduler=cosine"]
     teacher_dir = out / "teacher"
-    distillctl("train-teacher", "recipe=cifar_resnet", *data, *schedule, f"trainer.epochs={args.teacher_epochs}", f"run_dir={teacher_dir}")
+    distillctl("train-teacher", "recipe=cifar_resnet", *data, *schedule, f"trainer.epochs={args.teacher_epochs}", f"run_dir={teacher_dir}",
+               unless=teacher_dir / "teacher" / "metrics.json" if args.reuse else None)
     teacher = json.loads((teacher_dir / "teacher" / "metrics.json").read_text())
     ckpt = teacher_dir / "teacher" / "model.safetensors"
     rows = {}
@@ -76,7 +84,7 @@ def main() -> None:
         for seed in args.seeds:
             run_dir = out / f"{method.replace(' ', '').replace('(', '').replace(')', '').replace('+', '_')}-seed{seed}"
             distillctl("distill", "recipe=cifar_resnet", *data, *schedule, *overrides, f"seed={seed}", f"trainer.epochs={args.epochs}",
-                       f"teacher.checkpoint={ckpt}", f"run_dir={run_dir}")
+                       f"teacher.checkpoint={ckpt}", f"run_dir={run_dir}", unless=run_dir / "student" / "metrics.json" if args.reuse else None)
             metrics = json.loads((run_dir / "student" / "metrics.json").read_text())
             history = [json.loads(line) for line in (run_dir / "student" / "history.jsonl").read_text().splitlines()]
             scores.append(metrics["test_top1"])

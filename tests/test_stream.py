@@ -66,6 +66,54 @@ def test_streamed_batches_are_the_same_for_any_worker_count_and_after_a_resume(p
         assert all(torch.equal(p, q) for p, q in zip(plain, other, strict=True))
 
 
+@pytest.mark.parametrize("loader, workers", [("resident", 0), ("stream", 0), ("stream", 2)])
+def test_both_loaders_say_where_each_batch_is_in_the_split(photos, tmp_path, loader, workers):
+    import shutil
+
+    folder = tmp_path / "photos"
+    shutil.copytree(photos, folder)
+    bad = sorted((folder / "train").rglob("*.jpg"))[7]
+    bad.write_bytes(bad.read_bytes()[:200])  # a skipped image leaves no gap between the positions and the labels
+    split = load_splits(dataset_cfg(path=str(folder), loader=loader, image_size=32, workers=workers, val_size=2)).train
+    batches = split.train_batches(25, MEAN, STD, CPU, seed=3)
+    assert batches.split_size == len(split)
+    for _ in range(2):
+        seen = []
+        for _, y in batches:
+            assert torch.equal(split.labels[batches.positions], y)
+            seen.append(batches.positions)
+        seen = torch.cat(seen)
+        # Every image once per epoch (the undecodable one, streamed, never).
+        assert len(set(seen.tolist())) == len(seen) == len(split) - (loader == "stream")
+
+
+def test_crd_keeps_its_memory_bank_on_the_streaming_loader(photos):
+    from distillctl.engine.taps import FeatureTaps
+    from distillctl.losses import StepOutputs, build_objective
+    from distillctl.models import create_model
+
+    split = load_splits(dataset_cfg(path=photos, loader="stream", image_size=32)).train
+    batches = split.train_batches(32, MEAN, STD, CPU, seed=0, max_steps=2)
+    student, teacher = create_model("resnet8", len(split.labels.unique())), create_model("resnet8", len(split.labels.unique())).eval()
+    objective = build_objective({"crd": {"negatives": 16}})
+    objective.setup(student, teacher, next(split.eval_batches(2, MEAN, STD, CPU))[0], batches.split_size)
+    term = objective.terms["crd"]
+    assert len(term.memory_student) == len(split)
+    before = term.memory_student.clone()
+    touched = []
+    with FeatureTaps(student, ["layer3"], "s") as st, FeatureTaps(teacher, ["layer3"], "t") as tt:
+        for x, y in batches:
+            with torch.no_grad():
+                t_logits = teacher(x)
+            out = StepOutputs(student(x), y, t_logits, st.take(), tt.take(), 1, batches.positions, batches.split_size)
+            objective(out)[0].backward()
+            objective.after_step(out)
+            touched.append(batches.positions)
+    touched = torch.cat(touched)
+    moved = (term.memory_student != before).any(1)
+    assert moved[touched].all() and moved.sum() == len(touched) == 64  # the batches' rows, and only those
+
+
 def test_the_stream_loader_keeps_the_rng_of_the_training_process(photos):
     split = load_splits(dataset_cfg(path=photos, loader="stream", image_size=32)).train
     torch.manual_seed(0)

@@ -72,6 +72,16 @@ class Batches:
         """Images one pass yields."""
         return min(self.steps * self.batch_size, len(self.labels))
 
+    @property
+    def positions(self) -> torch.Tensor | None:
+        """Where the images of the batch last yielded are in the split (CRD's memory bank index)."""
+        return self.keys[0] if self.keys is not None else None
+
+    @property
+    def split_size(self) -> int:
+        """Images in the split that `positions` count in."""
+        return len(self.labels)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.generator.set_state(self.pass_state)
         order = torch.randperm(len(self.labels), device=self.device, generator=self.generator)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -77,9 +77,9 @@ class Rows(Dataset):
         try:
             image = images.open_rgb(cell)
         except Exception as exc:  # corrupt, truncated or not an image at all: the caller decides what that means
-            return None, -1, f"{cell.get('path') or f'row {row}'} ({type(exc).__name__}: {exc})"
+            return None, -1, row, f"{cell.get('path') or f'row {row}'} ({type(exc).__name__}: {exc})"
         with seeded(sample_seed):
-            return self.pipeline(image), int(self.labels[row]), None
+            return self.pipeline(image), int(self.labels[row]), row, None
 
 
 @contextmanager
@@ -100,13 +100,13 @@ def seeded(seed: int | None) -> Iterator[None]:
             torch.set_rng_state(saved[1])
 
 
-def collate(samples: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Stack the decoded images; report the undecodable ones beside the batch."""
-    good = [(x, y) for x, y, problem in samples if problem is None]
-    problems = [problem for _, _, problem in samples if problem is not None]
+def collate(samples: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """Stack the decoded images with their labels and table rows; report the undecodable ones beside the batch."""
+    good = [(x, y, row) for x, y, row, problem in samples if problem is None]
+    problems = [problem for *_, problem in samples if problem is not None]
     if not good:
-        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), problems
-    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), problems
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64), problems
+    return torch.stack([x for x, _, _ in good]), torch.tensor([y for _, y, _ in good]), torch.tensor([r for *_, r in good]), problems
 
 
 class EpochOrder(Sampler):
@@ -155,16 +155,20 @@ class StreamSplit:
             generator=torch.Generator(),  # its worker seeds are unused (images are seeded one by one): keep torch's own RNG
         )
 
-    def take(self, batches: Iterator, scale: torch.Tensor, shift: torch.Tensor, device: torch.device, channels_last: bool):
-        """Model-ready (x, y) from collated uint8 batches, with undecodable images reported and skipped."""
+    def take(self, batches: Iterator, scale: torch.Tensor, shift: torch.Tensor, device: torch.device, channels_last: bool,
+             rows_seen: Callable[[torch.Tensor], None] | None = None):
+        """Model-ready (x, y) from collated uint8 batches, with undecodable images reported and skipped; `rows_seen`
+        is told each batch's table rows just before the batch is handed on."""
         seen = bad = 0
-        for x, y, problems in batches:
+        for x, y, rows, problems in batches:
             seen, bad = seen + len(y) + len(problems), bad + len(problems)
             if problems:
                 self.report(problems, bad, seen)
             if len(y) == 0:
                 continue
             x = x.to(device, non_blocking=True).float().mul_(scale).add_(shift)
+            if rows_seen is not None:
+                rows_seen(rows)
             yield (x.contiguous(memory_format=torch.channels_last) if channels_last else x), y.to(device, non_blocking=True)
 
     def report(self, problems: list[str], bad: int, seen: int) -> None:
@@ -202,15 +206,29 @@ class StreamBatches:
         self.split, self.device, self.channels_last = split, device, channels_last
         self.scale, self.shift = normalizer(mean, std, device)
         self.loader = split.loader(self.order, batch_size, True, device)
+        # Table row -> position in the split, for `positions`.
+        self.position_of = torch.full((int(split.rows.max()) + 1 if len(split.rows) else 0,), -1, dtype=torch.int64)
+        self.position_of[split.rows] = torch.arange(len(split.rows))
+        self.positions: torch.Tensor | None = None  # of the batch last yielded, in the split (CRD's memory bank index)
 
     def __len__(self) -> int:
         return self.steps
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.order.start, self.step = self.resume_step * self.batch_size, self.resume_step
-        yield from self.split.take(self.counted(iter(self.loader)), self.scale, self.shift, self.device, self.channels_last)
+        yield from self.split.take(self.counted(iter(self.loader)), self.scale, self.shift, self.device, self.channels_last,
+                                   self.remember_positions)
         self.order.epoch += 1
         self.step = self.resume_step = self.order.start = 0
+
+    def remember_positions(self, rows: torch.Tensor) -> None:
+        """Where this batch's images are in the split."""
+        self.positions = self.position_of[rows].to(self.device, non_blocking=True)
+
+    @property
+    def split_size(self) -> int:
+        """Images in the split that `positions` count in."""
+        return len(self.split)
 
     def counted(self, batches: Iterator) -> Iterator:
         """The loader's batches, counting the steps taken (an all-undecodable batch is a step too)."""

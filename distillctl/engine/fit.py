@@ -142,9 +142,9 @@ def fit(
                 nonlocal startup
                 if mode:  # CUDA-graph outputs of the previous step may be overwritten from here on
                     torch.compiler.cudagraph_mark_step_begin()
-                keys = getattr(batches, "keys", None)  # the resident loader says which images it yielded
+                # Both loaders say which of the split's images they yielded (terms with per-image state read it).
                 out = train_step(trainee, x, y, epoch, student_fn, teacher_fn, student_taps, teacher_taps, trainer_cfg,
-                                 keys[0] if keys is not None else None, len(batches.labels) if keys is not None else 0)
+                                 batches.positions, batches.split_size)
                 if startup is None:
                     startup = time.perf_counter() - distillctl.STARTED
                 return out

@@ -23,7 +23,7 @@ class StepOutputs:
     teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)
     epoch: int = 0  # 1-based epoch, for terms with a warm-up
     # Positions of the batch's images in the training split, and that split's size, for terms that keep something per
-    # training image (CRD's memory bank). None where the loader cannot say (the streaming loader).
+    # training image (CRD's memory bank). Both loaders give them (`positions`, `split_size` of their batches).
     indices: torch.Tensor | None = None
     num_images: int = 0
 

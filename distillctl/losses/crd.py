@@ -56,8 +56,8 @@ class ContrastiveRD(LossTerm):
 
     def setup(self, probe: StepOutputs) -> None:
         if probe.num_images < 2:
-            raise UserError("crd keeps an embedding per training image, so it needs the resident loader "
-                            "(dataset.loader=resident); the streaming loader does not say which images a batch holds.")
+            raise UserError(f"crd tells each training image from the others, so it needs at least 2 training images "
+                            f"(this split has {probe.num_images}).")
         p, device = self.params, probe.student_logits.device
         s = embedding(probe.student_features[p.student_layer])
         t = embedding(probe.teacher_features[p.teacher_layer])
@@ -72,8 +72,8 @@ class ContrastiveRD(LossTerm):
         self.register_buffer("z_teacher", torch.tensor(-1.0, device=device))
 
     def forward(self, out: StepOutputs) -> torch.Tensor:
-        if out.indices is None:
-            raise UserError("crd needs the resident loader (dataset.loader=resident): this batch came without image positions.")
+        if out.indices is None:  # both loaders give positions; a batch source that cannot is refused here
+            raise UserError("crd needs to know which training images a batch holds, and this loader does not say.")
         p, idx = self.params, out.indices
         v_s = F.normalize(self.embed_student(embedding(out.student_features[p.student_layer])), dim=1)
         v_t = F.normalize(self.embed_teacher(embedding(out.teacher_features[p.teacher_layer])), dim=1)

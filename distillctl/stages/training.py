@@ -96,8 +96,8 @@ def train_tracked(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Tra
 
     # Layer names are checked and term parameters sized before anything trains.
     probe = next(split_batches(data.train.subset(torch.arange(min(2, len(data.train)))), size=2))[0]
-    # Per-image state (CRD's memory bank) needs batches that say which images they hold: the resident loader's do.
-    objective.setup(model, teacher, probe, len(data.train) if hasattr(batches, "keys") else 0)
+    # Per-image state (CRD's memory bank) is sized by the split that the loaders' batch positions count in.
+    objective.setup(model, teacher, probe, batches.split_size)
     optimizer = build_optimizer([*model.parameters(), *objective.student_parameters()], cfg.optimizer, job.lr, device)
     scheduler = build_schedule(optimizer, cfg.scheduler, job.lr, len(batches), trainer.epochs)
     meta = model_metadata(job.model_name, data.num_classes, job.model_kwargs, data.classes, list(mean), list(std)) | job.extra_metadata
