@@ -3,8 +3,8 @@
 The teacher's features are taken before their ReLU (taps ending in `:preact`), where negative responses still say
 something, but only down to a per-channel margin: the expected value of the channel's negative responses under the
 paper's Gaussian model of the channel. The paper reads that Gaussian off the BN layer before the ReLU; in a ResNet
-block a residual sum comes between them, so here its mean and spread are measured on the first batch instead (and
-kept in checkpoints). The student's pre-ReLU features pass a connector (1x1 conv + BN) and meet the target through
+block a residual sum comes between them, so here its mean and spread are measured on the probe batch that terms are
+set up with (the first 32 training images, unaugmented; kept in checkpoints). The student's pre-ReLU features pass a connector (1x1 conv + BN) and meet the target through
 the partial L2 distance, which costs nothing where the student is already below a non-positive target. Pair i of n
 is divided by 2^(n-1-i), so deeper pairs count more; summed over positions and averaged over the batch.
 """

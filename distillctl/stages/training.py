@@ -23,6 +23,8 @@ from distillctl.models import count_parameters, model_metadata
 from distillctl.stages.context import RunContext
 from distillctl.tracking import Tracker, summary_csv, tracked
 
+PROBE_IMAGES = 32  # the batch loss terms size their modules from (objective.setup)
+
 
 @dataclass
 class TrainingJob:
@@ -95,7 +97,8 @@ def train_tracked(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Tra
         return split.eval_batches(size, mean, std, on, trainer.channels_last)
 
     # Layer names are checked and term parameters sized before anything trains.
-    probe = next(split_batches(data.train.subset(torch.arange(min(2, len(data.train)))), size=2))[0]
+    # A few dozen images, since OFD measures its per-channel margins on them; still one quick forward pass.
+    probe = next(split_batches(data.train.subset(torch.arange(min(PROBE_IMAGES, len(data.train)))), size=PROBE_IMAGES))[0]
     # Per-image state (CRD's memory bank) is sized by the split that the loaders' batch positions count in.
     objective.setup(model, teacher, probe, batches.split_size)
     optimizer = build_optimizer([*model.parameters(), *objective.student_parameters()], cfg.optimizer, job.lr, device)
