@@ -137,7 +137,53 @@ def compare(draws: int) -> list[dict]:
                 a, b = ours(s, t, fs, ft).item(), float(theirs(s, t, fs, ft))
             largest, relative = max(largest, abs(a - b)), max(relative, abs(a - b) / max(abs(b), 1e-12))
         rows.append({"method": name, "scale": scale, "largest": largest, "relative": relative})
-    return rows
+    return rows + crd_rows(draws)
+
+
+def crd_rows(draws: int) -> list[dict]:
+    """CRD as a whole term, one step: the same memory banks, embeddings and negatives in both; the loss, and the
+    student's memory bank after the step's update."""
+    import torch
+    from torchdistill.losses.mid_level import CRDLoss
+
+    from distillctl.losses import StepOutputs, build_objective
+
+    n, dim, batch, k = 500, 128, 32, 64
+    worst = {"loss": [0.0, 0.0], "memory": [0.0, 0.0]}
+    for draw in range(draws):
+        generator = torch.Generator().manual_seed(draw)
+        v_s, v_t = (torch.nn.functional.normalize(torch.randn(batch, dim, generator=generator), dim=1) for _ in range(2))
+        memories = [torch.nn.functional.normalize(torch.randn(n, dim, generator=generator), dim=1) for _ in range(2)]
+        idx = torch.randperm(n, generator=generator)[:batch]
+        term = build_objective({"crd": {"negatives": k, "feat_dim": dim}}).terms["crd"]
+        out = StepOutputs(torch.zeros(batch, 10), torch.zeros(batch, dtype=torch.long), None,
+                          {"layer3": v_s}, {"layer3": v_t}, 1, idx, n)
+        term.setup(out)
+        with torch.no_grad():
+            for embed in (term.embed_student, term.embed_teacher):  # projections out of the way: the embeddings as given
+                embed.weight.copy_(torch.eye(dim))
+                embed.bias.zero_()
+            term.memory_student.copy_(memories[0])
+            term.memory_teacher.copy_(memories[1])
+            torch.manual_seed(draw)  # the negatives our term draws, drawn again for torchdistill
+            negatives = torch.randint(n, (batch, k))
+            theirs = CRDLoss("s", "e", "t", input_size=dim, output_size=n, num_negative_samples=k, num_samples=n)
+            theirs.memory_v1.copy_(memories[0])
+            theirs.memory_v2.copy_(memories[1])
+            out_s, out_t = theirs.contrast_memory(v_s, v_t, idx, torch.cat([idx[:, None], negatives], 1))
+            b = (theirs.compute_contrast_loss(out_s) + theirs.compute_contrast_loss(out_t)).item()
+            torch.manual_seed(draw)
+            a = term(out).item()
+            term.after_step(out)
+        for key, (x, y) in {"loss": (a, b), "memory": (term.memory_student, theirs.memory_v1)}.items():
+            diff = (torch.as_tensor(x) - torch.as_tensor(y)).abs().max().item()
+            worst[key] = [max(worst[key][0], diff), max(worst[key][1], diff / max(torch.as_tensor(y).abs().max().item(), 1e-12))]
+    return [
+        {"method": "CRD", "scale": f"one step of the whole term ({n} images in the bank, {k} negatives, the same negatives in "
+                                   "both, projections set to the identity)", "largest": worst["loss"][0], "relative": worst["loss"][1]},
+        {"method": "CRD memory update", "scale": "the student's memory bank after that step (momentum 0.5)",
+         "largest": worst["memory"][0], "relative": worst["memory"][1]},
+    ]
 
 
 def main() -> None:
