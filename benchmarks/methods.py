@@ -82,7 +82,8 @@ def main() -> None:
     for method, overrides in METHODS.items():
         scores, epoch_seconds = [], []
         for seed in args.seeds:
-            run_dir = out / f"{method.replace(' ', '').replace('(', '').replace(')', '').replace('+', '_')}-seed{seed}"
+            # A comma in an override is a Hydra list: names keep letters, digits and _ only.
+            run_dir = out / f"{method.replace(' ', '').replace('(', '').replace(')', '').replace('+', '_').replace(',', '')}-seed{seed}"
             distillctl("distill", "recipe=cifar_resnet", *data, *schedule, *overrides, f"seed={seed}", f"trainer.epochs={args.epochs}",
                        f"teacher.checkpoint={ckpt}", f"run_dir={run_dir}", unless=run_dir / "student" / "metrics.json" if args.reuse else None)
             metrics = json.loads((run_dir / "student" / "metrics.json").read_text())
