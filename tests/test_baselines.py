@@ -282,6 +282,13 @@ def test_ft_trains_only_its_paraphraser_first_then_freezes_it_and_trains_the_stu
     def moved(before, after):
         return {name for name in before if any(not torch.equal(a, b) for a, b in zip(before[name], after[name]))}
 
+    # The paraphraser's stage costs its plain reconstruction error, not 200 times it (FT's weight is the factor loss's).
+    with FeatureTaps(teacher, t_layers, "t") as tt, torch.no_grad():
+        teacher(x)
+        t_feats = tt.take()
+        total, _ = objective(StepOutputs(student(x), y, None, {k: None for k in s_layers}, t_feats, epoch=1))
+        reconstruction = F.mse_loss(term.paraphraser(t_feats["layer3"]), t_feats["layer3"])
+    assert total.item() == pytest.approx(reconstruction.item(), rel=1e-5)
     for epoch, terms, trained in ((1, {"ft"}, {"paraphraser"}), (2, {"ce", "ft"}, {"student", "translator"})):
         before = snapshot()
         assert step(epoch) == terms and step(epoch) == terms

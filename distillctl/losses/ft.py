@@ -72,7 +72,10 @@ class FactorTransfer(LossTerm):
     def forward(self, out: StepOutputs) -> torch.Tensor:
         t = out.teacher_features[self.params.teacher_layer].float()
         if out.epoch <= self.params.paraphraser_epochs:
-            return F.mse_loss(self.paraphraser(t), t)
+            # The reference trains the paraphraser on its plain MSE; the objective multiplies every term by its
+            # weight (200 here, meant for the factor loss), which made this stage diverge at lr 0.05.
+            reconstruction = F.mse_loss(self.paraphraser(t), t)
+            return reconstruction / self.params.weight if self.params.weight else reconstruction
         with torch.no_grad():
             factors = self.paraphraser.encoder(t)
         return factor_loss(self.translator(out.student_features[self.params.student_layer]), factors)
