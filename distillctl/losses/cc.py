@@ -13,8 +13,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from distillctl.losses.base import LossTerm, StepOutputs
+from distillctl.losses.base import StepOutputs
 from distillctl.losses.embedding import embedding
+from distillctl.losses.pairs import OneLayer
 from distillctl.losses.registry import term
 
 
@@ -34,16 +35,10 @@ def cc_loss(student: torch.Tensor, teacher: torch.Tensor, gamma: float, order: i
 
 
 @term("cc")
-class CorrelationCongruence(LossTerm):
+class CorrelationCongruence(OneLayer):
     """Keep how alike the teacher finds each pair of images, in the student's embeddings."""
-
-    def student_layers(self) -> list[str]:
-        return [self.params.student_layer]
-
-    def teacher_layers(self) -> list[str]:
-        return [self.params.teacher_layer]
 
     def forward(self, out: StepOutputs) -> torch.Tensor:
         p = self.params
-        return cc_loss(embedding(out.student_features[p.student_layer]), embedding(out.teacher_features[p.teacher_layer]),
-                       p.gamma, p.order)
+        s, t = self.pair(out)
+        return cc_loss(embedding(s), embedding(t), p.gamma, p.order)

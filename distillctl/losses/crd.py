@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillctl.errors import UserError
-from distillctl.losses.base import LossTerm, StepOutputs
+from distillctl.losses.base import StepOutputs
 from distillctl.losses.embedding import embedding
+from distillctl.losses.pairs import OneLayer
 from distillctl.losses.registry import term
 
 EPS = 1e-7
@@ -45,22 +46,15 @@ def contrast(memory: torch.Tensor, queries: torch.Tensor, candidates: torch.Tens
 
 
 @term("crd")
-class ContrastiveRD(LossTerm):
+class ContrastiveRD(OneLayer):
     """Tell the teacher's embedding of each image from its embeddings of other images, with the student's (and back)."""
-
-    def student_layers(self) -> list[str]:
-        return [self.params.student_layer]
-
-    def teacher_layers(self) -> list[str]:
-        return [self.params.teacher_layer]
 
     def setup(self, probe: StepOutputs) -> None:
         if probe.num_images < 2:
             raise UserError(f"crd tells each training image from the others, so it needs at least 2 training images "
                             f"(this split has {probe.num_images}).")
         p, device = self.params, probe.student_logits.device
-        s = embedding(probe.student_features[p.student_layer])
-        t = embedding(probe.teacher_features[p.teacher_layer])
+        s, t = (embedding(f) for f in self.pair(probe))
         self.embed_student = nn.Linear(s.shape[1], p.feat_dim).to(device)
         self.embed_teacher = nn.Linear(t.shape[1], p.feat_dim).to(device)
         # The reference's initialization: uniform in +-1/sqrt(D/3), each row a running unit vector once updated.
@@ -75,8 +69,9 @@ class ContrastiveRD(LossTerm):
         if out.indices is None:  # both loaders give positions; a batch source that cannot is refused here
             raise UserError("crd needs to know which training images a batch holds, and this loader does not say.")
         p, idx = self.params, out.indices
-        v_s = F.normalize(self.embed_student(embedding(out.student_features[p.student_layer])), dim=1)
-        v_t = F.normalize(self.embed_teacher(embedding(out.teacher_features[p.teacher_layer])), dim=1)
+        s, t = (embedding(f) for f in self.pair(out))
+        v_s = F.normalize(self.embed_student(s), dim=1)
+        v_t = F.normalize(self.embed_teacher(t), dim=1)
         n = len(self.memory_student)
         # Candidates: the image itself first, then `negatives` images drawn uniformly from the training split.
         candidates = torch.cat([idx[:, None], torch.randint(n, (len(idx), p.negatives), device=idx.device)], 1)

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillctl.losses.base import LossTerm, StepOutputs
-from distillctl.losses.pairs import placed_like, same_size
+from distillctl.losses.base import StepOutputs
+from distillctl.losses.pairs import OneLayer, placed_like, same_size
 from distillctl.losses.registry import term
 
 
@@ -51,26 +51,21 @@ def factor_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 @term("ft")
-class FactorTransfer(LossTerm):
+class FactorTransfer(OneLayer):
     """The student's translated factors against the factors a paraphraser trained on the teacher's feature finds."""
-
-    def student_layers(self) -> list[str]:
-        return [self.params.student_layer]
-
-    def teacher_layers(self) -> list[str]:
-        return [self.params.teacher_layer]
 
     def alone_until_epoch(self) -> int:
         return self.params.paraphraser_epochs
 
     def setup(self, probe: StepOutputs) -> None:
-        s, t = probe.student_features[self.params.student_layer], probe.teacher_features[self.params.teacher_layer]
+        s, t = self.pair(probe)
         factors = max(1, int(t.shape[1] * self.params.rate))
         self.paraphraser = placed_like(Paraphraser(t.shape[1], factors), t)
         self.translator = placed_like(convolutions([s.shape[1], s.shape[1], factors, factors], norm=True), s)
 
     def forward(self, out: StepOutputs) -> torch.Tensor:
-        t = out.teacher_features[self.params.teacher_layer].float()
+        s, t = self.pair(out)
+        t = t.float()
         if out.epoch <= self.params.paraphraser_epochs:
             # The reference trains the paraphraser on its plain MSE; the objective multiplies every term by its
             # weight (200 here, meant for the factor loss), which made this stage diverge at lr 0.05.
@@ -78,4 +73,4 @@ class FactorTransfer(LossTerm):
             return reconstruction / self.params.weight if self.params.weight else reconstruction
         with torch.no_grad():
             factors = self.paraphraser.encoder(t)
-        return factor_loss(self.translator(out.student_features[self.params.student_layer]), factors)
+        return factor_loss(self.translator(s), factors)

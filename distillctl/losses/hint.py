@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillctl.losses.base import LossTerm, StepOutputs
-from distillctl.losses.pairs import placed_like
+from distillctl.losses.base import StepOutputs
+from distillctl.losses.pairs import OneLayer, placed_like
 from distillctl.losses.params import HintParams
 from distillctl.losses.registry import term
 
@@ -27,31 +27,23 @@ def match_size(feature: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 @term("hint")
-class Hint(LossTerm):
+class Hint(OneLayer):
     """MSE between regressor(student feature) and the teacher feature."""
 
     def __init__(self, params: HintParams) -> None:
         super().__init__(params)
         self.regressor: nn.Module | None = None
 
-    def student_layers(self) -> list[str]:
-        return [self.params.student_layer]
-
-    def teacher_layers(self) -> list[str]:
-        return [self.params.teacher_layer]
-
     def alone_until_epoch(self) -> int:
         return self.params.pretrain_epochs
 
     def setup(self, probe: StepOutputs) -> None:
-        s = probe.student_features[self.params.student_layer]
-        t = probe.teacher_features[self.params.teacher_layer]
+        s, t = self.pair(probe)
         k = self.params.kernel_size
         self.regressor = placed_like(nn.Sequential(
             nn.Conv2d(s.shape[1], t.shape[1], k, padding=k // 2, bias=False), nn.BatchNorm2d(t.shape[1])), s)
 
     def forward(self, out: StepOutputs) -> torch.Tensor:
-        s = out.student_features[self.params.student_layer]
-        t = out.teacher_features[self.params.teacher_layer]
+        s, t = self.pair(out)
         s = match_size(self.regressor(s), t.shape[-2:])
         return F.mse_loss(s.float(), t.float())

@@ -1,4 +1,4 @@
-"""Terms that match student layers to teacher layers pairwise (AT, NST, VID, OFD, ReviewKD)."""
+"""Terms that read a student layer against a teacher layer: one pair (OneLayer), or several pairwise (LayerPairs)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,20 @@ from torch import nn
 from distillctl.errors import UserError
 from distillctl.losses.base import LossTerm, StepOutputs
 from distillctl.losses.params import PairedParams
+
+
+class OneLayer(LossTerm):
+    """A term over `student_layer` against `teacher_layer`."""
+
+    def student_layers(self) -> list[str]:
+        return [self.params.student_layer]
+
+    def teacher_layers(self) -> list[str]:
+        return [self.params.teacher_layer]
+
+    def pair(self, out: StepOutputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(student feature, teacher feature)."""
+        return out.student_features[self.params.student_layer], out.teacher_features[self.params.teacher_layer]
 
 
 class LayerPairs(LossTerm):

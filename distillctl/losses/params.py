@@ -53,11 +53,15 @@ class DISTParams(TermParams):
     standardize: bool = False
 
 @dataclass
-class EmbeddingParams(TermParams):
-    """Terms on one embedding per image: the tapped layer's output, averaged over its spatial positions."""
+class LayerParams(TermParams):
+    """Terms that read one student layer against one teacher layer (module paths, as `distillctl inspect` prints)."""
 
     student_layer: str = "layer3"
     teacher_layer: str = "layer3"
+
+@dataclass
+class EmbeddingParams(LayerParams):
+    """Terms on one embedding per image: the tapped layer's output, averaged over its spatial positions."""
 
 @dataclass
 class RKDParams(EmbeddingParams):
@@ -69,13 +73,11 @@ class PKTParams(EmbeddingParams):
     weight: float = bounded(30000.0, min=0)  # the CRD benchmark's setting for PKT on CIFAR
 
 @dataclass
-class SPParams(TermParams):
-    weight: float = bounded(3000.0, min=0)  # the CRD benchmark's setting for SP on CIFAR
-    student_layer: str = "layer3"  # the whole feature map, flattened, not pooled
-    teacher_layer: str = "layer3"
+class SPParams(LayerParams):
+    weight: float = bounded(3000.0, min=0)  # the CRD benchmark's setting for SP on CIFAR (on the whole map, not pooled)
 
 @dataclass
-class HintParams(TermParams):
+class HintParams(LayerParams):
     weight: float = bounded(100.0, min=0)  # the CRD benchmark's setting for FitNets on CIFAR
     student_layer: str = "layer2"
     teacher_layer: str = "layer2"
@@ -119,10 +121,8 @@ class ReviewKDParams(PairedParams):
     warmup: int = bounded(20, min=0)  # epochs over which the term is ramped in (the reference's CIFAR setting)
 
 @dataclass
-class FTParams(TermParams):
+class FTParams(LayerParams):
     weight: float = bounded(200.0, min=0)  # the CRD benchmark's setting for FT on CIFAR
-    student_layer: str = "layer3"
-    teacher_layer: str = "layer3"
     rate: float = bounded(0.5, above=0)  # factors per teacher channel (the paper's k)
     # Epochs at the start that train only the paraphraser (the reference's 30 come before its 240 student epochs).
     paraphraser_epochs: int = bounded(30, min=0)
@@ -137,11 +137,9 @@ class CCParams(EmbeddingParams):
     order: int = bounded(2, min=1)
 
 @dataclass
-class AdversarialParams(TermParams):
+class AdversarialParams(LayerParams):  # the layers are read when input=features
     weight: float = bounded(0.1, min=0)
     input: str = "logits"  # logits | features (`on` would read as a boolean in YAML)
-    student_layer: str = "layer3"  # used when input=features
-    teacher_layer: str = "layer3"
     hidden: int = bounded(256, min=1)
     lr: float = bounded(2e-4, above=0)
     betas: tuple[float, float] = (0.5, 0.999)

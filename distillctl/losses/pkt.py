@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from distillctl.losses.base import LossTerm, StepOutputs
+from distillctl.losses.base import StepOutputs
 from distillctl.losses.embedding import embedding
+from distillctl.losses.pairs import OneLayer
 from distillctl.losses.registry import term
 
 EPS = 1e-7
@@ -35,15 +36,9 @@ def pkt_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 @term("pkt")
-class ProbabilisticKT(LossTerm):
+class ProbabilisticKT(OneLayer):
     """The same neighbours for each image, in the same proportions, as in the teacher's embedding."""
 
-    def student_layers(self) -> list[str]:
-        return [self.params.student_layer]
-
-    def teacher_layers(self) -> list[str]:
-        return [self.params.teacher_layer]
-
     def forward(self, out: StepOutputs) -> torch.Tensor:
-        p = self.params
-        return pkt_loss(embedding(out.student_features[p.student_layer]), embedding(out.teacher_features[p.teacher_layer]))
+        s, t = self.pair(out)
+        return pkt_loss(embedding(s), embedding(t))

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from distillctl.losses.base import LossTerm, StepOutputs
+from distillctl.losses.base import StepOutputs
 from distillctl.losses.embedding import embedding
+from distillctl.losses.pairs import OneLayer
 from distillctl.losses.registry import term
 
 
@@ -37,16 +38,10 @@ def rkd_loss(student: torch.Tensor, teacher: torch.Tensor, distance_weight: floa
 
 
 @term("rkd")
-class RelationalKD(LossTerm):
+class RelationalKD(OneLayer):
     """Distances and angles between the batch's embeddings, as the teacher has them."""
-
-    def student_layers(self) -> list[str]:
-        return [self.params.student_layer]
-
-    def teacher_layers(self) -> list[str]:
-        return [self.params.teacher_layer]
 
     def forward(self, out: StepOutputs) -> torch.Tensor:
         p = self.params
-        s, t = embedding(out.student_features[p.student_layer]), embedding(out.teacher_features[p.teacher_layer])
+        s, t = (embedding(f) for f in self.pair(out))
         return rkd_loss(s, t, p.distance_weight, p.angle_weight)

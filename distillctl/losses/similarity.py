@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from distillctl.losses.base import LossTerm, StepOutputs
+from distillctl.losses.base import StepOutputs
+from distillctl.losses.pairs import OneLayer
 from distillctl.losses.registry import term
 
 
@@ -28,15 +29,8 @@ def sp_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 @term("sp")
-class SimilarityPreserving(LossTerm):
+class SimilarityPreserving(OneLayer):
     """The teacher's pairwise similarities between the batch's images, kept in the student's features."""
 
-    def student_layers(self) -> list[str]:
-        return [self.params.student_layer]
-
-    def teacher_layers(self) -> list[str]:
-        return [self.params.teacher_layer]
-
     def forward(self, out: StepOutputs) -> torch.Tensor:
-        p = self.params
-        return sp_loss(out.student_features[p.student_layer], out.teacher_features[p.teacher_layer])
+        return sp_loss(*self.pair(out))
