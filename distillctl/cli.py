@@ -11,6 +11,7 @@ from rich.console import Console
 
 from distillctl import recipes
 from distillctl.errors import UserError, closest, did_you_mean
+from distillctl.ranks import first_to_say, ranks
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_RECIPE = "quickstart"  # as chosen in configs/config.yaml
@@ -301,6 +302,7 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
     from distillctl import config
 
     config.register()
+    user_args = list(overrides)
     overrides = overrides_first(with_sweep_dir(prepare_overrides(overrides)))
     if not any(o in ("--help", "-h", "--hydra-help") or o.startswith("--cfg") or o == "-c" for o in overrides):
         check_composes(overrides)
@@ -309,14 +311,21 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
     def task(cfg) -> float | None:
         import importlib
 
-        from distillctl import preflight, tracking
+        from distillctl import launch, preflight, tracking
         from distillctl.bounds import check_config
 
         try:
             check_config(cfg)  # every value, before the stage imports torch or loads data
             tracking.check_installed(cfg.logger)
             preflight.check(command, cfg)  # files, data set and prerequisite stages, still without torch
-            stage: Callable = importlib.import_module(f"distillctl.stages.{module_name}").run
+            if ranks().world > 1:
+                launch.check_command(command)
+            elif cfg.trainer.devices > 1:  # this command again, as that many processes
+                code = launch.relaunch(command, user_args, cfg.trainer.devices)
+                if code:
+                    raise SystemExit(code)
+                return None
+            stage: Callable = stage_runner(importlib.import_module(f"distillctl.stages.{module_name}"))
             with tracking.session(recipe_name(cfg), Path(cfg.run_dir).parent, tracking_group(command, cfg)):
                 return sweep_objective(stage(cfg))
         except UserError as exc:
@@ -330,6 +339,18 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
 
     sys.argv = [f"distillctl {command}", *overrides]
     hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(task)()
+
+
+def stage_runner(module) -> Callable:
+    """How a command's module runs: a stage through `run_stage` (in a multi-process job rank 0 alone runs one that
+    trains nothing), evaluate on rank 0 alone, orchestrating commands as they are."""
+    from distillctl.stages.base import on_rank_zero, run_stage
+
+    if hasattr(module, "STAGE"):
+        return lambda cfg: run_stage(module.STAGE, cfg)
+    if module.__name__.endswith(".evaluate"):
+        return lambda cfg: on_rank_zero(module.run, cfg)
+    return module.run
 
 
 # Commands whose stage runs are grouped in the trackers (an MLflow parent run, a W&B group), as are a sweep's jobs.
@@ -367,13 +388,19 @@ def fail(message: str, code: int = 2) -> None:
     """Print one error line and exit: the path for every mistake a user can fix."""
     from rich.markup import escape
 
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    if first_to_say(message):  # an error every process of a multi-process job meets is printed once
+        where = f" (process {ranks().rank} of {ranks().world})" if ranks().world > 1 else ""
+        err_console.print(f"[bold red]error{where}:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise SystemExit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The console script's entry point."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if ranks().rank > 0:  # rank 0 speaks for a multi-process job; the others print only their own errors
+        from distillctl.console import console
+
+        console.quiet = True
     if args and args[0] in TRAINING_ONLY:
         # OpenMP threads that spin while they wait collapse when another process shares the cores: training runs
         # 1.7x faster with sleeping threads beside one busy process, 0.83x on an idle machine (docs/performance.md).

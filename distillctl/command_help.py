@@ -24,7 +24,8 @@ HELP: dict[str, CommandHelp] = {
     "distill": CommandHelp(
         "Trains the student from the frozen teacher with the recipe's loss terms into runs/<recipe>/student/. The "
         "teacher is teacher.checkpoint or the workspace's train-teacher result.",
-        ("student.name", "teacher.name", "teacher.checkpoint", "loss.terms", "trainer.epochs", "optimizer.lr", "distill.teacher_cache"),
+        ("student.name", "teacher.name", "teacher.checkpoint", "loss.terms", "trainer.epochs", "optimizer.lr", "distill.teacher_cache",
+         "trainer.devices"),
         "distillctl distill recipe=quickstart loss.terms.kd.temperature=8 trainer.epochs=3"),
     "prune": CommandHelp(
         "Shrinks the distilled student: structured channel pruning to a MACs target then KD fine-tuning, or "
@@ -44,7 +45,8 @@ HELP: dict[str, CommandHelp] = {
     "pipeline": CommandHelp(
         "Runs train-teacher, distill, prune, quantize and evaluate in order; a stage whose config and inputs are "
         "unchanged is skipped, an interrupted one resumes.",
-        ("teacher.name", "student.name", "loss.terms", "trainer.epochs", "prune.method", "quantize.method", "force", "logger"),
+        ("teacher.name", "student.name", "loss.terms", "trainer.epochs", "prune.method", "quantize.method", "force", "logger",
+         "trainer.devices"),
         "distillctl pipeline recipe=quickstart"),
     "reproduce": CommandHelp(
         "Trains the teacher, the student and the same student without a teacher for each seed; reports mean ± std "

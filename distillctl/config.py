@@ -146,6 +146,10 @@ class DatasetConfig:
     crop_pct: float = bounded(0.875, above=0, max=1)  # stream evaluation: resize to image_size / crop_pct, centre crop
     interpolation: str = "bilinear"  # stream: bilinear or bicubic
     auto_augment: Optional[str] = None  # stream: a timm policy such as rand-m9-mstd0.5 or trivialaugment
+    # Both loaders: mix each training batch with its reverse (timm's Mixup; the Beta distribution's alpha, 0 = off).
+    # The teacher sees the mixed images too; cross-entropy reads the mixed labels as class probabilities.
+    mixup_alpha: float = bounded(0.0, min=0)
+    cutmix_alpha: float = bounded(0.0, min=0)
     hflip: bool = True
     on_bad_image: OnBadImage = OnBadImage.skip
     mean: list[float] = field(default_factory=lambda: list(CIFAR10_MEAN))
@@ -204,6 +208,13 @@ class TrainerConfig:
     checkpoint_every_steps: Optional[int] = bounded(None, min=1)
     threads: Optional[int] = bounded(None, min=1)
     on_nan: OnNan = OnNan.stop
+    # Processes training together on this machine: N > 1 starts torchrun itself (one process per GPU; on the CPU,
+    # N processes with the gloo backend). batch_size stays the global batch (docs/distributed.md).
+    devices: int = bounded(1, min=1)
+    # Batch statistics over all processes' shares of the batch (CUDA only; the paper settings were one GPU's batch).
+    sync_bn: bool = False
+    # How long a process waits for the others (a collective, or rank 0 alone evaluating) before the job fails.
+    dist_timeout_s: int = bounded(1800, min=10)
 
 
 @dataclass
@@ -273,12 +284,20 @@ class ExportConfig:
 class DistillConfig:
     """How every stage that learns from the teacher (distill, prune fine-tuning, QAT) gets the teacher's outputs."""
 
-    # Logit-only losses on the resident loader: the teacher's logits for each (image, crop, flip) are kept on disk
-    # and reused by every later epoch, seed and run with the same teacher and data (docs/performance.md).
+    # Logit-only losses: the teacher's logits for each (image, crop, flip) of the resident loader, or for sampled
+    # crops of the streaming loader, are kept on disk and reused by every later epoch, seed and run with the same
+    # teacher and data (docs/performance.md).
     teacher_cache: TeacherCache = TeacherCache.auto
     teacher_cache_dir: str = "${dataset.cache_dir}/teacher-logits"
     teacher_cache_max_gb: float = bounded(4.0, above=0)  # larger caches are not used (auto) or refused (on)
-    teacher_cache_half: bool = True  # float16 logits (half the size; ~1e-3 relative error) rather than float32
+    # float32 answers are the live teacher's bit for bit, so a cached run gives the uncached run's weights; float16
+    # halves the size, and its rounding moved the quickstart's 3-seed mean by 2 points (docs/results.md).
+    teacher_cache_half: bool = False
+    # Streaming loader: the cache keeps this many sampled crops of each image (null: one per epoch of the run) and the
+    # loader replays them, epoch e reading view e mod views; with the teacher's `topk` largest logits of each (null:
+    # all; FKD keeps 10 of ImageNet's 1000).
+    teacher_cache_views: Optional[int] = bounded(None, min=1)
+    teacher_cache_topk: Optional[int] = bounded(10, min=1)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from distillctl.disk import check_writable
 from distillctl.errors import UserError
-from distillctl.teacher_files import teacher_checkpoints
+from distillctl.teacher_files import PUBLISHED, teacher_checkpoints
 from distillctl.workspace import Workspace
 
 # The finished stage outputs each command starts from (pipeline, reproduce and search train what is missing).
@@ -27,7 +27,8 @@ def check(command: str, cfg: DictConfig) -> None:
     """Raise the UserError a stage would raise later, for every problem visible from the config and the disk."""
     for role in ("teacher", "student"):
         for key in ("checkpoint", "pretrained_file"):
-            existing_file(f"{role}.{key}", cfg[role][key])
+            if (role, key, cfg[role][key]) != ("teacher", "checkpoint", PUBLISHED):
+                existing_file(f"{role}.{key}", cfg[role][key])
     for i, entry in enumerate(cfg.teachers):
         existing_file(f"teachers[{i}].checkpoint", entry.checkpoint)
     check_dataset(cfg.dataset.path)

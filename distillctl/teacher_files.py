@@ -13,8 +13,39 @@ from distillctl.errors import UserError
 from distillctl.workspace import MODEL_FILE, Workspace
 
 
+# teacher.checkpoint=pretrained: timm's published weights for teacher.name, used as they are (head included), as a
+# published ImageNet teacher is in the ImageNet benchmarks; no train-teacher stage.
+PUBLISHED = "pretrained"
+
+
+def published_weights(teacher: DictConfig) -> Path:
+    """The published weights file of the teacher: teacher.pretrained_file when given (offline), else timm's
+    model.safetensors fetched from the Hub once into its cache."""
+    if teacher.pretrained_file:
+        path = Path(teacher.pretrained_file).expanduser()
+        if not path.is_file():
+            raise UserError(f"teacher.pretrained_file '{path}' does not exist.")
+        return path
+    import timm  # only here: it imports torch, which the CLI's checks otherwise avoid
+
+    hub_id = getattr(timm.models.get_pretrained_cfg(teacher.name), "hf_hub_id", None)
+    if not hub_id:
+        raise UserError(f"teacher.checkpoint=pretrained: timm publishes no weights for '{teacher.name}'. Name a timm model "
+                        "with published weights (e.g. resnet34.tv_in1k), or give teacher.checkpoint=PATH.")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(hub_id, "model.safetensors"))
+    except Exception as exc:  # offline, unreachable, or no such file: all mean "give the file yourself"
+        raise UserError(f"teacher.checkpoint=pretrained: could not fetch {hub_id} from the Hub ({type(exc).__name__}); offline? "
+                        f"Download its model.safetensors once and set teacher.pretrained_file=PATH.") from None
+
+
 def teacher_checkpoint(cfg: DictConfig, ws: Workspace) -> Path:
-    """teacher.checkpoint when set, else the teacher that train-teacher left in the workspace."""
+    """teacher.checkpoint when set (`pretrained`: the published weights), else the teacher that train-teacher left
+    in the workspace."""
+    if cfg.teacher.checkpoint == PUBLISHED:
+        return published_weights(cfg.teacher)
     if cfg.teacher.checkpoint:
         path = Path(cfg.teacher.checkpoint).expanduser()
         if not path.is_file():

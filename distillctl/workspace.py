@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from distillctl import files
 from distillctl.errors import UserError
+from distillctl.ranks import is_main
 
 MODEL_FILE, METRICS_FILE, CONFIG_FILE = "model.safetensors", "metrics.json", "config.yaml"
 # Written when a training stage starts: which config an unfinished folder's checkpoints belong to.
@@ -52,9 +53,12 @@ class Workspace:
         return cls(root, wait=wait)
 
     def output(self, stage: str) -> Path:
-        """The folder a stage writes into, created on demand and claimed by this process alone."""
-        self.claim(stage, self.wait)
+        """The folder a stage writes into, created on demand and claimed by this process alone (in a multi-process
+        job, by rank 0: the only one that writes)."""
         path = self.job_dir / stage
+        if not is_main():
+            return path
+        self.claim(stage, self.wait)
         path.mkdir(parents=True, exist_ok=True)
         settle(path)
         return path

@@ -22,6 +22,13 @@ def to_model_input(images_nhwc: torch.Tensor, scale: torch.Tensor, shift: torch.
     return x if channels_last else x.contiguous()
 
 
+def local_part(n: int, rank: int, world: int) -> torch.Tensor:
+    """Positions in a global batch of n that process `rank` of `world` trains on: equal, contiguous shares; a last
+    batch that does not divide evenly wraps around (as torch's DistributedSampler pads) so that no process gets none."""
+    size = -(-n // world)
+    return (rank * size + torch.arange(size)) % n
+
+
 def steps_per_pass(images: int, batch_size: int, max_steps: int | None) -> int:
     """Batches in one pass over `images` (the last one may be short), capped at max_steps."""
     steps = -(-images // batch_size)
@@ -29,7 +36,10 @@ def steps_per_pass(images: int, batch_size: int, max_steps: int | None) -> int:
 
 
 class Batches:
-    """Shuffled training batches with random crop (zero padding) and horizontal flip, on `device`."""
+    """Shuffled training batches with random crop (zero padding) and horizontal flip, on `device`.
+
+    Every process of a multi-process job draws the same global batches and augmentations and keeps its `shard`
+    (rank, processes) of each, so that together they train on what one process would."""
 
     def __init__(
         self,
@@ -44,7 +54,9 @@ class Batches:
         hflip: bool = True,
         channels_last: bool = False,
         max_steps: int | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
+        self.shard = shard
         self.padding, self.hflip, self.batch_size, self.channels_last = padding, hflip, batch_size, channels_last
         # Crop offsets per axis and flips per offset: the discrete views of an image (`keys`, `view`, `num_views`).
         self.span, self.flips = 2 * padding + 1, 2 if hflip else 1
@@ -95,6 +107,9 @@ class Batches:
                 flip = torch.rand(n, device=self.device, generator=self.generator) < 0.5
             if step < self.resume_step:
                 continue
+            if self.shard[1] > 1:
+                mine = local_part(n, *self.shard).to(self.device)
+                idx, dy, dx, flip = idx[mine], dy[mine], dx[mine], flip[mine]
             self.step = step + 1
             self.keys = idx, (dy * self.span + dx) * self.flips + flip
             yield self.crops(idx, dy, dx, flip), self.labels[idx]
@@ -173,6 +188,8 @@ class TensorSplit:
         return eval_batches(self.images, self.labels, batch_size, mean, std, device, channels_last)
 
     def train_batches(self, batch_size: int, mean: Sequence[float], std: Sequence[float], device: torch.device, seed: int,
-                      channels_last: bool = False, max_steps: int | None = None) -> Batches:
-        """Shuffled batches with pad-crop and flip, made on the training device."""
-        return Batches(self.images, self.labels, batch_size, mean, std, device, seed, self.padding, self.hflip, channels_last, max_steps)
+                      channels_last: bool = False, max_steps: int | None = None, shard: tuple[int, int] = (0, 1)) -> Batches:
+        """Shuffled batches with pad-crop and flip, made on the training device; `batch_size` is the global batch
+        of which this process trains its `shard` (rank, processes)."""
+        return Batches(self.images, self.labels, batch_size, mean, std, device, seed, self.padding, self.hflip, channels_last,
+                       max_steps, shard)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from distillctl.console import console
 from distillctl.data import images
-from distillctl.data.batches import normalizer, steps_per_pass
+from distillctl.data.batches import local_part, normalizer, steps_per_pass
 from distillctl.errors import UserError
 
 
@@ -110,23 +110,50 @@ def collate(samples: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, li
 
 
 class EpochOrder(Sampler):
-    """(row, augmentation seed) pairs in a shuffled order fixed by (seed, epoch); rows in order for evaluation."""
+    """(row, augmentation seed) pairs in a shuffled order fixed by (seed, epoch); rows in order for evaluation.
 
-    def __init__(self, rows: torch.Tensor, seed: int | None, limit: int | None = None) -> None:
-        self.rows, self.seed, self.limit, self.epoch = rows, seed, limit, 0
+    With a `shard` (rank, processes), each global batch of `batch` pairs is drawn as one process would draw it and
+    this process keeps its share (data.batches.local_part), so the processes together see one process's epoch."""
+
+    def __init__(self, rows: torch.Tensor, seed: int | None, limit: int | None = None, batch: int = 1,
+                 shard: tuple[int, int] = (0, 1)) -> None:
+        self.rows, self.seed, self.limit, self.epoch, self.batch, self.shard = rows, seed, limit, 0, batch, shard
         self.start = 0  # positions of this epoch already trained on (a resume from a mid-epoch checkpoint)
+        # (base, count): augment each image as the teacher cache's view `epoch % count` of it, the same in every run
+        # that shares the cache, instead of from this run's seed (see StreamBatches.replay_views).
+        self.views: tuple[int, int] | None = None
+
+    def global_length(self) -> int:
+        """Pairs one pass yields over all processes."""
+        return min(len(self.rows), self.limit or len(self.rows))
 
     def __len__(self) -> int:
-        return min(len(self.rows), self.limit or len(self.rows))
+        total, (_, world) = self.global_length(), self.shard
+        if world == 1:
+            return total
+        full, last = divmod(total, self.batch)
+        return full * (self.batch // world) + (-(-last // world) if last else 0)
 
     def __iter__(self) -> Iterator[tuple[int, int | None]]:
         if self.seed is None:
             yield from ((int(r), None) for r in self.rows[: len(self)])
             return
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = self.rows[torch.randperm(len(self.rows), generator=generator)][: len(self)]
+        total = self.global_length()
+        order = self.rows[torch.randperm(len(self.rows), generator=generator)][:total]
         seeds = torch.randint(2**62, (len(order),), generator=generator)
-        yield from zip(order[self.start :].tolist(), seeds[self.start :].tolist())
+        if self.views is not None:
+            seeds = view_seeds(self.views[0], self.epoch % self.views[1], self.rows)[order]
+        mine = torch.arange(self.start, total)
+        if self.shard[1] > 1:
+            mine = torch.cat([chunk[local_part(len(chunk), *self.shard)] for chunk in mine.split(self.batch)]) if len(mine) else mine
+        yield from zip(order[mine].tolist(), seeds[mine].tolist())
+
+
+def view_seeds(base: int, view: int, rows: torch.Tensor) -> torch.Tensor:
+    """The augmentation seed of view `view` of every table row up to the largest of `rows` (indexed by row)."""
+    generator = torch.Generator().manual_seed((base + 7919 * view) % 2**63)
+    return torch.randint(2**62, (int(rows.max()) + 1 if len(rows) else 0,), generator=generator)
 
 
 class StreamSplit:
@@ -145,8 +172,9 @@ class StreamSplit:
         """The split's images at these positions."""
         return StreamSplit(self.cells, self.column, self.all_labels, self.rows[indices], self.settings)
 
-    def loader(self, order: EpochOrder, batch_size: int, training: bool, device: torch.device) -> DataLoader:
-        """A DataLoader over `order` with workers that stay alive from one pass to the next."""
+    def loader(self, order: Iterable[tuple[int, int | None]], batch_size: int, training: bool, device: torch.device) -> DataLoader:
+        """A DataLoader over `order` ((row, augmentation seed) pairs) with workers that stay alive from one pass to
+        the next."""
         workers = self.settings.workers
         rows = Rows(self.cells, self.column, self.all_labels, transform(self.settings, training))
         return DataLoader(
@@ -190,22 +218,24 @@ class StreamSplit:
         return self.take(iter(self._eval_loaders[batch_size]), scale, shift, device, channels_last)
 
     def train_batches(self, batch_size: int, mean: Sequence[float], std: Sequence[float], device: torch.device, seed: int,
-                      channels_last: bool = False, max_steps: int | None = None) -> "StreamBatches":
-        """Shuffled, augmented training batches."""
-        return StreamBatches(self, batch_size, mean, std, device, seed, channels_last, max_steps)
+                      channels_last: bool = False, max_steps: int | None = None, shard: tuple[int, int] = (0, 1)) -> "StreamBatches":
+        """Shuffled, augmented training batches; `batch_size` is the global batch of which this process takes its
+        `shard` (rank, processes)."""
+        return StreamBatches(self, batch_size, mean, std, device, seed, channels_last, max_steps, shard)
 
 
 class StreamBatches:
     """An epoch of augmented batches per pass, with the same interface as the resident `Batches`."""
 
     def __init__(self, split: StreamSplit, batch_size: int, mean, std, device: torch.device, seed: int,
-                 channels_last: bool, max_steps: int | None) -> None:
+                 channels_last: bool, max_steps: int | None, shard: tuple[int, int] = (0, 1)) -> None:
         self.steps = steps_per_pass(len(split), batch_size, max_steps)
         self.batch_size, self.step, self.resume_step = batch_size, 0, 0
-        self.order = EpochOrder(split.rows, seed, limit=self.steps * batch_size)
+        self.order = EpochOrder(split.rows, seed, limit=self.steps * batch_size, batch=batch_size, shard=shard)
         self.split, self.device, self.channels_last = split, device, channels_last
         self.scale, self.shift = normalizer(mean, std, device)
-        self.loader = split.loader(self.order, batch_size, True, device)
+        # Each process's full steps hold batch_size / processes images (the CLI checks that it divides).
+        self.loader = split.loader(self.order, batch_size // shard[1], True, device)
         # Table row -> position in the split, for `positions`.
         self.position_of = torch.full((int(split.rows.max()) + 1 if len(split.rows) else 0,), -1, dtype=torch.int64)
         self.position_of[split.rows] = torch.arange(len(split.rows))
@@ -220,6 +250,33 @@ class StreamBatches:
                                    self.remember_positions)
         self.order.epoch += 1
         self.step = self.resume_step = self.order.start = 0
+
+    def replay_views(self, base: int, views: int) -> None:
+        """Augment image i in epoch e as view e % views of the teacher cache named by `base`: the views a cache of
+        the teacher's answers holds, whatever this run's seed (which still orders the batches)."""
+        self.order.views = (base, views)
+
+    @property
+    def num_views(self) -> int:
+        """Distinct views per image that `keys` count in (1 without replay: every epoch's crop is new)."""
+        return self.order.views[1] if self.order.views else 1
+
+    @property
+    def keys(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positions in the split, view numbers) of the batch last yielded: what a teacher cache is keyed by."""
+        view = self.order.epoch % self.num_views
+        return self.positions, torch.full_like(self.positions, view)
+
+    def view_batches(self, positions: torch.Tensor, view: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(positions, model input) of the images at `positions` in replayed view `view`, in order (undecodable
+        images are left out, as in training)."""
+        rows = self.split.rows[positions]
+        seeds = view_seeds(self.order.views[0], view, self.split.rows)[rows]
+        loader = self.split.loader(list(zip(rows.tolist(), seeds.tolist())), batch_size, True, self.device)
+        seen: list[torch.Tensor] = []
+        for x, _ in self.split.take(iter(loader), self.scale, self.shift, self.device, self.channels_last,
+                                    lambda r: seen.append(self.position_of[r].to(self.device))):
+            yield seen.pop(), x
 
     def remember_positions(self, rows: torch.Tensor) -> None:
         """Where this batch's images are in the split."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ import distillctl
 from distillctl import artifacts, files
 from distillctl.console import TrainingProgress
 from distillctl.data import Batches
+from distillctl.engine import distributed
 from distillctl.engine.device import autocast, compile_policy
 from distillctl.engine.taps import FeatureTaps
 from distillctl.engine.teacher_cache import CachedTeacher, LogitCache
@@ -82,6 +84,13 @@ class EpochTotals:
     seen: int = 0
     skipped_steps: int = 0  # trainer.on_nan=skip_step: steps whose loss was not finite, left out of the sums
 
+    def across_processes(self) -> "EpochTotals":
+        """The sums of every process of a multi-process job: the epoch's record is the whole data set's."""
+        names = list(self.parts)
+        seen = torch.tensor(float(self.seen), device=self.loss.device)
+        loss, correct, seen, *parts = distributed.sum_across([self.loss, self.correct, seen, *(self.parts[k] for k in names)])
+        return EpochTotals(loss, correct, dict(zip(names, parts)), int(seen.item()), self.skipped_steps)
+
     def record(self, epoch: int, val_top1: float, lr: float, seconds: float) -> dict[str, Any]:
         """The epoch's line in history.jsonl."""
         return {
@@ -108,9 +117,11 @@ def fit(
     resume: bool = False,
     teacher_cache: LogitCache | None = None,
     tracker: Tracker = NO_TRACKER,
+    mixer: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> FitResult:
     """Train for trainer_cfg.epochs, validating each epoch; best and last checkpoints go to out_dir; running figures
-    and each epoch's record go to the tracker, against the training step."""
+    and each epoch's record go to the tracker, against the training step. A `mixer` (mixup/cutmix) turns each batch
+    and its labels into mixed images and class probabilities; training accuracy still counts each image's own label."""
     model = trainee.model
     out_dir.mkdir(parents=True, exist_ok=True)
     start_epoch, best_val, best_epoch, history = restore(trainee, batches, out_dir) if resume else (1, -1.0, 0, [])
@@ -123,14 +134,24 @@ def fit(
     teacher_fn = cached or teacher_fn
     if teacher is not None:
         teacher.eval()
+    main = distributed.is_main()  # only rank 0 writes checkpoints and logs
     t_start, images_seen, startup = time.perf_counter(), 0, None
     with (
-        (out_dir / "train.log").open("a") as log,
+        (out_dir / "train.log").open("a") if main else open(os.devnull, "w") as log,
         FeatureTaps(model, student_layers, "the student") as student_taps,
         FeatureTaps(feature_source(teacher), teacher_layers, "the teacher") as teacher_taps,
         TrainingProgress(title, trainer_cfg.epochs, len(batches), start_epoch) as progress,
     ):
-        log.write(f"# {title}: epochs {start_epoch}..{trainer_cfg.epochs}, {len(batches)} steps each, device {batches.device}\n")
+        processes = distributed.world_size()
+        batch = trainer_cfg.batch_size
+        shares = f"{processes} processes, global batch {batch} ({batch // processes} each)" if processes > 1 else ""
+        log.write(f"# {title}: epochs {start_epoch}..{trainer_cfg.epochs}, {len(batches)} steps each, device {batches.device}"
+                  + (f", {shares}" if shares else "") + "\n")
+        if shares:
+            progress.epoch_line(f"{title}: {shares}")
+        # The student's forward and the loss as one module: under DDP, the gradients of both are averaged.
+        step_fn = distributed.wrap(StudentStep(student_fn, trainee.objective, student_taps), batches.device,
+                                   find_unused=bool(trainee.objective.student_parameters()))
         if note:
             progress.epoch_line(note)
             log.write(f"# {note}\n")
@@ -142,8 +163,11 @@ def fit(
                 nonlocal startup
                 if mode:  # CUDA-graph outputs of the previous step may be overwritten from here on
                     torch.compiler.cudagraph_mark_step_begin()
+                targets = y
+                if mixer is not None:
+                    x, targets = mixer(x, y)
                 # Both loaders say which of the split's images they yielded (terms with per-image state read it).
-                out = train_step(trainee, x, y, epoch, student_fn, teacher_fn, student_taps, teacher_taps, trainer_cfg,
+                out = train_step(trainee, x, targets, epoch, step_fn, teacher_fn, teacher_taps, trainer_cfg,
                                  batches.positions, batches.split_size)
                 if startup is None:
                     startup = time.perf_counter() - distillctl.STARTED
@@ -151,12 +175,14 @@ def fit(
 
             def save_mid_epoch(steps_done: int) -> None:
                 # Recorded as the last finished epoch plus the batches' position in this one.
-                checkpoint(trainee, batches, out_dir, epoch - 1, best_val, best_epoch, history)
+                if main:
+                    checkpoint(trainee, batches, out_dir, epoch - 1, best_val, best_epoch, history)
                 log.write(f"# checkpoint: epoch {epoch}, step {steps_done}\n")
                 log.flush()
 
             every = trainer_cfg.get("checkpoint_every_steps")
             totals = run_epoch(step, batches, epoch, trainer_cfg.log_every, progress, every, save_mid_epoch, tracker)
+            totals = totals.across_processes()
             seconds = time.perf_counter() - t_epoch
             images_seen += totals.seen
             val_top1 = validate(model)
@@ -165,8 +191,10 @@ def fit(
             tracker.log({f"epoch/{k}" if k != "epoch" else k: v for k, v in record.items()}, epoch * len(batches))
             if val_top1 > best_val:
                 best_val, best_epoch = val_top1, epoch
-                artifacts.save_weights(out_dir / BEST, model, {**trainee.metadata, "epoch": epoch, "val_top1": best_val})
-            checkpoint(trainee, batches, out_dir, epoch, best_val, best_epoch, history)
+                if main:
+                    artifacts.save_weights(out_dir / BEST, model, {**trainee.metadata, "epoch": epoch, "val_top1": best_val})
+            if main:
+                checkpoint(trainee, batches, out_dir, epoch, best_val, best_epoch, history)
             line = (
                 f"{title} epoch {epoch}/{trainer_cfg.epochs}  loss {record['loss']:.4f}  train {record['train_top1']:.1%}  "
                 f"val {val_top1:.1%}{' *' if best_epoch == epoch else ''}  {record['images_per_s']:,.0f} img/s  {seconds:.1f}s"
@@ -177,6 +205,7 @@ def fit(
             # After the checkpoint: an observer that stops the run leaves it resumable at this epoch.
             for observer in EPOCH_OBSERVERS.get():
                 observer(title, record)
+    distributed.barrier()  # rank 0's last checkpoint and best weights are on disk for every process to read
     seconds = time.perf_counter() - t_start
     share = cached.teacher_share if cached else None
     return FitResult(best_val, best_epoch, trainer_cfg.epochs, seconds, images_seen / max(seconds, 1e-9), history, start_epoch - 1, startup, share)
@@ -246,21 +275,41 @@ def finite_loss(totals: EpochTotals, epoch: int, step: int, kept: str) -> float:
     return running
 
 
+class StudentStep(nn.Module):
+    """The student's forward and the objective's loss of one step, as one module so that DDP averages the gradients
+    of the student and of the term parameters that train with it (hint regressors), and nothing else."""
+
+    def __init__(self, student_fn: nn.Module, objective: Objective, student_taps: FeatureTaps) -> None:
+        super().__init__()
+        self.student = student_fn
+        self.term_parameters = nn.ParameterList(objective.student_parameters())
+        # Not a submodule: a term's own optimizer (a discriminator's) is not DDP's to synchronize.
+        self.run_objective, self.taps = objective.__call__, student_taps
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None,
+                teacher_features: dict[str, torch.Tensor], epoch: int, indices: torch.Tensor | None,
+                num_images: int) -> tuple[StepOutputs, torch.Tensor, dict[str, torch.Tensor]]:
+        logits = self.student(x)
+        out = StepOutputs(logits, y, teacher_logits, self.taps.take(), teacher_features, epoch, indices, num_images)
+        loss, parts = self.run_objective(out)
+        return out, loss, parts
+
+
 def train_step(
     trainee: Trainee,
     x: torch.Tensor,
     y: torch.Tensor,
     epoch: int,
-    student_fn: Callable[[torch.Tensor], torch.Tensor],
+    step_fn: Callable[..., tuple[StepOutputs, torch.Tensor, dict[str, torch.Tensor]]],
     teacher_fn: Callable[[torch.Tensor], torch.Tensor] | None,
-    student_taps: FeatureTaps,
     teacher_taps: FeatureTaps,
     trainer_cfg,
     indices: torch.Tensor | None = None,
     num_images: int = 0,
 ) -> tuple[StepOutputs, torch.Tensor, dict[str, torch.Tensor]] | None:
-    """One optimisation step of the student (and of terms with their own updates); returns what it computed, or
-    None for a step left out under trainer.on_nan=skip_step."""
+    """One optimisation step of the student (and of terms with their own updates) through `step_fn` (a
+    StudentStep, under DDP in a multi-process job); returns what it computed, or None for a step left out under
+    trainer.on_nan=skip_step."""
     device = x.device
     teacher_logits, teacher_features = None, {}
     if teacher_fn is not None:
@@ -272,11 +321,10 @@ def train_step(
     # The objective runs under the same autocast as the forward: term modules (a hint regressor) receive
     # low-precision features; the terms compute their losses in fp32 themselves.
     with autocast(device, trainer_cfg.precision):
-        logits = student_fn(x)
-        out = StepOutputs(logits, y, teacher_logits, student_taps.take(), teacher_features, epoch, indices, num_images)
-        loss, parts = trainee.objective(out)
+        out, loss, parts = step_fn(x, y, teacher_logits, teacher_features, epoch, indices, num_images)
     trainee.optimizer.zero_grad(set_to_none=True)
-    if trainer_cfg.get("on_nan") == "skip_step" and not torch.isfinite(loss.detach()).item():
+    # Every process skips together: one that stepped alone would wait for the others' gradients.
+    if trainer_cfg.get("on_nan") == "skip_step" and not distributed.all_agree(bool(torch.isfinite(loss.detach()).item()), device):
         trainee.scheduler.step()  # the schedule keeps its length
         return None
     loss.backward()

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import torch
 
 
-
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg, lr: float, device: torch.device) -> torch.optim.Optimizer:
     """SGD (momentum, nesterov) or AdamW through timm's optimizer factory; weight decay skips biases and norm scales.
 

@@ -3,7 +3,10 @@ learns from the same teacher on the same data: logit-only losses read them inste
 
 The resident loader's augmentation is discrete (crop offset x flip: 162 views of a CIFAR image), so each view's
 logits are computed once, by the first run that draws it (`auto`) or for all views up front (`on`), and every later
-epoch, seed, sweep job and fine-tuning stage reads them. The file is named by a hash of the teacher's weights, the
+epoch, seed, sweep job and fine-tuning stage reads them. The streaming loader's crops are continuous
+(RandomResizedCrop), so the cache keeps `views` sampled crops per image instead, as FKD does (Shen & Xing 2022):
+each crop is fixed by a seed the cache names, the loader replays view e % views in epoch e, and the answers are the
+top-k logits for many classes (engine/logit_codes.py). The file is named by a hash of the teacher's weights, the
 training images and the view settings, so it can never be stale; it is written atomically and merged with what
 other runs wrote meanwhile, and a `filled` mask says which entries hold logits, so a partial cache is never read
 where it has none.
@@ -12,6 +15,7 @@ where it has none.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +30,7 @@ from distillctl.console import CountProgress, console
 from distillctl.data.batches import Batches
 from distillctl.disk import write_failure
 from distillctl.engine.device import autocast
+from distillctl.engine.logit_codes import FullLogits, TopK, code_for
 from distillctl.errors import UserError
 
 VERSION = "1"
@@ -44,50 +49,64 @@ def tensor_digest(tensors: Iterable[torch.Tensor], *texts: str) -> str:
 
 @dataclass
 class LogitCache:
-    """Logits [images, views, classes] with a [images, views] mask of the entries that hold them."""
+    """The teacher's answers for [images, views] entries, stored as `code` says (every logit, or the top k), with a
+    [images, views] mask of the entries that hold one."""
 
     path: Path
-    logits: torch.Tensor
+    code: FullLogits | TopK
+    tensors: dict[str, torch.Tensor]
     filled: torch.Tensor
     added: int = 0  # entries filled since the file was read
     stamp: tuple[int, int, int] | None = None  # the file as last read or written here: another run's save changes it
 
     @classmethod
-    def open(cls, path: Path, images: int, views: int, classes: int, dtype: torch.dtype, device: torch.device) -> "LogitCache":
+    def open(cls, path: Path, images: int, views: int, code: FullLogits | TopK, device: torch.device) -> "LogitCache":
         """The cache at `path`, or an empty one when it is missing or not what it should be (then it is rebuilt)."""
         stamp = file_stamp(path)
-        found = read(path, (images, views, classes), dtype)
+        shapes = {name: ((images, views, *tail), dtype) for name, (tail, dtype) in code.shapes().items()}
+        found = read(path, shapes, (images, views))
         if found is None:
-            found = torch.zeros(images, views, classes, dtype=dtype), torch.zeros(images, views, dtype=torch.bool)
-        return cls(path, found[0].to(device), found[1].to(device), stamp=stamp)
+            found = {name: torch.zeros(shape, dtype=dtype) for name, (shape, dtype) in shapes.items()}, torch.zeros(images, views, dtype=torch.bool)
+        tensors, filled = found
+        return cls(path, code, {name: t.to(device) for name, t in tensors.items()}, filled.to(device), stamp=stamp)
 
     @property
     def share_filled(self) -> float:
         """The fraction of (image, view) entries that hold logits."""
         return self.filled.float().mean().item()
 
+    @property
+    def size_gb(self) -> float:
+        """What the cache takes in memory and on disk."""
+        return (sum(t.numel() * t.element_size() for t in self.tensors.values()) + self.filled.numel()) / 1e9
+
     def store(self, idx: torch.Tensor, view: torch.Tensor, logits: torch.Tensor) -> None:
         """Keep the logits of images `idx` in views `view` (entries already filled are simply overwritten)."""
-        # A barely trained teacher can have logits past float16's range: clamped they stay finite (as the uncached
-        # run's are) rather than turning the loss into inf - inf.
-        limit = torch.finfo(self.logits.dtype).max
-        self.logits[idx, view] = logits.float().clamp(-limit, limit).to(self.logits.dtype)
+        for name, value in self.code.encode(logits).items():
+            self.tensors[name][idx, view] = value
         self.filled[idx, view] = True
         self.added += len(idx)
+
+    def lookup(self, idx: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        """The float logits stored for images `idx` in views `view`."""
+        return self.code.decode({name: t[idx, view] for name, t in self.tensors.items()})
 
     def save(self) -> None:
         """Write what this run added, merged with what other runs wrote to the same file since it was read."""
         if not self.added:
             return
-        logits, filled = self.logits.cpu(), self.filled.cpu()
-        theirs = read(self.path, tuple(logits.shape), logits.dtype) if file_stamp(self.path) != self.stamp else None
+        tensors, filled = {name: t.cpu() for name, t in self.tensors.items()}, self.filled.cpu()
+        shapes = {name: (tuple(t.shape), t.dtype) for name, t in tensors.items()}
+        theirs = read(self.path, shapes, tuple(filled.shape)) if file_stamp(self.path) != self.stamp else None
         if theirs is not None:
             only_theirs = theirs[1] & ~filled
-            logits = torch.where(only_theirs[..., None], theirs[0], logits)
+            for name, t in tensors.items():
+                tensors[name] = torch.where(only_theirs.reshape(*only_theirs.shape, *[1] * (t.dim() - 2)), theirs[0][name], t)
             filled = filled | theirs[1]
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.path, lambda tmp: save_file({"logits": logits, "filled": filled}, str(tmp), metadata={"version": VERSION}))
+            atomic_write(self.path, lambda tmp: save_file({**tensors, "filled": filled}, str(tmp),
+                                                          metadata={"version": VERSION, "code": self.code.name}))
         except Exception as exc:  # a full disk or read-only folder costs later runs the speed-up, never this run's work
             if (reason := write_failure(exc)) is None:
                 raise
@@ -106,21 +125,23 @@ def file_stamp(path: Path) -> tuple[int, int, int] | None:
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
-def read(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(logits, filled) from a cache file, or None when it is missing, torn or of another shape."""
+def read(path: Path, shapes: dict[str, tuple[tuple[int, ...], torch.dtype]],
+         filled_shape: tuple[int, ...]) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
+    """(tensors, filled) from a cache file, or None when it is missing, torn or of another layout."""
     if not path.is_file():
         return None
     try:
         with safe_open(str(path), "pt") as handle:
-            if handle.metadata().get("version") != VERSION:
+            if handle.metadata().get("version") != VERSION or set(handle.keys()) != {*shapes, "filled"}:
                 return None
-            logits, filled = handle.get_tensor("logits"), handle.get_tensor("filled")
+            tensors = {name: handle.get_tensor(name) for name in shapes}
+            filled = handle.get_tensor("filled")
     except Exception:  # a torn or foreign file: the cache is only an optimisation, so it is rebuilt
         console.print(f"teacher cache: {path} is unreadable; starting it afresh")
         return None
-    if tuple(logits.shape) != shape or logits.dtype != dtype or tuple(filled.shape) != shape[:2]:
+    if any(tuple(tensors[n].shape) != shape or tensors[n].dtype != dtype for n, (shape, dtype) in shapes.items()):
         return None
-    return logits, filled
+    return (tensors, filled) if tuple(filled.shape) == filled_shape else None
 
 
 class CachedTeacher:
@@ -142,7 +163,7 @@ class CachedTeacher:
             self.cache.store(idx[missing], view[missing], self.teacher(x[missing]))
         self.images += len(idx)
         self.teacher_images += n_missing
-        return self.cache.logits[idx, view].float()
+        return self.cache.lookup(idx, view)
 
     @property
     def teacher_share(self) -> float:
@@ -160,52 +181,76 @@ class CacheSettings:
     half: bool
     precision: str
     eval_batch_size: int
+    topk: int | None = None  # streamed views: the k largest logits (null: all)
+    views: int = 1  # streamed views kept per image (epoch e reads view e % views)
 
 
 def open_cache(settings: CacheSettings, batches, teacher: nn.Module | None, num_classes: int,
                teacher_layers: list[str]) -> LogitCache | None:
     """The cache this run's teacher answers from (filled first when the mode is `on`), or None; the log says which
-    and why."""
+    and why. On the streaming loader the batches are set to replay the cache's views."""
     if teacher is None or settings.mode == "off":
         return None
     if teacher_layers:
         console.print(f"teacher cache: off: the loss reads teacher features ({', '.join(teacher_layers)}), so the teacher runs every step")
         return None
-    if not isinstance(batches, Batches):
-        console.print("teacher cache: off: the streaming loader's crops are continuous, so the teacher runs every step")
-        return None
     dtype = torch.float16 if settings.half else torch.float32
-    images, views = len(batches.labels), batches.num_views
-    size_gb = images * views * (num_classes * dtype.itemsize + 1) / 1e9
-    shape = f"{images:,} images x {views} views x {num_classes} classes ({'float16' if settings.half else 'float32'}): {size_gb:.2f} GB"
+    streamed = not isinstance(batches, Batches)
+    code = code_for(num_classes, dtype, settings.topk if streamed else None)
+    images, views = batches.split_size, settings.views if streamed else batches.num_views
+    entry = sum(math.prod(tail) * kind.itemsize for tail, kind in code.shapes().values()) + 1
+    size_gb = images * views * entry / 1e9
+    kept = f"{code.name} of {num_classes} classes" if isinstance(code, TopK) else f"{num_classes} classes"
+    shape = f"{images:,} images x {views} {'streamed ' if streamed else ''}views x {kept} ({str(dtype).split('.')[1]}): {size_gb:.2f} GB"
     if size_gb > settings.max_gb:
+        fewer = ", fewer distill.teacher_cache_views" if streamed else ""
         if settings.mode == "on":
             raise UserError(f"distill.teacher_cache=on needs {shape}, more than distill.teacher_cache_max_gb={settings.max_gb:g}: "
-                            "raise the limit, set distill.teacher_cache_half=true, or use distill.teacher_cache=off.")
+                            f"raise the limit{fewer}, set distill.teacher_cache_half=true, or use distill.teacher_cache=off.")
         console.print(f"teacher cache: off: {shape}, more than distill.teacher_cache_max_gb={settings.max_gb:g}")
         return None
-    key = tensor_digest(
-        # Parameters and every buffer (non-persistent ones too: ensemble weights, renormalization), each once.
-        [*teacher.parameters(), *teacher.buffers(), batches.images, batches.labels, batches.scale, batches.shift],
-        # The device type too: precision `auto` means bf16 on CUDA and fp32 elsewhere.
-        repr(teacher), f"{batches.padding}|{batches.hflip}|{settings.precision}|{batches.device.type}|{dtype}",
-    )
-    cache = LogitCache.open(settings.directory.expanduser() / f"{key}.safetensors", images, views, num_classes, dtype, batches.device)
+    # Parameters and every buffer (non-persistent ones too: ensemble weights, renormalization), each once; the device
+    # type too: precision `auto` means bf16 on CUDA and fp32 elsewhere.
+    weights = [*teacher.parameters(), *teacher.buffers()]
+    run = f"{settings.precision}|{batches.device.type}|{dtype}"
+    if streamed:
+        split = batches.split
+        key = tensor_digest([*weights, split.labels, split.rows, batches.scale, batches.shift], repr(teacher), run, code.name,
+                            str(getattr(split.cells, "_fingerprint", "")), view_settings(split.settings))
+        path = settings.directory.expanduser() / f"{key}-{views}views.safetensors"
+        batches.replay_views(int(key[:15], 16), views)
+    else:
+        key = tensor_digest([*weights, batches.images, batches.labels, batches.scale, batches.shift],
+                            repr(teacher), f"{batches.padding}|{batches.hflip}|{run}")
+        path = settings.directory.expanduser() / f"{key}.safetensors"
+    cache = LogitCache.open(path, images, views, code, batches.device)
     console.print(f"teacher cache: {shape}, {cache.share_filled:.1%} filled, at {cache.path}")
+    if streamed:
+        console.print(f"teacher cache: each epoch's crops are the cache's {views} views of every image (epoch e: view e mod {views}), "
+                      "the same for every run that learns from this teacher")
     if settings.mode == "on":
         fill(cache, batches, teacher, settings)
     return cache
 
 
-def fill(cache: LogitCache, batches: Batches, teacher: nn.Module, settings: CacheSettings) -> None:
+def view_settings(settings) -> str:
+    """What decides a streamed view's pixels: the transform's settings, not the worker count or bad-image policy."""
+    return f"{settings.size}|{settings.min_crop_scale}|{settings.interpolation}|{settings.auto_augment}|{settings.hflip}"
+
+
+def fill(cache: LogitCache, batches, teacher: nn.Module, settings: CacheSettings) -> None:
     """Run the teacher on every (image, view) the cache lacks, in evaluation-sized batches, and save it."""
     todo = int((~cache.filled).sum())
     if not todo:
         return
     with CountProgress("teacher cache: filling", todo) as progress, torch.inference_mode(), autocast(batches.device, settings.precision):
-        for view in range(batches.num_views):
-            idx = (~cache.filled[:, view]).nonzero().flatten()
-            for chunk in idx.split(settings.eval_batch_size):
-                cache.store(chunk, torch.full_like(chunk, view), teacher(batches.view(chunk, view)))
-                progress.advance(len(chunk))
+        for view in range(cache.filled.shape[1]):
+            missing = (~cache.filled[:, view]).nonzero().flatten()
+            if isinstance(batches, Batches):
+                chunks = ((chunk, batches.view(chunk, view)) for chunk in missing.split(settings.eval_batch_size))
+            else:
+                chunks = batches.view_batches(missing.cpu(), view, settings.eval_batch_size)
+            for idx, x in chunks:
+                cache.store(idx, torch.full_like(idx, view), teacher(x))
+                progress.advance(len(idx))
     cache.save()

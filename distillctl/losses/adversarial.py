@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distillctl.engine import distributed
 from distillctl.errors import UserError
 from distillctl.losses.base import LossTerm, StepOutputs
 from distillctl.losses.params import AdversarialParams
@@ -89,6 +90,7 @@ class Adversarial(LossTerm):
             loss, accuracy = self.discriminator_loss(s, t)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(self.discriminator.parameters())  # every process's D takes the same step
             self.optimizer.step()
         self.last_accuracy = accuracy
         return {}

@@ -39,6 +39,11 @@ class LossTerm(nn.Module):
 
     Params: ClassVar[type[TermParams]] = TermParams  # set by @term from distillctl.losses.params.PARAMS
     needs_teacher: ClassVar[bool] = True
+    # State kept per training image (CRD's memory bank): each process of a multi-process job would update only its
+    # own share, so such terms train on one process.
+    per_image_state: ClassVar[bool] = False
+    # Reads each image's one true class (not the class probabilities that mixup/cutmix make of the labels).
+    hard_labels: ClassVar[bool] = False
 
     def __init__(self, params: TermParams) -> None:
         super().__init__()

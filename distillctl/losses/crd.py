@@ -49,6 +49,8 @@ def contrast(memory: torch.Tensor, queries: torch.Tensor, candidates: torch.Tens
 class ContrastiveRD(OneLayer):
     """Tell the teacher's embedding of each image from its embeddings of other images, with the student's (and back)."""
 
+    per_image_state = True
+
     def setup(self, probe: StepOutputs) -> None:
         if probe.num_images < 2:
             raise UserError(f"crd tells each training image from the others, so it needs at least 2 training images "

@@ -36,6 +36,8 @@ def dkd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
 class DecoupledKD(LossTerm):
     """TCKD + NCKD with a linear warm-up of the whole term."""
 
+    hard_labels = True
+
     def forward(self, out: StepOutputs) -> torch.Tensor:
         ramp = min(out.epoch / self.params.warmup, 1.0) if self.params.warmup else 1.0
         p = self.params

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from distillctl.console import console
 from distillctl.engine.fit import LAST_STATE
+from distillctl.ranks import is_main, ranks
 from distillctl.workspace import Workspace, finished, recorded_fingerprint, started_fingerprint
 
 
@@ -26,24 +27,60 @@ class Stage:
     run: Callable[[DictConfig], Any]
     # Whether the stage has nothing to do for this config (a teacher given as a file needs no training).
     skipped: Callable[[DictConfig], str | None] = lambda cfg: None
+    # Whether this config's run trains a model: in a multi-process job every process takes part in one that does,
+    # and rank 0 runs one that does not alone.
+    trains: Callable[[DictConfig], bool] = lambda cfg: True
+
+
+def run_stage(stage: Stage, cfg: DictConfig) -> Any:
+    """Run the stage in this process, or, in a multi-process job, on rank 0 alone when it trains nothing."""
+    return stage.run(cfg) if stage.trains(cfg) else on_rank_zero(stage.run, cfg)
+
+
+def on_rank_zero(run: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """`run(cfg)` on rank 0 alone while the other processes of a multi-process job wait; every process gets its
+    result. A single process just runs it."""
+    if ranks().world == 1:
+        return run(cfg)
+    from distillctl.engine import distributed
+    from distillctl.engine.device import pick_device
+
+    distributed.setup(pick_device(cfg.trainer.device), cfg.trainer.dist_timeout_s)
+    result = None
+    if is_main():
+        with distributed.alone():
+            result = run(cfg)
+    return distributed.broadcast(result)
 
 
 def bring_up_to_date(stage: Stage, cfg: DictConfig, ws: Workspace, redo: bool = False) -> bool:
     """Run `stage` unless it has nothing to do or a finished run of the same fingerprint is in `ws`; an
     interrupted run of the same fingerprint is resumed rather than restarted. Returns whether it ran."""
+    decision = plan(stage, cfg, ws, redo) if is_main() else None
+    if ranks().world > 1:  # every process of the job takes rank 0's decision, which it took from the files it saw
+        decision = on_rank_zero(lambda _: decision, cfg)
+    if decision == "skip":
+        return False
+    if decision == "resume":
+        cfg = OmegaConf.merge(cfg, {"resume": True})
+    run_stage(stage, cfg)
+    return True
+
+
+def plan(stage: Stage, cfg: DictConfig, ws: Workspace, redo: bool) -> str:
+    """What bring_up_to_date does with the stage: skip, resume or run (and the log says why)."""
     folder = stage.folder(cfg)
     if reason := stage.skipped(cfg):
         console.print(f"[green]skip[/] {stage.name}: {reason}")
-        return False
+        return "skip"
     wanted = stage.fingerprint(cfg, ws)
     done = ws.find(folder)
     if not redo and done is not None and recorded_fingerprint(done) == wanted:
         console.print(f"[green]skip[/] {folder}: {done} is up to date with this config (force=true redoes it)")
-        return False
+        return "skip"
     console.rule(f"{folder} ({ws.job_dir})")
     partial = ws.job_dir / folder
     if not redo and not finished(partial) and started_fingerprint(partial) == wanted and (partial / LAST_STATE).is_file():
         console.print(f"resuming the interrupted run in {partial}")
-        cfg = OmegaConf.merge(cfg, {"resume": True})
-    stage.run(cfg)
-    return True
+        return "resume"
+    return "run"

@@ -21,6 +21,7 @@ from distillctl.errors import UserError
 from distillctl.models import count_parameters, load_model
 from distillctl.models.normalization import stored_normalization
 from distillctl.stages.context import RunContext
+from distillctl.teacher_files import teacher_checkpoint
 from distillctl.tracking import tracked
 from distillctl.workspace import METRICS_FILE, model_file
 
@@ -34,7 +35,7 @@ def artifacts_to_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Path]:
     found = {}
     for stage in MODEL_STAGES:
         if stage == "teacher" and cfg.teacher.checkpoint:
-            found[stage] = Path(cfg.teacher.checkpoint).expanduser()
+            found[stage] = teacher_checkpoint(cfg, ctx.workspace)
         elif (where := ctx.workspace.find(stage)) is not None:
             found[stage] = model_file(where)
     return found

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from distillctl.console import console
 from distillctl.stages import distill, evaluate, prune, quantize, train_teacher
-from distillctl.stages.base import Stage, bring_up_to_date
+from distillctl.stages.base import Stage, bring_up_to_date, on_rank_zero
 from distillctl.workspace import Workspace
 
 # Training stages in order; evaluate always runs last (it is the recipe's pass/fail gate).
@@ -26,5 +26,5 @@ def run(cfg: DictConfig) -> dict:
         # Anything after a redone stage depends on it, so it is redone too.
         redo = bring_up_to_date(stage, cfg, ws, redo) or redo
     console.rule("evaluate")
-    evaluate.run(cfg)
+    on_rank_zero(evaluate.run, cfg)  # in a multi-process job: rank 0 alone
     return ws.metrics(distill.FOLDER)

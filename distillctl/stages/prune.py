@@ -94,4 +94,5 @@ def save_without_training(ctx: RunContext, model, meta: dict, extra: dict, fp: s
     return metrics
 
 
-STAGE = Stage("prune", lambda cfg: FOLDER, fingerprint, run)
+STAGE = Stage("prune", lambda cfg: FOLDER, fingerprint, run,
+              trains=lambda cfg: cfg.prune.method == "structured" and cfg.prune.finetune_epochs > 0)

@@ -15,6 +15,7 @@ from torch import nn
 from distillctl import measure, workspace
 from distillctl.compress import executorch_export, int8_fx, onnx_export
 from distillctl.console import console, print_summary_table
+from distillctl.engine import distributed
 from distillctl.engine.predict import predict, topk_accuracy
 from distillctl.errors import UserError
 from distillctl.losses import build_objective
@@ -110,6 +111,8 @@ def run(cfg: DictConfig) -> dict:
     # The results are staged and replace the folder's together at the end (workspace.publish).
     if method == "int8_qat":
         metrics = train_qat(cfg, ctx, model, keep, quantization, objective, info, fp, norm)
+        if not distributed.is_main():  # the other processes of a multi-process job only trained
+            return metrics
         staged = out_dir / workspace.STAGING
         quantized, _ = load_model(staged / MODEL_FILE)
     else:
@@ -212,4 +215,4 @@ def print_summary(method: str, metrics: dict, out_dir: Path) -> None:
     ])
 
 
-STAGE = Stage("quantize", folder, fingerprint, run)
+STAGE = Stage("quantize", folder, fingerprint, run, trains=lambda cfg: folder(cfg) == "int8_qat")

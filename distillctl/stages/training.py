@@ -13,15 +13,18 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from distillctl import artifacts, disk, files, workspace
-from distillctl.console import print_summary_table
-from distillctl.engine.fit import BEST, FitResult, Trainee, check_resumable, fit
+from distillctl.console import console, print_summary_table
+from distillctl.engine import distributed
+from distillctl.engine.fit import BEST, LAST_STATE, FitResult, Trainee, check_resumable, fit
+from distillctl.engine.mixing import batch_mixer
 from distillctl.engine.optim import build_optimizer, build_schedule
 from distillctl.engine.predict import predict, top5_accuracy, topk_accuracy
 from distillctl.engine.teacher_cache import CacheSettings, open_cache
+from distillctl.errors import UserError
 from distillctl.losses import Objective
 from distillctl.models import count_parameters, model_metadata
 from distillctl.stages.context import RunContext
-from distillctl.tracking import Tracker, summary_csv, tracked
+from distillctl.tracking import NO_TRACKER, Tracker, summary_csv, tracked
 
 PROBE_IMAGES = 32  # the batch loss terms size their modules from (objective.setup)
 
@@ -61,36 +64,67 @@ def cache_settings(cfg: DictConfig, trainer: DictConfig) -> CacheSettings:
     """The teacher-cache options of the run's `distill` section."""
     d = cfg.distill
     return CacheSettings(str(d.teacher_cache), Path(d.teacher_cache_dir), d.teacher_cache_max_gb, d.teacher_cache_half,
-                         str(trainer.precision), trainer.eval_batch_size)
+                         str(trainer.precision), trainer.eval_batch_size, d.teacher_cache_topk, d.teacher_cache_views or trainer.epochs)
 
 
 def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
     """Train the job's model, keep the best-on-validation weights as model.safetensors, return its metrics; the
-    run goes to the trackers `logger=` chose."""
+    run goes to the trackers `logger=` chose. Every process of a multi-process job trains; rank 0 alone writes."""
     out_dir = ctx.workspace.output(job.folder)
-    # best + last weights, the optimizer's state (about one more copy), the staged result; and some room for logs.
-    weights = sum(t.numel() * t.element_size() for t in job.model.state_dict().values())
-    disk.check_free_space(out_dir, 5 * weights + 10 * disk.MB, f"training {job.folder}")
-    if ctx.cfg.resume:
+    main = distributed.is_main()
+    if main:
+        # best + last weights, the optimizer's state (about one more copy), the staged result; and some room for logs.
+        weights = sum(t.numel() * t.element_size() for t in job.model.state_dict().values())
+        disk.check_free_space(out_dir, 5 * weights + 10 * disk.MB, f"training {job.folder}")
+    resume = bool(ctx.cfg.resume) or resumes_after_restart(out_dir, job.fingerprint)
+    if resume:
         check_resumable(out_dir)  # before the folder records this run as started
-    workspace.record_start(out_dir, job.fingerprint)
+    if main:
+        workspace.record_start(out_dir, job.fingerprint)
+    distributed.barrier()  # rank 0 has created and claimed the folder
+    if not main:
+        return train_tracked(ctx, job, out_dir, NO_TRACKER, resume)
     with tracked(ctx.cfg, out_dir) as tracker:
-        return train_tracked(ctx, job, out_dir, tracker)
+        return train_tracked(ctx, job, out_dir, tracker, resume)
 
 
-def train_tracked(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Tracker) -> dict:
+def resumes_after_restart(out_dir: Path, fingerprint: str) -> bool:
+    """Whether torchrun restarted this job (--max-restarts) over a checkpoint of this very run: it then goes on
+    from that checkpoint by itself. Decided by rank 0, so that every process agrees."""
+    if not distributed.restarted():
+        return False
+    found = workspace.started_fingerprint(out_dir) == fingerprint and (out_dir / LAST_STATE).is_file()
+    if found:
+        console.print(f"restarted by torchrun: resuming from the last checkpoint in {out_dir}")
+    return bool(distributed.broadcast(found))
+
+
+def my_share(split):
+    """This process's part of a validation or test split (the whole split for a single process)."""
+    return split if distributed.world_size() == 1 else split.subset(distributed.shard_positions(len(split)))
+
+
+def train_tracked(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Tracker, resume: bool) -> dict:
     """train_and_save's work inside the stage's tracked run."""
     cfg, device, data = ctx.cfg, ctx.device, ctx.data
     trainer = job_trainer(cfg, job)
+    main, processes = distributed.is_main(), distributed.world_size()
+    distributed.split_batch(trainer.batch_size)  # the global batch must divide over the processes
+    if processes > 1 and (kept := [name for name, t in job.objective.terms.items() if t.per_image_state]):
+        raise UserError(f"loss term {', '.join(kept)} keeps state for every training image, which the {processes} processes "
+                        "would each update for their own share only: train it on one process (trainer.devices=1, no torchrun).")
     mean, std = job.normalization or (cfg.dataset.mean, cfg.dataset.std)
     memory = torch.channels_last if trainer.channels_last else torch.contiguous_format
     model = job.model.to(device, memory_format=memory)
+    if trainer.sync_bn:
+        model = distributed.synced_batchnorm(model, device)
     objective = job.objective.to(device)
     teacher = job.teacher
     if teacher is not None:
         teacher = teacher.to(device, memory_format=memory).eval().requires_grad_(False)
     batches = data.train.train_batches(
         trainer.batch_size, mean, std, device, cfg.seed, trainer.channels_last, trainer.max_steps_per_epoch,
+        shard=(distributed.rank(), processes),
     )
 
     def split_batches(split, on: torch.device = device, size: int = trainer.eval_batch_size):
@@ -105,27 +139,52 @@ def train_tracked(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Tra
     scheduler = build_schedule(optimizer, cfg.scheduler, job.lr, len(batches), trainer.epochs)
     meta = model_metadata(job.model_name, data.num_classes, job.model_kwargs, data.classes, list(mean), list(std)) | job.extra_metadata
     trainee = Trainee(model, objective, optimizer, scheduler, meta)
+    val_share, test_share = my_share(data.val), my_share(data.test)
 
     def validate(m: nn.Module) -> float:
-        logits, labels = predict(m, split_batches(data.val), device, trainer.precision)
+        logits, labels = distributed.gather_cat(*predict(m, split_batches(val_share), device, trainer.precision))
         return topk_accuracy(logits, labels, 1)
 
-    cache = open_cache(cache_settings(cfg, trainer), batches, teacher, data.num_classes, objective.layers()[1])
+    mixer = batch_mixer(cfg.dataset.mixup_alpha, cfg.dataset.cutmix_alpha, data.num_classes, objective)
+    cache = None
+    if mixer is not None and teacher is not None and cache_settings(cfg, trainer).mode != "off":
+        console.print("teacher cache: off: mixup/cutmix makes new images every step, so the teacher runs on each batch")
+    elif processes == 1:
+        cache = open_cache(cache_settings(cfg, trainer), batches, teacher, data.num_classes, objective.layers()[1])
+    elif teacher is not None and cache_settings(cfg, trainer).mode != "off":
+        console.print(f"teacher cache: off: {processes} processes would each fill their own (not shared across processes yet)")
     try:
-        result = fit(trainee, batches, validate, trainer, out_dir, job.folder, teacher=teacher, resume=cfg.resume,
-                     teacher_cache=cache, tracker=tracker)
+        result = fit(trainee, batches, validate, trainer, out_dir, job.folder, teacher=teacher, resume=resume,
+                     teacher_cache=cache, tracker=tracker, mixer=mixer)
     finally:  # the logits computed so far serve the next run even when this one stops early
         if cache is not None:
             cache.save()
+    artifacts.load_weights(out_dir / BEST, model)
+    if trainer.sync_bn:
+        model = distributed.plain_batchnorm(model)
+    params = count_parameters(model)  # before finalize: packed int8 weights are not parameters
+    test = None
+    if job.finalize is None:  # every process tests its share
+        test = distributed.gather_cat(*predict(model, split_batches(test_share), device, trainer.precision))
+    skipped = int(distributed.sum_across([torch.tensor(float(data.skipped_images), device=device)])[0].item())
+    metrics = None
+    if main:
+        metrics = save_results(ctx, job, out_dir, tracker, model, test, result, params, skipped, len(batches), trainer, split_batches, cache)
+    return distributed.broadcast(metrics)
+
+
+def save_results(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Tracker, model: nn.Module,
+                 test: tuple[torch.Tensor, torch.Tensor] | None, result: FitResult, params: int, skipped: int,
+                 steps: int, trainer: DictConfig, split_batches, cache) -> dict:
+    """Stage the config, model, metrics and summary of a finished run (rank 0) and publish them."""
+    cfg, data = ctx.cfg, ctx.data
     # The results go to a staging folder and replace the stage's together: a run that fails before the end leaves
     # the previous config, weights and metrics as they were.
     staged = workspace.staging(out_dir)
     workspace.save_config(staged, OmegaConf.merge(cfg, {"trainer": trainer}))
-    artifacts.load_weights(out_dir / BEST, model)
-    params = count_parameters(model)  # before finalize: packed int8 weights are not parameters
     if job.finalize is None:
         shutil.copyfile(out_dir / BEST, staged / workspace.MODEL_FILE)
-        logits, labels = predict(model, split_batches(data.test), device, trainer.precision)
+        logits, labels = test
     else:
         model = job.finalize(model, staged)
         cpu = torch.device("cpu")
@@ -143,11 +202,12 @@ def train_tracked(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Tra
         "resumed_from_epoch": result.resumed_from,
         "train_images": len(data.train),
         "loader": data.loader,
-        "skipped_images": data.skipped_images,
+        "skipped_images": skipped,
+        "processes": distributed.world_size(),
         "seconds": round(result.seconds, 2),
         "images_per_s": round(result.images_per_s, 1),
         "startup_seconds": round(result.startup_seconds, 2) if result.startup_seconds is not None else None,
-        "device": str(device),
+        "device": str(ctx.device),
         "teacher_cache": None if cache is None else {"file": str(cache.path), "filled": round(cache.share_filled, 4),
                                                      "teacher_ran_on": round(result.teacher_share, 4)},
         **job.extra_metrics,
@@ -155,7 +215,7 @@ def train_tracked(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Tra
     files.write_text(staged / workspace.SUMMARY_FILE, summary_csv.render(result.history))
     workspace.write_metrics(staged, metrics)
     tracker.log({"test/top1": metrics["test_top1"], "test/top5": metrics["test_top5"], "best_val_top1": result.best_val_top1,
-                 "params": params}, result.epochs * len(batches))
+                 "params": params}, result.epochs * steps)
     tracker.artifacts(staged / name for name in (workspace.METRICS_FILE, workspace.CONFIG_FILE, workspace.SUMMARY_FILE))
     if job.publish:
         workspace.publish(out_dir)
