@@ -2,7 +2,7 @@
 filling the cache, and `reproduce` end to end with the cache off, filling as it goes (auto) and filled first (on).
 
     python benchmarks/teacher_cache.py --steps 20 --rounds 3 --json docs/figures/teacher_cache_cpu.json
-    python benchmarks/teacher_cache.py --reproduce --json docs/figures/teacher_cache_reproduce_cpu.json
+    python benchmarks/teacher_cache.py --reproduce --modes off auto auto-fp16 --json docs/figures/teacher_cache_reproduce_cpu.json
     python benchmarks/teacher_cache.py --device cuda --steps 200 --rounds 5
 
 Steps: the set-up of throughput.py (ResNet-56 teacher, ResNet-20 student, batch 128, 0.1 CE + 0.9 KD at T=4,
@@ -113,19 +113,21 @@ def steps_benchmark(args) -> dict:
 
 def reproduce_benchmark(args) -> dict:
     rows = {}
-    for mode in args.modes:
-        work = Path(tempfile.mkdtemp(prefix=f"distillctl-cache-{mode}-"))
+    for name in args.modes:
+        # auto-fp16: the cache in float16 (distill.teacher_cache_half=true); otherwise float32, the default.
+        mode, half = name.removesuffix("-fp16"), name.endswith("-fp16")
+        work = Path(tempfile.mkdtemp(prefix=f"distillctl-cache-{name}-"))
         env = {**os.environ, "DISTILLCTL_CACHE": str(work / "cache")}
         cmd = [sys.executable, "-m", "distillctl", "reproduce", "recipe=quickstart", f"distill.teacher_cache={mode}",
-               f"trainer.threads={args.threads}", f"run_dir={work / 'runs'}"]
+               f"distill.teacher_cache_half={str(half).lower()}", f"trainer.threads={args.threads}", f"run_dir={work / 'runs'}"]
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start
         if proc.returncode not in (0, 1):  # 1: an expectation missed, still a finished run
             sys.exit(proc.stdout[-3000:] + proc.stderr[-3000:])
         results = json.loads((work / "runs/reproduce/results.json").read_text())
-        rows[mode] = {"seconds": round(seconds, 1), **{k: results["rows"][k] for k in ("student", "baseline", "gain")}}
-        print(mode, rows[mode])
+        rows[name] = {"seconds": round(seconds, 1), **{k: results["rows"][k] for k in ("student", "baseline", "gain")}}
+        print(name, rows[name])
     return {"recipe": "quickstart", "threads": args.threads, "modes": rows}
 
 
@@ -138,7 +140,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--fill-images", type=int, default=100)
     parser.add_argument("--reproduce", action="store_true", help="time `reproduce recipe=quickstart` per cache mode instead")
-    parser.add_argument("--modes", nargs="+", default=["off", "auto", "on"])
+    parser.add_argument("--modes", nargs="+", default=["off", "auto", "on"], help="off, auto, on; NAME-fp16 for a float16 cache")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
