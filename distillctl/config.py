@@ -409,9 +409,12 @@ def bundled_weights(name: str) -> str:
 
 def register() -> None:
     """Put the schema into Hydra's ConfigStore under the name config.yaml starts its defaults with, the loss
-    terms' option dataclasses under loss/terms, and the `bundled` resolver (all without importing torch)."""
+    terms' option dataclasses under loss/terms, and the `bundled` and `pretrained` resolvers (all without importing
+    torch)."""
     from distillctl.losses import params
+    from distillctl.pretrained_data import pretrained_setting
 
     params.register()
     ConfigStore.instance().store(name="schema", node=Config)
     OmegaConf.register_new_resolver("bundled", bundled_weights, replace=True)
+    OmegaConf.register_new_resolver("pretrained", pretrained_setting, replace=True)

@@ -77,3 +77,33 @@ def test_the_edge_recipe_end_to_end_on_a_tiny_stand_in(tmp_path, cli):
     report = json.loads((tmp_path / "runs/edge_mobilenet/report/metrics.json").read_text())
     assert {"teacher", "student", "pruned", "onnx_int8"} <= set(report["models"])
     assert report["models"]["onnx_int8"]["smaller_than_teacher"] > 1
+
+
+def test_the_data_settings_follow_the_model_that_starts_from_published_weights():
+    from omegaconf import OmegaConf
+
+    from distillctl.pretrained_data import pretrained_setting
+
+    def setting(key):
+        return pretrained_setting(key, _root_=root)
+
+    root = OmegaConf.create({"teacher": {"name": "vit_tiny_patch16_224", "pretrained": False, "pretrained_file": None, "checkpoint": None},
+                             "student": {"name": "resnet10t", "pretrained": True, "pretrained_file": None}})
+    assert setting("image_size") == 176  # the student's own weights: the teacher starts from scratch
+    root.teacher.pretrained_file = "vit_tiny.safetensors"  # offline weights count as published ones
+    assert (setting("image_size"), setting("crop_pct"), setting("mean"), setting("std")) == (224, 0.9, [0.5] * 3, [0.5] * 3)
+    root.teacher.pretrained_file, root.student.pretrained = None, False
+    assert (setting("image_size"), setting("interpolation"), setting("crop_pct")) == (224, "bicubic", 0.875)  # timm's defaults
+    with pytest.raises(UserError, match="image_size, interpolation"):
+        setting("input_size")
+
+
+def test_an_image_folder_is_read_as_the_teacher_was_pretrained_unless_the_command_line_says_otherwise(cli):
+    import yaml
+
+    shown = cli("distill", "recipe=edge_mobilenet", "dataset.path=photos", "dataset.image_size=256", "--cfg", "job", "--resolve")
+    assert shown.code == 0, shown.text
+    dataset = yaml.safe_load(shown.out)["dataset"]
+    # resnet50's default weights (a1_in1k) were trained bicubic with a 0.95 centre crop; the size given wins
+    assert (dataset["image_size"], dataset["interpolation"], dataset["crop_pct"]) == (256, "bicubic", 0.95)
+    assert dataset["mean"] == [0.485, 0.456, 0.406]
