@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from distillctl.console import console
 from distillctl.data import folder, images
 from distillctl.errors import UserError
 
@@ -82,6 +83,11 @@ def read_split_table(source: Source, split: str):
     # Errors are reported below in one line; datasets would log them first as well.
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     datasets.disable_progress_bars()
+    if source.local_dir is None:
+        # A first download can take hours (ImageNet: about 150 GB): its progress is worth showing. Later runs read
+        # the Hugging Face cache memory-mapped, and a large split is then streamed from it by the workers.
+        console.print(f"data: '{source.spec}' split '{split}' from the Hugging Face Hub (downloaded once into its cache)")
+        datasets.enable_progress_bars()
     try:
         if source.builder == "imagefolder":
             return folder.table(source.local_dir, split)
