@@ -92,6 +92,28 @@ def test_an_error_every_process_meets_is_said_once_and_ends_the_job(cli):
     assert "Traceback" not in result.text
 
 
+@pytest.mark.slow
+def test_the_processes_of_a_job_fill_one_teacher_cache(cli, tmp_path):
+    few = ["trainer.threads=1", "dataset.test_limit=64", "dataset.train_limit=64", "dataset.val_size=16", "trainer.epochs=1",
+           "trainer.batch_size=32", f"distill.teacher_cache_dir={tmp_path / 'logits'}"]
+
+    def teacher_ran_on(run: str) -> float:
+        return json.loads((tmp_path / "runs" / run / "student" / "metrics.json").read_text())["teacher_cache"]["teacher_ran_on"]
+
+    two = cli("distill", *few, "trainer.devices=2", "run_dir=runs/two")
+    assert two.code == 0, two.text
+    assert teacher_ran_on("two") == 1.0  # a first run computes every answer
+    # One process draws the same global batches and views: both processes' shares must be in the file.
+    one = cli("distill", *few, "run_dir=runs/one")
+    assert one.code == 0, one.text
+    assert teacher_ran_on("one") == 0.0
+    # `on`: each process fills its share of every view up front, then reads the others'.
+    filled = cli("distill", *few, "distill.teacher_cache=on", f"distill.teacher_cache_dir={tmp_path / 'all'}", "trainer.devices=2",
+                 "run_dir=runs/filled")
+    assert filled.code == 0, filled.text
+    assert teacher_ran_on("filled") == 0.0
+
+
 def torchrun(tmp_path: Path, *args: str) -> subprocess.Popen:
     """`torchrun --standalone --nproc_per_node=2 [args] -m distillctl distill ...` in tmp_path, its own process group."""
     launcher, command = args[:-1], args[-1]

@@ -207,7 +207,10 @@ def fit(
                 observer(title, record)
     distributed.barrier()  # rank 0's last checkpoint and best weights are on disk for every process to read
     seconds = time.perf_counter() - t_start
-    share = cached.teacher_share if cached else None
+    share = None
+    if cached:  # the job's share: every process's images
+        ran, seen = distributed.sum_across([torch.tensor(float(n), device=batches.device) for n in (cached.teacher_images, cached.images)])
+        share = ran.item() / max(seen.item(), 1)
     return FitResult(best_val, best_epoch, trainer_cfg.epochs, seconds, images_seen / max(seconds, 1e-9), history, start_epoch - 1, startup, share)
 
 

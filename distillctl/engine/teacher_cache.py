@@ -14,9 +14,11 @@ where it has none.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from distillctl.artifacts import atomic_write
 from distillctl.console import CountProgress, console
 from distillctl.data.batches import Batches
 from distillctl.disk import write_failure
+from distillctl.engine import distributed
 from distillctl.engine.device import autocast
 from distillctl.engine.logit_codes import FullLogits, TopK, code_for
 from distillctl.errors import UserError
@@ -92,9 +95,36 @@ class LogitCache:
         return self.code.decode({name: t[idx, view] for name, t in self.tensors.items()})
 
     def save(self) -> None:
-        """Write what this run added, merged with what other runs wrote to the same file since it was read."""
+        """Write what this run added, merged with what other runs (or this job's other processes) wrote since."""
         if not self.added:
             return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with file_lock(self.path):  # read, merge and replace as one step: a concurrent writer's entries stay
+                tensors, filled = self.merged()
+                atomic_write(self.path, lambda tmp: save_file({**tensors, "filled": filled}, str(tmp),
+                                                              metadata={"version": VERSION, "code": self.code.name}))
+                self.adopt(tensors, filled)
+        except Exception as exc:  # a full disk or read-only folder costs later runs the speed-up, never this run's work
+            if (reason := write_failure(exc)) is None:
+                raise
+            console.print(f"warning: teacher cache not saved ({reason}: {self.path}); set distill.teacher_cache_dir "
+                          "to a folder with room to keep the teacher's logits for later runs")
+            return
+        self.added = 0
+
+    def reload(self) -> None:
+        """Take in the entries others saved to the file since this cache read it."""
+        self.adopt(*self.merged())
+
+    def adopt(self, tensors: dict[str, torch.Tensor], filled: torch.Tensor) -> None:
+        """Hold these (merged) entries, as the file now is."""
+        device = self.filled.device
+        self.tensors, self.filled = {name: t.to(device) for name, t in tensors.items()}, filled.to(device)
+        self.stamp = file_stamp(self.path)
+
+    def merged(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(tensors, filled) on the CPU: this cache's entries, and the file's where this cache has none."""
         tensors, filled = {name: t.cpu() for name, t in self.tensors.items()}, self.filled.cpu()
         shapes = {name: (tuple(t.shape), t.dtype) for name, t in tensors.items()}
         theirs = read(self.path, shapes, tuple(filled.shape)) if file_stamp(self.path) != self.stamp else None
@@ -103,17 +133,18 @@ class LogitCache:
             for name, t in tensors.items():
                 tensors[name] = torch.where(only_theirs.reshape(*only_theirs.shape, *[1] * (t.dim() - 2)), theirs[0][name], t)
             filled = filled | theirs[1]
+        return tensors, filled
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path`'s lock file (beside it) for the block."""
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.path, lambda tmp: save_file({**tensors, "filled": filled}, str(tmp),
-                                                          metadata={"version": VERSION, "code": self.code.name}))
-        except Exception as exc:  # a full disk or read-only folder costs later runs the speed-up, never this run's work
-            if (reason := write_failure(exc)) is None:
-                raise
-            console.print(f"warning: teacher cache not saved ({reason}: {self.path}); set distill.teacher_cache_dir "
-                          "to a folder with room to keep the teacher's logits for later runs")
-            return
-        self.added, self.stamp = 0, file_stamp(self.path)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def file_stamp(path: Path) -> tuple[int, int, int] | None:
@@ -239,13 +270,15 @@ def view_settings(settings) -> str:
 
 
 def fill(cache: LogitCache, batches, teacher: nn.Module, settings: CacheSettings) -> None:
-    """Run the teacher on every (image, view) the cache lacks, in evaluation-sized batches, and save it."""
+    """Run the teacher on every (image, view) the cache lacks, in evaluation-sized batches, and save it. The
+    processes of a multi-process job each fill a share, then every process reads the whole."""
+    rank, world = distributed.rank(), distributed.world_size()
     todo = int((~cache.filled).sum())
     if not todo:
         return
-    with CountProgress("teacher cache: filling", todo) as progress, torch.inference_mode(), autocast(batches.device, settings.precision):
+    with CountProgress("teacher cache: filling", -(-todo // world)) as progress, torch.inference_mode(), autocast(batches.device, settings.precision):
         for view in range(cache.filled.shape[1]):
-            missing = (~cache.filled[:, view]).nonzero().flatten()
+            missing = (~cache.filled[:, view]).nonzero().flatten()[rank::world]
             if isinstance(batches, Batches):
                 chunks = ((chunk, batches.view(chunk, view)) for chunk in missing.split(settings.eval_batch_size))
             else:
@@ -254,3 +287,6 @@ def fill(cache: LogitCache, batches, teacher: nn.Module, settings: CacheSettings
                 cache.store(idx, torch.full_like(idx, view), teacher(x))
                 progress.advance(len(idx))
     cache.save()
+    if world > 1:
+        distributed.barrier()  # every share is on disk
+        cache.reload()

@@ -149,10 +149,8 @@ def train_tracked(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Tra
     cache = None
     if mixer is not None and teacher is not None and cache_settings(cfg, trainer).mode != "off":
         console.print("teacher cache: off: mixup/cutmix makes new images every step, so the teacher runs on each batch")
-    elif processes == 1:
+    else:  # in a multi-process job each process keeps its share's logits, and the saves merge them in one file
         cache = open_cache(cache_settings(cfg, trainer), batches, teacher, data.num_classes, objective.layers()[1])
-    elif teacher is not None and cache_settings(cfg, trainer).mode != "off":
-        console.print(f"teacher cache: off: {processes} processes would each fill their own (not shared across processes yet)")
     try:
         result = fit(trainee, batches, validate, trainer, out_dir, job.folder, teacher=teacher, resume=resume,
                      teacher_cache=cache, tracker=tracker, mixer=mixer)
