@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from distillctl.console import console
 from distillctl.errors import UserError
 
-# Commands whose work splits over processes: the training stages, and pipeline (which runs them; rank 0 alone
-# evaluates). reproduce and search start many runs themselves and are not split yet.
-MULTI_PROCESS = ("train-teacher", "distill", "prune", "quantize", "pipeline")
+# Commands whose work splits over processes: the training stages, and pipeline and reproduce (which run them; rank 0
+# alone evaluates and summarizes). search's trials are Optuna's to schedule and are not split yet.
+MULTI_PROCESS = ("train-teacher", "distill", "prune", "quantize", "pipeline", "reproduce")
 
 
 def check_command(command: str) -> None:

@@ -114,6 +114,18 @@ def test_the_processes_of_a_job_fill_one_teacher_cache(cli, tmp_path):
     assert teacher_ran_on("filled") == 0.0
 
 
+@pytest.mark.slow
+def test_reproduce_trains_each_seed_with_every_process_and_summarizes_once(cli, tiny):
+    result = cli("reproduce", "recipe=tiny", "reproduce.seeds=[0]", "trainer.threads=1", "trainer.devices=2")
+    assert result.code == 0, result.text[-3000:]
+    assert result.out.count("test top-1 over 1 seeds") == 1, result.out  # rank 0 alone summarizes
+    out = tiny / "runs/tiny/reproduce"
+    for folder in ("seed-0/teacher", "seed-0/student", "seed-0-baseline/student"):
+        assert json.loads((out / folder / "metrics.json").read_text())["processes"] == 2, folder
+    results = json.loads((out / "results.json").read_text())
+    assert results["rows"]["student"]["top1"] == [json.loads((out / "seed-0/student/metrics.json").read_text())["test_top1"]]
+
+
 def torchrun(tmp_path: Path, *args: str) -> subprocess.Popen:
     """`torchrun --standalone --nproc_per_node=2 [args] -m distillctl distill ...` in tmp_path, its own process group."""
     launcher, command = args[:-1], args[-1]

@@ -21,7 +21,7 @@ from distillctl.errors import UserError
 from distillctl.measure import cpu_name
 from distillctl.models.teachers import load_teacher
 from distillctl.stages import distill, train_teacher
-from distillctl.stages.base import bring_up_to_date
+from distillctl.stages.base import bring_up_to_date, on_rank_zero
 from distillctl.stages.context import RunContext
 from distillctl.workspace import METRICS_FILE, Workspace
 
@@ -69,9 +69,9 @@ def given_teacher_top1(cfg: DictConfig) -> float:
     return topk_accuracy(logits, labels, 1)
 
 
-def run_seed(overrides: list[str], root: Path, seed: int, baseline_loss: str) -> tuple[DictConfig, float | None, float, float]:
-    """Teacher and student in seed-<n>/, the baseline in seed-<n>-baseline/; their test top-1 (the teacher's is
-    None when it is given as a file rather than trained here)."""
+def run_seed(overrides: list[str], root: Path, seed: int, baseline_loss: str) -> tuple[DictConfig, Workspace, Workspace]:
+    """Teacher and student in seed-<n>/, the baseline in seed-<n>-baseline/ (every process of a multi-process job
+    trains them); the seed's config and both workspaces."""
     cfg = compose_run(overrides, seed, root / f"seed-{seed}")
     ws = Workspace.from_config(cfg)
     console.rule(f"[bold]seed {seed}: the recipe's teacher and student")
@@ -81,8 +81,7 @@ def run_seed(overrides: list[str], root: Path, seed: int, baseline_loss: str) ->
     baseline_ws = Workspace.from_config(baseline_cfg)
     console.rule(f"[bold]seed {seed}: the same student without a teacher (loss={baseline_loss})")
     bring_up_to_date(distill.STAGE, baseline_cfg, baseline_ws, bool(baseline_cfg.force))
-    teacher = None if train_teacher.skipped(cfg) else recorded_top1(ws, train_teacher.FOLDER)
-    return cfg, teacher, recorded_top1(ws, distill.FOLDER), recorded_top1(baseline_ws, distill.FOLDER)
+    return cfg, ws, baseline_ws
 
 
 def run(cfg: DictConfig) -> dict:
@@ -92,14 +91,21 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"reproduce.seeds={seeds}: give one or more distinct seeds, e.g. reproduce.seeds=[0,1,2].")
     recipe, overrides = command_line()
     root = Path(cfg.run_dir) / "reproduce"
-    teacher, student, baseline = [], [], []
-    for seed in seeds:
-        seed_cfg, t, s, b = run_seed(overrides, root, seed, cfg.reproduce.baseline_loss)
-        teacher.append(t)
-        student.append(s)
-        baseline.append(b)
+    runs = [run_seed(overrides, root, seed, cfg.reproduce.baseline_loss) for seed in seeds]
+    rows, checked = on_rank_zero(lambda _: summarize(cfg, recipe, overrides, root, seeds, runs), cfg)
+    report.enforce(checked, " (on the means over seeds)")
+    return {name: row.as_dict() for name, row in rows.items()}
+
+
+def summarize(cfg: DictConfig, recipe: str, overrides: list[str], root: Path, seeds: list[int],
+              runs: list[tuple[DictConfig, Workspace, Workspace]]) -> tuple[dict, list]:
+    """The rows over seeds from what each run recorded, written to results.{json,md} and printed; and the recipe's
+    expectations checked on their means."""
+    teacher = [None if train_teacher.skipped(c) else recorded_top1(ws, train_teacher.FOLDER) for c, ws, _ in runs]
+    student = [recorded_top1(ws, distill.FOLDER) for _, ws, _ in runs]
+    baseline = [recorded_top1(ws, distill.FOLDER) for _, _, ws in runs]
     if None in teacher:  # the same given teacher for every seed: measure it once
-        teacher = [given_teacher_top1(seed_cfg)] * len(seeds)
+        teacher = [given_teacher_top1(runs[-1][0])] * len(seeds)
     rows = seed_results.rows_with_gain(teacher, student, baseline)
     checked = expectations.check(cfg.get("expect") or {}, seed_results.means(rows), only=ROWS)
     device = pick_device(cfg.trainer.device)
@@ -115,5 +121,4 @@ def run(cfg: DictConfig) -> dict:
     seed_results.write(root, rows, seeds, context, checked)
     seed_results.print_table(rows, seeds, f"{recipe}: test top-1 over {len(seeds)} seeds")
     console.print(f"results: {root / 'results.md'}")
-    report.enforce(checked, " (on the means over seeds)")
-    return {name: row.as_dict() for name, row in rows.items()}
+    return rows, checked
