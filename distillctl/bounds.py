@@ -81,6 +81,12 @@ def model_argument_problems(cfg: DictConfig) -> Iterator[str]:
                 yield f"{where}={value}: a constructor argument must be a flag, a number up to 4096 or a short name."
 
 
+def from_pretrained_config(node: DictConfig, key: Any) -> bool:
+    """Whether the value is `${pretrained:...}`: timm's own data config gives it, and reading it would import torch
+    before the quick checks are done."""
+    return OmegaConf.is_interpolation(node, key) and str(OmegaConf.to_container(node, resolve=False)[key]).startswith("${pretrained:")
+
+
 def problems(node: Any, path: str) -> Iterator[str]:
     """A message for every bad value under node."""
     if isinstance(node, ListConfig):
@@ -102,7 +108,7 @@ def problems(node: Any, path: str) -> Iterator[str]:
             also = f" A model's constructor arguments (drop_rate, ...) go in {path}.kwargs." if "kwargs" in declared else ""
             yield f"unknown config key '{child_path}'.{did_you_mean(str(key), valid)} Valid keys{where}: {', '.join(valid)}.{also}"
             continue
-        if OmegaConf.is_missing(node, key):
+        if OmegaConf.is_missing(node, key) or from_pretrained_config(node, key):
             continue
         try:
             value = node[key]
