@@ -45,7 +45,8 @@ def second_epoch_speed(args: argparse.Namespace, folder: Path, teacher: Path, lo
     """Training images/s of the second epoch of one `distillctl distill` run."""
     command = [
         sys.executable, "-m", "distillctl", "distill", "dataset=imagefolder", f"dataset.path={folder}", f"dataset.loader={loader}",
-        "dataset.image_size=224", f"dataset.workers={args.workers}", f"dataset.resident_max_gb={args.resident_max_gb}",
+        "dataset.image_size=224", f"dataset.resident_max_gb={args.resident_max_gb}",
+        *([f"dataset.workers={args.workers}"] if args.workers is not None else []),
         "dataset.val_size=256", "dataset.test_limit=256", f"teacher.name={args.teacher}", f"teacher.checkpoint={teacher}",
         f"student.name={args.student}", "loss=kd", "distill.teacher_cache=off", f"trainer.device={args.device}",
         "trainer.epochs=2", f"trainer.max_steps_per_epoch={args.steps}", f"trainer.batch_size={args.batch}",
@@ -74,8 +75,6 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "distillctl-photos")
     parser.add_argument("--json", type=Path, default=None, help="write the rounds and the median ratio here")
     args = parser.parse_args()
-    if args.workers is None:
-        args.workers = "null"
 
     folder = build_folder(args.root / f"photos-{args.images}", args.images, 500)
     teacher = teacher_file(args.root, args.teacher)
