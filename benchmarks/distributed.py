@@ -20,14 +20,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cli_runs import last_epoch_images_per_s
+
 
 def run(devices: int, threads: int, epochs: int, batch: int, folder: Path) -> float:
     """Images/s of the last epoch of one distill run."""
     subprocess.run([sys.executable, "-m", "distillctl", "distill", f"trainer.devices={devices}", f"trainer.threads={threads}",
                     f"trainer.epochs={epochs}", f"trainer.batch_size={batch}", "distill.teacher_cache=off",
                     "dataset.test_limit=500", f"run_dir={folder}"], check=True, capture_output=True)
-    history = (folder / "student" / "history.jsonl").read_text().splitlines()
-    return json.loads(history[-1])["images_per_s"]
+    return last_epoch_images_per_s(folder / "student")
 
 
 def main() -> None:

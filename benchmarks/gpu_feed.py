@@ -20,13 +20,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
+from cli_runs import distillctl, last_epoch_images_per_s
 from streaming import build_folder
 
-REPO = Path(__file__).resolve().parent.parent
 LOADERS = ("stream", "resident")
 
 
@@ -43,21 +41,16 @@ def teacher_file(root: Path, name: str) -> Path:
 
 def second_epoch_speed(args: argparse.Namespace, folder: Path, teacher: Path, loader: str, run_dir: Path) -> float:
     """Training images/s of the second epoch of one `distillctl distill` run."""
-    command = [
-        sys.executable, "-m", "distillctl", "distill", "dataset=imagefolder", f"dataset.path={folder}", f"dataset.loader={loader}",
+    distillctl([
+        "distill", "dataset=imagefolder", f"dataset.path={folder}", f"dataset.loader={loader}",
         "dataset.image_size=224", f"dataset.resident_max_gb={args.resident_max_gb}",
         *([f"dataset.workers={args.workers}"] if args.workers is not None else []),
         "dataset.val_size=256", "dataset.test_limit=256", f"teacher.name={args.teacher}", f"teacher.checkpoint={teacher}",
         f"student.name={args.student}", "loss=kd", "distill.teacher_cache=off", f"trainer.device={args.device}",
         "trainer.epochs=2", f"trainer.max_steps_per_epoch={args.steps}", f"trainer.batch_size={args.batch}",
         f"trainer.eval_batch_size={args.batch}", f"trainer.threads={args.threads}", f"run_dir={run_dir}", "force=true",
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    if done.returncode:
-        sys.exit(f"distill with dataset.loader={loader} failed:\n{done.stderr[-3000:]}")
-    history = [json.loads(line) for line in (run_dir / "student" / "history.jsonl").read_text().splitlines() if line.strip()]
-    return history[-1]["images_per_s"]
+    ])
+    return last_epoch_images_per_s(run_dir / "student")
 
 
 def main() -> None:
@@ -93,5 +86,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     main()

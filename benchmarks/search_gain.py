@@ -13,21 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def distillctl(args: list[str], work: Path) -> None:
-    """Run a distillctl command in work; stop with its output when it fails."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "distillctl", *args], cwd=work, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"distillctl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+from cli_runs import SHARED_CIFAR, distillctl
 
 
 def test_top1(run_dir: Path) -> float:
@@ -38,7 +28,7 @@ def test_top1(run_dir: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="quickstart")
-    parser.add_argument("--data", default=str(REPO.parent / "shared/data/cifar10"))
+    parser.add_argument("--data", default=str(SHARED_CIFAR))
     parser.add_argument("--train-limit", type=int, default=10000)
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=3)

@@ -18,24 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10"
-CLI = [sys.executable, "-m", "distillctl"]
+from cli_runs import SHARED_CIFAR, distillctl, last_epoch_images_per_s
 
 
-def run(command: list[str]) -> float:
-    """Wall seconds of a CLI command; exits with its error when it fails."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+def timed(args: list[str]) -> float:
+    """Wall seconds of a distillctl command (which stops the benchmark when it fails)."""
     start = time.perf_counter()
-    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    if done.returncode:
-        sys.exit(f"{' '.join(command[2:])} failed:\n{done.stderr[-3000:]}")
+    distillctl(args)
     return time.perf_counter() - start
 
 
@@ -61,21 +55,22 @@ def main() -> None:
     teacher_dir = args.root / "teacher-run"
     teacher = teacher_dir / "teacher" / "model.safetensors"
     if not teacher.is_file():
-        run([*CLI, "train-teacher", *common, "trainer.epochs=1", "trainer.max_steps_per_epoch=1", "trainer.compile=false",
+        distillctl(["train-teacher", *common, "trainer.epochs=1", "trainer.max_steps_per_epoch=1", "trainer.compile=false",
              f"run_dir={teacher_dir}"])
     per_job_images = args.epochs * args.steps * args.batch
     results: dict[int, list[dict]] = {c: [] for c in args.concurrency}
     for r in range(args.rounds):
         for c in args.concurrency:
             out = args.root / f"round{r}-x{c}"
+            shutil.rmtree(out, ignore_errors=True)  # a sweep's folder is named by its start time: an earlier one would count
             seeds = ",".join(str(s) for s in range(c))
-            wall = run([*CLI, "distill", "-m", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={c}", f"seed={seeds}", *common,
+            wall = timed(["distill", "-m", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={c}", f"seed={seeds}", *common,
                         f"trainer.epochs={args.epochs}", f"trainer.max_steps_per_epoch={args.steps}", f"teacher.checkpoint={teacher}",
                         *([] if args.teacher_cache else ["distill.teacher_cache=off"]), f"run_dir={out}", "force=true"])
-            histories = sorted(out.glob("sweep/*/*/student/history.jsonl"))
-            if len(histories) != c:
-                sys.exit(f"expected {c} finished jobs under {out}, found {len(histories)}")
-            steady = sum(json.loads(h.read_text().splitlines()[-1])["images_per_s"] for h in histories)
+            jobs = sorted(h.parent for h in out.glob("sweep/*/*/student/history.jsonl"))
+            if len(jobs) != c:
+                raise SystemExit(f"expected {c} finished jobs under {out}, found {len(jobs)}")
+            steady = sum(last_epoch_images_per_s(job) for job in jobs)
             row = {"round": r + 1, "jobs": c, "wall_s": round(wall, 1), "total_images_per_s": round(c * per_job_images / wall, 1),
                    "steady_images_per_s": round(steady, 1)}
             results[c].append(row)

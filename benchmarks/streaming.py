@@ -24,8 +24,8 @@ import time
 from multiprocessing import Pool
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10"
+from cli_runs import REPO, SHARED_CIFAR
+
 PHOTO_SIZE = (298, 224)  # 4:3, so the loader's aspect handling is exercised
 
 

@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO))
 
 import streaming  # noqa: E402
+from cli_runs import last_epoch_images_per_s  # noqa: E402
 
 streaming.PHOTO_SIZE = (96, 72)
 
@@ -52,9 +53,8 @@ def run(photos: Path, teacher: Path, seed: int, mode: str, work: Path, batch: in
                     f"teacher.checkpoint={teacher}", "teacher.name=resnet56", "student=resnet20", "trainer.epochs=2",
                     f"trainer.batch_size={batch}", "trainer.threads=1", f"distill.teacher_cache={mode}", f"seed={seed}",
                     f"run_dir={run_dir}"], check=True, capture_output=True, env={**os.environ, "DISTILLCTL_CACHE": str(work / "cache")})
-    history = (run_dir / "student/history.jsonl").read_text().splitlines()
     cache = json.loads((run_dir / "student/metrics.json").read_text())["teacher_cache"]
-    return json.loads(history[-1])["images_per_s"], cache and cache["teacher_ran_on"]
+    return last_epoch_images_per_s(run_dir / "student"), cache and cache["teacher_ran_on"]
 
 
 def main() -> None:
