@@ -69,8 +69,9 @@ class CalibrationImages:
         return None if x is None else {INPUT: x.cpu().contiguous().numpy()}
 
 
-def quantize_int8(float_path: Path, out_path: Path, batches: Iterable[torch.Tensor], per_channel: bool) -> None:
-    """Static int8 QDQ model from a float ONNX file, activations calibrated (min-max) on `batches`."""
+def quantize_int8(float_path: Path, out_path: Path, batches: Iterable[torch.Tensor], per_channel: bool, reduce_range: bool) -> None:
+    """Static int8 QDQ model from a float ONNX file, activations calibrated (min-max) on `batches`; `reduce_range`
+    keeps weights to 7 bits, which x86 CPUs without VNNI need (config.QuantizeConfig.reduce_range says why)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static
 
     class Reader(CalibrationImages, CalibrationDataReader):
@@ -82,7 +83,7 @@ def quantize_int8(float_path: Path, out_path: Path, batches: Iterable[torch.Tens
         quant_pre_process(str(float_path), str(prepared))
         files.atomic_write(out_path, lambda tmp: quantize_static(
             str(prepared), str(tmp), Reader(batches), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range,
         ))
     finally:
         prepared.unlink(missing_ok=True)

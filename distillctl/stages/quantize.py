@@ -163,7 +163,7 @@ def quantize_after_training(cfg: DictConfig, ctx: RunContext, model: nn.Module, 
     with tempfile.TemporaryDirectory(dir=into) as scratch:  # `into` is a staging folder: gone with it if killed
         float_path = Path(scratch) / "float.onnx"
         onnx_export.export(model, float_path, size, cfg.export.opset, keep)
-        onnx_export.quantize_int8(float_path, into / ONNX_FILE, calibration_images(cfg, ctx, norm), q.per_channel)
+        onnx_export.quantize_int8(float_path, into / ONNX_FILE, calibration_images(cfg, ctx, norm), q.per_channel, q.reduce_range)
     return onnx_export.OnnxClassifier(into / ONNX_FILE, cfg.trainer.threads)
 
 
