@@ -15,11 +15,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+# One pytest worker per core, at most 4 (some tests start several processes of their own); worksteal because a
+# few end-to-end tests take minutes while most take seconds.
+XDIST := -n auto --maxprocesses=4 --dist worksteal
+
 test: setup
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q $(XDIST) --durations=25
 
 test-fast: setup
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q $(XDIST) -m "not slow"
 
 quickstart: setup
 	$(BIN)/distillctl pipeline recipe=quickstart
