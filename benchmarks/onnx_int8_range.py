@@ -22,7 +22,8 @@ from omegaconf import OmegaConf
 from distillctl.compress import onnx_export
 from distillctl.config import BUNDLED_WEIGHTS, DatasetConfig
 from distillctl.data import eval_batches, load_splits
-from distillctl.measure import cpu_name, latency_ms, time_forward
+from distillctl.engine.predict import predict, topk_accuracy
+from distillctl.measure import cpu_name, speed
 from distillctl.models import load_model
 
 
@@ -53,25 +54,24 @@ def main() -> None:
             onnx_export.quantize_int8(float_path, path, calibration, per_channel=True, reduce_range=reduce_range)
             runtimes[f"int8 reduce_range={str(reduce_range).lower()}"] = onnx_export.OnnxClassifier(path, args.threads)
 
-        with torch.inference_mode():
-            reference = torch.cat([model(x).argmax(1) for x, _ in tests])
-        labels = torch.cat([y for _, y in tests])
+        cpu = torch.device("cpu")
+        reference, labels = predict(model, tests, cpu)
         rows = {}
         for name, runtime in runtimes.items():
-            predicted = torch.cat([runtime(x).argmax(1) for x, _ in tests])
-            rows[name] = {"top1": (predicted == labels).float().mean().item(),
-                          "agreement_with_torch_fp32": (predicted == reference).float().mean().item(),
-                          "latency_ms": [], "throughput": []}
+            logits, _ = predict(runtime, tests, cpu)
+            rows[name] = {"top1": topk_accuracy(logits, labels, 1),
+                          "agreement_with_torch_fp32": (logits.argmax(1) == reference.argmax(1)).float().mean().item()}
+        timings = {name: [] for name in runtimes}
         for _ in range(args.rounds):
             for name, runtime in runtimes.items():
-                rows[name]["latency_ms"].append(latency_ms(runtime, 32, args.threads))
-                rows[name]["throughput"].append(256 / statistics.median(time_forward(runtime, 256, 32, args.threads, 1, 5)))
+                timings[name].append(speed(runtime, 32, args.threads))
 
-    for row in rows.values():
+    for name, runs in timings.items():
         for key in ("latency_ms", "throughput"):
-            row[key] = {"median": statistics.median(row[key]), "min": min(row[key]), "max": max(row[key])}
+            values = [run[key] for run in runs]
+            rows[name][key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
     result = {"cpu": cpu_name(), "threads": args.threads, "data": args.data, "test_images": len(labels),
-              "torch_fp32_top1": (reference == labels).float().mean().item(), "rows": rows}
+              "torch_fp32_top1": topk_accuracy(reference, labels, 1), "rows": rows}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -115,7 +115,8 @@ def test_onnx_export_matches_pytorch_and_onnx_int8_agrees(trained, data, tmp_pat
     assert torch.allclose(onnx_logits, torch_logits, atol=1e-4, rtol=1e-4)
     assert onnx_export.metadata(float_path)["model"] == "resnet20"
 
-    onnx_export.quantize_int8(float_path, int8_path, calibration(data), per_channel=True, reduce_range=True)
+    calibration_batches = calibration(data)
+    onnx_export.quantize_int8(float_path, int8_path, calibration_batches, per_channel=True, reduce_range=True)
     int8_logits = onnx_export.OnnxClassifier(int8_path, 2)(images)
     assert (int8_logits.argmax(1) == torch_logits.argmax(1)).float().mean() >= 0.97
     assert int8_path.stat().st_size < 0.4 * float_path.stat().st_size
@@ -123,7 +124,7 @@ def test_onnx_export_matches_pytorch_and_onnx_int8_agrees(trained, data, tmp_pat
     # 7-bit weights, which ONNX Runtime's int8 kernels need on x86 CPUs without VNNI; 8 bits when asked for.
     assert int8_weight_range(int8_path) <= 64
     full_path = tmp_path / "int8-full.onnx"
-    onnx_export.quantize_int8(float_path, full_path, calibration(data), per_channel=True, reduce_range=False)
+    onnx_export.quantize_int8(float_path, full_path, calibration_batches, per_channel=True, reduce_range=False)
     assert int8_weight_range(full_path) >= 127
 
 
