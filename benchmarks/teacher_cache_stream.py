@@ -36,11 +36,13 @@ def teacher_file(folder: Path) -> Path:
     import torch
 
     from distillctl import artifacts
+    from distillctl.data import preprocess
     from distillctl.models import create_model, model_metadata
 
     torch.manual_seed(0)
     path = folder / "resnet56.safetensors"
-    meta = model_metadata("resnet56", 10, {}, [str(i) for i in range(10)], [0.4914, 0.4822, 0.4465], [0.247, 0.243, 0.261])
+    meta = model_metadata("resnet56", 10, {}, [str(i) for i in range(10)], [0.4914, 0.4822, 0.4465], [0.247, 0.243, 0.261],
+                          preprocess.recorded(32, 0.875, "bilinear", "stream"))
     artifacts.save_weights(path, create_model("resnet56", 10), meta)
     return path
 

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from distillctl.console import console
-from distillctl.data import images
+from distillctl.data import images, preprocess
 from distillctl.data.batches import local_part, normalizer, steps_per_pass
 from distillctl.errors import UserError
 
@@ -38,6 +38,9 @@ class StreamSettings:
     hflip: bool
     workers: int
     on_bad_image: str
+    # Evaluation images: a centre crop after resizing the shorter side (timm's), or, for images a model trained on
+    # the resident loader is to be shown (`distillctl predict`), the centre square it was tested on.
+    resize: str = "crop"
 
 
 def default_workers() -> int:
@@ -56,7 +59,8 @@ def transform(settings: StreamSettings, training: bool):
                 settings.size, is_training=True, scale=(settings.min_crop_scale, 1.0), hflip=0.5 if settings.hflip else 0.0,
                 color_jitter=None, auto_augment=settings.auto_augment, interpolation=settings.interpolation, use_prefetcher=True,
             )
-        return create_transform(settings.size, crop_pct=settings.crop_pct, interpolation=settings.interpolation, use_prefetcher=True)
+        return preprocess.eval_transform({"image_size": settings.size, "resize": settings.resize, "crop_pct": settings.crop_pct,
+                                          "interpolation": settings.interpolation})
     except (ValueError, KeyError, AssertionError) as exc:
         raise UserError(f"dataset.auto_augment={settings.auto_augment} / dataset.interpolation={settings.interpolation}: timm refused it ({exc}). "
                         "Use a timm policy string such as rand-m9-mstd0.5 or trivialaugment, and bilinear or bicubic.") from None
@@ -202,9 +206,9 @@ class StreamSplit:
     def report(self, problems: list[str], bad: int, seen: int) -> None:
         """Skip (and say so) or stop, as dataset.on_bad_image says; many bad images in a pass mean a broken data set."""
         if self.settings.on_bad_image == "error":
-            raise UserError(f"cannot decode {problems[0]}. Fix or remove the file, or set dataset.on_bad_image=skip to train past it.")
+            raise UserError(f"cannot decode {problems[0]}. Fix or remove the file, or set dataset.on_bad_image=skip to go past it.")
         if not self.problems:
-            console.print(f"[yellow]warning:[/] skipping an image that cannot be decoded: {problems[0]} (all are counted in metrics.json)")
+            console.print(f"[yellow]warning:[/] skipping an image that cannot be decoded: {problems[0]} (all are counted: skipped_images in the results' JSON)")
         self.problems.update(problems)
         if bad > max(10, seen // 100):
             raise UserError(f"{bad} of {seen} images could not be decoded in this pass (first: {problems[0]}); is the data set corrupt?")

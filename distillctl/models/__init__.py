@@ -66,12 +66,15 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def model_metadata(name: str, num_classes: int, kwargs: dict, classes: list[str], mean: list[float], std: list[float]) -> dict:
-    """What is stored beside weights so that evaluate and later stages rebuild the model without its config."""
-    return {"model": name, "num_classes": num_classes, "kwargs": dict(kwargs), "classes": classes, "mean": list(mean), "std": list(std)}
+def model_metadata(name: str, num_classes: int, kwargs: dict, classes: list[str], mean: list[float], std: list[float],
+                   preprocess: dict) -> dict:
+    """What is stored beside weights so that evaluate, later stages and `predict` rebuild the model and prepare its
+    images without its config (`preprocess`: data.preprocess.recorded)."""
+    return {"model": name, "num_classes": num_classes, "kwargs": dict(kwargs), "classes": classes, "mean": list(mean),
+            "std": list(std), "preprocess": dict(preprocess)}
 
 
-ARCHITECTURE_KEYS = ("model", "num_classes", "kwargs", "classes", "mean", "std", "shapes")
+ARCHITECTURE_KEYS = ("model", "num_classes", "kwargs", "classes", "mean", "std", "preprocess", "shapes")
 
 
 def architecture_metadata(meta: dict) -> dict:

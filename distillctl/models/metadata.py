@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from distillctl.data import preprocess
 from distillctl.errors import UserError
 from distillctl.model_arguments import allowed_name, plain_value
 
@@ -40,6 +41,8 @@ def checked(meta: dict[str, Any], path: Path) -> dict[str, Any]:
             raise refuse(f"{key} is not a mapping")
     if "quantization" in meta and (problem := quantization_problem(meta["quantization"])):
         raise refuse(f"quantization {problem}")
+    if "preprocess" in meta and (problem := preprocess.problem(meta["preprocess"])):
+        raise refuse(f"preprocess {problem}")
     for key in ("mean", "std"):
         stats = meta.get(key)
         if stats is not None and not (isinstance(stats, list) and 1 <= len(stats) <= 4 and all(finite(v) for v in stats)):

@@ -14,6 +14,7 @@ from torch import nn
 
 from distillctl import artifacts, disk, files, workspace
 from distillctl.console import console, print_summary_table
+from distillctl.data import preprocess
 from distillctl.engine import distributed
 from distillctl.engine.fit import BEST, LAST_STATE, FitResult, Trainee, check_resumable, fit
 from distillctl.engine.mixing import batch_mixer
@@ -137,7 +138,8 @@ def train_tracked(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Tra
     objective.setup(model, teacher, probe, batches.split_size)
     optimizer = build_optimizer([*model.parameters(), *objective.student_parameters()], cfg.optimizer, job.lr, device)
     scheduler = build_schedule(optimizer, cfg.scheduler, job.lr, len(batches), trainer.epochs)
-    meta = model_metadata(job.model_name, data.num_classes, job.model_kwargs, data.classes, list(mean), list(std)) | job.extra_metadata
+    shown = preprocess.recorded(cfg.dataset.image_size, cfg.dataset.crop_pct, cfg.dataset.interpolation, data.loader)
+    meta = model_metadata(job.model_name, data.num_classes, job.model_kwargs, data.classes, list(mean), list(std), shown) | job.extra_metadata
     trainee = Trainee(model, objective, optimizer, scheduler, meta)
     val_share, test_share = my_share(data.val), my_share(data.test)
 
