@@ -7,58 +7,18 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from torch import nn
 
 from distillctl import expectations, files, measure, plots, report
-from distillctl.compress import executorch_export, onnx_export
-from distillctl.compress.executorch_export import ExecuTorchClassifier
-from distillctl.compress.onnx_export import OnnxClassifier
 from distillctl.compress.sparsity import weight_sparsity
-from distillctl.config import QuantizeMethod
 from distillctl.console import console
 from distillctl.engine.predict import predict, top5_accuracy, topk_accuracy
 from distillctl.errors import UserError
-from distillctl.models import count_parameters, load_model
+from distillctl.model_files import QUANTIZED, load_runnable, runtime_of, workspace_models
+from distillctl.models import count_parameters
 from distillctl.models.normalization import stored_normalization
 from distillctl.stages.context import RunContext
-from distillctl.teacher_files import teacher_checkpoint
 from distillctl.tracking import tracked
-from distillctl.workspace import METRICS_FILE, model_file
-
-QUANTIZED = [str(m) for m in QuantizeMethod]
-# Stages whose model is evaluated, in table order; the teacher first so agreement can refer to it.
-MODEL_STAGES = ["teacher", "student", "pruned", *QUANTIZED]
-
-
-def artifacts_to_evaluate(cfg: DictConfig, ctx: RunContext) -> dict[str, Path]:
-    """Stage name -> model file, for every model the workspace (or teacher.checkpoint) provides."""
-    found = {}
-    for stage in MODEL_STAGES:
-        if stage == "teacher" and cfg.teacher.checkpoint:
-            found[stage] = teacher_checkpoint(cfg, ctx.workspace)
-        elif (where := ctx.workspace.find(stage)) is not None:
-            found[stage] = model_file(where)
-    return found
-
-
-def load_artifact(stage: str, path: Path, cfg: DictConfig, num_classes: int, threads: int) -> tuple[nn.Module, dict]:
-    """A model file as something to call on image batches, with its metadata."""
-    if path.suffix == ".onnx":
-        return OnnxClassifier(path, threads), onnx_export.metadata(path)
-    if path.suffix == ".pte":
-        return ExecuTorchClassifier(path), executorch_export.metadata(path)
-    # Foreign files without metadata are named by the config section of the model they stand for.
-    return load_model(path, cfg["teacher" if stage == "teacher" else "student"].name, num_classes)
-
-
-def runtime_of(model: nn.Module, image_size: int) -> tuple[nn.Module, str]:
-    """What a model is timed as and the runtime's name: files run in their own runtime, torch models as deployed."""
-    if isinstance(model, OnnxClassifier):
-        return model, "onnxruntime"
-    if isinstance(model, ExecuTorchClassifier):
-        return model, "executorch-xnnpack"
-    return measure.deployable(model, image_size)
-
+from distillctl.workspace import METRICS_FILE
 
 def agreement(pred: torch.Tensor, reference: torch.Tensor | None) -> float | None:
     """Fraction of test images on which two models predict the same class."""
@@ -80,14 +40,15 @@ def add_teacher_ratios(results: dict[str, dict]) -> None:
 def run(cfg: DictConfig) -> dict:
     """Evaluate, write the report, and exit 1 when the recipe's expectations are not met."""
     ctx = RunContext.open(cfg)
-    found = artifacts_to_evaluate(cfg, ctx)
+    found = workspace_models(cfg, ctx.workspace)
     if not found:
         raise UserError(f"nothing to evaluate in {ctx.workspace.root}: run `distillctl pipeline` (or train-teacher and distill) with the same recipe first.")
     threads = cfg.trainer.threads or torch.get_num_threads()
     results, predictions = {}, {}
     for stage, path in found.items():
         console.print(f"evaluating {stage} from {path}")
-        model, meta = load_artifact(stage, path, cfg, ctx.data.num_classes, threads)
+        # Foreign files without metadata are named by the config section of the model they stand for.
+        model, meta = load_runnable(path, cfg["teacher" if stage == "teacher" else "student"].name, ctx.data.num_classes, threads)
         # Quantized formats run on the CPU kernels they were made for; float models on the run's device.
         quantized = stage in QUANTIZED
         device, precision = (torch.device("cpu"), "fp32") if quantized else (ctx.device, cfg.trainer.precision)
