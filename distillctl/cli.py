@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prune": ("prune", "shrink the distilled student (structured channels or sparsity), then fine-tune it with KD"),
     "quantize": ("quantize", "int8 (static or QAT with KD), fp16/bf16 or ONNX Runtime int8 of the final student"),
     "evaluate": ("evaluate", "accuracy, agreement, size and speed of every model in the workspace"),
+    "predict": ("predict", "a model of the workspace on your own images: top classes per image in a CSV (predict.input=PATH)"),
     "pipeline": ("pipeline", "run every stage in order, skipping those already done with the same config"),
     "reproduce": ("reproduce", "teacher, student and the no-teacher student over reproduce.seeds: mean ± std and the gain"),
     "search": ("search", "Optuna search over search.space (search=kd, search=students), scored on validation top-1: best.yaml"),
@@ -343,12 +344,12 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
 
 def stage_runner(module) -> Callable:
     """How a command's module runs: a stage through `run_stage` (in a multi-process job rank 0 alone runs one that
-    trains nothing), evaluate on rank 0 alone, orchestrating commands as they are."""
+    trains nothing), evaluate and predict on rank 0 alone, orchestrating commands as they are."""
     from distillctl.stages.base import on_rank_zero, run_stage
 
     if hasattr(module, "STAGE"):
         return lambda cfg: run_stage(module.STAGE, cfg)
-    if module.__name__.endswith(".evaluate"):
+    if module.__name__.endswith((".evaluate", ".predict")):
         return lambda cfg: on_rank_zero(module.run, cfg)
     return module.run
 

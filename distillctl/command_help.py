@@ -42,6 +42,12 @@ HELP: dict[str, CommandHelp] = {
         "writes runs/<recipe>/report/; exits 1 when the recipe's expect: block is not met.",
         ("dataset.path", "dataset.test_limit", "trainer.threads", "expect"),
         "distillctl evaluate recipe=quickstart"),
+    "predict": CommandHelp(
+        "Runs a model of the workspace (by default the one the pipeline ends with) or any model file on your own images: "
+        "each image's top classes go to runs/<recipe>/predict/<model>.csv, with the accuracy when the images sit in "
+        "folders named after the classes. Images are prepared as the model's test images were.",
+        ("predict.input", "predict.model", "predict.topk", "predict.output", "trainer.eval_batch_size", "trainer.threads"),
+        "distillctl predict recipe=quickstart predict.input=photos/ predict.model=int8_static"),
     "pipeline": CommandHelp(
         "Runs train-teacher, distill, prune, quantize and evaluate in order; a stage whose config and inputs are "
         "unchanged is skipped, an interrupted one resumes.",

@@ -371,6 +371,20 @@ class ReproduceConfig:
 
 
 @dataclass
+class PredictConfig:
+    """`distillctl predict`: a model of the workspace (or any model file) on your own images."""
+
+    # An image file or a folder of them (searched recursively); subfolders named after the model's classes label them.
+    input: Optional[str] = None
+    # auto: the model the recipe's pipeline ends with (its quantized student, else pruned, student, teacher); a stage
+    # name (teacher, student, pruned, int8_static, onnx_int8, ...), or a .safetensors, .onnx or .pte file.
+    model: str = "auto"
+    topk: int = bounded(5, min=1, max=1000)  # classes listed per image, with their probabilities
+    # The CSV written; null: <run_dir>/predict/<model>.csv, with a JSON summary beside it.
+    output: Optional[str] = None
+
+
+@dataclass
 class Config:
     """A whole experiment: what a recipe plus overrides resolves to."""
 
@@ -396,6 +410,7 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     # Thresholds a run must meet, e.g. {"student.top1": {"min": 0.85}}; evaluate exits 1 on a miss. `baseline.*`
     # (the student without a teacher) and `gain.*` (student less baseline) are checked by `distillctl reproduce`.

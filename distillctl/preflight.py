@@ -20,7 +20,10 @@ NEEDS: dict[str, Callable[[DictConfig, Workspace], object]] = {
     "distill": teacher_checkpoints,
     "prune": lambda cfg, ws: ws.require("student", "distilled student", "distill"),
     "quantize": lambda cfg, ws: ws.final_student(str(cfg.quantize.source)),
+    "predict": lambda cfg, ws: predict_inputs(cfg, ws),
 }
+# Commands that never read the data set: its path may be unset or elsewhere.
+WITHOUT_DATASET = {"predict"}
 
 
 def check(command: str, cfg: DictConfig) -> None:
@@ -31,12 +34,24 @@ def check(command: str, cfg: DictConfig) -> None:
                 existing_file(f"{role}.{key}", cfg[role][key])
     for i, entry in enumerate(cfg.teachers):
         existing_file(f"teachers[{i}].checkpoint", entry.checkpoint)
-    check_dataset(cfg.dataset.path)
+    if command not in WITHOUT_DATASET:
+        check_dataset(cfg.dataset.path)
     check_writable(Path(cfg.run_dir), "run_dir")
     if command in ("quantize", "pipeline") and cfg.quantize.method == "executorch_int8":
         require_package("executorch", "quantize=executorch_int8", "executorch")
     if need := NEEDS.get(command):
         need(cfg, Workspace.from_config(cfg))
+
+
+def predict_inputs(cfg: DictConfig, ws: Workspace) -> None:
+    """`predict` has images to read and a model to run."""
+    from distillctl.model_files import chosen_model
+
+    if not cfg.predict.input:
+        raise UserError("predict needs images: add predict.input=PATH, an image file or a folder of them.")
+    if not Path(cfg.predict.input).expanduser().exists():
+        raise UserError(f"predict.input '{cfg.predict.input}' does not exist: give an image file or a folder of images.")
+    chosen_model(str(cfg.predict.model), cfg, ws)
 
 
 def require_package(module: str, feature: str, extra: str) -> None:

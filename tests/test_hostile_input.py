@@ -66,6 +66,8 @@ def write_hostile_files(home: Path) -> None:
         "deep": {"model": "resnet8", "num_classes": 10, "kwargs": {"depth": 10**8}},
         "classes": {"model": "resnet8", "num_classes": 10**9},
         "model_name": {"model": "../../etc/passwd", "num_classes": 10},
+        "preprocess": {"model": "resnet8", "num_classes": 10, "preprocess": {"image_size": 32, "resize": "exec", "crop_pct": 1.0,
+                                                                             "interpolation": "bilinear"}},
     }.items():
         save_file(tensors, str(bad / f"{name}.safetensors"), metadata={"distillctl": json.dumps(meta)})
     int8_file = home / "runs/tiny/int8_static/model.safetensors"
@@ -81,6 +83,10 @@ def write_hostile_files(home: Path) -> None:
     other["fc.weight"], other["fc.bias"] = torch.zeros(3, tensors["fc.weight"].shape[1]), torch.zeros(3)
     save_file(other, str(bad / "wrong_shape.safetensors"), metadata={"distillctl": json.dumps({"model": "resnet8", "num_classes": 10})})
     (bad / "a_folder.safetensors").mkdir()
+    save_file(tensors, str(bad / "foreign.safetensors"))  # another tool's weights: no classes, no preprocessing
+    (bad / "broken_photos").mkdir()
+    for name in ("a.jpg", "b.png"):
+        (bad / "broken_photos" / name).write_bytes(b"\x89PNG then nothing")
 
     (bad / "code.yaml").write_text(f"# @package _global_\ntrainer: !!python/object/apply:os.system ['touch {home / 'PWNED'}']\n")
     (bad / "list.yaml").write_text("- trainer\n- epochs\n")
@@ -212,6 +218,18 @@ CASES = {
                             "dataset.on_bad_image=error"], "bomb.png (DecompressionBombError"),
     "no such folder": (["train-teacher", "recipe=tiny", "dataset.path=./nowhere"], "does not exist"),
     "Hub id offline": (["train-teacher", "recipe=tiny", "dataset.path=someone/some-data"], "not in the local Hugging Face cache"),
+    # Predicting
+    "predict without images": (["predict", "recipe=tiny"], "predict needs images: add predict.input=PATH"),
+    "predict a missing folder": (["predict", "recipe=tiny", "predict.input=bad/nowhere"], "predict.input 'bad/nowhere' does not exist"),
+    "predict a folder without images": (["predict", "recipe=tiny", "predict.input=bad/no_classes"], "no images under 'bad/no_classes'"),
+    "predict with a misspelt model": (["predict", "recipe=tiny", "predict.input=bad/one_class", "predict.model=prund"], "Did you mean 'pruned'?"),
+    "predict with a model not made": (["predict", "recipe=tiny", "predict.input=bad/one_class", "predict.model=onnx_int8"],
+                                      "there is no onnx_int8 model in runs/tiny"),
+    "predict with crafted preprocessing": (["predict", "recipe=tiny", "predict.input=bad/one_class", "predict.model=bad/preprocess.safetensors"],
+                                           "untrustworthy metadata (preprocess resize 'exec')"),
+    "predict only broken files": (["predict", "recipe=tiny", "predict.input=bad/broken_photos"], "none of the 2 images under bad/broken_photos"),
+    "predict with a foreign file": (["predict", "recipe=tiny", "predict.input=bad/one_class", "predict.model=bad/foreign.safetensors"],
+                                    "records no classes or preprocessing"),
     # Stages out of order
     "prune before distill": (["prune", "recipe=tiny", "run_dir=runs/empty"], "no distilled student"),
     "quantize a missing pruned model": (["quantize", "recipe=tiny", "run_dir=runs/empty", "quantize.source=pruned"], "no pruned model"),

@@ -1,0 +1,42 @@
+"""Photos handed to `distillctl predict`: one file, or every image under a folder, labelled when the folder's
+subfolders are named after the model's classes (a test folder laid out like a training one)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from distillctl.data.folder import images_under
+from distillctl.errors import UserError
+
+
+@dataclass
+class ImageFiles:
+    """The files to predict on, in order, with their labels (-1 where the folders say nothing)."""
+
+    paths: list[str]
+    labels: list[int]
+
+    @property
+    def labelled(self) -> bool:
+        """Whether every image sits in a folder named after a class."""
+        return bool(self.labels) and min(self.labels) >= 0
+
+
+def list_images(spec: str, classes: list[str]) -> ImageFiles:
+    """The image files `spec` names (a file, or a folder searched recursively), labelled by their first-level
+    subfolder when every one of them is in a folder named after one of `classes`."""
+    root = Path(spec).expanduser()
+    if root.is_file():
+        return ImageFiles([str(root)], [-1])
+    if not root.is_dir():
+        raise UserError(f"predict.input '{spec}' does not exist: give an image file or a folder of images.")
+    paths = sorted(images_under(root))
+    if not paths:
+        raise UserError(f"no images under '{spec}' (looked for .jpg, .png, .webp and the other formats PIL reads).")
+    index = {name: i for i, name in enumerate(classes)}
+    folders = [Path(os.path.relpath(p, root)).parts for p in paths]
+    if all(len(parts) > 1 and parts[0] in index for parts in folders):
+        return ImageFiles(paths, [index[parts[0]] for parts in folders])
+    return ImageFiles(paths, [-1] * len(paths))

@@ -1,0 +1,185 @@
+"""`distillctl predict`: a model of the workspace (or any model file) on your own photos. Each photo's top classes
+go to a CSV; when the photos sit in folders named after the classes, the accuracy is reported too.
+
+Photos are prepared as the model's test images were (the preprocessing and normalization its file records) and
+decoded by worker processes, with a bad file skipped and counted as in training; the CSV is written as the batches
+come, so memory stays flat for any number of photos.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from distillctl import artifacts, files
+from distillctl.console import CountProgress, console, print_summary_table
+from distillctl.data import preprocess
+from distillctl.data.batches import normalizer
+from distillctl.data.image_files import ImageFiles, list_images
+from distillctl.data.stream import EpochOrder, StreamSettings, StreamSplit, default_workers
+from distillctl.engine.device import autocast, pick_device
+from distillctl.errors import UserError
+from distillctl.model_files import chosen_model, is_quantized, load_runnable
+from distillctl.models.normalization import stored_normalization
+from distillctl.workspace import METRICS_FILE, Workspace
+
+FOLDER = "predict"
+SHOWN = 10  # predictions printed; the CSV has them all
+MAX_LISTED_PROBLEMS = 100  # undecodable files named in the summary (all are counted)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Predict on predict.input with predict.model; write the CSV and its JSON summary; print both in short."""
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    ws = Workspace.from_config(cfg)
+    name, path = chosen_model(str(cfg.predict.model), cfg, ws)
+    model, meta, classes = open_model(path)
+    pre, pre_source = preprocessing(meta, path, cfg)
+    mean, std = stored_normalization(meta, cfg.dataset.mean, cfg.dataset.std)
+    images = list_images(str(cfg.predict.input), classes)
+    quantized = is_quantized(model, meta)
+    device = torch.device("cpu") if quantized else pick_device(cfg.trainer.device)
+    precision = "fp32" if quantized else str(cfg.trainer.precision)
+    runtime = runtime_name(path, device)
+    count = f"{len(images.paths):,} image{'s' if len(images.paths) != 1 else ''}"
+    console.print(f"predict: {count} from {cfg.predict.input}" + (", labelled by their folders" if images.labelled else ""))
+    console.print(f"model: {name} ({path.name}, {path.stat().st_size / 1e6:.2f} MB, {runtime})")
+    console.print(f"images prepared: {preprocess.describe(pre)}, {pre_source}")
+    out = Path(cfg.predict.output).expanduser() if cfg.predict.output else ws.root / FOLDER / f"{name}.csv"
+    k = min(int(cfg.predict.topk), len(classes))
+    split = photo_split(images, pre, cfg)
+    loader = split.loader(EpochOrder(split.rows, None), cfg.trainer.eval_batch_size, False, device)
+    scale, shift = normalizer(mean, std, device)
+    tally = Tally(k, images.labelled)
+    shown: list[tuple[str, str, float, str | None]] = []
+    start = time.perf_counter()
+
+    def write(tmp: Path) -> None:
+        batch_rows: list[torch.Tensor] = []
+        with open(tmp, "w", newline="") as handle, CountProgress("predict", len(images.paths)) as progress, \
+                torch.inference_mode(), autocast(device, precision):
+            writer = csv.writer(handle)
+            writer.writerow(["path", *[f"{what}_{i}" for i in range(1, k + 1) for what in ("class", "prob")],
+                             *(["label", "correct"] if images.labelled else [])])
+            model.to(device).eval()
+            for x, y in split.take(iter(loader), scale, shift, device, False, batch_rows.append):
+                rows = batch_rows.pop().tolist()
+                probs, top = torch.softmax(model(x).float(), dim=1).topk(k, dim=1)
+                probs, top, y = probs.cpu().tolist(), top.cpu().tolist(), y.cpu().tolist()
+                for row, p, t, label in zip(rows, probs, top, y):
+                    labelled = [classes[label], int(t[0] == label)] if images.labelled else []
+                    writer.writerow([images.paths[row], *[v for c, q in zip(t, p) for v in (classes[c], f"{q:.4f}")], *labelled])
+                    tally.add(t, label)
+                    if len(shown) < SHOWN:
+                        shown.append((images.paths[row], classes[t[0]], p[0], classes[label] if images.labelled else None))
+                progress.advance(len(rows))
+        if tally.images == 0:  # raised inside the write, so that no CSV of a header alone replaces the last one
+            raise UserError(f"none of the {len(images.paths)} images under {cfg.predict.input} could be decoded "
+                            f"(first: {sorted(split.problems)[0]}); nothing was written.")
+
+    try:
+        files.atomic_write(out, write)
+    except IsADirectoryError:
+        raise UserError(f"predict.output={out} is a folder: give the CSV file's path.") from None
+    seconds = time.perf_counter() - start
+    summary = {
+        "model": name, "file": str(path), "runtime": runtime, "input": str(cfg.predict.input), "images": tally.images,
+        "skipped_images": len(split.problems), "skipped_files": sorted(split.problems)[:MAX_LISTED_PROBLEMS],
+        "labelled": images.labelled, "top1": tally.accuracy(1), f"top{k}": tally.accuracy(k) if k > 1 else None,
+        "predicted_classes": {classes[c]: n for c, n in tally.predicted.most_common()},
+        "preprocess": pre, "preprocess_from": pre_source, "mean": mean, "std": std,
+        "seconds": round(seconds, 2), "images_per_s": round(tally.images / seconds, 1), "csv": str(out),
+    }
+    files.write_json(out.with_suffix(".json"), summary)
+    print_predictions(shown, tally.images)
+    print_summary(summary, classes, k)
+    return summary
+
+
+class Tally:
+    """Counts kept while predictions stream past: images, hits at 1 and k, and how often each class is predicted."""
+
+    def __init__(self, k: int, labelled: bool) -> None:
+        self.k, self.labelled, self.images, self.hits, self.predicted = k, labelled, 0, Counter(), Counter()
+
+    def add(self, top: list[int], label: int) -> None:
+        """One image's top classes, best first, and its label (-1: none)."""
+        self.images += 1
+        self.predicted[top[0]] += 1
+        self.hits[1] += int(top[0] == label)
+        self.hits[self.k] += int(label in top)
+
+    def accuracy(self, k: int) -> float | None:
+        """Share of the images whose label is among the top k (1 or the tally's k); None when they have no labels."""
+        return self.hits[k] / self.images if self.labelled and self.images else None
+
+
+def open_model(path: Path) -> tuple[torch.nn.Module, dict, list[str]]:
+    """The model in `path`, its metadata and its class names; refused when the file does not say what its classes are."""
+    if path.suffix not in (".onnx", ".pte") and "num_classes" not in artifacts.read_metadata(path):
+        raise UserError(f"{path} records no classes or preprocessing (a file not written by distillctl): predict runs the "
+                        "models that distillctl's stages write, or their .onnx and .pte exports.")
+    model, meta = load_runnable(path, None, None, torch.get_num_threads())
+    return model, meta, [str(c) for c in meta.get("classes") or range(int(meta["num_classes"]))]
+
+
+def runtime_name(path: Path, device: torch.device) -> str:
+    """What runs the model: ONNX Runtime, ExecuTorch, or torch on a device."""
+    return {".onnx": "onnxruntime", ".pte": "executorch"}.get(path.suffix, f"torch on {device.type}")
+
+
+def preprocessing(meta: dict, path: Path, cfg: DictConfig) -> tuple[dict, str]:
+    """How to prepare photos for this model, and where that comes from: its file, or (a file from before files recorded
+    it) the loader its stage's metrics name and this recipe's dataset settings."""
+    if "preprocess" in meta:
+        return dict(meta["preprocess"]), "as recorded in the model file"
+    loader = (files.read_json(path.parent / METRICS_FILE) or {}).get("loader") or ("stream" if cfg.dataset.loader == "stream" else "resident")
+    d = cfg.dataset
+    return preprocess.recorded(d.image_size, d.crop_pct, d.interpolation, loader), "from the recipe's dataset settings: the file does not record it"
+
+
+def photo_split(images: ImageFiles, pre: dict, cfg: DictConfig) -> StreamSplit:
+    """The photos as a streamed split whose evaluation images are made as `pre` says."""
+    batch = cfg.trainer.eval_batch_size
+    workers = default_workers() if cfg.dataset.workers is None else cfg.dataset.workers
+    settings = StreamSettings(
+        size=pre["image_size"], min_crop_scale=1.0, crop_pct=pre["crop_pct"], interpolation=pre["interpolation"],
+        auto_augment=None, hflip=False, workers=workers if len(images.paths) > batch else 0,  # one batch: no processes to start
+        on_bad_image=str(cfg.dataset.on_bad_image), resize=pre["resize"],
+    )
+    cells = [{"image": {"path": p, "bytes": None}} for p in images.paths]
+    labels = np.asarray(images.labels, dtype=np.int64)
+    return StreamSplit(cells, "image", labels, torch.arange(len(cells)), settings)
+
+
+def print_predictions(shown: list[tuple[str, str, float, str | None]], total: int) -> None:
+    """The first predictions as a table."""
+    from rich.table import Table
+
+    table = Table(title=f"first {len(shown)} of {total:,} predictions" if total > len(shown) else "predictions", title_justify="left")
+    labelled = any(label is not None for *_, label in shown)
+    for column in ("image", "class", "probability", *(["label"] if labelled else [])):
+        table.add_column(column, justify="right" if column == "probability" else "left", overflow="fold")
+    for image, predicted, prob, label in shown:
+        table.add_row(image, predicted, f"{prob:.1%}", *([label] if labelled else []))
+    console.print(table)
+
+
+def print_summary(summary: dict, classes: list[str], k: int) -> None:
+    """The closing table: how many, how well (when labelled), how fast, and where the CSV is."""
+    common = ", ".join(f"{c} {n / summary['images']:.0%}" for c, n in list(summary["predicted_classes"].items())[:5])
+    rows = [("images", f"{summary['images']:,}"), ("skipped (cannot decode)", f"{summary['skipped_images']:,}")]
+    if summary["labelled"]:
+        rows.append(("top-1", f"{summary['top1']:.2%}"))
+        if k > 1:
+            rows.append((f"top-{k}", f"{summary[f'top{k}']:.2%}"))
+    rows += [("most predicted", common), ("throughput", f"{summary['images_per_s']:,.0f} img/s ({summary['runtime']})"),
+             ("predictions", summary["csv"]), ("summary", str(Path(summary["csv"]).with_suffix(".json")))]
+    print_summary_table(f"predict: {summary['model']} ({len(classes)} classes)", rows)
