@@ -21,7 +21,7 @@ from distillctl import artifacts, files
 from distillctl.console import CountProgress, console, print_summary_table
 from distillctl.data import preprocess
 from distillctl.data.batches import normalizer
-from distillctl.data.image_files import ImageFiles, list_images
+from distillctl.data.image_files import ImageFiles, PathCells, list_images
 from distillctl.data.stream import EpochOrder, StreamSettings, StreamSplit, default_workers
 from distillctl.engine.device import autocast, pick_device
 from distillctl.errors import UserError
@@ -154,9 +154,8 @@ def photo_split(images: ImageFiles, pre: dict, cfg: DictConfig) -> StreamSplit:
         auto_augment=None, hflip=False, workers=workers if len(images.paths) > batch else 0,  # one batch: no processes to start
         on_bad_image=str(cfg.dataset.on_bad_image), resize=pre["resize"],
     )
-    cells = [{"image": {"path": p, "bytes": None}} for p in images.paths]
     labels = np.asarray(images.labels, dtype=np.int64)
-    return StreamSplit(cells, "image", labels, torch.arange(len(cells)), settings)
+    return StreamSplit(PathCells(images.paths), "image", labels, torch.arange(len(labels)), settings)
 
 
 def print_predictions(shown: list[tuple[str, str, float, str | None]], total: int) -> None:
