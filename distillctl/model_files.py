@@ -73,15 +73,17 @@ def load_runnable(path: Path, fallback_name: str | None, num_classes: int | None
     """A model file as something to call on image batches, with its metadata; `fallback_name` and `num_classes`
     build a foreign weights file that records neither."""
     from distillctl.models import load_model
+    from distillctl.models.metadata import checked
 
+    # An exported file's metadata is checked as a weights file's is: it says how big the images to make are.
     if path.suffix == ".onnx":
         from distillctl.compress import onnx_export
 
-        return onnx_export.OnnxClassifier(path, threads), onnx_export.metadata(path)
+        return onnx_export.OnnxClassifier(path, threads), checked(onnx_export.metadata(path), path)
     if path.suffix == ".pte":
         from distillctl.compress import executorch_export
 
-        return executorch_export.ExecuTorchClassifier(path), executorch_export.metadata(path)
+        return executorch_export.ExecuTorchClassifier(path), checked(executorch_export.metadata(path), path)
     return load_model(path, fallback_name, num_classes)
 
 

@@ -68,6 +68,7 @@ def write_hostile_files(home: Path) -> None:
         "model_name": {"model": "../../etc/passwd", "num_classes": 10},
         "preprocess": {"model": "resnet8", "num_classes": 10, "preprocess": {"image_size": 32, "resize": "exec", "crop_pct": 1.0,
                                                                              "interpolation": "bilinear"}},
+        "class_names": {"model": "resnet8", "num_classes": 10, "classes": ["cat"]},
     }.items():
         save_file(tensors, str(bad / f"{name}.safetensors"), metadata={"distillctl": json.dumps(meta)})
     int8_file = home / "runs/tiny/int8_static/model.safetensors"
@@ -84,6 +85,19 @@ def write_hostile_files(home: Path) -> None:
     save_file(other, str(bad / "wrong_shape.safetensors"), metadata={"distillctl": json.dumps({"model": "resnet8", "num_classes": 10})})
     (bad / "a_folder.safetensors").mkdir()
     save_file(tensors, str(bad / "foreign.safetensors"))  # another tool's weights: no classes, no preprocessing
+    # An ONNX file (an identity graph) whose metadata asks for images of 10**6 x 10**6 pixels.
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["logits"])], "identity",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [None, 10])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 10])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    proto.ir_version = 9
+    for key, value in {"num_classes": 10, "preprocess": {"image_size": 10**6, "resize": "crop", "crop_pct": 1.0,
+                                                         "interpolation": "bilinear"}}.items():
+        proto.metadata_props.add(key=key, value=json.dumps(value))
+    onnx.save(proto, str(bad / "huge_images.onnx"))
     (bad / "broken_photos").mkdir()
     for name in ("a.jpg", "b.png"):
         (bad / "broken_photos" / name).write_bytes(b"\x89PNG then nothing")
@@ -227,6 +241,10 @@ CASES = {
                                       "there is no onnx_int8 model in runs/tiny"),
     "predict with crafted preprocessing": (["predict", "recipe=tiny", "predict.input=bad/one_class", "predict.model=bad/preprocess.safetensors"],
                                            "untrustworthy metadata (preprocess resize 'exec')"),
+    "predict with an ONNX file's crafted size": (["predict", "recipe=tiny", "predict.input=bad/one_class", "predict.model=bad/huge_images.onnx"],
+                                                 "untrustworthy metadata (preprocess image_size '1000000')"),
+    "predict with class names that do not fit": (["predict", "recipe=tiny", "predict.input=bad/one_class", "predict.model=bad/class_names.safetensors"],
+                                                 "untrustworthy metadata (classes is not one short name per class)"),
     "predict only broken files": (["predict", "recipe=tiny", "predict.input=bad/broken_photos"], "none of the 2 images under bad/broken_photos"),
     "predict with a foreign file": (["predict", "recipe=tiny", "predict.input=bad/one_class", "predict.model=bad/foreign.safetensors"],
                                     "records no classes or preprocessing"),

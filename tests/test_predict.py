@@ -67,6 +67,10 @@ def test_predict_answers_as_evaluate_does_on_the_same_images(pngs, cli, tmp_path
     assert sum(int(r["correct"]) for r in rows) == round(teacher["top1"] * 200)
     assert all(int(r["correct"]) == (r["class_1"] == r["label"]) for r in rows)
     assert all(1 >= float(r["prob_1"]) >= float(r["prob_2"]) >= float(r["prob_5"]) >= 0 for r in rows)
+    # With one class listed, top-1 is counted once.
+    one = cli("predict", f"predict.input={pngs}", "predict.model=teacher", "predict.topk=1", "predict.output=top1.csv", THREADS)
+    assert one.code == 0, one.text
+    assert json.loads((tmp_path / "top1.json").read_text())["top1"] == pytest.approx(teacher["top1"], abs=1e-6)
 
 
 def test_a_streamed_model_sees_photos_as_its_test_split_was_and_bad_files_are_skipped_or_named(photos, cli, tmp_path):

@@ -28,6 +28,10 @@ def checked(meta: dict[str, Any], path: Path) -> dict[str, Any]:
     classes = meta.get("num_classes")
     if classes is not None and not (isinstance(classes, int) and not isinstance(classes, bool) and 1 <= classes <= MAX_CLASSES):
         raise refuse(f"num_classes {str(classes)[:40]!r}")
+    names = meta.get("classes")
+    if names is not None and not (isinstance(names, list) and len(names) == (classes or len(names)) <= MAX_CLASSES
+                                  and all(isinstance(c, str) and len(c) <= 255 for c in names)):
+        raise refuse("classes is not one short name per class")
     kwargs = meta.get("kwargs", {})
     if not isinstance(kwargs, dict):
         raise refuse("kwargs is not a mapping")

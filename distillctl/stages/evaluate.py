@@ -20,6 +20,7 @@ from distillctl.stages.context import RunContext
 from distillctl.tracking import tracked
 from distillctl.workspace import METRICS_FILE
 
+
 def agreement(pred: torch.Tensor, reference: torch.Tensor | None) -> float | None:
     """Fraction of test images on which two models predict the same class."""
     return None if reference is None else (pred == reference).float().mean().item()

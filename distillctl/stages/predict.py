@@ -92,7 +92,7 @@ def run(cfg: DictConfig) -> dict:
     summary = {
         "model": name, "file": str(path), "runtime": runtime, "input": str(cfg.predict.input), "images": tally.images,
         "skipped_images": len(split.problems), "skipped_files": sorted(split.problems)[:MAX_LISTED_PROBLEMS],
-        "labelled": images.labelled, "top1": tally.accuracy(1), f"top{k}": tally.accuracy(k) if k > 1 else None,
+        "labelled": images.labelled, "top1": tally.accuracy(1), **({f"top{k}": tally.accuracy(k)} if k > 1 else {}),
         "predicted_classes": {classes[c]: n for c, n in tally.predicted.most_common()},
         "preprocess": pre, "preprocess_from": pre_source, "mean": mean, "std": std,
         "seconds": round(seconds, 2), "images_per_s": round(tally.images / seconds, 1), "csv": str(out),
@@ -104,21 +104,26 @@ def run(cfg: DictConfig) -> dict:
 
 
 class Tally:
-    """Counts kept while predictions stream past: images, hits at 1 and k, and how often each class is predicted."""
+    """Counts kept while predictions stream past: images, labels found first and among the top k, and how often each
+    class is predicted."""
 
     def __init__(self, k: int, labelled: bool) -> None:
-        self.k, self.labelled, self.images, self.hits, self.predicted = k, labelled, 0, Counter(), Counter()
+        self.k, self.labelled = k, labelled
+        self.images = self.first = self.among_top = 0
+        self.predicted: Counter = Counter()
 
     def add(self, top: list[int], label: int) -> None:
         """One image's top classes, best first, and its label (-1: none)."""
         self.images += 1
         self.predicted[top[0]] += 1
-        self.hits[1] += int(top[0] == label)
-        self.hits[self.k] += int(label in top)
+        self.first += int(top[0] == label)
+        self.among_top += int(label in top)
 
     def accuracy(self, k: int) -> float | None:
         """Share of the images whose label is among the top k (1 or the tally's k); None when they have no labels."""
-        return self.hits[k] / self.images if self.labelled and self.images else None
+        if not (self.labelled and self.images):
+            return None
+        return (self.first if k == 1 else self.among_top) / self.images
 
 
 def open_model(path: Path) -> tuple[torch.nn.Module, dict, list[str]]:
