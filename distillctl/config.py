@@ -123,8 +123,8 @@ class DatasetConfig:
     """Where images come from and how they are split and augmented."""
 
     name: str = "cifar10"
-    # A Hub id (uoft-cs/cifar10), a local directory in the Hub's parquet layout, an image folder
-    # (train/<class>/*.jpg, test/<class>/*.jpg), or `embedded` for the sample shipped in the package.
+    # A Hub id (uoft-cs/cifar10), a local directory in the Hub's parquet layout, an image folder (<class>/*.jpg, or
+    # train/<class>/*.jpg and test/<class>/*.jpg), or `embedded` for the sample shipped in the package.
     path: str = "embedded"
     # null: the data set's only Image column / only ClassLabel column; a name given must exist.
     image_column: Optional[str] = None
@@ -135,6 +135,8 @@ class DatasetConfig:
     test_limit: Optional[int] = bounded(None, min=1)
     # Held out of train to pick the best checkpoint: a fraction (< 1) or a count of images.
     val_size: float = bounded(0.1, above=0)
+    # An image folder of class folders alone (no train/ and test/): the share of each class held out for testing.
+    test_size: float = bounded(0.2, above=0, below=1)
     image_size: int = bounded(32, min=8, max=4096)
     # resident: every image decoded once into memory on the training device; training crops are padded shifts.
     # stream: files decoded by `workers` processes per batch, RandomResizedCrop for training, memory flat in data size.

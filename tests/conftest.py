@@ -89,7 +89,7 @@ def tiny(tmp_path: Path) -> Path:
 
 def write_photo_folder(root: Path, per_split: dict[str, int], size: tuple[int, int] = (96, 72)) -> Path:
     """An image folder of real photos: embedded CIFAR-10 images upscaled to `size` (width, height) and saved as JPEG
-    in root/<split>/<class>/, the layout a user's own images come in."""
+    in root/<split>/<class>/, the layout a user's own images come in (split "": root/<class>/, class folders alone)."""
     import datasets
 
     from distillctl.data.sources import EMBEDDED_DIR

@@ -62,6 +62,40 @@ def test_image_folder(tmp_path):
     assert set(data.classes) <= set(sample.classes)
 
 
+def test_class_folders_alone_hold_out_the_same_share_of_each_class_on_every_run(tmp_path, capsys):
+    from distillctl.data import folder
+    from distillctl.data.sources import locate
+
+    from conftest import write_photo_folder
+
+    root = write_photo_folder(tmp_path / "photos", {"": 120}, size=(32, 32))  # photos/<class>/*.jpg, no splits
+    per_class = {c.name: len(list(c.iterdir())) for c in root.iterdir()}
+    data = load_splits(dataset_cfg(path=str(root), image_column="image", val_size=10))
+    assert "20% of each class's photos are held out as the test split" in capsys.readouterr().out
+    assert len(data.train.labels) + len(data.val.labels) + len(data.test.labels) == 120
+    tested = torch.bincount(data.test.labels, minlength=len(data.classes)).tolist()
+    assert tested == [min(n - 1, max(1, round(n * 0.2))) for n in (per_class[c] for c in data.classes)]
+    # The parts are disjoint and chosen by name: a second listing (another run) picks the same files.
+    assert locate(str(root)).builder == folder.CLASS_FOLDERS
+    classes = folder.class_names(root, folder.CLASS_FOLDERS)
+    train, test = ({p for paths in folder.held_out_split(root, classes, split, 0.2) for p in paths} for split in ("train", "test"))
+    assert not train & test and len(train | test) == 120
+    assert {p for paths in folder.held_out_split(root, classes, "test", 0.2) for p in paths} == test
+    # Another share is another split, not the cached one.
+    half = load_splits(dataset_cfg(path=str(root), image_column="image", val_size=10, test_size=0.5))
+    assert abs(len(half.test.labels) - 60) <= len(per_class)
+    with pytest.raises(UserError, match="has no split 'val'"):
+        load_splits(dataset_cfg(path=str(root), image_column="image", test_split="val"))
+
+
+def test_a_val_folder_stands_in_for_a_missing_test_folder(tmp_path, capsys):
+    from conftest import write_photo_folder
+
+    root = write_photo_folder(tmp_path / "photos", {"train": 40, "val": 12}, size=(32, 32))
+    data = load_splits(dataset_cfg(path=str(root), image_column="image", val_size=4))
+    assert len(data.test.labels) == 12 and "testing on val/" in capsys.readouterr().out
+
+
 def test_missing_local_path_and_unreachable_hub_say_what_to_do():
     with pytest.raises(UserError, match="does not exist"):
         load_splits(dataset_cfg(path="./no/such/dir"))

@@ -1,4 +1,8 @@
-"""An image folder (<root>/<split>/<class>/<image>) read as a table of file paths and labels.
+"""An image folder read as a table of file paths and labels, in one of two layouts:
+
+- split folders, <root>/<split>/<class>/<image> (train/ and test/; a val/ folder stands in for a missing test/);
+- class folders alone, <root>/<class>/<image>: a share of each class (dataset.test_size) is held out as the test
+  split, chosen by a hash of each file's name, so every run and machine tests on the same photos.
 
 Listed here with os.scandir rather than through `datasets`' imagefolder builder, which resolves and hashes every
 file again on each load: 17-20 s for 20,000 photos before the first step, against well under a second here.
@@ -6,12 +10,17 @@ file again on each load: 17-20 s for 20,000 photos before the first step, agains
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
 from distillctl.errors import UserError
+
+SPLIT_FOLDERS, CLASS_FOLDERS = "imagefolder", "classfolders"
+# Folders that hold a test split under another name (ImageNet's layout is train/ and val/).
+TEST_STAND_INS = ("val", "validation", "valid")
 
 
 @lru_cache(maxsize=1)
@@ -35,28 +44,88 @@ def has_images(folder: Path) -> bool:
     return next(images_under(folder), None) is not None
 
 
-def class_names(root: Path) -> list[str]:
-    """Class folders holding at least one image in any split, sorted: one label mapping for every split."""
-    names = set()
-    for split_dir in (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        names |= {c.name for c in split_dir.iterdir() if c.is_dir() and not c.name.startswith(".") and has_images(c)}
-    return sorted(names)
+def layout(root: Path) -> str | None:
+    """SPLIT_FOLDERS when root holds train/<class>/ folders, CLASS_FOLDERS when it holds only <class>/ folders of
+    images, else None."""
+    train = root / "train"
+    if train.is_dir() and any(p.is_dir() for p in train.iterdir()):
+        return SPLIT_FOLDERS
+    if any(has_images(p) for p in subfolders(root)):
+        return CLASS_FOLDERS
+    return None
 
 
-def table(root: Path, split: str):
+def subfolders(folder: Path) -> list[Path]:
+    """The folder's visible subfolders, sorted."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def class_names(root: Path, kind: str = SPLIT_FOLDERS) -> list[str]:
+    """Class folders holding at least one image (in any split), sorted: one label mapping for every split."""
+    if kind == CLASS_FOLDERS:
+        return [c.name for c in subfolders(root) if has_images(c)]
+    return sorted({c.name for split_dir in subfolders(root) for c in subfolders(split_dir) if has_images(c)})
+
+
+def table(root: Path, split: str, kind: str = SPLIT_FOLDERS, test_size: float = 0.2):
     """One split as a `datasets.Dataset` with an (undecoded) image column and a ClassLabel column."""
     import datasets
 
-    split_dir = root / split
-    if not split_dir.is_dir():
-        raise UserError(f"image folder '{root}' has no split '{split}' (no {split_dir}/<class>/ folders). Set dataset.train_split / dataset.test_split.")
-    classes = class_names(root)
-    paths, labels = [], []
-    for label, name in enumerate(classes):
-        found = sorted(images_under(split_dir / name)) if (split_dir / name).is_dir() else []
-        paths += found
-        labels += [label] * len(found)
+    classes = class_names(root, kind)
+    files = held_out_split(root, classes, split, test_size) if kind == CLASS_FOLDERS else split_files(root, classes, split)
+    paths = [p for found in files for p in found]
+    labels = [label for label, found in enumerate(files) for _ in found]
     if not paths:
-        raise UserError(f"no images in {split_dir}/<class>/ (looked for .jpg, .png, .webp and the other formats PIL reads).")
+        where = f"{root}/<class>/" if kind == CLASS_FOLDERS else f"{root / split}/<class>/"
+        raise UserError(f"no images in {where} (looked for .jpg, .png, .webp and the other formats PIL reads).")
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
     return datasets.Dataset.from_dict({"image": [{"path": p, "bytes": None} for p in paths], "label": labels}, features=features)
+
+
+def test_stand_in(root: Path, split: str) -> str | None:
+    """The folder that holds the test split when root has no test/ (val/, ...), else None."""
+    if split != "test" or (root / split).is_dir():
+        return None
+    return next((name for name in TEST_STAND_INS if (root / name).is_dir()), None)
+
+
+def layout_note(root: Path, kind: str, test_split: str, test_size: float) -> str | None:
+    """A line for the log when the test split is not root/test/: held out of class folders, or a stand-in folder."""
+    if kind == CLASS_FOLDERS:
+        return (f"data: '{root}' has no train/ and test/ folders: {test_size:.0%} of each class's photos are held out as the "
+                "test split (dataset.test_size), chosen by their names: the same ones on every run")
+    stand_in = test_stand_in(root, test_split)
+    return f"data: '{root}' has no test/ folder: testing on {stand_in}/ (dataset.test_split={stand_in})" if stand_in else None
+
+
+def split_files(root: Path, classes: list[str], split: str) -> list[list[str]]:
+    """Each class's images in root/<split>/, sorted; a val/ folder stands in for a missing test/ (and says so)."""
+    split_dir = root / (test_stand_in(root, split) or split)
+    if not split_dir.is_dir():
+        raise UserError(f"image folder '{root}' has no split '{split}' (no {split_dir}/<class>/ folders). Set dataset.train_split / "
+                        "dataset.test_split, or put the photos in class folders alone (<class>/*.jpg) to hold a test split out of them.")
+    return [sorted(images_under(split_dir / name)) if (split_dir / name).is_dir() else [] for name in classes]
+
+
+def held_out_split(root: Path, classes: list[str], split: str, test_size: float) -> list[list[str]]:
+    """Each class's images of the training part ("train") or of the held-out test part ("test") of a folder of class
+    folders: the `test_size` share of each class whose names hash lowest, rounded, and at least one photo for each
+    part in a class of two or more. Exact shares per class, since own data sets are often small; a file's hash
+    depends on its name alone, so the same files always split the same way."""
+    if split not in ("train", "test"):
+        raise UserError(f"'{root}' holds class folders without train/ and test/ folders, so it has no split '{split}': "
+                        "leave dataset.train_split and dataset.test_split at train and test (dataset.test_size sets the "
+                        "share of each class held out for testing).")
+    chosen = []
+    for name in classes:
+        class_dir = root / name
+        ranked = sorted((name_hash(os.path.relpath(p, class_dir)), p) for p in images_under(class_dir))
+        n_test = min(len(ranked) - 1, max(1, round(len(ranked) * test_size))) if len(ranked) > 1 else 0
+        part = ranked[:n_test] if split == "test" else ranked[n_test:]
+        chosen.append(sorted(p for _, p in part))
+    return chosen
+
+
+def name_hash(name: str) -> bytes:
+    """A file name's rank key: sha1, not hash(), which is salted per process."""
+    return hashlib.sha1(name.encode()).digest()

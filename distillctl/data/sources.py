@@ -24,7 +24,8 @@ class Source:
 
     spec: str  # what the user wrote in dataset.path
     local_dir: Path | None  # set for local data; None for a Hub id
-    builder: str | None  # "imagefolder" for an image folder, else None (parquet dir or Hub)
+    builder: str | None  # an image folder's layout (folder.SPLIT_FOLDERS or CLASS_FOLDERS), else None (parquet dir or Hub)
+    test_size: float = 0.2  # class folders alone: the share of each class held out as the test split
     # Splits already read: choosing a loader counts the training rows, and the chosen loader then needs the same table.
     tables: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -33,6 +34,8 @@ class Source:
         if self.local_dir is None:
             return None
         digest = hashlib.sha1(extra.encode())
+        if self.builder == folder.CLASS_FOLDERS:  # the same files split another way are other splits
+            digest.update(f"|test_size={self.test_size}".encode())
         digest.update(self.file_stamps)
         return digest.hexdigest()[:16]
 
@@ -46,23 +49,26 @@ class Source:
         return b"".join(stamps)
 
 
-def locate(spec: str) -> Source:
-    """Decide what kind of source dataset.path names, failing early for a local path that isn't there."""
+def locate(spec: str, test_size: float = 0.2) -> Source:
+    """Decide what kind of source dataset.path names, failing early for a local path that isn't there; `test_size`
+    is the share of each class held out for testing from a folder of class folders alone."""
     if spec == "embedded":
         return Source(spec, EMBEDDED_DIR, None)
     if not spec.strip():
-        raise UserError("dataset.path is not set: add dataset.path=DIR, a folder of your images as DIR/train/<class>/*.jpg and DIR/test/<class>/*.jpg.")
+        raise UserError("dataset.path is not set: add dataset.path=DIR, a folder of your images as DIR/<class>/*.jpg, or "
+                        "DIR/train/<class>/*.jpg and DIR/test/<class>/*.jpg.")
     path = Path(spec).expanduser()
     if path.is_dir():
         # Parquet (the Hub's layout) and WebDataset shards (train-00000.tar, ...) are read by `datasets` itself.
-        has_tables = any(path.rglob("*.parquet")) or any(path.glob("*.tar"))
-        has_class_dirs = (path / "train").is_dir() and any(p.is_dir() for p in (path / "train").iterdir())
-        if not has_tables and not has_class_dirs:
+        if any(path.rglob("*.parquet")) or any(path.glob("*.tar")):
+            return Source(spec, path.resolve(), None)
+        kind = folder.layout(path)
+        if kind is None:
             raise UserError(
                 f"dataset.path '{spec}' holds no parquet files (the Hub's layout), WebDataset shards (train-00000.tar) "
-                "or image folder (train/<class>/*.jpg). Point it at one of those."
+                "or image folder (<class>/*.jpg, or train/<class>/*.jpg and test/<class>/*.jpg). Point it at one of those."
             )
-        return Source(spec, path.resolve(), None if has_tables else "imagefolder")
+        return Source(spec, path.resolve(), kind, test_size)
     looks_local = spec.startswith((".", "/", "~")) or spec.count("/") > 1
     if looks_local:
         raise UserError(f"dataset.path '{spec}' does not exist. Give a local directory or a Hub id such as uoft-cs/cifar10.")
@@ -89,8 +95,8 @@ def read_split_table(source: Source, split: str):
         console.print(f"data: '{source.spec}' split '{split}' from the Hugging Face Hub (downloaded once into its cache)")
         datasets.enable_progress_bars()
     try:
-        if source.builder == "imagefolder":
-            return folder.table(source.local_dir, split)
+        if source.builder is not None:
+            return folder.table(source.local_dir, split, source.builder, source.test_size)
         return datasets.load_dataset(str(source.local_dir or source.spec), split=split)
     except UserError:
         raise
@@ -109,7 +115,7 @@ def offline_message(spec: str, reason: str) -> str:
     return (
         f"could not load '{spec}' from the Hugging Face Hub ({reason}). Without network, point "
         "dataset.path at local files: a directory in the Hub's parquet layout (e.g. dataset.path=../shared/data/cifar10) "
-        "or an image folder with train/<class>/*.jpg and test/<class>/*.jpg."
+        "or an image folder (<class>/*.jpg, or train/<class>/*.jpg and test/<class>/*.jpg)."
     )
 
 

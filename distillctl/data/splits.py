@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from distillctl.console import console
-from distillctl.data import sources
+from distillctl.data import folder, sources
 from distillctl.data.batches import TensorSplit
 from distillctl.data.stream import StreamSettings, StreamSplit, default_workers
 from distillctl.disk import write_failure
@@ -65,7 +65,9 @@ class DataSplits:
 
 def load_splits(cfg) -> DataSplits:
     """Load and split the data set that `cfg` (the `dataset` section) names, resident or streamed as it says."""
-    source = sources.locate(cfg.path)
+    source = sources.locate(cfg.path, cfg.test_size)
+    if source.builder is not None and (note := folder.layout_note(source.local_dir, source.builder, cfg.test_split, cfg.test_size)):
+        console.print(note)
     if cfg.loader == "stream" or (cfg.loader == "auto" and not resident_cache_hit(source, cfg) and too_big(source, cfg)):
         train, test, classes = streamed(source, cfg)
         kind = "stream"
