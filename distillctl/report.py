@@ -9,7 +9,10 @@ from typing import Any
 from rich.table import Table
 
 from distillctl import files
+from distillctl.class_accuracy import ClassAccuracy
 from distillctl.console import console
+
+PER_CLASS = "per_class.csv"
 
 # (key, header, format) for each column of the table and of report.md.
 COLUMNS = [
@@ -54,8 +57,9 @@ def print_table(results: dict[str, dict[str, Any]], title: str) -> None:
     console.print(table)
 
 
-def markdown(results: dict[str, dict[str, Any]], context: dict[str, Any], figures: list[Path] = ()) -> str:
-    """report.md: the same table plus the conditions of the measurement."""
+def markdown(results: dict[str, dict[str, Any]], context: dict[str, Any], figures: list[Path] = (),
+             by_class: ClassAccuracy | None = None, final: str = "") -> str:
+    """report.md: the same table, the conditions of the measurement, top-1 per class, and the figures."""
     lines = [f"# Evaluation: {context['recipe']}", ""]
     shown = columns(results)
     lines.append("| model | " + " | ".join(h for _, h, _ in shown) + " |")
@@ -71,15 +75,28 @@ def markdown(results: dict[str, dict[str, Any]], context: dict[str, Any], figure
         f"- measured {context['date']}",
         "",
     ]
+    if by_class is not None:
+        lines += by_class.markdown(final)
     lines += [f"![{figure.stem.replace('_', ' ')}]({figure.name})" for figure in figures]
     return "\n".join(lines) + ("\n" if figures else "")
 
 
-def write(report_dir: Path, results: dict[str, dict[str, Any]], context: dict[str, Any], expectations: list[dict], figures: list[Path] = ()) -> None:
-    """metrics.json and report.md (referencing `figures`, PNGs in report_dir), atomically."""
+def write(report_dir: Path, results: dict[str, dict[str, Any]], context: dict[str, Any], expectations: list[dict],
+          figures: list[Path] = (), by_class: ClassAccuracy | None = None, final: str = "") -> None:
+    """metrics.json, report.md (referencing `figures`, PNGs in report_dir) and per_class.csv, atomically."""
     context = {**context, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     files.write_json(report_dir / "metrics.json", {"models": results, "context": context, "expect": expectations})
-    files.write_text(report_dir / "report.md", markdown(results, context, figures))
+    if by_class is not None:
+        files.write_text(report_dir / PER_CLASS, by_class.csv_text())
+    files.write_text(report_dir / "report.md", markdown(results, context, figures, by_class, final))
+
+
+def print_drops(by_class: ClassAccuracy, final: str, shown: int = 3) -> None:
+    """One line under the table: the classes `final` loses most against the teacher, when it loses any."""
+    drops = by_class.drops(final, count=shown)
+    if drops:
+        listed = ", ".join(f"{name} {ref:.0%} -> {own:.0%} ({n} images)" for name, n, ref, own in drops)
+        console.print(f"largest per-class drops, {final} against the teacher: {listed} (report: {PER_CLASS})")
 
 
 def print_misses(rows: list[dict[str, Any]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import pickle
@@ -37,7 +38,8 @@ def test_pipeline_writes_every_artifact_and_skips_on_rerun(cli, tiny):
         assert "optimizer" in torch.load(runs / stage / "last_state.pt", weights_only=True)
     int8 = json.loads((runs / "int8_static" / "metrics.json").read_text())
     assert int8["source"].endswith("pruned/model.safetensors") and int8["agreement_with_float"] > 0.5
-    assert {p.name for p in (runs / "report").iterdir()} == {"metrics.json", "report.md", "accuracy_vs_size.png", "accuracy_vs_latency.png"}
+    assert {p.name for p in (runs / "report").iterdir()} == {"metrics.json", "report.md", "per_class.csv", "accuracy_vs_size.png",
+                                                              "accuracy_vs_latency.png"}
     report = json.loads((runs / "report" / "metrics.json").read_text())
     assert set(report["models"]) == {"teacher", "student", "pruned", "int8_static"}
     assert report["models"]["pruned"]["macs"] < 0.55 * report["models"]["student"]["macs"]
@@ -45,6 +47,11 @@ def test_pipeline_writes_every_artifact_and_skips_on_rerun(cli, tiny):
     assert {"top1", "top5", "agreement", "params", "macs", "size_mb", "latency_ms", "throughput"} <= set(report["models"]["student"])
     assert report["models"]["teacher"]["agreement"] == 1.0 and report["context"]["threads"] >= 1
     assert "| student (resnet8) |" in (md := (runs / "report" / "report.md").read_text()) and "(accuracy_vs_size.png)" in md
+    # Every class's top-1 per model; the report's lowest class figure is the CSV's.
+    per_class = list(csv.DictReader((runs / "report" / "per_class.csv").open()))
+    assert len(per_class) == 10 and sum(int(row["test_images"]) for row in per_class) == report["context"]["test_images"]
+    assert min(float(row["student"]) for row in per_class) == pytest.approx(report["models"]["student"]["worst_class_top1"], abs=1e-4)
+    assert "## Top-1 per class" in md
     assert "all 1 expectations met" in first.out
     assert "expect" in (runs / "student" / "config.yaml").read_text()
 

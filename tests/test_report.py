@@ -1,8 +1,15 @@
-"""The evaluation report: its columns, its plots and how report.md refers to them."""
+"""The evaluation report: its columns, its plots, top-1 per class and how report.md refers to them."""
 
 from __future__ import annotations
 
-from distillctl import plots, report
+import csv
+import io
+
+import pytest
+import torch
+
+from distillctl import expectations, plots, report
+from distillctl.class_accuracy import FULL_TABLE_MAX, ClassAccuracy
 
 ROW = {"arch": "resnet8", "top1": 0.5, "top5": 0.9, "agreement": 1.0, "params": 78000, "macs": 12_500_000,
        "size_mb": 0.32, "sparsity": 0.0, "latency_ms": 0.4, "throughput": 5000.0, "runtime": "torchscript"}
@@ -22,3 +29,35 @@ def test_the_two_plots_are_written_and_referenced(tmp_path):
     assert all(f.read_bytes().startswith(b"\x89PNG") for f in figures)
     md = report.markdown(results, CONTEXT, figures)
     assert "![accuracy vs size](accuracy_vs_size.png)" in md and "![accuracy vs latency](accuracy_vs_latency.png)" in md
+
+
+def test_top1_per_class_finds_the_class_a_student_gave_up_and_expect_can_refuse_it(capsys):
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])  # class 3 has no test images
+    by_class = ClassAccuracy.empty(["cat", "dog", "fox", "owl"], labels)
+    assert by_class.images == [4, 2, 4, 0]
+    assert by_class.add("teacher", labels.clone(), labels) == 1.0
+    student = torch.tensor([0, 0, 0, 1, 0, 0, 2, 2, 2, 2])  # one cat missed, every dog missed
+    worst = by_class.add("student", student, labels)
+    assert worst == 0.0 and by_class.top1["student"] == [0.75, 0.0, 1.0, None]
+    assert by_class.drops("student") == [("dog", 2, 1.0, 0.0), ("cat", 4, 1.0, 0.75)]
+    assert by_class.drops("teacher") == [] and by_class.drops("student", reference="pruned") == []
+    rows = list(csv.DictReader(io.StringIO(by_class.csv_text())))
+    assert rows[1] == {"class": "dog", "test_images": "2", "teacher": "1.0000", "student": "0.0000"} and rows[3]["student"] == ""
+    md = report.markdown({"teacher": ROW, "student": ROW}, CONTEXT, by_class=by_class, final="student")
+    assert "| dog | 2 | 100.0% | 0.0% |" in md and "| owl | 0 | - | - |" in md
+    report.print_drops(by_class, "student")
+    assert "largest per-class drops, student against the teacher: dog 100% -> 0% (2 images), cat 100% -> 75%" in capsys.readouterr().out
+    # A recipe can hold the weakest class to a floor.
+    checked = expectations.check({"student.worst_class_top1": {"min": 0.5}}, {"student": {"worst_class_top1": worst}})
+    assert [row["ok"] for row in checked] == [False]
+
+
+@pytest.mark.parametrize("classes", [FULL_TABLE_MAX + 1, 1000])
+def test_many_classes_list_only_the_largest_drops_in_report_md(classes):
+    labels = torch.arange(classes).repeat(2)
+    by_class = ClassAccuracy.empty([f"c{i}" for i in range(classes)], labels)
+    by_class.add("teacher", labels, labels)
+    by_class.add("student", torch.where(labels < 12, (labels + 1) % classes, labels), labels)  # the first 12 classes missed
+    md = "\n".join(by_class.markdown("student"))
+    assert "The 10 classes where student falls furthest below the teacher (every class: per_class.csv)" in md
+    assert md.count("| 100.0% | 0.0% |") == 10 and "| c12 |" not in md

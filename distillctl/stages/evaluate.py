@@ -9,11 +9,12 @@ import torch
 from omegaconf import DictConfig
 
 from distillctl import expectations, files, measure, plots, report
+from distillctl.class_accuracy import ClassAccuracy
 from distillctl.compress.sparsity import weight_sparsity
 from distillctl.console import console
 from distillctl.engine.predict import predict, top5_accuracy, topk_accuracy
 from distillctl.errors import UserError
-from distillctl.model_files import QUANTIZED, load_runnable, runtime_of, workspace_models
+from distillctl.model_files import QUANTIZED, final_model, load_runnable, runtime_of, workspace_models
 from distillctl.models import count_parameters
 from distillctl.models.normalization import stored_normalization
 from distillctl.stages.context import RunContext
@@ -46,6 +47,7 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"nothing to evaluate in {ctx.workspace.root}: run `distillctl pipeline` (or train-teacher and distill) with the same recipe first.")
     threads = cfg.trainer.threads or torch.get_num_threads()
     results, predictions = {}, {}
+    by_class = ClassAccuracy.empty(ctx.data.classes, ctx.data.test.labels)
     for stage, path in found.items():
         console.print(f"evaluating {stage} from {path}")
         # Foreign files without metadata are named by the config section of the model they stand for.
@@ -66,6 +68,7 @@ def run(cfg: DictConfig) -> dict:
             "path": str(path),
             "top1": topk_accuracy(logits, labels, 1),
             "top5": top5_accuracy(logits, labels),
+            "worst_class_top1": by_class.add(stage, pred, labels),
             "agreement": agreement(pred, predictions.get("teacher")),
             # Compressed students are judged against the float student they came from, too.
             "agreement_with_student": agreement(pred, predictions.get("student")),
@@ -77,6 +80,7 @@ def run(cfg: DictConfig) -> dict:
             **measure.speed(timed, cfg.dataset.image_size, threads),
         }
     add_teacher_ratios(results)
+    final = final_model(cfg, ctx.workspace)[0]
     context = {
         "recipe": Path(cfg.run_dir).name,
         "dataset": cfg.dataset.path,
@@ -92,10 +96,11 @@ def run(cfg: DictConfig) -> dict:
     report_dir = ctx.workspace.output("report")
     with tracked(cfg, report_dir) as tracker:
         figures = plots.draw(report_dir, results, context["recipe"])
-        report.write(report_dir, results, context, checked, figures)
+        report.write(report_dir, results, context, checked, figures, by_class, final)
         tracker.log({f"{stage}/{key}": value for stage, row in results.items() for key, value in row.items()}, 0)
-        tracker.artifacts([report_dir / METRICS_FILE, report_dir / "report.md", *figures])
+        tracker.artifacts([report_dir / METRICS_FILE, report_dir / "report.md", report_dir / report.PER_CLASS, *figures])
     report.print_table(results, f"{context['recipe']}: {len(ctx.data.test)} test images, CPU timings on {threads} threads")
+    report.print_drops(by_class, final)
     console.print(f"report: {report_dir / 'report.md'}")
     report.enforce(checked)
     return results
