@@ -23,7 +23,8 @@ from distillctl.compress import onnx_export
 from distillctl.config import BUNDLED_WEIGHTS, DatasetConfig
 from distillctl.data import eval_batches, load_splits
 from distillctl.engine.predict import predict, topk_accuracy
-from distillctl.measure import cpu_name, speed
+from distillctl.environment import cpu_name
+from distillctl.evaluation.measure import speed
 from distillctl.models import load_model
 
 

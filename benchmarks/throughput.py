@@ -142,7 +142,7 @@ def main() -> None:
         tool_m, hand_m = statistics.median(figures["tool"]), statistics.median(figures["hand"])
         rows[task] = {"tool": tool_m, "hand": hand_m, "ratio": tool_m / hand_m, "rounds": figures}
         print(f"{task:8s} tool {tool_m:9,.0f} img/s   hand {hand_m:9,.0f} img/s   ratio {tool_m / hand_m:.3f}", flush=True)
-    from distillctl.measure import cpu_name
+    from distillctl.environment import cpu_name
 
     info = {
         **vars(args),

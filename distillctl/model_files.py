@@ -89,7 +89,7 @@ def load_runnable(path: Path, fallback_name: str | None, num_classes: int | None
 
 def runtime_of(model: nn.Module, image_size: int) -> tuple[nn.Module, str]:
     """What a model is timed as and the runtime's name: files run in their own runtime, torch models as deployed."""
-    from distillctl import measure
+    from distillctl.evaluation import measure
     from distillctl.compress.executorch_export import ExecuTorchClassifier
     from distillctl.compress.onnx_export import OnnxClassifier
 

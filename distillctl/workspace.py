@@ -12,7 +12,7 @@ from typing import IO, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from distillctl import files
+from distillctl import environment, files
 from distillctl.errors import UserError
 from distillctl.ranks import is_main
 
@@ -238,5 +238,6 @@ def save_config(stage_dir: Path, cfg: DictConfig) -> None:
 
 
 def write_metrics(stage_dir: Path, metrics: dict[str, Any]) -> None:
-    """metrics.json, written last: its presence marks the stage finished."""
-    files.write_json(stage_dir / METRICS_FILE, metrics)
+    """metrics.json, written last: its presence marks the stage finished. It records what produced the stage (the
+    command, versions, machine) beside the figures."""
+    files.write_json(stage_dir / METRICS_FILE, {**metrics, "environment": environment.describe()})

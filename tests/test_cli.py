@@ -34,6 +34,10 @@ def test_pipeline_writes_every_artifact_and_skips_on_rerun(cli, tiny):
             assert (runs / stage / name).is_file(), f"{stage}/{name}"
         metrics = json.loads((runs / stage / "metrics.json").read_text())
         assert 0.0 <= metrics["test_top1"] <= 1.0 and metrics["fingerprint"]
+        # What produced it: the command that reruns it, the code and the libraries.
+        made_by = metrics["environment"]
+        assert made_by["command"] == "distillctl pipeline recipe=tiny" and made_by["torch"] == torch.__version__
+        assert made_by["distillctl"].startswith(distillctl.__version__) and made_by["cpu"]
         # Training state loads without unpickling code.
         assert "optimizer" in torch.load(runs / stage / "last_state.pt", weights_only=True)
     int8 = json.loads((runs / "int8_static" / "metrics.json").read_text())
@@ -52,6 +56,7 @@ def test_pipeline_writes_every_artifact_and_skips_on_rerun(cli, tiny):
     assert len(per_class) == 10 and sum(int(row["test_images"]) for row in per_class) == report["context"]["test_images"]
     assert min(float(row["student"]) for row in per_class) == pytest.approx(report["models"]["student"]["worst_class_top1"], abs=1e-4)
     assert "## Top-1 per class" in md
+    assert "- command: `distillctl pipeline recipe=tiny`" in md and f"torch {torch.__version__}" in md
     assert "all 1 expectations met" in first.out
     assert "expect" in (runs / "student" / "config.yaml").read_text()
 

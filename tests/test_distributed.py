@@ -256,6 +256,9 @@ def test_the_joblib_launcher_runs_a_sweeps_jobs_side_by_side(cli, tmp_path):
     found = sorted((tmp_path / "runs" / "quickstart" / "sweep").glob("*/*/student/metrics.json"))
     assert [json.loads(m.read_text())["processes"] for m in found] == [1, 1]
     assert "0_seed=0" in result.out and "1_seed=1" in result.out  # the sweep's summary table
+    # Each job records the command that reruns it alone: the sweep's values, one per job.
+    commands = [json.loads(m.read_text())["environment"]["command"] for m in found]
+    assert [c.startswith("distillctl distill ") and c.endswith(f" seed={i}") for i, c in enumerate(commands)] == [True, True], commands
 
 
 @pytest.mark.slow

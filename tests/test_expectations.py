@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from distillctl import expectations
+from distillctl.evaluation import expectations
 from distillctl.stages.evaluate import add_teacher_ratios
 
 

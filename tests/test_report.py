@@ -8,8 +8,8 @@ import io
 import pytest
 import torch
 
-from distillctl import expectations, plots, report
-from distillctl.class_accuracy import FULL_TABLE_MAX, ClassAccuracy
+from distillctl.evaluation import expectations, plots, report
+from distillctl.evaluation.class_accuracy import FULL_TABLE_MAX, ClassAccuracy
 
 ROW = {"arch": "resnet8", "top1": 0.5, "top5": 0.9, "agreement": 1.0, "params": 78000, "macs": 12_500_000,
        "size_mb": 0.32, "sparsity": 0.0, "latency_ms": 0.4, "throughput": 5000.0, "runtime": "torchscript"}

@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from distillctl.seed_results import rows_with_gain
+from distillctl.evaluation.seed_results import rows_with_gain
 
 SEEDS = "reproduce.seeds=[0,1]"
 

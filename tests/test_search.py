@@ -85,7 +85,7 @@ def test_the_objective_reports_each_epoch_and_stops_a_poor_trial():
 
 def test_the_bundled_student_space_builds_every_student():
     """Like timm's test over every registered model: each choice of search=students is a model distill can build."""
-    from distillctl import measure
+    from distillctl.evaluation import measure
     from distillctl.models import create_model
 
     space = OmegaConf.load(Path(__file__).resolve().parents[1] / "distillctl/configs/search/students.yaml").space

@@ -13,8 +13,8 @@ import math
 import torch
 from torch import nn
 
-from distillctl import measure
 from distillctl.errors import UserError
+from distillctl.evaluation import measure
 from distillctl.models import count_parameters
 
 

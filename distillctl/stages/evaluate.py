@@ -8,12 +8,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from distillctl import expectations, files, measure, plots, report
-from distillctl.class_accuracy import ClassAccuracy
+from distillctl import environment, files
 from distillctl.compress.sparsity import weight_sparsity
 from distillctl.console import console
 from distillctl.engine.predict import predict, top5_accuracy, topk_accuracy
+from distillctl.environment import cpu_name
 from distillctl.errors import UserError
+from distillctl.evaluation import expectations, measure, plots, report
+from distillctl.evaluation.class_accuracy import ClassAccuracy
 from distillctl.model_files import QUANTIZED, final_model, load_runnable, runtime_of, workspace_models
 from distillctl.models import count_parameters
 from distillctl.models.normalization import stored_normalization
@@ -85,11 +87,12 @@ def run(cfg: DictConfig) -> dict:
         "recipe": Path(cfg.run_dir).name,
         "dataset": cfg.dataset.path,
         "test_images": len(ctx.data.test),
-        "cpu": measure.cpu_name(),
+        "cpu": cpu_name(),
         "threads": threads,
         # Sleeping OpenMP threads (OMP_WAIT_POLICY=PASSIVE, when a user sets it) add wake-up time to batch-1 latencies.
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "torch": torch.__version__,
+        "environment": environment.describe(),
     }
     # `~expect` drops the gate for a short run; rows measured across seeds are `distillctl reproduce`'s to check.
     checked = expectations.check(cfg.get("expect") or {}, results, skip=expectations.ACROSS_SEEDS)

@@ -12,12 +12,13 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from distillctl import measure, workspace
+from distillctl import workspace
 from distillctl.compress import executorch_export, int8_fx, onnx_export
 from distillctl.console import console, print_summary_table
 from distillctl.engine import distributed
 from distillctl.engine.predict import predict, topk_accuracy
 from distillctl.errors import UserError
+from distillctl.evaluation import measure
 from distillctl.losses import build_objective
 from distillctl.models import architecture_metadata, count_parameters, load_model
 from distillctl.models.normalization import stored_normalization

@@ -12,13 +12,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from distillctl import expectations, files, report, seed_results
+from distillctl import environment, files
 from distillctl.cli import override_key
 from distillctl.console import console
 from distillctl.engine.device import device_name, pick_device
 from distillctl.engine.predict import predict, topk_accuracy
+from distillctl.environment import cpu_name
 from distillctl.errors import UserError
-from distillctl.measure import cpu_name
+from distillctl.evaluation import expectations, report, seed_results
 from distillctl.models.teachers import load_teacher
 from distillctl.stages import distill, train_teacher
 from distillctl.stages.base import bring_up_to_date, on_rank_zero
@@ -117,6 +118,7 @@ def summarize(cfg: DictConfig, recipe: str, overrides: list[str], root: Path, se
         "student": f"{cfg.student.name}, loss terms {', '.join(sorted(cfg.loss.terms))}; baseline loss={cfg.reproduce.baseline_loss}",
         "torch": torch.__version__,
         "device": device_name(device) or f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)",
+        "software": environment.summary(environment.describe()),
     }
     seed_results.write(root, rows, seeds, context, checked)
     seed_results.print_table(rows, seeds, f"{recipe}: test top-1 over {len(seeds)} seeds")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 import warnings
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -19,17 +17,6 @@ def macs(model: nn.Module, image_size: int) -> int:
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         model(torch.zeros(1, 3, image_size, image_size))
     return counter.get_total_flops() // 2
-
-
-def cpu_name() -> str:
-    """The processor's model name, recorded beside every timing."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 @torch.inference_mode()

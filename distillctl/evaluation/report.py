@@ -9,8 +9,9 @@ from typing import Any
 from rich.table import Table
 
 from distillctl import files
-from distillctl.class_accuracy import ClassAccuracy
 from distillctl.console import console
+from distillctl.environment import summary
+from distillctl.evaluation.class_accuracy import ClassAccuracy
 
 PER_CLASS = "per_class.csv"
 
@@ -73,8 +74,10 @@ def markdown(results: dict[str, dict[str, Any]], context: dict[str, Any], figure
         "  torch models run as frozen TorchScript traces, ONNX models in ONNX Runtime, all on the CPU",
         f"- CPU: {context['cpu']}, {context['threads']} threads (OpenMP wait policy: {context.get('omp_wait_policy', 'default')}); torch {context['torch']}",
         f"- measured {context['date']}",
-        "",
     ]
+    if "environment" in context:
+        lines += [f"- software: {summary(context['environment'])}", f"- command: `{context['environment']['command']}`"]
+    lines.append("")
     if by_class is not None:
         lines += by_class.markdown(final)
     lines += [f"![{figure.stem.replace('_', ' ')}]({figure.name})" for figure in figures]

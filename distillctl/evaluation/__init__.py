@@ -1,0 +1,1 @@
+"""Judging models: accuracy overall and per class, size and CPU speed, the report and plots, and a recipe's `expect:`."""
