@@ -130,12 +130,14 @@ class DatasetConfig:
     image_column: Optional[str] = None
     label_column: Optional[str] = None
     train_split: str = "train"
-    test_split: str = "test"
+    # null: hold test_size of each class of the train split out as the test split (a data set without a test split).
+    test_split: Optional[str] = "test"
     train_limit: Optional[int] = bounded(None, min=1)
     test_limit: Optional[int] = bounded(None, min=1)
     # Held out of train to pick the best checkpoint: a fraction (< 1) or a count of images.
     val_size: float = bounded(0.1, above=0)
-    # An image folder of class folders alone (no train/ and test/): the share of each class held out for testing.
+    # The share of each class held out for testing from an image folder of class folders alone (no train/ and
+    # test/), or from the train split when test_split is null.
     test_size: float = bounded(0.2, above=0, below=1)
     image_size: int = bounded(32, min=8, max=4096)
     # resident: every image decoded once into memory on the training device; training crops are padded shifts.

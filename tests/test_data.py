@@ -88,6 +88,23 @@ def test_class_folders_alone_hold_out_the_same_share_of_each_class_on_every_run(
         load_splits(dataset_cfg(path=str(root), image_column="image", test_split="val"))
 
 
+@pytest.mark.parametrize("loader", ["resident", "stream"])
+def test_a_data_set_without_a_test_split_holds_one_out_of_train(loader, capsys):
+    whole = load_splits(dataset_cfg(val_size=250, loader=loader))
+    a = load_splits(dataset_cfg(val_size=250, test_split=None, loader=loader))
+    assert "dataset.test_split=null: 20% of each class of 'train' held out as the test split" in capsys.readouterr().out
+    assert len(a.train) + len(a.val) + len(a.test) == len(whole.train) + len(whole.val) == 2500
+    per_class = torch.bincount(torch.cat([whole.train.labels, whole.val.labels]), minlength=10)
+    assert torch.equal(torch.bincount(a.test.labels, minlength=10), (per_class * 0.2).round().long())
+    b = load_splits(dataset_cfg(val_size=250, test_split=None, loader=loader))  # another run: the same test images
+    assert torch.equal(a.test.labels, b.test.labels) and torch.equal(a.val.labels, b.val.labels)
+    if loader == "resident":
+        assert torch.equal(a.test.images, b.test.images)
+        # No test image is trained or validated on.
+        seen = {bytes(img.numpy()) for img in torch.cat([a.train.images, a.val.images])}
+        assert not any(bytes(img.numpy()) in seen for img in a.test.images)
+
+
 def test_a_val_folder_stands_in_for_a_missing_test_folder(tmp_path, capsys):
     from conftest import write_photo_folder
 

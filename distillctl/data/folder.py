@@ -82,14 +82,14 @@ def table(root: Path, split: str, kind: str = SPLIT_FOLDERS, test_size: float = 
     return datasets.Dataset.from_dict({"image": [{"path": p, "bytes": None} for p in paths], "label": labels}, features=features)
 
 
-def test_stand_in(root: Path, split: str) -> str | None:
+def test_stand_in(root: Path, split: str | None) -> str | None:
     """The folder that holds the test split when root has no test/ (val/, ...), else None."""
     if split != "test" or (root / split).is_dir():
         return None
     return next((name for name in TEST_STAND_INS if (root / name).is_dir()), None)
 
 
-def layout_note(root: Path, kind: str, test_split: str, test_size: float) -> str | None:
+def layout_note(root: Path, kind: str, test_split: str | None, test_size: float) -> str | None:
     """A line for the log when the test split is not root/test/: held out of class folders, or a stand-in folder."""
     if kind == CLASS_FOLDERS:
         return (f"data: '{root}' has no train/ and test/ folders: {test_size:.0%} of each class's photos are held out as the "
@@ -103,7 +103,7 @@ def split_files(root: Path, classes: list[str], split: str) -> list[list[str]]:
     split_dir = root / (test_stand_in(root, split) or split)
     if not split_dir.is_dir():
         raise UserError(f"image folder '{root}' has no split '{split}' (no {split_dir}/<class>/ folders). Set dataset.train_split / "
-                        "dataset.test_split, or put the photos in class folders alone (<class>/*.jpg) to hold a test split out of them.")
+                        "dataset.test_split (dataset.test_split=null holds a test split out of the train split).")
     return [sorted(images_under(split_dir / name)) if (split_dir / name).is_dir() else [] for name in classes]
 
 

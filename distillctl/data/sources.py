@@ -102,7 +102,8 @@ def read_split_table(source: Source, split: str):
         raise
     except Exception as exc:  # no such split, network, missing repo, corrupt file: all the user's to fix
         if isinstance(exc, ValueError) and "split" in str(exc).lower():
-            raise UserError(f"data set '{source.spec}' has no split '{split}': {str(exc).rstrip('.')}. Set dataset.train_split / dataset.test_split.") from None
+            raise UserError(f"data set '{source.spec}' has no split '{split}': {str(exc).rstrip('.')}. Set dataset.train_split / dataset.test_split "
+                            "(dataset.test_split=null holds a test split out of the train split).") from None
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
         reason = "offline mode is on" if offline else f"{type(exc).__name__}: {str(exc).splitlines()[0].rstrip('.') if str(exc) else ''}"
         if source.local_dir is not None:

@@ -66,14 +66,21 @@ class DataSplits:
 def load_splits(cfg) -> DataSplits:
     """Load and split the data set that `cfg` (the `dataset` section) names, resident or streamed as it says."""
     source = sources.locate(cfg.path, cfg.test_size)
-    if source.builder is not None and (note := folder.layout_note(source.local_dir, source.builder, cfg.test_split, cfg.test_size)):
+    # Class folders alone hold their test split out by file name, whatever test_split says.
+    test_split = "test" if cfg.test_split is None and source.builder == folder.CLASS_FOLDERS else cfg.test_split
+    if source.builder is not None and (note := folder.layout_note(source.local_dir, source.builder, test_split, cfg.test_size)):
         console.print(note)
     if cfg.loader == "stream" or (cfg.loader == "auto" and not resident_cache_hit(source, cfg) and too_big(source, cfg)):
-        train, test, classes = streamed(source, cfg)
+        train, test, classes = streamed(source, cfg, test_split)
         kind = "stream"
     else:
-        train, test, classes = resident(source, cfg)
+        train, test, classes = resident(source, cfg, test_split)
         kind = "resident"
+    if test is None:
+        tested, kept = stratified_holdout(train.labels, cfg.test_size)
+        train, test = train.subset(kept), train.subset(tested)
+        console.print(f"data: dataset.test_split=null: {cfg.test_size:.0%} of each class of '{cfg.train_split}' held out as the "
+                      "test split (dataset.test_size), the same images on every run")
     check_classes(train.labels, test.labels, classes)
     train_idx, val_idx = holdout(len(train), cfg)
     if cfg.test_limit:
@@ -97,6 +104,22 @@ def holdout(n: int, cfg) -> tuple[torch.Tensor, torch.Tensor]:
         console.print(f"[yellow]note:[/] dataset.train_limit={limit}, but the train split has {n} images and {n_val} are "
                       f"held out for validation (dataset.val_size): training on {len(train)}")
     return train, order[:n_val]
+
+
+def stratified_holdout(labels: torch.Tensor, share: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of a test split made of `share` of each class (at least one image of a class of two or more,
+    never all of it), drawn with a fixed seed, and of the rest."""
+    generator = torch.Generator().manual_seed(SPLIT_SEED + 1)  # not the validation draw's stream
+    tested = []
+    for label in labels.unique(sorted=True):
+        members = (labels == label).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        if len(members) > 1:
+            tested.append(members[:min(len(members) - 1, max(1, round(len(members) * share)))])
+    tested = torch.cat(tested).sort().values if tested else torch.zeros(0, dtype=torch.long)
+    kept = torch.ones(len(labels), dtype=torch.bool)
+    kept[tested] = False
+    return tested, kept.nonzero().flatten()
 
 
 def check_classes(train_labels: torch.Tensor, test_labels: torch.Tensor, classes: list[str]) -> None:
@@ -130,23 +153,28 @@ def stream_settings(cfg) -> StreamSettings:
     )
 
 
-def streamed(source: sources.Source, cfg) -> tuple[StreamSplit, StreamSplit, list[str]]:
-    """Train and test splits whose images stay in their files until a batch needs them."""
+def streamed(source: sources.Source, cfg, test_split: str | None) -> tuple[StreamSplit, StreamSplit | None, list[str]]:
+    """Train and test splits whose images stay in their files until a batch needs them (no test split for None)."""
     settings = stream_settings(cfg)
     found = []
-    for split in (cfg.train_split, cfg.test_split):
+    for split in (cfg.train_split, test_split):
+        if split is None:
+            found.append((None, None))
+            continue
         cells, column, labels, classes = sources.undecoded(sources.load_split_table(source, split), cfg.image_column, cfg.label_column)
         found.append((StreamSplit(cells, column, labels, torch.arange(len(labels)), settings), classes))
     (train, classes), (test, _) = found  # the training split's classes size the head
     return train, test, classes
 
 
-def resident(source: sources.Source, cfg) -> tuple[TensorSplit, TensorSplit, list[str]]:
-    """Train and test splits decoded whole (from the cache when possible)."""
+def resident(source: sources.Source, cfg, test_split: str | None) -> tuple[TensorSplit, TensorSplit | None, list[str]]:
+    """Train and test splits decoded whole (from the cache when possible; no test split for None)."""
     train_x, train_y, classes, train_bad = cached_split(source, cfg, cfg.train_split)
-    test_x, test_y, _, test_bad = cached_split(source, cfg, cfg.test_split)
-    return (TensorSplit(train_x, train_y, cfg.crop_padding, cfg.hflip, train_bad),
-            TensorSplit(test_x, test_y, cfg.crop_padding, cfg.hflip, test_bad), classes)
+    train = TensorSplit(train_x, train_y, cfg.crop_padding, cfg.hflip, train_bad)
+    if test_split is None:
+        return train, None, classes
+    test_x, test_y, _, test_bad = cached_split(source, cfg, test_split)
+    return train, TensorSplit(test_x, test_y, cfg.crop_padding, cfg.hflip, test_bad), classes
 
 
 def decode_settings(cfg, split: str) -> str:
