@@ -35,7 +35,7 @@ def check(command: str, cfg: DictConfig) -> None:
     for i, entry in enumerate(cfg.teachers):
         existing_file(f"teachers[{i}].checkpoint", entry.checkpoint)
     if command not in WITHOUT_DATASET:
-        check_dataset(cfg.dataset.path)
+        check_dataset(cfg.dataset.path, cfg.dataset.train_split)
     check_writable(Path(cfg.run_dir), "run_dir")
     if command in ("quantize", "pipeline") and cfg.quantize.method == "executorch_int8":
         require_package("executorch", "quantize=executorch_int8", "executorch")
@@ -69,11 +69,11 @@ def existing_file(key: str, value: str | None) -> None:
         raise UserError(f"{key} '{path}' {'is a folder, not a weights file' if path.is_dir() else 'does not exist'}.")
 
 
-def check_dataset(spec: str) -> None:
+def check_dataset(spec: str, train_split: str = "train") -> None:
     """dataset.path names a local data set that is there, or a Hub id that can be had (online, or cached offline)."""
     from distillctl.data.sources import locate, offline_message
 
-    source = locate(spec)
+    source = locate(spec, train_split=train_split)
     if source.local_dir is None and offline() and not hub_cached(spec):
         raise UserError(offline_message(spec, "offline mode is on and it is not in the local Hugging Face cache"))
 

@@ -105,6 +105,16 @@ def test_a_data_set_without_a_test_split_holds_one_out_of_train(loader, capsys):
         assert not any(bytes(img.numpy()) in seen for img in a.test.images)
 
 
+def test_split_folders_under_other_names_are_named_not_taken_for_classes(tmp_path):
+    from conftest import write_photo_folder
+
+    root = write_photo_folder(tmp_path / "photos", {"training": 40, "testing": 12}, size=(32, 32))
+    with pytest.raises(UserError, match=r"holds split folders \(testing/, training/\) but no train/: name them with dataset.train_split=training dataset.test_split=testing"):
+        load_splits(dataset_cfg(path=str(root), image_column="image"))
+    data = load_splits(dataset_cfg(path=str(root), image_column="image", val_size=4, train_split="training", test_split="testing"))
+    assert len(data.train) + len(data.val) == 40 and len(data.test) == 12 and len(data.classes) > 2
+
+
 def test_a_val_folder_stands_in_for_a_missing_test_folder(tmp_path, capsys):
     from conftest import write_photo_folder
 

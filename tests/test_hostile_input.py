@@ -122,6 +122,10 @@ def write_hostile_files(home: Path) -> None:
         for i, image in enumerate(images):
             (one / f"{i}.png").write_bytes(image["bytes"])
         (bad / f"no_classes/{split}").mkdir(parents=True)
+        for cls in ("cat", "dog"):  # splits named otherwise: not to be trained as two classes "training" and "testing"
+            renamed = bad / f"renamed_splits/{split}ing/{cls}"
+            renamed.mkdir(parents=True)
+            (renamed / "0.png").write_bytes(images[0]["bytes"])
         for cls in ("cat", "dog"):
             folder = bad / f"bombs/{split}/{cls}"
             folder.mkdir(parents=True)
@@ -227,6 +231,8 @@ CASES = {
     "truncated parquet": (["train-teacher", "recipe=tiny", "dataset.path=bad/truncated", "run_dir=runs/data"], "Is a file corrupt?"),
     "one class": (["train-teacher", "recipe=tiny", "dataset=imagefolder", "dataset.path=bad/one_class", "run_dir=runs/data"],
                   "a classifier needs at least two"),
+    "split folders named otherwise": (["train-teacher", "recipe=tiny", "dataset=imagefolder", "dataset.path=bad/renamed_splits", "run_dir=runs/data"],
+                                      "name them with dataset.train_split=training dataset.test_split=testing"),
     "no classes": (["train-teacher", "recipe=tiny", "dataset=imagefolder", "dataset.path=bad/no_classes", "run_dir=runs/data"], "no_classes"),
     "decompression bomb": (["train-teacher", "recipe=tiny", "dataset=imagefolder", "dataset.path=bad/bombs", "run_dir=runs/data",
                             "dataset.on_bad_image=error"], "bomb.png (DecompressionBombError"),

@@ -20,7 +20,9 @@ from distillctl.errors import UserError
 
 SPLIT_FOLDERS, CLASS_FOLDERS = "imagefolder", "classfolders"
 # Folders that hold a test split under another name (ImageNet's layout is train/ and val/).
-TEST_STAND_INS = ("val", "validation", "valid")
+TEST_STAND_INS = ("val", "validation", "valid", "testing")
+# Names that say a folder is a split, not a class: such a folder of class folders is never taken for a class.
+SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation", "eval", "evaluation", "dev"})
 
 
 @lru_cache(maxsize=1)
@@ -44,15 +46,20 @@ def has_images(folder: Path) -> bool:
     return next(images_under(folder), None) is not None
 
 
-def layout(root: Path) -> str | None:
-    """SPLIT_FOLDERS when root holds train/<class>/ folders, CLASS_FOLDERS when it holds only <class>/ folders of
-    images, else None."""
-    train = root / "train"
+def layout(root: Path, train_split: str = "train") -> str | None:
+    """SPLIT_FOLDERS when root holds <train_split>/<class>/ folders, CLASS_FOLDERS when it holds only <class>/
+    folders of images, else None."""
+    train = root / train_split
     if train.is_dir() and any(p.is_dir() for p in train.iterdir()):
         return SPLIT_FOLDERS
-    if any(has_images(p) for p in subfolders(root)):
-        return CLASS_FOLDERS
-    return None
+    holding = [p for p in subfolders(root) if has_images(p)]
+    splits = [p.name for p in holding if p.name.lower() in SPLIT_NAMES and any(has_images(c) for c in subfolders(p))]
+    if splits:  # training/ and testing/, say: splits under other names, which would train a classifier of splits
+        train_guess = next((s for s in splits if s.lower().startswith("train")), splits[0])
+        test_guess = next((s for s in splits if s != train_guess), "...")
+        raise UserError(f"'{root}' holds split folders ({', '.join(f'{s}/' for s in splits)}) but no {train_split}/: name them with "
+                        f"dataset.train_split={train_guess} dataset.test_split={test_guess}, or rename them train/ and test/.")
+    return CLASS_FOLDERS if holding else None
 
 
 def subfolders(folder: Path) -> list[Path]:

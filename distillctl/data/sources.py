@@ -49,9 +49,10 @@ class Source:
         return b"".join(stamps)
 
 
-def locate(spec: str, test_size: float = 0.2) -> Source:
+def locate(spec: str, test_size: float = 0.2, train_split: str = "train") -> Source:
     """Decide what kind of source dataset.path names, failing early for a local path that isn't there; `test_size`
-    is the share of each class held out for testing from a folder of class folders alone."""
+    is the share of each class held out for testing from a folder of class folders alone, and an image folder
+    with a `train_split` folder of class folders is one of split folders."""
     if spec == "embedded":
         return Source(spec, EMBEDDED_DIR, None)
     if not spec.strip():
@@ -62,7 +63,7 @@ def locate(spec: str, test_size: float = 0.2) -> Source:
         # Parquet (the Hub's layout) and WebDataset shards (train-00000.tar, ...) are read by `datasets` itself.
         if any(path.rglob("*.parquet")) or any(path.glob("*.tar")):
             return Source(spec, path.resolve(), None)
-        kind = folder.layout(path)
+        kind = folder.layout(path, train_split)
         if kind is None:
             raise UserError(
                 f"dataset.path '{spec}' holds no parquet files (the Hub's layout), WebDataset shards (train-00000.tar) "

@@ -65,7 +65,7 @@ class DataSplits:
 
 def load_splits(cfg) -> DataSplits:
     """Load and split the data set that `cfg` (the `dataset` section) names, resident or streamed as it says."""
-    source = sources.locate(cfg.path, cfg.test_size)
+    source = sources.locate(cfg.path, cfg.test_size, cfg.train_split)
     # Class folders alone hold their test split out by file name, whatever test_split says.
     test_split = "test" if cfg.test_split is None and source.builder == folder.CLASS_FOLDERS else cfg.test_split
     if source.builder is not None and (note := folder.layout_note(source.local_dir, source.builder, test_split, cfg.test_size)):
