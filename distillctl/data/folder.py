@@ -106,7 +106,7 @@ def layout_note(root: Path, kind: str, test_split: str | None, test_size: float)
 
 
 def split_files(root: Path, classes: list[str], split: str) -> list[list[str]]:
-    """Each class's images in root/<split>/, sorted; a val/ folder stands in for a missing test/ (and says so)."""
+    """Each class's images in root/<split>/, sorted; a val/ folder stands in for a missing test/ (layout_note says so)."""
     split_dir = root / (test_stand_in(root, split) or split)
     if not split_dir.is_dir():
         raise UserError(f"image folder '{root}' has no split '{split}' (no {split_dir}/<class>/ folders). Set dataset.train_split / "
