@@ -161,3 +161,21 @@ def test_the_readme_prepares_each_pixel_as_distillctl_does(photos, pre):
         ours = preprocess.eval_transform(pre)(image).permute(1, 2, 0).numpy()
         assert theirs.shape == ours.shape == (pre["image_size"], pre["image_size"], 3)
         assert np.array_equal(theirs, ours), (size, pre)
+
+
+def test_predicting_on_the_training_folder_is_flagged_and_on_its_test_split_not(tmp_path):
+    from omegaconf import OmegaConf
+
+    from distillctl.stages.predict import holds_training_images
+
+    split = tmp_path / "photos"
+    for part in ("train/cat", "test/cat"):
+        (split / part).mkdir(parents=True)
+    classes_alone = tmp_path / "flat"
+    (classes_alone / "cat").mkdir(parents=True)
+    data = OmegaConf.create({"path": str(split), "train_split": "train"})
+    assert [holds_training_images(split / p, data) for p in ("", "train", "train/cat", "test", "test/cat")] == [True, True, True, False, False]
+    assert not holds_training_images(tmp_path / "elsewhere", data)
+    alone = OmegaConf.create({"path": str(classes_alone), "train_split": "train"})
+    assert holds_training_images(classes_alone / "cat", alone)  # a class folder mixes training and test photos
+    assert not holds_training_images(split, OmegaConf.create({"path": "embedded", "train_split": "train"}))

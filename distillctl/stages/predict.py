@@ -50,6 +50,9 @@ def run(cfg: DictConfig) -> dict:
     runtime = runtime_name(path, device)
     count = f"{len(images.paths):,} image{'s' if len(images.paths) != 1 else ''}"
     console.print(f"predict: {count} from {cfg.predict.input}" + (", labelled by their folders" if images.labelled else ""))
+    if images.labelled and holds_training_images(Path(str(cfg.predict.input)), cfg.dataset):
+        console.print(f"[yellow]note:[/] {cfg.predict.input} holds images the model trained on (dataset.path={cfg.dataset.path}): "
+                      "its accuracy here overstates the accuracy on new photos, which `distillctl evaluate` measures on the test split")
     console.print(f"model: {name} ({path.name}, {path.stat().st_size / 1e6:.2f} MB, {runtime})")
     console.print(f"images prepared: {preprocess.describe(pre)}, {pre_source}")
     out = Path(cfg.predict.output).expanduser() if cfg.predict.output else ws.root / FOLDER / f"{name}.csv"
@@ -148,6 +151,20 @@ def preprocessing(meta: dict, path: Path, cfg: DictConfig) -> tuple[dict, str]:
     loader = (files.read_json(path.parent / METRICS_FILE) or {}).get("loader") or ("stream" if cfg.dataset.loader == "stream" else "resident")
     d = cfg.dataset
     return preprocess.recorded(d.image_size, d.crop_pct, d.interpolation, loader), "from the recipe's dataset settings: the file does not record it"
+
+
+def holds_training_images(folder: Path, dataset) -> bool:
+    """Whether `folder` is the local training data set's folder, its train split, or a class folder of a folder of
+    class folders alone (each mixes training and test photos)."""
+    root = Path(str(dataset.path)).expanduser()
+    if not str(dataset.path).strip() or not root.is_dir():
+        return False
+    try:
+        inside = folder.expanduser().resolve().relative_to(root.resolve()).parts
+    except ValueError:
+        return False
+    train_split = dataset.train_split
+    return not inside or not (root / str(train_split)).is_dir() or inside[0] == train_split
 
 
 def photo_split(images: ImageFiles, pre: dict, cfg: DictConfig) -> StreamSplit:
