@@ -38,8 +38,8 @@ HELP: dict[str, CommandHelp] = {
         ("quantize.method", "quantize.source", "quantize.calibration_batches", "quantize.skip", "quantize.qat_epochs", "export.onnx"),
         "distillctl quantize recipe=quickstart quantize=onnx_int8"),
     "evaluate": CommandHelp(
-        "Measures every model in the workspace on the test split (top-1/5, agreement, size, MACs, CPU latency) and "
-        "writes runs/<recipe>/report/; exits 1 when the recipe's expect: block is not met.",
+        "Measures every model in the workspace on the test split (top-1/5, top-1 per class, agreement, size, MACs, CPU "
+        "latency) and writes runs/<recipe>/report/; exits 1 when the recipe's expect: block is not met.",
         ("dataset.path", "dataset.test_limit", "trainer.threads", "expect"),
         "distillctl evaluate recipe=quickstart"),
     "predict": CommandHelp(
