@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 import pytest
 import torch
@@ -45,6 +46,9 @@ def test_top1_per_class_finds_the_class_a_student_gave_up_and_expect_can_refuse_
     assert rows[1] == {"class": "dog", "test_images": "2", "teacher": "1.0000", "student": "0.0000"} and rows[3]["student"] == ""
     md = report.markdown({"teacher": ROW, "student": ROW}, CONTEXT, by_class=by_class, final="student")
     assert "| dog | 2 | 100.0% | 0.0% |" in md and "| owl | 0 | - | - |" in md
+    # What the missed images were taken for: both dogs for cats, one cat for a dog.
+    assert by_class.confusions["student"] == [(1, 0, 2), (0, 1, 1)] and by_class.confusions["teacher"] == []
+    assert "| dog | cat | 2 | 100.0% |" in md and "| cat | dog | 1 | 25.0% |" in md
     report.print_drops(by_class, "student")
     assert "largest per-class drops, student against the teacher: dog 100% -> 0% (2 images), cat 100% -> 75%" in capsys.readouterr().out
     # A recipe can hold the weakest class to a floor.
@@ -61,3 +65,5 @@ def test_many_classes_list_only_the_largest_drops_in_report_md(classes):
     md = "\n".join(by_class.markdown("student"))
     assert "The 10 classes where student falls furthest below the teacher (every class: per_class.csv)" in md
     assert md.count("| 100.0% | 0.0% |") == 10 and "| c12 |" not in md
+    mistakes = [line for line in md.splitlines() if re.fullmatch(r"\| c\d+ \| c\d+ \| 2 \| 100.0% \|", line)]
+    assert len(mistakes) == 10 and mistakes[0] == "| c0 | c1 | 2 | 100.0% |"  # each missed class, taken for the next

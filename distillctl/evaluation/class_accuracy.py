@@ -1,4 +1,5 @@
-"""Top-1 per class: which classes distillation and compression cost most, for the evaluation report and `expect`.
+"""Top-1 per class and the most frequent mistakes: which classes distillation and compression cost most, and what
+they are taken for, for the evaluation report and `expect`.
 
 A mean top-1 hides a class the student gave up on (a rare class of a user's own photos, say), which is what an
 engineer shipping the model needs to see; `<model>.worst_class_top1` lets a recipe refuse it.
@@ -8,13 +9,14 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 # Up to this many classes report.md lists every class; beyond, the classes with the largest drops.
 FULL_TABLE_MAX = 20
 DROPS_SHOWN = 10
+CONFUSIONS_SHOWN = 10
 
 
 @dataclass
@@ -24,17 +26,24 @@ class ClassAccuracy:
     classes: list[str]
     images: list[int]  # test images per class
     top1: dict[str, list[float | None]]  # model -> per-class top-1
+    # model -> its most frequent mistakes: (true class, predicted class, images), most frequent first
+    confusions: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, classes: list[str], labels: torch.Tensor) -> "ClassAccuracy":
         """No model yet; the counts of `labels` per class."""
-        return cls(list(classes), torch.bincount(labels, minlength=len(classes)).tolist(), {})
+        return cls(list(classes), torch.bincount(labels, minlength=len(classes)).tolist(), {}, {})
 
     def add(self, model: str, pred: torch.Tensor, labels: torch.Tensor) -> float | None:
         """Record one model's predictions; returns its lowest class top-1 (None without labelled images)."""
         n = len(self.classes)
         hits = torch.bincount(labels[pred == labels], minlength=n).tolist()
         self.top1[model] = [h / c if c else None for h, c in zip(hits, self.images)]
+        wrong = pred != labels
+        # Pairs counted as true * n + predicted: no n x n matrix is kept (a million cells at 1,000 classes).
+        pairs, counts = torch.unique(labels[wrong] * n + pred[wrong], return_counts=True)
+        ranked = sorted(zip(counts.tolist(), pairs.tolist()), key=lambda c: (-c[0], c[1]))[:CONFUSIONS_SHOWN]
+        self.confusions[model] = [(pair // n, pair % n, count) for count, pair in ranked]
         scored = [v for v in self.top1[model] if v is not None]
         return min(scored) if scored else None
 
@@ -71,6 +80,11 @@ class ClassAccuracy:
                 lines += [f"| {name} | {n} | {percent(ref)} | {percent(own)} |" for name, n, ref, own in drops]
             else:
                 lines.append("Every class: per_class.csv.")
+        if self.confusions.get(final):
+            lines += ["", f"### The most frequent mistakes of {final}", "", "| class | taken for | images | share of the class |",
+                      "|---|---|---:|---:|"]
+            lines += [f"| {self.classes[true]} | {self.classes[taken]} | {count} | {count / self.images[true]:.1%} |"
+                      for true, taken, count in self.confusions[final]]
         return lines + [""]
 
 
