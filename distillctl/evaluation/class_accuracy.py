@@ -65,7 +65,8 @@ class ClassAccuracy:
         return out.getvalue()
 
     def markdown(self, final: str) -> list[str]:
-        """report.md's section: every class when there are few, else `final`'s largest drops against the teacher."""
+        """report.md's section: every class when there are few, else `final`'s largest drops against the teacher; then
+        `final`'s most frequent mistakes."""
         lines = ["## Top-1 per class", ""]
         if len(self.classes) <= FULL_TABLE_MAX:
             lines.append("| class | test images | " + " | ".join(self.top1) + " |")
