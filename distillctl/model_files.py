@@ -39,8 +39,12 @@ def workspace_models(cfg: DictConfig, ws: Workspace) -> dict[str, Path]:
 def final_model(cfg: DictConfig, ws: Workspace) -> tuple[str, Path] | None:
     """The model a pipeline of this recipe ends with, among those present: its quantized student, else the pruned,
     else the distilled student, else the teacher."""
-    found = workspace_models(cfg, ws)
-    for stage in (str(cfg.quantize.method), "pruned", "student", "teacher"):
+    return final_of(workspace_models(cfg, ws), str(cfg.quantize.method))
+
+
+def final_of(found: dict[str, Path], method: str) -> tuple[str, Path] | None:
+    """final_model among models already found: the `method` quantized student, else pruned, student, teacher."""
+    for stage in (method, "pruned", "student", "teacher"):
         if stage in found:
             return stage, found[stage]
     return None
@@ -87,22 +91,27 @@ def load_runnable(path: Path, fallback_name: str | None, num_classes: int | None
     return load_model(path, fallback_name, num_classes)
 
 
-def runtime_of(model: nn.Module, image_size: int) -> tuple[nn.Module, str]:
-    """What a model is timed as and the runtime's name: files run in their own runtime, torch models as deployed."""
-    from distillctl.evaluation import measure
+def file_runtime(model: nn.Module) -> str | None:
+    """The runtime an exported file's model runs in (onnxruntime, executorch-xnnpack); None for a torch model."""
     from distillctl.compress.executorch_export import ExecuTorchClassifier
     from distillctl.compress.onnx_export import OnnxClassifier
 
     if isinstance(model, OnnxClassifier):
-        return model, "onnxruntime"
+        return "onnxruntime"
     if isinstance(model, ExecuTorchClassifier):
-        return model, "executorch-xnnpack"
+        return "executorch-xnnpack"
+    return None
+
+
+def runtime_of(model: nn.Module, image_size: int) -> tuple[nn.Module, str]:
+    """What a model is timed as and the runtime's name: files run in their own runtime, torch models as deployed."""
+    from distillctl.evaluation import measure
+
+    if (runtime := file_runtime(model)) is not None:
+        return model, runtime
     return measure.deployable(model, image_size)
 
 
 def is_quantized(model: nn.Module, meta: dict) -> bool:
     """Whether a model runs on CPU integer kernels (int8 weights, ONNX Runtime, ExecuTorch) rather than on any device."""
-    from distillctl.compress.executorch_export import ExecuTorchClassifier
-    from distillctl.compress.onnx_export import OnnxClassifier
-
-    return isinstance(model, (OnnxClassifier, ExecuTorchClassifier)) or "quantization" in meta
+    return file_runtime(model) is not None or "quantization" in meta

@@ -16,7 +16,7 @@ from distillctl.environment import cpu_name
 from distillctl.errors import UserError
 from distillctl.evaluation import expectations, measure, plots, report
 from distillctl.evaluation.class_accuracy import ClassAccuracy
-from distillctl.model_files import QUANTIZED, final_model, load_runnable, runtime_of, workspace_models
+from distillctl.model_files import QUANTIZED, final_of, load_runnable, runtime_of, workspace_models
 from distillctl.models import count_parameters
 from distillctl.models.normalization import stored_normalization
 from distillctl.stages.context import RunContext
@@ -82,7 +82,7 @@ def run(cfg: DictConfig) -> dict:
             **measure.speed(timed, cfg.dataset.image_size, threads),
         }
     add_teacher_ratios(results)
-    final = final_model(cfg, ctx.workspace)[0]
+    final = final_of(found, str(cfg.quantize.method))[0]
     context = {
         "recipe": Path(cfg.run_dir).name,
         "dataset": cfg.dataset.path,

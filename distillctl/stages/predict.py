@@ -25,7 +25,7 @@ from distillctl.data.image_files import ImageFiles, PathCells, list_images
 from distillctl.data.stream import EpochOrder, StreamSettings, StreamSplit, default_workers
 from distillctl.engine.device import autocast, pick_device
 from distillctl.errors import UserError
-from distillctl.model_files import chosen_model, is_quantized, load_runnable
+from distillctl.model_files import chosen_model, file_runtime, is_quantized, load_runnable
 from distillctl.models.normalization import stored_normalization
 from distillctl.workspace import METRICS_FILE, Workspace
 
@@ -47,7 +47,7 @@ def run(cfg: DictConfig) -> dict:
     quantized = is_quantized(model, meta)
     device = torch.device("cpu") if quantized else pick_device(cfg.trainer.device)
     precision = "fp32" if quantized else str(cfg.trainer.precision)
-    runtime = runtime_name(path, device)
+    runtime = file_runtime(model) or f"torch on {device.type}"
     count = f"{len(images.paths):,} image{'s' if len(images.paths) != 1 else ''}"
     console.print(f"predict: {count} from {cfg.predict.input}" + (", labelled by their folders" if images.labelled else ""))
     if images.labelled and holds_training_images(Path(str(cfg.predict.input)), cfg.dataset):
@@ -136,11 +136,6 @@ def open_model(path: Path) -> tuple[torch.nn.Module, dict, list[str]]:
                         "models that distillctl's stages write, or their .onnx and .pte exports.")
     model, meta = load_runnable(path, None, None, torch.get_num_threads())
     return model, meta, [str(c) for c in meta.get("classes") or range(int(meta["num_classes"]))]
-
-
-def runtime_name(path: Path, device: torch.device) -> str:
-    """What runs the model: ONNX Runtime, ExecuTorch, or torch on a device."""
-    return {".onnx": "onnxruntime", ".pte": "executorch"}.get(path.suffix, f"torch on {device.type}")
 
 
 def preprocessing(meta: dict, path: Path, cfg: DictConfig) -> tuple[dict, str]:
