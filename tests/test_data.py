@@ -78,9 +78,9 @@ def test_class_folders_alone_hold_out_the_same_share_of_each_class_on_every_run(
     # The parts are disjoint and chosen by name: a second listing (another run) picks the same files.
     assert locate(str(root)).builder == folder.CLASS_FOLDERS
     classes = folder.class_names(root, folder.CLASS_FOLDERS)
-    train, test = ({p for paths in folder.held_out_split(root, classes, split, 0.2) for p in paths} for split in ("train", "test"))
+    train, test = ({p for paths in part for p in paths} for part in folder.held_out_parts(root, classes, 0.2).values())
     assert not train & test and len(train | test) == 120
-    assert {p for paths in folder.held_out_split(root, classes, "test", 0.2) for p in paths} == test
+    assert {p for paths in folder.held_out_parts(root, classes, 0.2)["test"] for p in paths} == test
     # Another share is another split, not the cached one.
     half = load_splits(dataset_cfg(path=str(root), image_column="image", val_size=10, test_size=0.5))
     assert abs(len(half.test.labels) - 60) <= len(per_class)

@@ -74,17 +74,32 @@ def class_names(root: Path, kind: str = SPLIT_FOLDERS) -> list[str]:
     return sorted({c.name for split_dir in subfolders(root) for c in subfolders(split_dir) if has_images(c)})
 
 
-def table(root: Path, split: str, kind: str = SPLIT_FOLDERS, test_size: float = 0.2):
-    """One split as a `datasets.Dataset` with an (undecoded) image column and a ClassLabel column."""
+def table(root: Path, split: str):
+    """One split of a folder of split folders as a `datasets.Dataset` with an (undecoded) image column and a
+    ClassLabel column."""
+    classes = class_names(root)
+    return as_table(split_files(root, classes, split), classes, root / split)
+
+
+def held_out_tables(root: Path, split: str, test_size: float) -> dict:
+    """Both splits, "train" and "test", of a folder of class folders, made from one listing of it; `split` is the one
+    asked for, refused unless it is one of those."""
+    if split not in ("train", "test"):
+        raise UserError(f"'{root}' holds class folders without train/ and test/ folders, so it has no split '{split}': "
+                        "leave dataset.train_split and dataset.test_split at train and test (dataset.test_size sets the "
+                        "share of each class held out for testing).")
+    classes = class_names(root, CLASS_FOLDERS)
+    return {part: as_table(files, classes, root) for part, files in held_out_parts(root, classes, test_size).items()}
+
+
+def as_table(files: list[list[str]], classes: list[str], where: Path):
+    """Each class's image files (in class order) as a `datasets.Dataset`; refused when there are none."""
     import datasets
 
-    classes = class_names(root, kind)
-    files = held_out_split(root, classes, split, test_size) if kind == CLASS_FOLDERS else split_files(root, classes, split)
     paths = [p for found in files for p in found]
     labels = [label for label, found in enumerate(files) for _ in found]
     if not paths:
-        where = f"{root}/<class>/" if kind == CLASS_FOLDERS else f"{root / split}/<class>/"
-        raise UserError(f"no images in {where} (looked for .jpg, .png, .webp and the other formats PIL reads).")
+        raise UserError(f"no images in {where}/<class>/ (looked for .jpg, .png, .webp and the other formats PIL reads).")
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
     return datasets.Dataset.from_dict({"image": [{"path": p, "bytes": None} for p in paths], "label": labels}, features=features)
 
@@ -114,23 +129,19 @@ def split_files(root: Path, classes: list[str], split: str) -> list[list[str]]:
     return [sorted(images_under(split_dir / name)) if (split_dir / name).is_dir() else [] for name in classes]
 
 
-def held_out_split(root: Path, classes: list[str], split: str, test_size: float) -> list[list[str]]:
-    """Each class's images of the training part ("train") or of the held-out test part ("test") of a folder of class
-    folders: the `test_size` share of each class whose names hash lowest, rounded, and at least one photo for each
-    part in a class of two or more. Exact shares per class, since own data sets are often small; a file's hash
+def held_out_parts(root: Path, classes: list[str], test_size: float) -> dict[str, list[list[str]]]:
+    """Each class's images of the training part ("train") and of the held-out test part ("test") of a folder of
+    class folders: the `test_size` share of each class whose names hash lowest, rounded, and at least one photo for
+    each part in a class of two or more. Exact shares per class, since own data sets are often small; a file's hash
     depends on its name alone, so the same files always split the same way."""
-    if split not in ("train", "test"):
-        raise UserError(f"'{root}' holds class folders without train/ and test/ folders, so it has no split '{split}': "
-                        "leave dataset.train_split and dataset.test_split at train and test (dataset.test_size sets the "
-                        "share of each class held out for testing).")
-    chosen = []
+    parts: dict[str, list[list[str]]] = {"train": [], "test": []}
     for name in classes:
         class_dir = root / name
         ranked = sorted((name_hash(os.path.relpath(p, class_dir)), p) for p in images_under(class_dir))
         n_test = min(len(ranked) - 1, max(1, round(len(ranked) * test_size))) if len(ranked) > 1 else 0
-        part = ranked[:n_test] if split == "test" else ranked[n_test:]
-        chosen.append(sorted(p for _, p in part))
-    return chosen
+        parts["test"].append(sorted(p for _, p in ranked[:n_test]))
+        parts["train"].append(sorted(p for _, p in ranked[n_test:]))
+    return parts
 
 
 def name_hash(name: str) -> bytes:

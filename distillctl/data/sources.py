@@ -79,12 +79,13 @@ def locate(spec: str, test_size: float = 0.2, train_split: str = "train") -> Sou
 def load_split_table(source: Source, split: str):
     """One split as a `datasets.Dataset` (read once per Source), with a message that says what to do when it can't be had."""
     if split not in source.tables:
-        source.tables[split] = read_split_table(source, split)
+        source.tables |= read_split_tables(source, split)
     return source.tables[split]
 
 
-def read_split_table(source: Source, split: str):
-    """Ask `datasets` (or the folder listing) for one split."""
+def read_split_tables(source: Source, split: str) -> dict:
+    """Ask `datasets` (or the folder listing) for one split; a folder of class folders gives both of its splits at
+    once, since one listing of it makes both."""
     import datasets
 
     # Errors are reported below in one line; datasets would log them first as well.
@@ -96,9 +97,11 @@ def read_split_table(source: Source, split: str):
         console.print(f"data: '{source.spec}' split '{split}' from the Hugging Face Hub (downloaded once into its cache)")
         datasets.enable_progress_bars()
     try:
+        if source.builder == folder.CLASS_FOLDERS:
+            return folder.held_out_tables(source.local_dir, split, source.test_size)
         if source.builder is not None:
-            return folder.table(source.local_dir, split, source.builder, source.test_size)
-        return datasets.load_dataset(str(source.local_dir or source.spec), split=split)
+            return {split: folder.table(source.local_dir, split)}
+        return {split: datasets.load_dataset(str(source.local_dir or source.spec), split=split)}
     except UserError:
         raise
     except Exception as exc:  # no such split, network, missing repo, corrupt file: all the user's to fix
