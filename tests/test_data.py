@@ -212,3 +212,25 @@ def test_a_train_limit_beyond_the_split_trains_on_what_is_left_and_says_so(capsy
     out = capsys.readouterr().out
     assert "dataset.train_limit=2400, but the train split has 2500 images and 250 are held out" in out
     assert "data: 2,250 training, 250 validation" in out
+
+
+@pytest.mark.parametrize("images, limit, val_size, expected", [
+    (1000, 640, 0.1, (640, 64)),   # a tenth of the training images, held out on top of them
+    (1000, None, 0.1, (900, 100)),  # no limit: a tenth of the split
+    (64, 640, 0.1, (58, 6)),      # a limit above the split's size: a tenth of what there is, not all of it
+    (64, None, 20, (44, 20)),      # a count
+])
+def test_validation_is_held_out_of_what_there_is_to_train_on(images, limit, val_size, expected):
+    from distillctl.data.splits import holdout
+
+    cfg = OmegaConf.structured(DatasetConfig(train_limit=limit, val_size=val_size))
+    train, val = holdout(images, cfg)
+    assert (len(train), len(val)) == expected
+    assert not set(train.tolist()) & set(val.tolist())
+
+
+def test_a_validation_count_that_takes_every_image_is_refused():
+    from distillctl.data.splits import holdout
+
+    with pytest.raises(UserError, match="leaving none to train on"):
+        holdout(64, OmegaConf.structured(DatasetConfig(val_size=64)))

@@ -95,7 +95,9 @@ def holdout(n: int, cfg) -> tuple[torch.Tensor, torch.Tensor]:
     or a fraction of the training images), then train_limit training images on top of them (all the rest when unset)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
     limit = cfg.train_limit
-    n_val = int(cfg.val_size) if cfg.val_size >= 1 else round(cfg.val_size * (limit or n))
+    # A fraction of the images there are to train on: a train_limit above the split's size (a smoke run's 640 on a
+    # folder of 64 photos) would otherwise hold out all of them.
+    n_val = int(cfg.val_size) if cfg.val_size >= 1 else round(cfg.val_size * min(limit or n, n))
     if n_val >= n:
         raise UserError(f"dataset.val_size={cfg.val_size} holds out {n_val} of the {n} images of the train split, leaving none "
                         "to train on; lower it.")
