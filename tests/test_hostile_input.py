@@ -234,6 +234,8 @@ CASES = {
     "split folders named otherwise": (["train-teacher", "recipe=tiny", "dataset=imagefolder", "dataset.path=bad/renamed_splits", "run_dir=runs/data"],
                                       "name them with dataset.train_split=training dataset.test_split=testing"),
     "no classes": (["train-teacher", "recipe=tiny", "dataset=imagefolder", "dataset.path=bad/no_classes", "run_dir=runs/data"], "no_classes"),
+    "photos without class folders": (["train-teacher", "recipe=tiny", "dataset=imagefolder", "dataset.path=bad/one_class/train/cat",
+                                      "run_dir=runs/data"], "holds images but no class folders, so they have no labels"),
     "decompression bomb": (["train-teacher", "recipe=tiny", "dataset=imagefolder", "dataset.path=bad/bombs", "run_dir=runs/data",
                             "dataset.on_bad_image=error"], "bomb.png (DecompressionBombError"),
     "no such folder": (["train-teacher", "recipe=tiny", "dataset.path=./nowhere"], "does not exist"),

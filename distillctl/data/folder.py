@@ -62,6 +62,12 @@ def layout(root: Path, train_split: str = "train") -> str | None:
     return CLASS_FOLDERS if holding else None
 
 
+def loose_images(folder: Path) -> bool:
+    """Whether `folder` holds image files itself (not in subfolders): photos that name no class."""
+    suffixes = image_suffixes()
+    return any(p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".") for p in folder.iterdir())
+
+
 def subfolders(folder: Path) -> list[Path]:
     """The folder's visible subfolders, sorted."""
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -64,6 +64,9 @@ def locate(spec: str, test_size: float = 0.2, train_split: str = "train") -> Sou
         if any(path.rglob("*.parquet")) or any(path.glob("*.tar")):
             return Source(spec, path.resolve(), None)
         kind = folder.layout(path, train_split)
+        if kind is None and folder.loose_images(path):
+            raise UserError(f"dataset.path '{spec}' holds images but no class folders, so they have no labels: put them in one "
+                            "folder per class (DIR/<class>/*.jpg) and point dataset.path at DIR.")
         if kind is None:
             raise UserError(
                 f"dataset.path '{spec}' holds no parquet files (the Hub's layout), WebDataset shards (train-00000.tar) "
