@@ -33,12 +33,16 @@ def image_suffixes() -> frozenset[str]:
     return frozenset(Image.registered_extensions())
 
 
+def is_image_name(name: str) -> bool:
+    """Whether a file name is a visible image file's: a suffix PIL reads, not hidden."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in image_suffixes()
+
+
 def images_under(folder: Path) -> Iterator[str]:
     """Image files under `folder`, recursively, in walk order; hidden files and other files left out."""
-    suffixes = image_suffixes()
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        yield from (os.path.join(dirpath, f) for f in filenames if not f.startswith(".") and os.path.splitext(f)[1].lower() in suffixes)
+        yield from (os.path.join(dirpath, f) for f in filenames if is_image_name(f))
 
 
 def has_images(folder: Path) -> bool:
@@ -64,8 +68,7 @@ def layout(root: Path, train_split: str = "train") -> str | None:
 
 def loose_images(folder: Path) -> bool:
     """Whether `folder` holds image files itself (not in subfolders): photos that name no class."""
-    suffixes = image_suffixes()
-    return any(p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".") for p in folder.iterdir())
+    return any(is_image_name(p.name) and p.is_file() for p in folder.iterdir())
 
 
 def subfolders(folder: Path) -> list[Path]:
