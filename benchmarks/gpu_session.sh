@@ -49,35 +49,36 @@ DRY=$([ "$DEVICE" = cuda ] && echo 0 || echo 1)
     "$PYTHON" -c "import torch, timm, hydra, datasets; print('torch', torch.__version__, 'timm', timm.__version__, 'hydra', hydra.__version__, 'datasets', datasets.__version__, 'cuda', torch.cuda.is_available())"
 } 2>&1 | tee -a "$OUT/session.log"
 
-# name, cap in seconds, then the command (a dry run on a CPU shrinks each to its plumbing).
-check() {
+# A check's cap in seconds and its arguments: full size on the GPU, or its plumbing at the smallest sizes on a CPU.
+plan() {
     case $1 in
-    taps) echo 240; if [ "$DRY" = 1 ]; then echo benchmarks/taps_compile.py --device cpu --mode aot_eager --steps 2 --warmup 1 --batch 16 --threads 1
-          else echo benchmarks/taps_compile.py --device cuda --mode reduce-overhead --steps 30 --variants none outputs hooks --why; fi ;;
-    shared) echo 330; if [ "$DRY" = 1 ]; then echo benchmarks/shared_gpu.py --device cpu --concurrency 1 2 --steps 2 --rounds 1 --train-limit 512 --json "$OUT/shared.json"
-            else echo benchmarks/shared_gpu.py --concurrency 1 2 4 --steps 200 --rounds 1 --json "$OUT/shared.json"; fi ;;
-    feed) echo 270; if [ "$DRY" = 1 ]; then echo benchmarks/gpu_feed.py --device cpu --images 400 --steps 2 --batch 8 --rounds 1 --threads 1 --teacher resnet18 --json "$OUT/feed.json"
-          else echo benchmarks/gpu_feed.py --images 20000 --workers 12 --rounds 2 --json "$OUT/feed.json"; fi ;;
+    taps) cap=240
+        full=(benchmarks/taps_compile.py --device cuda --mode reduce-overhead --steps 30 --variants none outputs hooks --why)
+        dry=(benchmarks/taps_compile.py --device cpu --mode aot_eager --steps 2 --warmup 1 --batch 16 --threads 1) ;;
+    shared) cap=330
+        full=(benchmarks/shared_gpu.py --concurrency 1 2 4 --steps 200 --rounds 1 --json "$OUT/shared.json")
+        dry=(benchmarks/shared_gpu.py --device cpu --concurrency 1 2 --steps 2 --rounds 1 --train-limit 512 --json "$OUT/shared.json") ;;
+    feed) cap=270
+        full=(benchmarks/gpu_feed.py --images 20000 --workers 12 --rounds 2 --json "$OUT/feed.json")
+        dry=(benchmarks/gpu_feed.py --device cpu --images 400 --steps 2 --batch 8 --rounds 1 --threads 1 --teacher resnet18 --json "$OUT/feed.json") ;;
     *) return 1 ;;
     esac
+    if [ "$DRY" = 1 ]; then args=("${dry[@]}"); else args=("${full[@]}"); fi
 }
 
 for name in "${CHECKS[@]}"; do
-    if ! spec=$(check "$name"); then
+    if ! plan "$name"; then
         say "== $name: no such check (taps, shared, feed)"
         continue
     fi
-    cap=$(echo "$spec" | head -1)
-    args=$(echo "$spec" | tail -1)
     left=$((BUDGET - ($(date +%s) - START)))
     if [ "$left" -lt "$cap" ]; then
         say "== $name: left out, ${left}s left of the session's ${BUDGET}s and it may take ${cap}s"
         continue
     fi
-    say "== $name (at most ${cap}s): $PYTHON $args"
+    say "== $name (at most ${cap}s): $PYTHON ${args[*]}"
     t0=$(date +%s)
-    # shellcheck disable=SC2086  # args is a word list built above
-    timeout -k 10 "$cap" "$PYTHON" $args > "$OUT/$name.log" 2>&1
+    timeout -k 10 "$cap" "$PYTHON" "${args[@]}" > "$OUT/$name.log" 2>&1
     rc=$?
     say "== $name: exit $rc$([ $rc = 124 ] && echo ' (its cap ran out)') after $(($(date +%s) - t0))s"
     # The figures are in the last lines; --why logs can run long, and the tool returns files of 16 MiB at most.

@@ -5,7 +5,7 @@
 # onnx, rich and matplotlib, but not Hydra, OmegaConf, datasets or torch-pruning.
 #
 #   make setup && bash tools/gpu_kit.sh
-#   then, with the device tool: run(command="bash benchmarks/gpu_session.sh", carry=[".gpu"], timeout_s=590)
+#   then, with the device tool: run(command="bash benchmarks/gpu_session.sh", carry=[".gpu"], timeout_s=600)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
