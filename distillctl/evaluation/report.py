@@ -111,6 +111,9 @@ def print_misses(rows: list[dict[str, Any]]) -> None:
         value = "missing" if row["value"] is None else f"{row['value']:.4g}"
         table.add_row(row["metric"], row["bound"], f"{row['limit']:.4g}", value)
     console.print(table)
+    if missing := list(dict.fromkeys(row["metric"].split(".")[0] for row in rows if row["value"] is None)):
+        console.print(f"missing: no {', '.join(missing)} model was evaluated; make it first (`distillctl pipeline` with the "
+                      "same recipe and overrides), or leave the gate out with '~expect'")
 
 
 def enforce(checked: list[dict[str, Any]], basis: str = "") -> None:
