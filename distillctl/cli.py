@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -165,19 +167,37 @@ BOOKKEEPING_KEYS = frozenset({"recipe", "run_dir", "force", "resume", "wait"})
 
 
 def fixed_keys(overrides: Sequence[str]) -> list[str]:
-    """The keys a multirun does not sweep (and the run's bookkeeping keys), left out of its job folders' names."""
+    """The keys a multirun does not sweep (and the run's bookkeeping keys unless swept: `recipe=cifar_at,cifar_dkd`
+    names its jobs after the recipes), left out of its job folders' names."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
         parsed = OverridesParser.create().parse_overrides(config_overrides(overrides))
     except Exception:  # check_composes reports a malformed override with its own message
         parsed = []
-    return sorted({o.get_key_element() for o in parsed if not o.is_sweep_override()} | BOOKKEEPING_KEYS)
+    swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
+    return sorted(({o.get_key_element() for o in parsed} | BOOKKEEPING_KEYS) - swept)
 
 
 def override_key(override: str) -> str:
     """The config key an override sets, adds (+) or deletes (~)."""
     return override.split("=", 1)[0].lstrip("+~")
+
+
+PLAIN_OVERRIDE_VALUE = re.compile(r"^[A-Za-z_][\w.\-/]*$")
+
+
+def override(key: str, value: Any) -> str:
+    """`key=value` as Hydra parses it back to the same value."""
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, (int, float)):
+        text = repr(value)
+    elif isinstance(value, str) and PLAIN_OVERRIDE_VALUE.match(value):
+        text = value
+    else:
+        text = "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return f"{key}={text}"
 
 
 def config_overrides(overrides: Sequence[str]) -> list[str]:

@@ -34,12 +34,14 @@ _HELD_LOCKS: dict[Path, IO[str]] = {}
 
 class Workspace:
     """Where a run reads and writes. In a Hydra sweep each job writes to its own folder under
-    runs/<recipe>/sweep/ and still finds inputs (the teacher) in runs/<recipe>/."""
+    runs/<recipe>/sweep/ and still finds inputs (the teacher) in runs/<recipe>/, or takes a run of the same config
+    that another job of the sweep finished (twin)."""
 
-    def __init__(self, root: Path, job_dir: Path | None = None, wait: bool = False) -> None:
+    def __init__(self, root: Path, job_dir: Path | None = None, wait: bool = False, sweep_dir: Path | None = None) -> None:
         self.root = root
         self.job_dir = job_dir or root
         self.wait = wait  # for a stage another run writes: wait for it to end instead of refusing
+        self.sweep_dir = sweep_dir  # the sweep this job belongs to, whose other jobs may hold the same runs
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "Workspace":
@@ -49,7 +51,11 @@ class Workspace:
 
         root, wait = Path(cfg.run_dir), bool(cfg.get("wait", False))
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            return cls(root, Path(HydraConfig.get().runtime.output_dir), wait)
+            job, sweep = Path(HydraConfig.get().runtime.output_dir), Path(HydraConfig.get().sweep.dir)
+            # reproduce and search give each run they make a run_dir inside the job's folder: it writes there.
+            if root.resolve().is_relative_to(job.resolve()):
+                return cls(root, wait=wait, sweep_dir=sweep)
+            return cls(root, job, wait, sweep)
         return cls(root, wait=wait)
 
     def output(self, stage: str) -> Path:
@@ -116,6 +122,37 @@ class Workspace:
         if source == "pruned":
             raise UserError(f"no pruned model in {self.root / 'pruned'}: run `distillctl prune` with the same recipe first, or set quantize.source=student.")
         return self.require("student", "distilled student", "distill")
+
+    def twin(self, stage: str, wanted: str) -> Path | None:
+        """A finished run of `stage` with fingerprint `wanted` in another job of this sweep (at the same place
+        inside it): the same config and inputs, so the same result. A sweep over the student's loss thus trains
+        its teacher once, a method comparison its no-teacher baseline once per seed."""
+        if self.sweep_dir is None:
+            return None
+        sweep = self.sweep_dir.resolve()
+        try:
+            job, *inside = self.job_dir.resolve().relative_to(sweep).parts
+        except ValueError:
+            return None
+        for other in sorted(p for p in sweep.iterdir() if p.is_dir() and p.name != job):
+            candidate = other.joinpath(*inside, stage)
+            if finished(candidate) and not (candidate / STAGING).exists() and recorded_fingerprint(candidate) == wanted:
+                return candidate
+        return None
+
+    def adopt(self, stage: str, source: Path) -> Path:
+        """Publish a twin's results as this job's `stage`. Hard links where the file system allows (a published
+        file is only ever replaced, never changed in place, so the two folders cannot drift), else copies."""
+        out = self.output(stage)
+        staged = staging(out)
+        for name in RESULT_FILES:
+            if (source / name).is_file():
+                try:
+                    os.link(source / name, staged / name)
+                except OSError:
+                    shutil.copy2(source / name, staged / name)
+        publish(out)
+        return out
 
     def require(self, stage: str, what: str, command: str) -> Path:
         """The finished `stage` folder, or a UserError naming the command that makes it."""

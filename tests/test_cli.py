@@ -116,6 +116,46 @@ def test_multirun_sweep_gives_each_job_its_own_folder(cli, tiny):
     assert "sweep:" in sweep.out and sweep.out.count("resnet8") >= 2  # the closing summary table
 
 
+@pytest.mark.slow
+def test_a_pipeline_sweep_trains_what_its_jobs_share_once(cli, tiny):
+    sweep = cli("pipeline", "-m", "recipe=tiny", "loss.terms.kd.temperature=2,8")
+    assert sweep.code == 0, sweep.text
+    (first, second), = [sorted(job for job in p.iterdir() if job.is_dir()) for p in (tiny / "runs/tiny/sweep").iterdir()]
+    # The teacher does not depend on the swept KD temperature: job 1 takes job 0's.
+    assert sweep.out.count("another job of this sweep finished it") == 1
+    assert (second / "teacher/model.safetensors").stat().st_ino == (first / "teacher/model.safetensors").stat().st_ino
+    assert (first / "student/model.safetensors").read_bytes() != (second / "student/model.safetensors").read_bytes()
+    # The closing table lists every job's models, the quantized ones too (no validation top-1: "-").
+    assert "raised" not in sweep.err, sweep.err
+    table = sweep.out[sweep.out.index("sweep: runs/tiny/sweep"):]
+    assert table.count("int8_static") == 2 and table.count("teacher") == 2
+
+
+@pytest.mark.slow
+def test_reproduce_sweep_compares_methods_over_seeds_in_one_table(cli, tiny):
+    (tiny / "recipes" / "tiny_ce.yaml").write_text("# @package _global_\ndefaults:\n  - tiny\n  - override /loss: ce\n")
+    sweep = cli("reproduce", "-m", "recipe=tiny,tiny_ce", "reproduce.seeds=[0,1]")
+    assert sweep.code == 0, sweep.text
+    (folder,) = (tiny / "runs/sweeps/sweep").iterdir()
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["0_recipe=tiny", "1_recipe=tiny_ce"]
+    for job in ("0_recipe=tiny", "1_recipe=tiny_ce"):
+        assert json.loads((folder / job / "reproduce/results.json").read_text())["seeds"] == [0, 1]
+    # Each seed's teacher and no-teacher baseline are the same for both recipes: trained once, linked into job 1.
+    assert sweep.out.count("another job of this sweep finished it") == 4
+    job_1 = folder / "1_recipe=tiny_ce/reproduce"
+    assert (job_1 / "seed-1/teacher/model.safetensors").stat().st_ino == (folder / "0_recipe=tiny/reproduce/seed-1/teacher/model.safetensors").stat().st_ino
+    gains = {job: json.loads((folder / job / "reproduce/results.json").read_text())["rows"]["gain"]["mean"] for job in ("0_recipe=tiny", "1_recipe=tiny_ce")}
+    table = sweep.out[sweep.out.index("mean ± std over seeds 0, 1"):]
+    assert all(f"{gain:+.2%} ±" in table for gain in gains.values()) and "1_recipe=tiny_ce" in table
+
+
+def test_evaluate_before_the_pipeline_says_which_models_are_missing(cli, tmp_path):
+    # quickstart's teacher is bundled, so the workspace has a teacher and nothing else to meet student.top1 with.
+    result = cli("evaluate", "trainer.threads=1", "dataset.test_limit=100")
+    assert result.code == 1, result.text
+    assert "missing: no student, int8_static model was evaluated" in " ".join(result.out.split())
+
+
 def test_prune_without_a_student_says_what_to_run(cli, tiny):
     assert "distillctl distill" in one_error_line(cli("prune", "recipe=tiny"))
     assert "distillctl distill" in one_error_line(cli("quantize", "recipe=tiny"))

@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 from distillctl import config
 from distillctl.cli import check_composes, prepare_overrides, sweep_objective
 from distillctl.errors import UserError
-from distillctl.search.space import override, parse_param, parse_space
+from distillctl.cli import override
+from distillctl.search.space import parse_param, parse_space
 from distillctl.config import PrunerName
 from distillctl.search.study import make_pruner
 from distillctl.stages.search import Objective

@@ -93,6 +93,33 @@ def test_results_are_replaced_together_or_not_at_all(tmp_path):
     assert results(stage) == dict.fromkeys([workspace.CONFIG_FILE, workspace.METRICS_FILE, workspace.MODEL_FILE, workspace.ONNX_FILE], "new")
 
 
+def finished_stage(folder: Path, fingerprint: str) -> None:
+    """A finished stage folder recording `fingerprint`."""
+    folder.mkdir(parents=True)
+    (folder / workspace.MODEL_FILE).write_text("weights")
+    (folder / workspace.CONFIG_FILE).write_text("config")
+    files.write_json(folder / workspace.METRICS_FILE, {"fingerprint": fingerprint})
+
+
+def test_a_sweep_job_takes_a_finished_twin_from_another_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    finished_stage(sweep / "0_loss=kd" / "reproduce/seed-1/teacher", "abc")
+    finished_stage(sweep / "1_loss=at" / "reproduce/seed-0/teacher", "abc")  # another seed's place: not a twin
+    ws = workspace.Workspace(sweep / "2_loss=dkd/reproduce/seed-1", sweep_dir=sweep)
+    twin = ws.twin("teacher", "abc")
+    assert twin == (sweep / "0_loss=kd/reproduce/seed-1/teacher").resolve()
+    assert ws.twin("teacher", "other config") is None and ws.twin("student", "abc") is None
+    assert workspace.Workspace(sweep / "0_loss=kd/reproduce/seed-1").twin("teacher", "abc") is None  # not in a sweep
+    assert workspace.Workspace(sweep / "0_loss=kd/reproduce/seed-1", sweep_dir=sweep).twin("teacher", "abc") is None  # its own
+    adopted = ws.adopt("teacher", twin)
+    assert ws.find("teacher") == adopted and results(adopted) == results(twin)
+    # Linked, not copied; and a later run replacing the twin's files (as publish does) leaves this job's alone.
+    assert (adopted / workspace.MODEL_FILE).stat().st_ino == (twin / workspace.MODEL_FILE).stat().st_ino
+    write_results(workspace.staging(twin), "retrained")
+    workspace.publish(twin)
+    assert (adopted / workspace.MODEL_FILE).read_text() == "weights"
+
+
 def test_a_staging_folder_of_a_live_writer_is_left_alone(tmp_path):
     stage = tmp_path / "student"
     write_results(stage, "old")

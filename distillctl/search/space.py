@@ -4,19 +4,18 @@ before any trial runs, and drawn from by an Optuna trial."""
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from distillctl.cli import override
 from distillctl.errors import UserError, did_you_mean
 
 RANGE_KEYS = {"low", "high", "log", "step", "type"}
 # Keys a search may not vary: where runs go, what they must reach, and the teacher every trial shares.
 FIXED_PREFIXES = ("search", "run_dir", "force", "resume", "wait", "hydra", "expect", "smoke_expect", "reproduce", "teacher", "teachers")
-PLAIN_VALUE = re.compile(r"^[A-Za-z_][\w.\-/]*$")
 
 
 @dataclass(frozen=True)
@@ -134,19 +133,6 @@ def parse_param(key: str, spec: Any, current: Any = None) -> Param:
     if kind == "int" and any(v is not None and v != int(v) for v in (low, high, step)):
         raise UserError(f"{where}: an int range needs whole numbers (low {low:g}, high {high:g}).")
     return Param(key, float(low), float(high), log, None if step is None else float(step), kind == "int")
-
-
-def override(key: str, value: Any) -> str:
-    """`key=value` as Hydra parses it back to the same value."""
-    if isinstance(value, bool):
-        text = str(value).lower()
-    elif isinstance(value, (int, float)):
-        text = repr(value)
-    elif isinstance(value, str) and PLAIN_VALUE.match(value):
-        text = value
-    else:
-        text = "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return f"{key}={text}"
 
 
 def check_space(params: list[Param], config: DictConfig, compose: Callable[[list[str]], Any],

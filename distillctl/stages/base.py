@@ -78,6 +78,10 @@ def plan(stage: Stage, cfg: DictConfig, ws: Workspace, redo: bool) -> str:
     if not redo and done is not None and recorded_fingerprint(done) == wanted:
         console.print(f"[green]skip[/] {folder}: {done} is up to date with this config (force=true redoes it)")
         return "skip"
+    if not redo and (twin := ws.twin(folder, wanted)) is not None:
+        console.print(f"[green]skip[/] {folder}: another job of this sweep finished it with this config ({twin}): linked, not rerun")
+        ws.adopt(folder, twin)
+        return "skip"
     console.rule(f"{folder} ({ws.job_dir})")
     partial = ws.job_dir / folder
     if not redo and not finished(partial) and started_fingerprint(partial) == wanted and (partial / LAST_STATE).is_file():

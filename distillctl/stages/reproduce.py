@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from distillctl import environment, files
-from distillctl.cli import override_key
+from distillctl.cli import override, override_key
 from distillctl.console import console
 from distillctl.engine.device import device_name, pick_device
 from distillctl.engine.predict import predict, topk_accuracy
@@ -49,7 +49,7 @@ def compose_run(overrides: list[str], seed: int, run_dir: Path, loss: str | None
         o for o in overrides
         if override_key(o) != "run_dir" and not (loss is not None and override_key(o).startswith("loss"))
     ]
-    extra = [f"seed={seed}", f"run_dir={run_dir}"] + ([f"loss={loss}"] if loss is not None else [])
+    extra = [f"seed={seed}", override("run_dir", str(run_dir))] + ([f"loss={loss}"] if loss is not None else [])
     return compose("config", overrides=[*kept, *extra])
 
 
@@ -91,7 +91,8 @@ def run(cfg: DictConfig) -> dict:
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"reproduce.seeds={seeds}: give one or more distinct seeds, e.g. reproduce.seeds=[0,1,2].")
     recipe, overrides = command_line()
-    root = Path(cfg.run_dir) / "reproduce"
+    # In a sweep (`reproduce -m recipe=cifar_at,cifar_dkd`) each job's seeds go in the job's own folder.
+    root = Workspace.from_config(cfg).job_dir / "reproduce"
     runs = [run_seed(overrides, root, seed, cfg.reproduce.baseline_loss) for seed in seeds]
     rows, checked = on_rank_zero(lambda _: summarize(cfg, recipe, overrides, root, seeds, runs), cfg)
     report.enforce(checked, " (on the means over seeds)")

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from omegaconf import DictConfig, OmegaConf
 
 from distillctl.bounds import check_config
-from distillctl.cli import CONFIG_DIR, explain_composition_error, override_key
+from distillctl.cli import CONFIG_DIR, explain_composition_error, override, override_key
 from distillctl.config import PrunerName
 from distillctl.console import console
 from distillctl.engine.fit import observing_epochs
@@ -28,7 +28,7 @@ from distillctl.evaluation import measure
 from distillctl.losses import build_objective
 from distillctl.models import create_model
 from distillctl.search import best_recipe, summary
-from distillctl.search.space import Param, check_space, current_value, override, parse_space
+from distillctl.search.space import Param, check_space, current_value, parse_space
 from distillctl.search.study import (
     OVER_BUDGET, WORKER, counts, make_pruner, make_sampler, open_storage, open_study, origin, queue_again,
     recover_killed, storage_url, trained, worker_id,
@@ -197,7 +197,7 @@ def run(cfg: DictConfig) -> dict:
     recipe, base = command_line()
     params = parse_space(s.space, cfg)
     check_space(params, cfg, lambda extra: compose_run([*base, *extra]), check_config)
-    root = Path(cfg.run_dir) / "search"
+    root = Workspace.from_config(cfg).job_dir / "search"  # in a sweep, the job's own study
     root.mkdir(parents=True, exist_ok=True)
     epochs = s.epochs or cfg.trainer.epochs
     multi = s.minimize is not None
