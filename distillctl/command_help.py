@@ -56,7 +56,9 @@ HELP: dict[str, CommandHelp] = {
         "distillctl pipeline recipe=quickstart"),
     "reproduce": CommandHelp(
         "Trains the teacher, the student and the same student without a teacher for each seed; reports mean ± std "
-        "and the gain, and exits 1 when the recipe's expect: fails on the means.",
+        "and the gain, and exits 1 when the recipe's expect: fails on the means. Methods side by side: "
+        "`reproduce -m recipe=cifar_resnet,cifar_at,cifar_dkd` ends with one table (each seed's teacher and baseline "
+        "trained once).",
         ("reproduce.seeds", "reproduce.baseline_loss", "trainer.epochs", "expect"),
         "distillctl reproduce recipe=quickstart 'reproduce.seeds=[0,1]'"),
     "search": CommandHelp(
@@ -96,8 +98,7 @@ def render(command: str, overrides: Sequence[str]) -> str:
         if OmegaConf.is_config(value):  # a section on one line, as it would be written in an override
             value = yaml.safe_dump(OmegaConf.to_container(value), default_flow_style=True, width=10**6).strip()
         values.append(f"  {key:<{width}}  {textwrap.shorten(str(value), 110, placeholder=' ...')}")
-    groups = [f"  {g.name}: {', '.join(sorted(f.stem for f in g.glob('*.yaml')))}"
-              for g in sorted(CONFIG_DIR.iterdir()) if g.is_dir()]
+    groups = [f"  {name}: {', '.join(options)}" for name, options in group_options(CONFIG_DIR).items()]
     return "\n".join([
         f"usage: distillctl {command} [recipe=NAME] [key=value ...] [-m]",
         "",
@@ -115,3 +116,14 @@ def render(command: str, overrides: Sequence[str]) -> str:
         f"`distillctl {command} --cfg job` prints the whole resolved config; `--hydra-help` shows Hydra's own flags;",
         "README.md lists every option.",
     ])
+
+
+def group_options(config_dir) -> dict[str, list[str]]:
+    """Each config group's options as Hydra finds them, the launchers of installed plugins included."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    names = [g.name for g in sorted(config_dir.iterdir()) if g.is_dir() and g.name != "hydra"] + ["hydra/launcher"]
+    with initialize_config_dir(str(config_dir), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        return {name: loader.get_group_options(name) for name in names}

@@ -301,6 +301,8 @@ def test_each_command_has_a_help_page_with_this_recipes_values(cli):
     assert "Trains the student from the frozen teacher" in page.out and "example:" in page.out
     assert "values for recipe=quickstart" in page.out and "resnet8" in page.out  # the quickstart's student
     assert "is powered by Hydra" not in page.out
+    # Config groups with their options, the launchers of the installed Hydra plugins too.
+    assert "  loss: adversarial, at," in page.out and "hydra/launcher: basic, joblib, slurm" in page.out
     other = cli("search", "recipe=cifar_resnet", "search=kd", "-h")
     assert other.code == 0 and "values for recipe=cifar_resnet" in other.out and "loss.terms.kd.temperature" in other.out
     typo = cli("distill", "trainer.epochz=3", "--help")
