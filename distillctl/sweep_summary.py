@@ -1,7 +1,9 @@
-"""One table at the end of a Hydra multirun: every job's overrides and results side by side."""
+"""One table at the end of a Hydra multirun: every job's overrides and results side by side, printed and written
+to <sweep>/summary.md."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,32 @@ from rich.table import Table
 from distillctl import files
 
 
+@dataclass(frozen=True)
+class Summary:
+    """A table of the sweep's jobs: printed with rich, kept as markdown."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    left: int  # how many leading columns are names (left-aligned); the rest are figures
+
+    def table(self) -> Table:
+        """The rich table printed at the end of the sweep."""
+        table = Table(title=self.title, title_justify="left")
+        for i, column in enumerate(self.columns):
+            table.add_column(column, justify="left" if i < self.left else "right")
+        for row in self.rows:
+            table.add_row(*row)
+        return table
+
+    def markdown(self) -> str:
+        """The same table in summary.md."""
+        lines = [f"## {self.title}", "", "| " + " | ".join(self.columns) + " |"]
+        lines.append("|" + "---|" * self.left + "---:|" * (len(self.columns) - self.left))
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        return "\n".join(lines) + "\n"
+
+
 class SweepSummary(Callback):
     """Registered in configs/config.yaml under hydra.callbacks."""
 
@@ -19,37 +47,38 @@ class SweepSummary(Callback):
         from distillctl.console import console
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        for table in (stage_table(sweep_dir), reproduce_table(sweep_dir)):
-            if table is not None:
-                console.print(table)
+        summaries = [s for s in (stage_summary(sweep_dir), reproduce_summary(sweep_dir)) if s is not None]
+        for summary in summaries:
+            console.print(summary.table())
+        if summaries:
+            files.write_text(sweep_dir / "summary.md", "\n".join(s.markdown() for s in summaries))
+            console.print(f"summary: {sweep_dir / 'summary.md'}")
 
 
 # The pipeline's order; quantized models (one folder per method) follow.
 STAGE_ORDER = ("teacher", "student", "pruned")
 
 
-def stage_table(sweep_dir: Path) -> Table | None:
+def stage_summary(sweep_dir: Path) -> Summary | None:
     """Each job's trained models: test and best validation top-1, training time."""
-    rows = []
+    found = []
     for metrics_file in sorted(sweep_dir.glob("*/*/metrics.json")):
         metrics = files.read_json(metrics_file) or {}
         if "test_top1" in metrics:
-            rows.append((metrics_file.parent.parent.name, metrics_file.parent.name, metrics))
-    if not rows:
+            found.append((metrics_file.parent.parent.name, metrics_file.parent.name, metrics))
+    if not found:
         return None
-    rows.sort(key=lambda r: (r[0], STAGE_ORDER.index(r[1]) if r[1] in STAGE_ORDER else len(STAGE_ORDER), r[1]))
-    table = Table(title=f"sweep: {sweep_dir}", title_justify="left")
-    for column in ("job", "stage", "model", "test top-1", "best val top-1", "time (s)"):
-        table.add_column(column, justify="left" if column in ("job", "stage", "model") else "right")
-    for job, stage, m in rows:
+    found.sort(key=lambda r: (r[0], STAGE_ORDER.index(r[1]) if r[1] in STAGE_ORDER else len(STAGE_ORDER), r[1]))
+    rows = []
+    for job, stage, m in found:
         # A quantized model has no validation top-1: it is calibrated, not trained against one.
         best_val = f"{m['best_val_top1']:.2%}" if "best_val_top1" in m else "-"
         seconds = f"{m['seconds']:.1f}" if "seconds" in m else "-"
-        table.add_row(job, stage, str(m.get("model", "-")), f"{m['test_top1']:.2%}", best_val, seconds)
-    return table
+        rows.append((job, stage, str(m.get("model", "-")), f"{m['test_top1']:.2%}", best_val, seconds))
+    return Summary(f"sweep: {sweep_dir}", ("job", "stage", "model", "test top-1", "best val top-1", "time (s)"), rows, 3)
 
 
-def reproduce_table(sweep_dir: Path) -> Table | None:
+def reproduce_summary(sweep_dir: Path) -> Summary | None:
     """`reproduce -m`: each job's means over seeds side by side, the comparison of methods a researcher reports."""
     from distillctl.evaluation.seed_results import LABELS
 
@@ -60,12 +89,7 @@ def reproduce_table(sweep_dir: Path) -> Table | None:
             jobs.append((results_file.parent.parent.name, results))
     if not jobs:
         return None
-    seeds = ", ".join(str(s) for s in jobs[0][1].get("seeds", []))
-    table = Table(title=f"sweep: {sweep_dir}: test top-1, mean ± std over seeds {seeds}", title_justify="left")
-    table.add_column("job")
-    for name in LABELS:
-        table.add_column(LABELS[name], justify="right")
-    table.add_column("expectations")
+    rows = []
     for job, results in jobs:
         cells = []
         for name in LABELS:
@@ -73,6 +97,8 @@ def reproduce_table(sweep_dir: Path) -> Table | None:
             sign = "+" if name == "gain" else ""
             cells.append(f"{row['mean']:{sign}.2%} ± {row['std'] * 100:.2f}" if "mean" in row else "-")
         checked = results.get("expectations") or []
-        met = "none" if not checked else ("met" if all(c.get("ok") for c in checked) else "[red]missed[/]")
-        table.add_row(job, *cells, met)
-    return table
+        met = "none" if not checked else ("met" if all(c.get("ok") for c in checked) else "missed")
+        seeds = ", ".join(str(s) for s in results.get("seeds", []))
+        rows.append((job, seeds, *cells, met))
+    columns = ("job", "seeds", *LABELS.values(), "expectations")
+    return Summary(f"sweep: {sweep_dir}: test top-1, mean ± std over seeds", columns, rows, 2)

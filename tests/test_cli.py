@@ -129,6 +129,7 @@ def test_a_pipeline_sweep_trains_what_its_jobs_share_once(cli, tiny):
     assert "raised" not in sweep.err, sweep.err
     table = sweep.out[sweep.out.index("sweep: runs/tiny/sweep"):]
     assert table.count("int8_static") == 2 and table.count("teacher") == 2
+    assert (first.parent / "summary.md").read_text().count("| int8_static | resnet8 |") == 2
 
 
 @pytest.mark.slow
@@ -145,8 +146,11 @@ def test_reproduce_sweep_compares_methods_over_seeds_in_one_table(cli, tiny):
     job_1 = folder / "1_recipe=tiny_ce/reproduce"
     assert (job_1 / "seed-1/teacher/model.safetensors").stat().st_ino == (folder / "0_recipe=tiny/reproduce/seed-1/teacher/model.safetensors").stat().st_ino
     gains = {job: json.loads((folder / job / "reproduce/results.json").read_text())["rows"]["gain"]["mean"] for job in ("0_recipe=tiny", "1_recipe=tiny_ce")}
-    table = sweep.out[sweep.out.index("mean ± std over seeds 0, 1"):]
+    table = sweep.out[sweep.out.index("mean ± std over seeds"):]
     assert all(f"{gain:+.2%} ±" in table for gain in gains.values()) and "1_recipe=tiny_ce" in table
+    # The same table in the sweep's folder, as markdown to paste into a paper or an issue.
+    summary = (folder / "summary.md").read_text()
+    assert "| 1_recipe=tiny_ce | 0, 1 |" in summary and all(f"{gain:+.2%} ±" in summary for gain in gains.values())
 
 
 def test_evaluate_before_the_pipeline_says_which_models_are_missing(cli, tmp_path):
