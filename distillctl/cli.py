@@ -325,6 +325,11 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
     config.register()
     user_args = list(overrides)
     overrides = overrides_first(with_sweep_dir(prepare_overrides(overrides)))
+    shown = [o for o in overrides if o.startswith("--cfg") or o in ("-c", "--info", "-i")]
+    if shown and any(o in ("-m", "--multirun") for o in overrides):
+        # Hydra refuses the pair with a traceback; its --cfg prints the config of one run.
+        raise UserError(f"{shown[0]} prints one run's config and -m starts a sweep: leave out -m and give one value of "
+                        "each swept key (seed=0, not seed=0,1).")
     if not any(o in ("--help", "-h", "--hydra-help") or o.startswith("--cfg") or o == "-c" for o in overrides):
         check_composes(overrides)
     module_name = COMMANDS[command][0]

@@ -196,6 +196,7 @@ CASES = {
     # Typos
     "unknown command": (["distil", "recipe=tiny"], "Did you mean 'distill'?"),
     "unknown recipe": (["distill", "recipe=tyni"], "unknown recipe 'tyni'"),
+    "print a sweep's config": (["distill", "-m", "recipe=tiny", "seed=0,1", "--cfg", "job"], "leave out -m and give one value"),
     "misspelt key": (["distill", "recipe=tiny", "trainer.epochz=3"], "Did you mean 'epochs'?"),
     "unknown model": (["distill", "recipe=tiny", "student.name=resnet9"], "unknown model 'resnet9'"),
     "unknown method": (["quantize", "recipe=tiny", "quantize.method=int8_statik"], "Did you mean 'int8_static'"),
