@@ -150,8 +150,7 @@ def prepare_overrides(overrides: Sequence[str]) -> list[str]:
 def with_sweep_dir(overrides: list[str]) -> list[str]:
     """In a multirun, put the sweep's job folders under the recipe's workspace, one folder per sweep, each named
     after the values swept (`0_loss.terms.kd.temperature=2`), not after every override of the command line."""
-    multirun = any(o in ("-m", "--multirun") or o == "hydra.mode=MULTIRUN" for o in overrides)
-    if not multirun:
+    if not is_multirun(overrides):
         return overrides
     values = dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith("-"))
     recipe = values.get("recipe", DEFAULT_RECIPE)
@@ -160,6 +159,22 @@ def with_sweep_dir(overrides: list[str]) -> list[str]:
     if "hydra.job.config.override_dirname.exclude_keys" not in values:
         extra.append(f"hydra.job.config.override_dirname.exclude_keys=[{','.join(fixed_keys(overrides))}]")
     return [*overrides, *extra]
+
+
+def is_multirun(overrides: Sequence[str]) -> bool:
+    """Whether the command line starts a sweep."""
+    return any(o in ("-m", "--multirun") or o == "hydra.mode=MULTIRUN" for o in overrides)
+
+
+def check_sweep_dir(overrides: Sequence[str], user_args: Sequence[str]) -> None:
+    """Hydra makes a sweep's folder before any job starts (and so before the preflight checks of run_dir): refuse a
+    folder this process cannot write in one line rather than Hydra's traceback."""
+    from distillctl.disk import check_writable
+
+    value = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.sweep.dir=")), None)
+    if value is not None:
+        key = "hydra.sweep.dir" if any(o.startswith("hydra.sweep.dir=") for o in user_args) else "run_dir"
+        check_writable(Path(value.split("${", 1)[0] or "."), key)
 
 
 # Keys that say where and how a run goes, never what it computes: never part of a sweep job's folder name.
@@ -326,12 +341,14 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
     user_args = list(overrides)
     overrides = overrides_first(with_sweep_dir(prepare_overrides(overrides)))
     shown = [o for o in overrides if o.startswith("--cfg") or o in ("-c", "--info", "-i")]
-    if shown and any(o in ("-m", "--multirun") for o in overrides):
+    if shown and is_multirun(overrides):
         # Hydra refuses the pair with a traceback; its --cfg prints the config of one run.
         raise UserError(f"{shown[0]} prints one run's config and -m starts a sweep: leave out -m and give one value of "
                         "each swept key (seed=0, not seed=0,1).")
     if not any(o in ("--help", "-h", "--hydra-help") or o.startswith("--cfg") or o == "-c" for o in overrides):
         check_composes(overrides)
+        if is_multirun(overrides):
+            check_sweep_dir(overrides, user_args)
     module_name = COMMANDS[command][0]
 
     def task(cfg) -> float | None:
