@@ -60,7 +60,9 @@ STAGE_ORDER = ("teacher", "student", "pruned")
 
 
 def stage_summary(sweep_dir: Path) -> Summary | None:
-    """Each job's trained models: test and best validation top-1, training time."""
+    """Each job's trained models: test and best validation top-1, training time; and, for jobs that evaluated
+    (`pipeline -m`), each model's MACs, file size and latency from the job's report, so that a sweep over
+    compression settings reads as a size/accuracy trade-off."""
     found = []
     for metrics_file in sorted(sweep_dir.glob("*/*/metrics.json")):
         metrics = files.read_json(metrics_file) or {}
@@ -69,13 +71,28 @@ def stage_summary(sweep_dir: Path) -> Summary | None:
     if not found:
         return None
     found.sort(key=lambda r: (r[0], STAGE_ORDER.index(r[1]) if r[1] in STAGE_ORDER else len(STAGE_ORDER), r[1]))
+    reports = {job: ((files.read_json(sweep_dir / job / "report" / "metrics.json") or {}).get("models") or {})
+               for job in {job for job, _, _ in found}}
+    evaluated = any(reports.values())
     rows = []
     for job, stage, m in found:
         # A quantized model has no validation top-1: it is calibrated, not trained against one.
         best_val = f"{m['best_val_top1']:.2%}" if "best_val_top1" in m else "-"
         seconds = f"{m['seconds']:.1f}" if "seconds" in m else "-"
-        rows.append((job, stage, str(m.get("model", "-")), f"{m['test_top1']:.2%}", best_val, seconds))
-    return Summary(f"sweep: {sweep_dir}", ("job", "stage", "model", "test top-1", "best val top-1", "time (s)"), rows, 3)
+        row = (job, stage, str(m.get("model", "-")), f"{m['test_top1']:.2%}", best_val)
+        if evaluated:
+            report = reports[job].get(stage) or {}
+            row += (figure(report, "macs", 1e-6, ".1f"), figure(report, "size_mb", 1, ".2f"), figure(report, "latency_ms", 1, ".2f"))
+        rows.append((*row, seconds))
+    columns = ("job", "stage", "model", "test top-1", "best val top-1",
+               *(("MMACs", "file (MB)", "latency b1 (ms)") if evaluated else ()), "time (s)")
+    return Summary(f"sweep: {sweep_dir}", columns, rows, 3)
+
+
+def figure(report: dict[str, Any], key: str, scale: float, spec: str) -> str:
+    """One figure of a model's row in a job's report, or '-' when the report lacks it."""
+    value = report.get(key)
+    return format(value * scale, spec) if isinstance(value, (int, float)) else "-"
 
 
 def reproduce_summary(sweep_dir: Path) -> Summary | None:

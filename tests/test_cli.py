@@ -114,6 +114,7 @@ def test_multirun_sweep_gives_each_job_its_own_folder(cli, tiny):
     jobs = sorted(p.parent.parent.name for p in (tiny / "runs/tiny/sweep").glob("*/*/student/metrics.json"))
     assert jobs == ["0_loss.terms.kd.temperature=2", "1_loss.terms.kd.temperature=8"]
     assert "sweep:" in sweep.out and sweep.out.count("resnet8") >= 2  # the closing summary table
+    assert "MMACs" not in sweep.out  # distill evaluates nothing beyond the test top-1
 
 
 @pytest.mark.slow
@@ -130,6 +131,8 @@ def test_a_pipeline_sweep_trains_what_its_jobs_share_once(cli, tiny):
     table = sweep.out[sweep.out.index("sweep: runs/tiny/sweep"):]
     assert table.count("int8_static") == 2 and table.count("teacher") == 2
     assert (first.parent / "summary.md").read_text().count("| int8_static | resnet8 |") == 2
+    # With each job's report: MACs, size and latency beside the accuracy (a sweep over compression settings).
+    assert "MMACs" in table and "latency b1 (ms)" in table
 
 
 @pytest.mark.slow
