@@ -364,7 +364,8 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
             if ranks().world > 1:
                 launch.check_command(command)
             elif cfg.trainer.devices > 1:  # this command again, as that many processes
-                code = launch.relaunch(command, user_args, cfg.trainer.devices)
+                args, env = relaunched_job(user_args)
+                code = launch.relaunch(command, args, cfg.trainer.devices, env=env)
                 if code:
                     raise SystemExit(code)
                 return None
@@ -382,6 +383,18 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
 
     sys.argv = [f"distillctl {command}", *overrides]
     hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(task)()
+
+
+def relaunched_job(user_args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of the processes a job starts for trainer.devices > 1: the command line as
+    given; in a sweep, this job's own overrides and folder (each process must run this job, not the whole sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from distillctl.workspace import JOB_DIR_ENV, SWEEP_DIR_ENV, sweep_job
+
+    if (job := sweep_job()) is None:
+        return list(user_args), {}
+    return list(HydraConfig.get().overrides.task), {JOB_DIR_ENV: str(job[0]), SWEEP_DIR_ENV: str(job[1])}
 
 
 def stage_runner(module) -> Callable:
@@ -411,11 +424,10 @@ def recipe_name(cfg) -> str:
 
 def tracking_group(command: str, cfg) -> str | None:
     """The name that groups this job's tracked runs: its sweep's folder, or the orchestrating command and workspace."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+    from distillctl.workspace import sweep_job
 
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return f"sweep {HydraConfig.get().sweep.dir}"
+    if (job := sweep_job()) is not None:
+        return f"sweep {job[1]}"
     return f"{command} {cfg.run_dir}" if command in GROUPING else None
 
 

@@ -4,6 +4,7 @@ launcher (what torchrun runs), so that nobody has to type `torchrun --standalone
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import uuid
 from collections.abc import Sequence
@@ -23,9 +24,10 @@ def check_command(command: str) -> None:
                         "Leave trainer.devices=1 here.")
 
 
-def relaunch(command: str, args: Sequence[str], processes: int, max_restarts: int = 0) -> int:
-    """Run `distillctl command args` as `processes` processes on this machine; the exit status of the job. A failed
-    process has printed its own error: the launcher's traceback would only repeat it."""
+def relaunch(command: str, args: Sequence[str], processes: int, max_restarts: int = 0, env: dict[str, str] | None = None) -> int:
+    """Run `distillctl command args` as `processes` processes on this machine, with `env` added to their
+    environment; the exit status of the job. A failed process has printed its own error: the launcher's traceback
+    would only repeat it."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -37,9 +39,17 @@ def relaunch(command: str, args: Sequence[str], processes: int, max_restarts: in
             logging.getLogger(name).setLevel(logging.CRITICAL)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=max_restarts, start_method="spawn")
+    saved = {key: os.environ.get(key) for key in env or {}}
+    os.environ.update(env or {})  # the processes inherit it; this one (the next job of a sweep) gets it back
     try:
         elastic_launch(config, sys.executable)("-m", "distillctl", command, *args)
     except ChildFailedError as exc:
         codes = [failure.exitcode for failure in exc.failures.values()]
         return next((code for code in codes if code > 0), 1)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return 0

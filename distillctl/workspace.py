@@ -28,6 +28,10 @@ RESULT_FILES = (MODEL_FILE, ONNX_FILE, PTE_FILE, CONFIG_FILE, SUMMARY_FILE, METR
 # Where a run writes its results before they replace the stage's; `published` inside lists them once all are written.
 STAGING, PUBLISHED = ".staging", "published.json"
 
+# A sweep job started as several processes (trainer.devices > 1) is no Hydra multirun inside them: they learn the
+# job's folder and its sweep's from these, set by the job for its processes.
+JOB_DIR_ENV, SWEEP_DIR_ENV = "DISTILLCTL_SWEEP_JOB_DIR", "DISTILLCTL_SWEEP_DIR"
+
 # Lock files this process holds open: the OS releases them when it exits, even on kill -9, so none goes stale.
 _HELD_LOCKS: dict[Path, IO[str]] = {}
 
@@ -46,17 +50,14 @@ class Workspace:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "Workspace":
         """The workspace of this Hydra job (a sweep job gets its own output folder)."""
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
         root, wait = Path(cfg.run_dir), bool(cfg.get("wait", False))
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            job, sweep = Path(HydraConfig.get().runtime.output_dir), Path(HydraConfig.get().sweep.dir)
-            # reproduce and search give each run they make a run_dir inside the job's folder: it writes there.
-            if root.resolve().is_relative_to(job.resolve()):
-                return cls(root, wait=wait, sweep_dir=sweep)
-            return cls(root, job, wait, sweep)
-        return cls(root, wait=wait)
+        if (job := sweep_job()) is None:
+            return cls(root, wait=wait)
+        job_dir, sweep_dir = job
+        # reproduce and search give each run they make a run_dir inside the job's folder: it writes there.
+        if root.resolve().is_relative_to(job_dir.resolve()):
+            return cls(root, wait=wait, sweep_dir=sweep_dir)
+        return cls(root, job_dir, wait, sweep_dir)
 
     def output(self, stage: str) -> Path:
         """The folder a stage writes into, created on demand and claimed by this process alone (in a multi-process
@@ -160,6 +161,18 @@ class Workspace:
         if found is None:
             raise UserError(f"no {what} in {self.root / stage}: run `distillctl {command}` with the same recipe first.")
         return found
+
+
+def sweep_job() -> tuple[Path, Path] | None:
+    """(this job's folder, its sweep's folder) when this process runs a job of a Hydra sweep, else None."""
+    if os.environ.get(JOB_DIR_ENV) and os.environ.get(SWEEP_DIR_ENV):
+        return Path(os.environ[JOB_DIR_ENV]), Path(os.environ[SWEEP_DIR_ENV])
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().runtime.output_dir), Path(HydraConfig.get().sweep.dir)
+    return None
 
 
 def lock_file(base: Path, stage: str) -> Path:

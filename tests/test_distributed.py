@@ -249,6 +249,21 @@ def test_a_sweep_on_submitits_local_executor_runs_every_job_as_two_processes(cli
 
 
 @pytest.mark.slow
+def test_each_job_of_a_sweep_with_devices_runs_itself_as_two_processes(cli, tmp_path):
+    # trainer.devices=2 starts torchrun from inside each job: its processes must run that job, not the sweep again.
+    result = cli("distill", "-m", "trainer.devices=2", *SMALL, "trainer.epochs=1", "trainer.max_steps_per_epoch=2",
+                 "trainer.batch_size=16", "seed=0,1")
+    assert result.code == 0, result.text
+    (sweep,) = (tmp_path / "runs" / "quickstart" / "sweep").iterdir()
+    found = sorted(sweep.glob("*/student/metrics.json"))
+    assert [m.parent.parent.name for m in found] == ["0_seed=0", "1_seed=1"]
+    for i, m in enumerate(found):
+        metrics = json.loads(m.read_text())
+        assert metrics["processes"] == 2 and metrics["environment"]["command"].endswith(f" seed={i}")
+    assert result.out.count("starting 2 processes") == 2
+
+
+@pytest.mark.slow
 def test_the_joblib_launcher_runs_a_sweeps_jobs_side_by_side(cli, tmp_path):
     result = cli("distill", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMALL, "trainer.epochs=1",
                  "trainer.max_steps_per_epoch=3", "trainer.batch_size=16", "seed=0,1")
