@@ -190,8 +190,9 @@ def fixed_keys(overrides: Sequence[str]) -> list[str]:
         parsed = OverridesParser.create().parse_overrides(config_overrides(overrides))
     except Exception:  # check_composes reports a malformed override with its own message
         parsed = []
-    swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
-    return sorted(({o.get_key_element() for o in parsed} | BOOKKEEPING_KEYS) - swept)
+    # Hydra matches exclude_keys against the bare key: `+expect.x` and `~loss.terms.kd` are `expect.x`, `loss.terms.kd`.
+    swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
+    return sorted(({o.key_or_group for o in parsed} | BOOKKEEPING_KEYS) - swept)
 
 
 def override_key(override: str) -> str:
@@ -352,6 +353,23 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
     module_name = COMMANDS[command][0]
 
     def task(cfg) -> float | None:
+        from distillctl import sweep_summary
+
+        job = sweep_summary.hydra_job_dir()
+        if job is None:
+            return run_task(cfg)
+        sweep_summary.clear_failure(job)
+        try:
+            return run_task(cfg)
+        except SystemExit as exc:
+            if not exc.code:
+                raise
+            # One job's missed expectation or refused value must not cost the jobs after it: the sweep goes on,
+            # and its summary names the failed jobs and exits with their code.
+            sweep_summary.record_failure(job, int(exc.code) if isinstance(exc.code, int) else 1)
+            return None
+
+    def run_task(cfg) -> float | None:
         import importlib
 
         from distillctl import launch, preflight, tracking

@@ -50,9 +50,51 @@ class SweepSummary(Callback):
         summaries = [s for s in (stage_summary(sweep_dir), reproduce_summary(sweep_dir)) if s is not None]
         for summary in summaries:
             console.print(summary.table())
-        if summaries:
-            files.write_text(sweep_dir / "summary.md", "\n".join(s.markdown() for s in summaries))
+        failed = failures(sweep_dir)
+        lines = [f"- {job}: exit {code} ({FAILURE_MEANING.get(code, 'failed')})" for job, code in failed.items()]
+        if summaries or failed:
+            failed_md = ["## failed jobs", "", *lines, ""] if failed else []
+            files.write_text(sweep_dir / "summary.md", "\n".join([*(s.markdown() for s in summaries), *failed_md]))
             console.print(f"summary: {sweep_dir / 'summary.md'}")
+        else:  # nothing to tabulate (evaluate alone): an earlier run's summary of this folder is out of date
+            (sweep_dir / "summary.md").unlink(missing_ok=True)
+        if failed:
+            console.print(f"[red]{len(failed)} job(s) of the sweep failed[/] (each said why above):\n" + "\n".join(lines))
+            raise SystemExit(max(failed.values()))
+
+
+# A failed job's exit code, kept in its folder: the sweep's other jobs still run, and its end says which failed.
+FAILED_FILE = "failed.json"
+FAILURE_MEANING = {1: "an expectation was not met", 2: "refused: a value or a file to fix"}
+
+
+def hydra_job_dir() -> Path | None:
+    """This job's folder when this process runs a job of a Hydra multirun (not one of the processes it started)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().runtime.output_dir)
+    return None
+
+
+def record_failure(job_dir: Path, code: int) -> None:
+    """Note that the job in job_dir failed with this exit code."""
+    files.write_json(job_dir / FAILED_FILE, {"exit": code})
+
+
+def clear_failure(job_dir: Path) -> None:
+    """Forget an earlier failure of a job that runs again (the same sweep folder, given again)."""
+    (job_dir / FAILED_FILE).unlink(missing_ok=True)
+
+
+def failures(sweep_dir: Path) -> dict[str, int]:
+    """{job: exit code} of the sweep's failed jobs."""
+    found = {}
+    for path in sorted(sweep_dir.glob(f"*/{FAILED_FILE}")):
+        code = (files.read_json(path) or {}).get("exit")
+        found[path.parent.name] = code if isinstance(code, int) and code > 0 else 1
+    return found
 
 
 # The pipeline's order; quantized models (one folder per method) follow.

@@ -163,6 +163,35 @@ def test_evaluate_before_the_pipeline_says_which_models_are_missing(cli, tmp_pat
     assert "missing: no student, int8_static model was evaluated" in " ".join(result.out.split())
 
 
+def test_a_sweeps_job_folders_are_named_after_the_swept_values_alone():
+    from distillctl.cli import with_sweep_dir
+
+    args = with_sweep_dir(["-m", "~expect", "+expect.teacher.top1.min=0.5", "seed=0,1", "recipe=quickstart"])
+    assert "hydra.sweep.dir=runs/quickstart/sweep/${now:%Y-%m-%d_%H-%M-%S}" in args
+    # Hydra compares bare keys: `+`/`~` overrides are left out like any other fixed one.
+    assert "hydra.job.config.override_dirname.exclude_keys=[expect,expect.teacher.top1.min,force,recipe,resume,run_dir,wait]" in args
+    # A swept recipe names the jobs, and their folders go under runs/sweeps/.
+    compared = with_sweep_dir(["-m", "recipe=cifar_at,cifar_dkd"])
+    assert "hydra.sweep.dir=runs/sweeps/sweep/${now:%Y-%m-%d_%H-%M-%S}" in compared
+    assert "hydra.job.config.override_dirname.exclude_keys=[force,resume,run_dir,wait]" in compared
+
+
+def test_a_sweep_runs_every_job_when_one_fails_and_ends_with_its_exit_code(cli, tmp_path):
+    gate = ["~expect", "+expect.teacher.top1.min=0.99", "trainer.threads=1"]  # the bundled teacher has 84%
+    result = cli("evaluate", "-m", *gate, "dataset.test_limit=50,60")
+    assert result.code == 1, result.text
+    (sweep,) = (tmp_path / "runs/quickstart/sweep").iterdir()
+    for job in ("0_dataset.test_limit=50", "1_dataset.test_limit=60"):  # job 1 ran although job 0 had failed
+        assert (sweep / job / "report/metrics.json").is_file()
+        assert f"{job}: exit 1 (an expectation was not met)" in result.out
+    assert "2 job(s) of the sweep failed" in result.out and "## failed jobs" in (sweep / "summary.md").read_text()
+    # The same sweep run again in its folder with a bound the teacher meets: the failures are forgotten.
+    again = cli("evaluate", "-m", *gate[:-2], "+expect.teacher.top1.min=0.5", "trainer.threads=1", "dataset.test_limit=50,60",
+                f"hydra.sweep.dir={sweep}")
+    assert again.code == 0, again.text
+    assert "failed" not in again.out and not (sweep / "summary.md").exists()  # evaluate alone tabulates nothing
+
+
 def test_prune_without_a_student_says_what_to_run(cli, tiny):
     assert "distillctl distill" in one_error_line(cli("prune", "recipe=tiny"))
     assert "distillctl distill" in one_error_line(cli("quantize", "recipe=tiny"))
