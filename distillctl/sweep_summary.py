@@ -1,5 +1,5 @@
-"""One table at the end of a Hydra multirun: every job's overrides and results side by side, printed and written
-to <sweep>/summary.md."""
+"""The end of a Hydra multirun: every job's results side by side, printed and written to <sweep>/summary.md, and the
+jobs that failed (each job notes its own failure, so that the others still run), named with the sweep's exit code."""
 
 from __future__ import annotations
 
