@@ -56,7 +56,7 @@ class SweepSummary(Callback):
             failed_md = ["## failed jobs", "", *lines, ""] if failed else []
             files.write_text(sweep_dir / "summary.md", "\n".join([*(s.markdown() for s in summaries), *failed_md]))
             console.print(f"summary: {sweep_dir / 'summary.md'}")
-        else:  # nothing to tabulate (evaluate alone): an earlier run's summary of this folder is out of date
+        else:  # nothing to tabulate: an earlier run's summary of this folder is out of date
             (sweep_dir / "summary.md").unlink(missing_ok=True)
         if failed:
             console.print(f"[red]{len(failed)} job(s) of the sweep failed[/] (each said why above):\n" + "\n".join(lines))
@@ -102,32 +102,40 @@ STAGE_ORDER = ("teacher", "student", "pruned")
 
 
 def stage_summary(sweep_dir: Path) -> Summary | None:
-    """Each job's trained models: test and best validation top-1, training time; and, for jobs that evaluated
-    (`pipeline -m`), each model's MACs, file size and latency from the job's report, so that a sweep over
-    compression settings reads as a size/accuracy trade-off."""
-    found = []
+    """Each job's models: test and best validation top-1 and training time of the stages it trained; and, for jobs
+    that evaluated (`pipeline -m`, `evaluate -m`), every model of the job's report (a teacher given as a file too)
+    with its MACs, file size and latency, so that a sweep over compression settings reads as a size/accuracy
+    trade-off."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
     for metrics_file in sorted(sweep_dir.glob("*/*/metrics.json")):
         metrics = files.read_json(metrics_file) or {}
         if "test_top1" in metrics:
-            found.append((metrics_file.parent.parent.name, metrics_file.parent.name, metrics))
+            found[metrics_file.parent.parent.name, metrics_file.parent.name] = metrics
+    reports = {}
+    for report_file in sorted(sweep_dir.glob("*/report/metrics.json")):
+        models = (files.read_json(report_file) or {}).get("models")
+        if isinstance(models, dict):
+            job = report_file.parent.parent.name
+            reports[job] = models
+            for name, m in models.items():
+                if isinstance(m, dict) and isinstance(m.get("top1"), (int, float)):
+                    found.setdefault((job, name), {"model": m.get("arch", "-"), "test_top1": m["top1"]})
     if not found:
         return None
-    found.sort(key=lambda r: (r[0], STAGE_ORDER.index(r[1]) if r[1] in STAGE_ORDER else len(STAGE_ORDER), r[1]))
-    reports = {job: ((files.read_json(sweep_dir / job / "report" / "metrics.json") or {}).get("models") or {})
-               for job in {job for job, _, _ in found}}
-    evaluated = any(reports.values())
+    order = sorted(found, key=lambda r: (r[0], STAGE_ORDER.index(r[1]) if r[1] in STAGE_ORDER else len(STAGE_ORDER), r[1]))
     rows = []
-    for job, stage, m in found:
+    for job, stage in order:
+        m = found[job, stage]
         # A quantized model has no validation top-1: it is calibrated, not trained against one.
         best_val = f"{m['best_val_top1']:.2%}" if "best_val_top1" in m else "-"
         seconds = f"{m['seconds']:.1f}" if "seconds" in m else "-"
         row = (job, stage, str(m.get("model", "-")), f"{m['test_top1']:.2%}", best_val)
-        if evaluated:
-            report = reports[job].get(stage) or {}
+        if reports:
+            report = reports.get(job, {}).get(stage) or {}
             row += (figure(report, "macs", 1e-6, ".1f"), figure(report, "size_mb", 1, ".2f"), figure(report, "latency_ms", 1, ".2f"))
         rows.append((*row, seconds))
     columns = ("job", "stage", "model", "test top-1", "best val top-1",
-               *(("MMACs", "file (MB)", "latency b1 (ms)") if evaluated else ()), "time (s)")
+               *(("MMACs", "file (MB)", "latency b1 (ms)") if reports else ()), "time (s)")
     return Summary(f"sweep: {sweep_dir}", columns, rows, 3)
 
 
