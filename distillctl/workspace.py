@@ -126,7 +126,7 @@ class Workspace:
 
     def twin(self, stage: str, wanted: str) -> Path | None:
         """A finished run of `stage` with fingerprint `wanted` in another job of this sweep (at the same place
-        inside it): the same config and inputs, so the same result. A sweep over the student's loss thus trains
+        inside it): the same config and inputs, so the run this job would make. A sweep over the student's loss trains
         its teacher once, a method comparison its no-teacher baseline once per seed."""
         if self.sweep_dir is None:
             return None
