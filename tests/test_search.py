@@ -16,9 +16,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from distillctl import config
-from distillctl.cli import check_composes, prepare_overrides, sweep_objective
+from distillctl.cli import check_composes, compose_config, override, prepare_overrides, sweep_objective
 from distillctl.errors import UserError
-from distillctl.cli import override
 from distillctl.search.space import parse_param, parse_space
 from distillctl.config import PrunerName
 from distillctl.search.study import make_pruner
@@ -115,6 +114,23 @@ def test_a_bad_space_fails_before_any_trial(cli, tiny):
         bad = cli("search", *SEARCH, space)
         assert bad.code == 2 and message in bad.err and bad.err.count("error:") == 1, bad.text[-2000:]
     assert not (tiny / "runs").exists()
+
+
+def test_a_best_recipe_keeps_the_searchs_config_group_choices(tmp_path):
+    from distillctl.cli import CONFIG_DIR
+    from distillctl.search import best_recipe
+
+    groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
+    overrides = ["recipe=quickstart", "optimizer=adamw", "profile=smoke", "optimizer.weight_decay=0.003", "~expect"]
+    choices, body, command_line = best_recipe.recipe_body(groups, overrides, {"loss.terms.kd.temperature": 2.5})
+    # profile is composed after the recipe, which cannot override it: it stays on the command line, as deletions do.
+    assert choices == [{"override /optimizer": "adamw"}] and command_line == ["profile=smoke", "~expect"]
+    path = tmp_path / "best.yaml"
+    best_recipe.write_recipe(path, "quickstart", "a trial", ["header"], choices, body)
+    config.register()
+    cfg = compose_config(prepare_overrides([f"recipe={path}", *command_line]))  # as `distillctl pipeline recipe=best.yaml` composes it
+    assert cfg.optimizer.name == "adamw" and cfg.optimizer.weight_decay == 0.003 and cfg.loss.terms.kd.temperature == 2.5
+    assert cfg.dataset.train_limit == OmegaConf.load(CONFIG_DIR / "profile/smoke.yaml").dataset.train_limit
 
 
 @pytest.mark.slow

@@ -14,13 +14,16 @@ from distillctl import files, recipes
 
 # Keys a search's command line sets that say where and how it ran, not what a trial trained.
 NOT_COPIED = ("recipe", "run_dir", "search", "force", "resume", "wait", "hydra")
+# Config groups that configs/config.yaml composes after the recipe (so that they shrink or change any recipe).
+AFTER_RECIPE = ("profile",)
 
 
-def recipe_body(config_groups: set[str], overrides: Sequence[str], values: dict[str, Any]) -> tuple[list[str], dict[str, Any], list[str]]:
-    """The defaults entries (config-group choices), the values, and the deleted keys that a recipe needs to say what
-    overrides + values say. A recipe can only add to what it includes, so deletions (`~expect`) stay on the command
-    line that runs it."""
-    groups, deleted, body = [], [], OmegaConf.create({})
+def recipe_body(config_groups: set[str], overrides: Sequence[str], values: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+    """The defaults entries (config-group choices), the values, and the overrides that must stay on the command line
+    that runs the recipe, that together say what overrides + values say. A recipe can only add to what it includes,
+    so deletions (`~expect`) stay on the command line; so do choices of groups composed after the recipe
+    (`profile=smoke`), which a recipe cannot override."""
+    groups, command_line, body = [], [], OmegaConf.create({})
     parsed = OverridesParser.create().parse_overrides(list(overrides)) if overrides else []
     settings = [(o.get_key_element().lstrip("+~"), o.value(), o.is_delete()) for o in parsed]
     settings += [(key, value, False) for key, value in values.items()]
@@ -28,15 +31,17 @@ def recipe_body(config_groups: set[str], overrides: Sequence[str], values: dict[
         if key.split(".")[0] in NOT_COPIED:
             continue
         if delete:
-            deleted.append(f"~{key}")
+            command_line.append(f"~{key}")
+        elif key in AFTER_RECIPE:
+            command_line.append(f"{key}={value}")
         elif key in config_groups:
-            groups.append(f"override /{key}: {value}")
+            groups.append({f"override /{key}": value})  # a mapping in the defaults list; a string names a recipe
         else:
             OmegaConf.update(body, key, value, force_add=True)
-    return groups, OmegaConf.to_container(body), deleted
+    return groups, OmegaConf.to_container(body), command_line
 
 
-def write_recipe(path: Path, base: str, description: str, header: Sequence[str], groups: list[str],
+def write_recipe(path: Path, base: str, description: str, header: Sequence[str], groups: list[dict[str, Any]],
                  body: dict[str, Any]) -> None:
     """Write the recipe: `base` included by name when `distillctl recipes` knows it, else copied in whole."""
     import yaml

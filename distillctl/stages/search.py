@@ -275,12 +275,12 @@ def write_report(cfg: DictConfig, study: optuna.Study, recipe: str, base: list[s
 def write_trial_recipe(path: Path, row: summary.TrialRow, recipe: str, base: list[str], teacher: list[str],
                        groups: set[str], epochs: int) -> None:
     """One trial as a recipe that trains in a folder named like the file, at the recipe's own schedule."""
-    group_choices, body, deleted = best_recipe.recipe_body(groups, [*base, *teacher], row.params)
+    group_choices, body, command_line = best_recipe.recipe_body(groups, [*base, *teacher], row.params)
     body["run_dir"] = str(path.with_suffix(""))
     header = [
         f"Written by `distillctl search` from trial {row.number} ({row.folder}): validation top-1 {row.val_top1:.2%} "
         f"after {epochs} epoch(s) per trial; this recipe trains for the recipe's own trainer.epochs.",
-        "Run it: " + " ".join([f"distillctl pipeline recipe={path}", *(f"'{d}'" for d in deleted)]),
+        "Run it: " + " ".join([f"distillctl pipeline recipe={path}", *(f"'{o}'" for o in command_line)]),
     ]
     description = f"{recipe} with searched values: {summary.fmt_params(row.params)}"
     best_recipe.write_recipe(path, recipe, description, header, group_choices, body)
