@@ -61,3 +61,15 @@ def test_reproduce_exits_1_when_the_gain_falls_short(cli, tiny):
 def test_reproduce_refuses_a_single_seed_override(cli, tiny):
     result = cli("reproduce", "recipe=tiny", "seed=3")
     assert result.code == 2 and "reproduce.seeds" in result.err
+
+
+@pytest.mark.slow
+def test_the_baseline_leaves_out_teacher_terms_a_recipe_sets_itself(cli, tiny):
+    # As search's best.yaml does: the KD values found, in the recipe's body rather than in a loss group.
+    (tiny / "recipes/tiny_t2.yaml").write_text("# @package _global_\ndefaults:\n  - tiny\nloss:\n  terms:\n    kd: {temperature: 2.0}\n")
+    done = cli("reproduce", "recipe=tiny_t2", "reproduce.seeds=[0]")
+    assert done.code == 0, done.text[-3000:]
+    out = tiny / "runs/tiny_t2/reproduce"
+    assert "temperature: 2.0" in (out / "seed-0/student/config.yaml").read_text()
+    baseline = (out / "seed-0-baseline/student/config.yaml").read_text()
+    assert "kind: kd" not in baseline and "kind: ce" in baseline

@@ -50,7 +50,15 @@ def compose_run(overrides: list[str], seed: int, run_dir: Path, loss: str | None
         if override_key(o) != "run_dir" and not (loss is not None and override_key(o).startswith("loss"))
     ]
     extra = [f"seed={seed}", override("run_dir", str(run_dir))] + ([f"loss={loss}"] if loss is not None else [])
-    return compose("config", overrides=[*kept, *extra])
+    cfg = compose("config", overrides=[*kept, *extra])
+    if loss is None:
+        return cfg
+    # A recipe that sets its terms' values itself (search's best.yaml: the KD temperature found) keeps those terms
+    # under loss=ce; the baseline is the student without them, so only the baseline group's own terms stay.
+    own = set(compose("config", overrides=[f"loss={loss}"]).loss.terms)
+    if foreign := sorted(set(cfg.loss.terms) - own):
+        cfg = compose("config", overrides=[*kept, *extra, *(f"~loss.terms.{term}" for term in foreign)])
+    return cfg
 
 
 def recorded_top1(ws: Workspace, folder: str) -> float:
