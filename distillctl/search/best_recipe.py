@@ -14,8 +14,6 @@ from distillctl import files, recipes
 
 # Keys a search's command line sets that say where and how it ran, not what a trial trained.
 NOT_COPIED = ("recipe", "run_dir", "search", "force", "resume", "wait", "hydra")
-# Config groups that configs/config.yaml composes after the recipe (so that they shrink or change any recipe).
-AFTER_RECIPE = ("profile",)
 
 
 def recipe_body(config_groups: set[str], overrides: Sequence[str], values: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
@@ -32,13 +30,22 @@ def recipe_body(config_groups: set[str], overrides: Sequence[str], values: dict[
             continue
         if delete:
             command_line.append(f"~{key}")
-        elif key in AFTER_RECIPE:
+        elif key in groups_after_recipe():
             command_line.append(f"{key}={value}")
         elif key in config_groups:
             groups.append({f"override /{key}": value})  # a mapping in the defaults list; a string names a recipe
         else:
             OmegaConf.update(body, key, value, force_add=True)
     return groups, OmegaConf.to_container(body), command_line
+
+
+def groups_after_recipe() -> list[str]:
+    """The config groups configs/config.yaml composes after the recipe (profile=, which shrinks any recipe)."""
+    from distillctl.cli import CONFIG_DIR
+
+    names = [next(iter(entry)) for entry in OmegaConf.load(CONFIG_DIR / "config.yaml").defaults if OmegaConf.is_dict(entry)]
+    names = [name for name in names if not name.startswith("override ")]
+    return names[names.index("recipe") + 1:]
 
 
 def write_recipe(path: Path, base: str, description: str, header: Sequence[str], groups: list[dict[str, Any]],
