@@ -354,10 +354,12 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
 
     def task(cfg) -> float | None:
         from distillctl import sweep_summary
+        from distillctl.workspace import hydra_sweep_job
 
-        job = sweep_summary.hydra_job_dir()
-        if job is None:
+        # The job Hydra runs, not the processes it started: those report their exit to it.
+        if (sweep := hydra_sweep_job()) is None:
             return run_task(cfg)
+        job = sweep[0]
         sweep_summary.clear_failure(job)
         try:
             return run_task(cfg)

@@ -68,16 +68,6 @@ FAILED_FILE = "failed.json"
 FAILURE_MEANING = {1: "an expectation was not met", 2: "refused: a value or a file to fix"}
 
 
-def hydra_job_dir() -> Path | None:
-    """This job's folder when this process runs a job of a Hydra multirun (not one of the processes it started)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return Path(HydraConfig.get().runtime.output_dir)
-    return None
-
-
 def record_failure(job_dir: Path, code: int) -> None:
     """Note that the job in job_dir failed with this exit code."""
     files.write_json(job_dir / FAILED_FILE, {"exit": code})
@@ -147,7 +137,7 @@ def figure(report: dict[str, Any], key: str, scale: float, spec: str) -> str:
 
 def reproduce_summary(sweep_dir: Path) -> Summary | None:
     """`reproduce -m`: each job's means over seeds side by side, the comparison of methods a researcher reports."""
-    from distillctl.evaluation.seed_results import LABELS
+    from distillctl.evaluation.seed_results import LABELS, Row, pm
 
     jobs = []
     for results_file in sorted(sweep_dir.glob("*/reproduce/results.json")):
@@ -160,9 +150,8 @@ def reproduce_summary(sweep_dir: Path) -> Summary | None:
     for job, results in jobs:
         cells = []
         for name in LABELS:
-            row = results["rows"].get(name) or {}
-            sign = "+" if name == "gain" else ""
-            cells.append(f"{row['mean']:{sign}.2%} ± {row['std'] * 100:.2f}" if "mean" in row else "-")
+            values = (results["rows"].get(name) or {}).get("top1")
+            cells.append(pm(name, Row(tuple(values))) if values else "-")  # results.md's own "mean ± std"
         checked = results.get("expectations") or []
         met = "none" if not checked else ("met" if all(c.get("ok") for c in checked) else "missed")
         seeds = ", ".join(str(s) for s in results.get("seeds", []))

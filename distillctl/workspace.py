@@ -164,9 +164,15 @@ class Workspace:
 
 
 def sweep_job() -> tuple[Path, Path] | None:
-    """(this job's folder, its sweep's folder) when this process runs a job of a Hydra sweep, else None."""
+    """(this job's folder, its sweep's folder) when this process runs a job of a Hydra sweep, or is one of the
+    processes such a job started, else None."""
     if os.environ.get(JOB_DIR_ENV) and os.environ.get(SWEEP_DIR_ENV):
         return Path(os.environ[JOB_DIR_ENV]), Path(os.environ[SWEEP_DIR_ENV])
+    return hydra_sweep_job()
+
+
+def hydra_sweep_job() -> tuple[Path, Path] | None:
+    """(this job's folder, its sweep's folder) when Hydra runs this process as a job of a multirun, else None."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 

@@ -25,12 +25,13 @@ def recipe_body(config_groups: set[str], overrides: Sequence[str], values: dict[
     parsed = OverridesParser.create().parse_overrides(list(overrides)) if overrides else []
     settings = [(o.get_key_element().lstrip("+~"), o.value(), o.is_delete()) for o in parsed]
     settings += [(key, value, False) for key, value in values.items()]
+    after_recipe = groups_after_recipe()
     for key, value, delete in settings:
         if key.split(".")[0] in NOT_COPIED:
             continue
         if delete:
             command_line.append(f"~{key}")
-        elif key in groups_after_recipe():
+        elif key in after_recipe:
             command_line.append(f"{key}={value}")
         elif key in config_groups:
             groups.append({f"override /{key}": value})  # a mapping in the defaults list; a string names a recipe
