@@ -36,6 +36,7 @@ TRAINING_ONLY = {"train-teacher", "distill", "prune", "quantize", "reproduce", "
 TOOLS = {
     "recipes": "list the recipes, one line each (--json: their names as a JSON list, for CI matrices)",
     "inspect": "module names and output shapes of a model: inspect model=resnet56",
+    "completion": 'tab completion for bash, zsh or fish: eval "$(distillctl completion bash)" in ~/.bashrc',
 }
 
 err_console = Console(stderr=True)
@@ -102,8 +103,21 @@ def resolve_recipe_overrides(overrides: Sequence[str]) -> list[str]:
             raise UserError(f"recipe {recipe.path} is not valid YAML: {' '.join(str(exc).split())}") from None
         if not OmegaConf.is_dict(node):
             raise UserError(f"recipe {recipe.path} must be a mapping of config keys (trainer: {{epochs: 30}}, ...), not a list.")
-        store.store(group="recipe", name=name, node=model_defaults_as_names(node), package="_global_")
+        store.store(group="recipe", name=name, node=nested_thresholds(model_defaults_as_names(node)), package="_global_")
     return rewritten
+
+
+def nested_thresholds(recipe):
+    """A recipe's `expect:` and `smoke_expect:` written `student.top1: {min: X}` stored as `student: {top1: ...}`,
+    so that `expect.student.top1.min=0.9` and `~expect.student.top1` reach them from the command line."""
+    from omegaconf import OmegaConf
+
+    from distillctl.evaluation.expectations import nested
+
+    for key in ("expect", "smoke_expect"):
+        if OmegaConf.is_dict(recipe.get(key)):
+            recipe[key] = nested(OmegaConf.to_container(recipe[key], resolve=False))
+    return recipe
 
 
 def model_defaults_as_names(recipe):
@@ -217,8 +231,10 @@ def override(key: str, value: Any) -> str:
 
 
 def config_overrides(overrides: Sequence[str]) -> list[str]:
-    """The overrides that set config values, without Hydra's own (hydra.*) and flags (-m, --cfg)."""
-    return [o for o in overrides if not o.startswith("hydra.") and not o.startswith("-")]
+    """The overrides that set config values, without Hydra's own (hydra.*) and flags (-m, --cfg job)."""
+    values = {i + 1 for i, o in enumerate(overrides) if o in VALUE_FLAGS}  # `job` of `--cfg job`
+    return [o for i, o in enumerate(overrides)
+            if not o.startswith("hydra.") and not o.startswith("-") and (i not in values or "=" in o)]
 
 
 def check_composes(overrides: Sequence[str]) -> None:
@@ -346,8 +362,12 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
         # Hydra refuses the pair with a traceback; its --cfg prints the config of one run.
         raise UserError(f"{shown[0]} prints one run's config and -m starts a sweep: leave out -m and give one value of "
                         "each swept key (seed=0, not seed=0,1).")
-    if not any(o in ("--help", "-h", "--hydra-help") or o.startswith("--cfg") or o == "-c" for o in overrides):
-        check_composes(overrides)
+    if any(o in ("--shell-completion", "-sc") for o in overrides):
+        # Hydra's completion would not see the command word in front of the overrides
+        raise UserError('tab completion comes from `distillctl completion bash` (or zsh, fish): add '
+                        '`eval "$(distillctl completion bash)"` to ~/.bashrc.')
+    if not any(o in ("--help", "-h", "--hydra-help") for o in overrides):
+        check_composes(overrides)  # --cfg too: a bad override is one line, not Hydra's message and hint
         if is_multirun(overrides):
             check_sweep_dir(overrides, user_args)
     module_name = COMMANDS[command][0]
@@ -500,6 +520,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(json.dumps(list(recipes.available())))
             else:
                 print_recipes()
+        elif command == "completion":
+            from distillctl import completion
+
+            if len(overrides) != 1:
+                raise UserError("completion needs a shell: `distillctl completion bash` (or zsh, fish); "
+                                'add `eval "$(distillctl completion bash)"` to ~/.bashrc.')
+            print(completion.script(overrides[0]), end="")
+        elif command == "__complete":  # asked by the completion scripts at each Tab
+            from distillctl import completion
+
+            completion.main(overrides)
         elif command == "inspect":
             from distillctl.inspect import run_inspect
 

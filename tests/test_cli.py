@@ -73,7 +73,7 @@ def test_pipeline_writes_every_artifact_and_skips_on_rerun(cli, tiny):
 @pytest.mark.slow
 def test_a_missed_expectation_exits_1_with_what_fell_short(cli, tiny):
     assert cli("pipeline", "recipe=tiny").code == 0
-    missed = cli("evaluate", "recipe=tiny", "+expect.student.top1.min=0.99")
+    missed = cli("evaluate", "recipe=tiny", "expect.student.top1.min=0.99")
     assert missed.code == 1, missed.text
     assert "expectations not met" in missed.out and "student.top1" in missed.out
 
@@ -258,6 +258,9 @@ def test_inspect_lists_modules_and_shapes(cli):
         (["distill", "recipe=tiny", "loss.terms.kd.temperatur=2"], "Did you mean 'temperature'"),
         (["quantize", "recipe=tiny", "quantize=int4"], "quantize"),
         (["quantize", "recipe=tiny", "quantize.method=int8_statik"], "Did you mean 'int8_static'"),
+        (["distill", "--cfg", "job", "trainer.epochz=3"], "Did you mean 'epochs'?"),  # printing the config checks it too
+        (["distill", "--shell-completion", "install=bash"], "distillctl completion bash"),  # Hydra's would not see commands
+        (["completion", "tcsh"], "Shells: bash, zsh, fish"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(cli, tiny, args, expected):

@@ -146,3 +146,18 @@ def test_openmp_threads_sleep_while_waiting_except_for_latency_timings(command, 
     # A user's own setting is left alone.
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, check=True).stdout
     assert "policy ACTIVE" in out
+
+
+def test_a_recipes_thresholds_are_reached_from_the_command_line(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from distillctl.evaluation.expectations import flatten
+
+    # written flat, as recipes do; an included recipe's threshold dropped with null
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "gated.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - quickstart\nexpect:\n  student.top5: {min: 0.7}\n  int8_static.top1: null\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = composed("recipe=gated", "expect.student.top1.min=0.5", "~expect.teacher.top1", "+expect.pruned.top1.max=0.9")
+    assert flatten(OmegaConf.to_container(cfg.expect)) == {
+        "student.top1": {"min": 0.5}, "student.top5": {"min": 0.7}, "gain.top1": {"min": 0.015}, "pruned.top1": {"max": 0.9}}

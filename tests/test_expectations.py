@@ -26,3 +26,12 @@ def test_each_model_is_compared_with_the_teacher_in_size_and_latency():
     assert results["student"]["smaller_than_teacher"] == pytest.approx(6.0)
     assert results["student"]["faster_than_teacher"] == pytest.approx(2.5)
     assert results["onnx_int8"]["faster_than_teacher"] is None and results["teacher"]["smaller_than_teacher"] is None
+
+
+def test_flat_and_nested_thresholds_mean_the_same():
+    flat = {"student.top1": {"min": 0.5}, "student": {"top5": {"min": 0.9}}, "int8_static.top1": None, "gain.top1": {"min": 0.01}}
+    tree = expectations.nested(flat)
+    assert tree == {"student": {"top1": {"min": 0.5}, "top5": {"min": 0.9}}, "int8_static": {"top1": None},
+                    "gain": {"top1": {"min": 0.01}}}
+    assert expectations.flatten(tree) == expectations.flatten(flat)
+    assert expectations.nested({"student": None, "student.top1": {"min": 0.1}}) == {"student": {"top1": {"min": 0.1}}}

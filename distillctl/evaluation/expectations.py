@@ -27,6 +27,31 @@ def flatten(expect: Mapping[str, Any], prefix: str = "") -> dict[str, dict[str, 
     return flat
 
 
+def nested(expect: Mapping[str, Any]) -> dict[str, Any]:
+    """`{"student.top1": {"min": .8}}` as `{"student": {"top1": {"min": .8}}}`, merging entries that share a model:
+    to Hydra a dotted key is a path, so only this form is reached from the command line (`expect.student.top1.min=.9`,
+    `~expect.student.top1`). A dropped threshold (`int8_static.top1: null`) stays null, to override an included one."""
+    tree: dict[str, Any] = {}
+    for key, value in expect.items():
+        *parents, leaf = str(key).split(".")
+        node = tree
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        value = nested(value) if isinstance(value, Mapping) else value
+        node[leaf] = merged(node[leaf], value) if isinstance(node.get(leaf), dict) and isinstance(value, dict) else value
+    return tree
+
+
+def merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`update` over `base`, mapping by mapping."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merged(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, dict) else value
+    return out
+
+
 def check(
     expect: Mapping[str, Any],
     results: Mapping[str, Mapping[str, Any]],
