@@ -27,6 +27,7 @@ def run_inspect(overrides: Sequence[str]) -> None:
     from rich.table import Table
 
     from distillctl.console import console
+    from distillctl.engine.taps import stage_modules
     from distillctl.models import count_parameters, create_model
 
     options = parse(overrides)
@@ -42,11 +43,17 @@ def run_inspect(overrides: Sequence[str]) -> None:
         model(torch.zeros(1, 3, size, size))
     for hook in hooks:
         hook.remove()
+    stages = stage_modules(model)
+    # A feature term names a module by its path, or a stage by its place from the last (the default layers do).
+    stage_of = {path: str(i - len(stages)) for i, path in enumerate(stages)}
     table = Table(title=f"{options['model']}: {count_parameters(model) / 1e6:.3f} M parameters, input 1x3x{size}x{size}", title_justify="left")
-    for column in ("module", "type", "output shape", "params"):
-        table.add_column(column, justify="right" if column == "params" else "left")
+    for column in ("module", "stage", "type", "output shape", "params"):
+        table.add_column(column, justify="right" if column in ("params", "stage") else "left")
     for name, module in model.named_modules():
         if name:
             own = sum(p.numel() for p in module.parameters(recurse=False))
-            table.add_row(name, type(module).__name__, "x".join(map(str, shapes.get(name, ()))) or "-", f"{own:,}" if own else "")
+            table.add_row(name, stage_of.get(name, ""), type(module).__name__, "x".join(map(str, shapes.get(name, ()))) or "-",
+                          f"{own:,}" if own else "")
     console.print(table)
+    if stages:
+        console.print(f"stages, as feature terms may name them: {', '.join(f'{stage_of[p]} = {p}' for p in stages)}")

@@ -157,7 +157,7 @@ def test_vid_is_the_gaussian_negative_log_likelihood_and_starts_at_the_reference
     assert all(vid_loss(mean, mse * f, t).item() > best for f in (0.8, 1.25))
     term = build_objective({"vid": {}}).terms["vid"]
     probe = StepOutputs(torch.zeros(2, 10), torch.zeros(2, dtype=torch.long), None,
-                        {f"layer{i}": torch.randn(2, 4 * i, 8, 8) for i in (1, 2, 3)}, {f"layer{i}": torch.randn(2, 8 * i, 4, 4) for i in (1, 2, 3)})
+                        {f"{i - 4}": torch.randn(2, 4 * i, 8, 8) for i in (1, 2, 3)}, {f"{i - 4}": torch.randn(2, 8 * i, 4, 4) for i in (1, 2, 3)})
     term.setup(probe)
     assert all(torch.allclose(F.softplus(raw) + VID_EPS, torch.full((8 * i,), 5.0)) for i, raw in zip((1, 2, 3), term.raw_variances))
     assert math.isfinite(term(probe).item())
@@ -287,7 +287,7 @@ def test_ft_trains_only_its_paraphraser_first_then_freezes_it_and_trains_the_stu
         teacher(x)
         t_feats = tt.take()
         total, _ = objective(StepOutputs(student(x), y, None, {k: None for k in s_layers}, t_feats, epoch=1))
-        reconstruction = F.mse_loss(term.paraphraser(t_feats["layer3"]), t_feats["layer3"])
+        reconstruction = F.mse_loss(term.paraphraser(t_feats["-1"]), t_feats["-1"])
     assert total.item() == pytest.approx(reconstruction.item(), rel=1e-5)
     for epoch, terms, trained in ((1, {"ft"}, {"paraphraser"}), (2, {"ce", "ft"}, {"student", "translator"})):
         before = snapshot()
@@ -320,11 +320,11 @@ def test_gradients_reach_the_student_never_the_teacher(kind):
     # A term's own parameters (VID's predictors and variances) train with the student.
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.student_parameters())
     # Logit-only terms read no layers, so the teacher cache serves them; the others tap the last stage, or every stage.
-    stages = ["layer1", "layer2", "layer3"]
+    stages = ["-3", "-2", "-1"]  # layer1..3 of a CIFAR ResNet, counted from the last
     pre = [f"{stage}:preact" for stage in stages]
     expected = {"dist": ([], []), "nst": (stages, stages), "vid": (stages, stages), "ofd": (pre, pre),
-                "reviewkd": ([*pre, "pool"], [*pre, "pool"])}
-    assert (s_layers, t_layers) == expected.get(kind, (["layer3"], ["layer3"]))
+                "reviewkd": ([*pre, "global_pool"], [*pre, "global_pool"])}
+    assert (s_layers, t_layers) == expected.get(kind, (["-1"], ["-1"]))
 
 
 def test_crd_nce_loss_matches_a_hand_computation():
@@ -349,7 +349,7 @@ def test_crd_scores_are_the_same_from_the_full_product_and_from_gathered_rows():
 
 def crd_outputs(term, student_features, teacher_features, idx, num_images):
     return StepOutputs(torch.randn(len(idx), 10), torch.zeros(len(idx), dtype=torch.long), torch.randn(len(idx), 10),
-                       {"layer3": student_features}, {"layer3": teacher_features}, 1, idx, num_images)
+                       {"-1": student_features}, {"-1": teacher_features}, 1, idx, num_images)
 
 
 def test_crd_trains_its_projections_moves_its_memory_and_checkpoints_it(tmp_path):

@@ -107,12 +107,37 @@ def test_a_preact_tap_captures_what_an_in_place_relu_overwrites():
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
 
 
-def test_a_preact_tap_refuses_a_module_that_does_not_end_with_an_activation():
-    with pytest.raises(UserError, match="holds no activation"):
-        FeatureTaps(create_model("resnet8", 10), ["layer3.0.bn2:preact"], "the student")
+def test_a_preact_tap_of_a_module_no_activation_ends_keeps_its_output():
+    # What a MobileNet stage (a linear bottleneck) gives OFD and ReviewKD: features no activation has touched.
+    model = create_model("resnet8", 10)
     head = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 1))  # a ReLU inside, but not last
-    with FeatureTaps(head, [":preact"], "the student"), pytest.raises(UserError, match="does not end with an activation"):
-        head(torch.randn(1, 3, 4, 4))
+    with FeatureTaps(model, ["layer3.0.bn2:preact", "layer3.0.bn2"], "s") as taps, FeatureTaps(head, [":preact"], "h") as h:
+        for _ in range(2):  # the first batch finds out, the second runs as found
+            model(torch.randn(2, 3, 32, 32))
+            features = taps.take()
+            assert torch.equal(features["layer3.0.bn2:preact"], features["layer3.0.bn2"])
+            x = torch.randn(1, 3, 4, 4)
+            out = head(x)
+            assert torch.equal(h.take()[":preact"], out) and (out < 0).any()
+
+
+def test_stages_are_named_from_the_last_on_any_model():
+    import timm
+
+    zoo, mobile = create_model("resnet8", 10), timm.create_model("mobilenetv3_small_050", num_classes=10)
+    with FeatureTaps(zoo, ["-1", "-3:preact"], "s") as taps:
+        zoo(torch.randn(2, 3, 32, 32))
+        assert set(taps.take()) == {"-1", "-3:preact"}  # kept under the names the terms asked for
+    with FeatureTaps(mobile, ["-1", "-2:preact"], "s") as taps:
+        mobile(torch.randn(2, 3, 64, 64))
+        features = taps.take()
+        assert features["-1"].shape[-1] == 2 and features["-2:preact"].shape[-1] == 4  # reductions 32 and 16
+    with pytest.raises(UserError, match=r"has 5 stages \(bn1, blocks.0, blocks.1, blocks.3, blocks.5\).*-1 \(the last\) to -5"):
+        FeatureTaps(mobile, ["-6"], "the student")
+    with pytest.raises(UserError, match="lists no stages"):
+        FeatureTaps(nn.Sequential(nn.Conv2d(3, 4, 1)), ["-1"], "the student")
+    with pytest.raises(UserError, match="Did you mean 'global_pool'.*Its stages, -5 to -1: bn1, blocks.0"):
+        FeatureTaps(mobile, ["pool"], "the student")
 
 
 def test_a_wrong_layer_name_fails_with_the_closest_names():

@@ -89,7 +89,8 @@ def test_gradients_reach_the_student_and_term_parameters_never_the_teacher():
     objective.setup(student, teacher, x)
     from distillctl.engine.taps import FeatureTaps
 
-    with FeatureTaps(student, ["layer1", "layer2", "layer3"], "s") as st, FeatureTaps(teacher, ["layer1", "layer2", "layer3"], "t") as tt:
+    s_layers, t_layers = objective.layers()
+    with FeatureTaps(student, s_layers, "s") as st, FeatureTaps(teacher, t_layers, "t") as tt:
         with torch.inference_mode():
             t_logits = teacher(x)
         t_feats = {k: v.clone() for k, v in tt.take().items()}
@@ -156,3 +157,26 @@ def test_a_term_naming_a_missing_layer_fails_before_training():
     objective = build_objective({"hint": {"student_layer": "layer_2", "teacher_layer": "layer2"}})
     with pytest.raises(UserError, match="Did you mean 'layer2'"):
         objective.setup(create_model("resnet8", 10), create_model("resnet8", 10), torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("kind", ["hint", "attention", "rkd", "pkt", "sp", "crd", "nst", "vid", "cc", "ofd", "reviewkd", "ft"])
+def test_every_feature_method_runs_on_timm_models_with_its_default_layers(kind):
+    # Stages from the last (timm's feature_info) and global_pool fit any timm CNN pair, not only the CIFAR zoo.
+    from distillctl.engine.taps import FeatureTaps
+
+    torch.manual_seed(0)
+    student = create_model("mobilenetv3_small_050", 10)  # linear-bottleneck stages: `:preact` keeps their output
+    teacher = create_model("resnet10t", 10).eval().requires_grad_(False)
+    objective = build_objective({kind: {"negatives": 8}} if kind == "crd" else {kind: {}})
+    x, y = torch.randn(4, 3, 64, 64), torch.randint(10, (4,))
+    objective.setup(student, teacher, x, num_images=4)
+    s_layers, t_layers = objective.layers()
+    with FeatureTaps(student, s_layers, "s") as st, FeatureTaps(teacher, t_layers, "t") as tt:
+        with torch.no_grad():
+            t_logits = teacher(x)
+        epoch = 40  # past every term's warm-up and FT's paraphraser epochs
+        total, parts = objective(StepOutputs(student(x), y, t_logits, st.take(), tt.take(), epoch=epoch,
+                                             indices=torch.arange(4), num_images=4))
+    total.backward()
+    assert kind in parts and math.isfinite(total.item())
+    assert sum(p.grad.abs().sum().item() for p in student.parameters() if p.grad is not None) > 0

@@ -1,13 +1,17 @@
 """Forward hooks that capture the outputs of named modules, once per step, for feature-based loss terms.
 
+A name is a module path (`layer2`, `blocks.4`) or a stage counted from the last (`-1`, `-2`, ...): the modules timm's
+`feature_info` lists for any timm model, and the CIFAR zoo lists for its own, so a method's default layers fit a
+ResNet-50 -> MobileNetV3 pair as they fit ResNet-56 -> ResNet-20 (negative, because no module path is).
 A name ending in `:preact` captures the module's output *before its final activation* (OFD distills pre-ReLU
 features: the negative responses a ReLU would erase). It is the input of the last activation module called inside
 the named module, checked on the first batch to be what the module returns once activated; a module that does not
-end with an activation is refused by name.
+end with an activation (a MobileNet stage's linear bottleneck) gives its output, which no activation has touched.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -17,28 +21,57 @@ from distillctl.errors import UserError, did_you_mean
 
 PREACT = ":preact"
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish)
+STAGE = re.compile(r"-[1-9][0-9]*")
+
+
+def stage_modules(model: nn.Module | None) -> list[str]:
+    """The paths of the modules whose outputs are the model's stages, shallow to deep (timm's `feature_info`)."""
+    info = getattr(model, "feature_info", None) or []
+    if hasattr(info, "get_dicts"):  # a features_only model's FeatureInfo
+        info = info.get_dicts()
+    return [str(stage["module"]) for stage in info]
+
+
+def module_path(model: nn.Module | None, name: str, role: str) -> str:
+    """The module path a tap name stands for: a stage from the last (`-1`, `-2:preact`) becomes its module's path."""
+    path, preact = (name.removesuffix(PREACT), PREACT) if name.endswith(PREACT) else (name, "")
+    if not STAGE.fullmatch(path):
+        return name
+    stages = stage_modules(model)
+    if not stages:
+        raise UserError(f"{role} lists no stages (timm's feature_info), so '{name}' names no layer: give module paths "
+                        f"as `distillctl inspect model=...` prints them.")
+    if -int(path) > len(stages):
+        raise UserError(f"{role} has {len(stages)} stages ({', '.join(stages)}), so '{name}' names none: "
+                        f"count from -1 (the last) to -{len(stages)}.")
+    return stages[int(path)] + preact
 
 
 class FeatureTaps:
-    """Capture `model`'s outputs at `names` (module paths as `distillctl inspect` prints them)."""
+    """Capture `model`'s outputs at `names` (module paths as `distillctl inspect` prints them, or stages `-1`, `-2`...),
+    each kept under the name it was asked by."""
 
     def __init__(self, model: nn.Module | None, names: Sequence[str], role: str) -> None:
         modules = dict(model.named_modules()) if model is not None else {}
+        paths = {name: module_path(model, name, role) for name in names}
         for name in names:
-            path = name.removesuffix(PREACT)
+            path = paths[name].removesuffix(PREACT)
             if path not in modules:
+                stages = stage_modules(model)
+                listed = f" Its stages, -{len(stages)} to -1: {', '.join(stages)}." if stages else ""
                 raise UserError(
-                    f"{role} has no module '{path}'.{did_you_mean(path, modules)} "
+                    f"{role} has no module '{path}'.{did_you_mean(path, modules)}{listed} "
                     f"List the names with `distillctl inspect model=...`."
                 )
         self.role = role
         self.features: dict[str, torch.Tensor] = {}
         self.handles: list = []
         for name in names:
-            if name.endswith(PREACT):
-                self.tap_preactivation(name, modules[name.removesuffix(PREACT)])
+            path = paths[name]
+            if path.endswith(PREACT):
+                self.tap_preactivation(name, modules[path.removesuffix(PREACT)])
             else:
-                self.handles.append(modules[name].register_forward_hook(self.keeper(name)))
+                self.handles.append(modules[path].register_forward_hook(self.keeper(name)))
 
     def keeper(self, name: str):
         """The hook for one module: keep its output under its path."""
@@ -49,26 +82,31 @@ class FeatureTaps:
         return hook
 
     def tap_preactivation(self, name: str, module: nn.Module) -> None:
-        """Keep the input of the last activation that runs inside `module`, copied (an in-place ReLU overwrites it)."""
-        path = name.removesuffix(PREACT)
+        """Keep the input of the last activation that runs inside `module`, copied (an in-place ReLU overwrites it). A
+        module whose output no activation ends (a MobileNet's linear bottleneck, a BatchNorm) returns its features
+        before any activation already: its output is kept."""
         activations = [m for m in module.modules() if isinstance(m, ACTIVATIONS)]
         if not activations:
-            raise UserError(f"{self.role}'s '{path}' holds no activation module, so it has no output before one: tap '{path}'.")
+            self.handles.append(module.register_forward_hook(self.keeper(name)))
+            return
         last: dict = {"checked": False}
 
         def before(activation: nn.Module, inputs) -> None:
             last["activation"], last["input"] = activation, inputs[0].clone()
 
         def after(container: nn.Module, inputs, output) -> None:
+            if "activation" not in last:  # the first batch found that no activation ends the module
+                self.features[name] = output
+                return
             activation, value = last.pop("activation"), last.pop("input")
             if not last["checked"]:
                 # The first batch: is it really the output before the activation? Then watch only that activation.
-                if not torch.equal(activation(value.clone()), output):
-                    raise UserError(f"{self.role}'s '{path}' does not end with an activation (its last one is not applied "
-                                    f"to what it returns), so '{name}' has no meaning here: tap '{path}'.")
                 for handle in pre_handles[:]:
                     handle.remove()
-                pre_handles[:] = [activation.register_forward_pre_hook(before)]
+                if torch.equal(activation(value.clone()), output):
+                    pre_handles[:] = [activation.register_forward_pre_hook(before)]
+                else:  # an activation runs inside, but something linear follows it
+                    pre_handles[:], value = [], output
                 last["checked"] = True
             self.features[name] = value
 

@@ -57,8 +57,8 @@ class Adversarial(LossTerm):
         t = out.teacher_features[self.params.teacher_layer].float().mean((2, 3))
         if s.shape[1] != t.shape[1]:
             raise UserError(
-                f"adversarial on features needs equal channel counts ({self.params.student_layer}: {s.shape[1]}, "
-                f"{self.params.teacher_layer}: {t.shape[1]}); pick matching layers or input=logits."
+                f"adversarial on features needs equal channel counts (the student's {self.params.student_layer}: {s.shape[1]}, "
+                f"the teacher's {self.params.teacher_layer}: {t.shape[1]}); pick matching layers or input=logits."
             )
         return s, t
 

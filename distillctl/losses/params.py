@@ -54,10 +54,11 @@ class DISTParams(TermParams):
 
 @dataclass
 class LayerParams(TermParams):
-    """Terms that read one student layer against one teacher layer (module paths, as `distillctl inspect` prints)."""
+    """Terms that read one student layer against one teacher layer: module paths, as `distillctl inspect` prints them,
+    or stages counted from the last (`-1`: the last stage's output, whatever the model; engine/taps.py)."""
 
-    student_layer: str = "layer3"
-    teacher_layer: str = "layer3"
+    student_layer: str = "-1"
+    teacher_layer: str = "-1"
 
 @dataclass
 class EmbeddingParams(LayerParams):
@@ -79,18 +80,18 @@ class SPParams(LayerParams):
 @dataclass
 class HintParams(LayerParams):
     weight: float = bounded(100.0, min=0)  # the CRD benchmark's setting for FitNets on CIFAR
-    student_layer: str = "layer2"
-    teacher_layer: str = "layer2"
+    student_layer: str = "-2"  # the middle stage of a CIFAR ResNet (layer2)
+    teacher_layer: str = "-2"
     kernel_size: int = bounded(1, min=1)  # 1: a 1x1 conv regressor; 3: the paper's convolutional regressor
     pretrain_epochs: int = bounded(0, min=0)
 
 @dataclass
 class PairedParams(TermParams):
-    """Terms over layer pairs: the i-th student layer is matched to the i-th teacher layer (module paths; a path
-    ending in `:input` reads what that module was given, e.g. a block's last ReLU before it is applied)."""
+    """Terms over layer pairs: the i-th student layer is matched to the i-th teacher layer (module paths or stages
+    from the last; a name ending in `:preact` reads a module's output before its last activation)."""
 
-    student_layers: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
-    teacher_layers: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
+    student_layers: list[str] = field(default_factory=lambda: ["-3", "-2", "-1"])  # a CIFAR ResNet's layer1..3
+    teacher_layers: list[str] = field(default_factory=lambda: ["-3", "-2", "-1"])
 
 @dataclass
 class AttentionParams(PairedParams):
@@ -109,14 +110,15 @@ class VIDParams(PairedParams):
 class OFDParams(PairedParams):
     weight: float = bounded(1e-3, min=0)  # the paper's CIFAR setting (its loss summed over positions / batch / 1000)
     # Each stage's output before its last ReLU (engine/taps.py).
-    student_layers: list[str] = field(default_factory=lambda: ["layer1:preact", "layer2:preact", "layer3:preact"])
-    teacher_layers: list[str] = field(default_factory=lambda: ["layer1:preact", "layer2:preact", "layer3:preact"])
+    student_layers: list[str] = field(default_factory=lambda: ["-3:preact", "-2:preact", "-1:preact"])
+    teacher_layers: list[str] = field(default_factory=lambda: ["-3:preact", "-2:preact", "-1:preact"])
 
 @dataclass
 class ReviewKDParams(PairedParams):
     # Shallow to deep; the last pair is the pooled embedding (a 1x1 map). The reference reads pre-ReLU stages.
-    student_layers: list[str] = field(default_factory=lambda: ["layer1:preact", "layer2:preact", "layer3:preact", "pool"])
-    teacher_layers: list[str] = field(default_factory=lambda: ["layer1:preact", "layer2:preact", "layer3:preact", "pool"])
+    # global_pool: the pooling module of timm's CNNs and of the CIFAR zoo
+    student_layers: list[str] = field(default_factory=lambda: ["-3:preact", "-2:preact", "-1:preact", "global_pool"])
+    teacher_layers: list[str] = field(default_factory=lambda: ["-3:preact", "-2:preact", "-1:preact", "global_pool"])
     mid_channels: int = bounded(64, min=1)  # the fused features' width (the reference: min(512, the student's last))
     warmup: int = bounded(20, min=0)  # epochs over which the term is ramped in (the reference's CIFAR setting)
 

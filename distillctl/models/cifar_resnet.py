@@ -56,11 +56,13 @@ class CifarResNet(nn.Module):
             stages.append(nn.Sequential(*layers))
             channels = width
         self.layer1, self.layer2, self.layer3 = stages
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.global_pool = nn.AdaptiveAvgPool2d(1)  # timm's name for it
         self.fc = nn.Linear(channels, num_classes)
+        # The stages as timm lists a model's (feature terms name them -4..-1); no channel counts: pruning changes them.
+        self.feature_info = [{"module": m, "reduction": r} for m, r in (("relu", 1), ("layer1", 1), ("layer2", 2), ("layer3", 4))]
         kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(torch.flatten(self.pool(x), 1))
+        return self.fc(torch.flatten(self.global_pool(x), 1))

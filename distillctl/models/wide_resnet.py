@@ -45,10 +45,12 @@ class WideResNet(nn.Module):
         self.layer1, self.layer2, self.layer3 = stages
         self.bn = nn.BatchNorm2d(channels)
         self.relu = nn.ReLU(inplace=True)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.global_pool = nn.AdaptiveAvgPool2d(1)  # timm's name for it
         self.fc = nn.Linear(channels, num_classes)
+        # The stages as timm lists a model's (feature terms name them -4..-1); no channel counts: pruning changes them.
+        self.feature_info = [{"module": m, "reduction": r} for m, r in (("conv1", 1), ("layer1", 1), ("layer2", 2), ("layer3", 4))]
         kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
-        return self.fc(torch.flatten(self.pool(self.relu(self.bn(x))), 1))
+        return self.fc(torch.flatten(self.global_pool(self.relu(self.bn(x))), 1))
