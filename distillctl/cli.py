@@ -36,6 +36,7 @@ TRAINING_ONLY = {"train-teacher", "distill", "prune", "quantize", "reproduce", "
 TOOLS = {
     "recipes": "list the recipes, one line each (--json: their names as a JSON list, for CI matrices)",
     "inspect": "module names and output shapes of a model: inspect model=resnet56",
+    "runs": "every workspace under runs/ (or a folder given): each stage finished, running or interrupted, its top-1",
     "completion": 'tab completion for bash, zsh or fish: eval "$(distillctl completion bash)" in ~/.bashrc',
 }
 
@@ -520,6 +521,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(json.dumps(list(recipes.available())))
             else:
                 print_recipes()
+        elif command == "runs":
+            from distillctl import workspace_status
+
+            workspace_status.show(overrides)
         elif command == "completion":
             from distillctl import completion
 

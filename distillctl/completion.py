@@ -95,6 +95,8 @@ def candidates(words: Sequence[str]) -> list[str]:
     command = before[0]
     if command == "recipes":
         return matching(["--json"], current)
+    if command == "runs":
+        return matching(["--json"], current) + [f for f in file_candidates(current) if f.endswith("/")]
     if command == "completion":
         return matching(list(SCRIPTS), current) if len(before) == 1 else []
     if command == "inspect":

@@ -284,8 +284,9 @@ def started_fingerprint(stage_dir: Path) -> str | None:
 
 
 def record_start(stage_dir: Path, fingerprint: str) -> None:
-    """Note which config is training in stage_dir, so an interrupted run is resumed only with the same one."""
-    files.write_json(stage_dir / STARTED_FILE, {"fingerprint": fingerprint})
+    """Note which config is training in stage_dir, so an interrupted run is resumed only with the same one, and the
+    command that started it, which `distillctl runs` gives to continue it."""
+    files.write_json(stage_dir / STARTED_FILE, {"fingerprint": fingerprint, "command": environment.command()})
 
 
 def save_config(stage_dir: Path, cfg: DictConfig) -> None:

@@ -24,6 +24,7 @@ def test_commands_then_flags_and_their_values():
     assert complete("distill", "--c") == ["--cfg"]
     assert complete("distill", "--cfg", "") == ["job", "hydra", "all"]
     assert complete("recipes", "--") == ["--json"]
+    assert complete("runs", "--") == ["--json"]
     assert complete("nonsense", "tr") == []
 
 

@@ -1,0 +1,224 @@
+"""`distillctl runs [PATH]`: every workspace under a folder (default `runs/`), each stage finished, running or
+interrupted, with its test top-1 and what continues an interrupted one.
+
+Read from the files the stages leave (metrics.json, started.json, train.log, the stage locks), without torch or Hydra,
+so it answers at once however much has been trained. Workspaces that `reproduce`, `search` and `-m` sweeps make inside
+another are summed up on one line each; `distillctl runs runs/<recipe>/reproduce` lists them in full.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from distillctl import files
+from distillctl.errors import UserError
+from distillctl.workspace import METRICS_FILE, STAGING, STARTED_FILE, finished, lock_file, recorded_fingerprint
+
+# Stages in the order a pipeline makes them; a folder of another name is not a stage.
+STAGES = ("teacher", "student", "pruned", "int8_static", "int8_qat", "fp16", "bf16", "onnx_int8", "executorch_int8",
+          "export", "report")
+# Folders of workspaces made inside a workspace, summed up unless asked for.
+NESTED = ("reproduce", "search", "sweep")
+EPOCH = re.compile(r" epoch (\d+)/(\d+) ")
+
+
+@dataclass
+class StageStatus:
+    """One stage of one workspace."""
+
+    workspace: str
+    stage: str
+    state: str  # finished | running | interrupted | finished, newer run interrupted | ...
+    model: str = ""
+    top1: float | None = None
+    epochs: str = ""
+    finished_at: str = ""
+    resume: str = ""  # the command that continues an interrupted run
+
+
+def stage_status(workspace: Path, stage: str) -> StageStatus | None:
+    """The state of workspace/stage, or None where no run of it ever started."""
+    folder = workspace / stage
+    started = files.read_json(folder / STARTED_FILE) or {}
+    done = finished(folder)
+    if not done and not started and not (folder / STAGING).is_dir():
+        return None
+    metrics = (files.read_json(folder / METRICS_FILE) or {}) if done else {}
+    status = StageStatus(str(workspace), stage, "finished")
+    if done:
+        status.model = str(metrics.get("model", ""))
+        top1 = metrics.get("test_top1", metrics.get("top1"))
+        status.top1 = float(top1) if isinstance(top1, (int, float)) else None
+        status.epochs = str(metrics.get("epochs", "") or "")
+        status.finished_at = time.strftime("%Y-%m-%d %H:%M", time.localtime((folder / METRICS_FILE).stat().st_mtime))
+    newer = started.get("fingerprint") not in (None, recorded_fingerprint(folder) if done else None)
+    if writer_alive(workspace, stage):
+        status.state = "running" + (f" (epoch {progress(folder)})" if progress(folder) else "")
+    elif newer or (not done and started):
+        reached = progress(folder)
+        what = f"interrupted at epoch {reached}" if reached else "interrupted"
+        status.state = f"finished; a newer run {what}" if done else what
+        if started.get("command"):
+            status.resume = continuation(workspace, str(started["command"]))
+    return status
+
+
+def continuation(workspace: Path, command: str) -> str:
+    """What continues an interrupted run made by `command` in `workspace`."""
+    parts = workspace.parts
+    if "sweep" in parts[:-1]:  # a job of a -m sweep: the sweep is run again on its own folder
+        sweep = Path(*parts[: parts.index("sweep") + 2])
+        return f"the sweep's command again, with hydra.sweep.dir={sweep}"
+    verb = command.split()[1] if len(command.split()) > 1 else ""
+    # pipeline, reproduce and search resume their interrupted stages by themselves; a stage alone is told to
+    return command if verb in ("pipeline", "reproduce", "search") else f"{command} resume=true"
+
+
+def progress(folder: Path) -> str:
+    """`k/N`: the last epoch the stage's train.log reports finished, or '' when none."""
+    try:
+        with (folder / "train.log").open("rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 16384))  # the tail: a long run's log is long
+            tail = log.read().decode(errors="replace")
+    except OSError:
+        return ""
+    found = EPOCH.findall(tail)
+    return f"{found[-1][0]}/{found[-1][1]}" if found else ""
+
+
+def writer_alive(workspace: Path, stage: str) -> bool:
+    """Whether a distillctl process holds the stage's lock now: the pid the lock names is alive and is distillctl.
+    Read, not locked: taking the lock even for an instant could refuse a run starting then."""
+    path = lock_file(workspace, stage)
+    try:
+        holder = path.read_text().strip()
+    except OSError:
+        return False
+    if not holder.startswith("pid ") or not holder[4:].isdigit():
+        return False
+    pid = int(holder[4:])
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError, OverflowError):
+        return False
+    try:  # a pid the lock names may have been reused by another program since
+        return b"distillctl" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc (macOS): alive is the best evidence there is
+
+
+def is_workspace(folder: Path) -> bool:
+    """Whether a folder holds any stage folder a run started."""
+    return any((folder / stage / name).exists() for stage in STAGES for name in (METRICS_FILE, STARTED_FILE, STAGING))
+
+
+def workspaces(root: Path, nested: bool) -> list[Path]:
+    """The workspaces under root (root included), shallow first; inside reproduce/search/sweep folders only when
+    `nested` (or when root is one)."""
+    found, queue = [], [root]
+    while queue:
+        folder = queue.pop(0)
+        if is_workspace(folder):
+            found.append(folder)
+        try:
+            children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            continue
+        queue += [c for c in children if c.name not in STAGES and (nested or c.name not in NESTED)]
+    return found
+
+
+def nested_summary(workspace: Path) -> list[str]:
+    """One line for each reproduce, search or sweep folder inside a workspace."""
+    lines = []
+    reproduce = workspace / "reproduce"
+    if reproduce.is_dir():
+        seeds = sorted(p.name for p in reproduce.iterdir() if p.name.startswith("seed-") and not p.name.endswith("-baseline"))
+        results = "results.md" if (reproduce / "results.md").is_file() else "no results yet"
+        lines.append(f"{reproduce}: {len(seeds)} seeds, {results}")
+    search = workspace / "search"
+    if search.is_dir():
+        trials = [p for p in search.glob("trial-*") if p.is_dir()]
+        best = "best.yaml" if (search / "best.yaml").is_file() else "no best.yaml yet"
+        lines.append(f"{search}: {len(trials)} trials, {best}")
+    sweeps = workspace / "sweep"
+    if sweeps.is_dir():
+        for sweep in sorted(p for p in sweeps.iterdir() if p.is_dir()):
+            jobs = [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]
+            failed = sum((job / "failed.json").is_file() for job in jobs)
+            lines.append(f"{sweep}: {len(jobs)} jobs" + (f", {failed} failed" if failed else ""))
+    return [f"{line} (list them: distillctl runs {line.split(':')[0]})" for line in lines]
+
+
+def collect(root: Path) -> tuple[list[StageStatus], list[str]]:
+    """Every stage's status under root, and the one-line summaries of the nested workspaces."""
+    if not root.is_dir():
+        raise UserError(f"{root} is no folder of runs: give the folder the runs were written to (run_dir's parent, "
+                        "runs/ by default), e.g. `distillctl runs runs`.")
+    nested = root.name in NESTED or root.parent.name in NESTED
+    rows, notes = [], []
+    for workspace in workspaces(root, nested):
+        rows += [s for stage in STAGES if (s := stage_status(workspace, stage)) is not None]
+        if not nested:
+            notes += nested_summary(workspace)
+    return rows, notes
+
+
+def show(args: list[str]) -> None:
+    """`distillctl runs [PATH] [--json]`: a table on a terminal, tab-separated lines when piped, or JSON."""
+    as_json = "--json" in args
+    paths = [a for a in args if a != "--json"]
+    if len(paths) > 1 or any(p.startswith("-") for p in paths):
+        raise UserError("runs takes one folder and --json: `distillctl runs [runs] [--json]`.")
+    if not paths and not Path("runs").is_dir():
+        rows, notes = [], []  # nothing run from this folder yet: said as such, not as a mistake
+    else:
+        rows, notes = collect(Path(paths[0] if paths else "runs"))
+    if as_json:
+        print(json.dumps({"stages": [asdict(r) for r in rows], "nested": notes}, indent=2))
+        return
+    from distillctl.console import console
+
+    if not console.is_terminal:  # for grep and cut: one line per stage
+        for r in rows:
+            print("\t".join([r.workspace, r.stage, r.state, r.model, fmt_top1(r.top1), r.epochs, r.finished_at, r.resume]))
+        for note in notes:
+            print(note)
+        return
+    table_of(rows, console)
+    for note in notes:
+        console.print(note, highlight=False, soft_wrap=True)
+    for r in rows:
+        if r.resume:
+            console.print(f"continue {r.workspace}/{r.stage}: {r.resume}", highlight=False, soft_wrap=True)
+
+
+def table_of(rows: list[StageStatus], console: Any) -> None:
+    """The rich table of stages, each workspace named once."""
+    from rich.table import Table
+
+    table = Table(title_justify="left")
+    for column in ("workspace", "stage", "state", "model", "test top-1", "epochs", "finished"):
+        table.add_column(column, justify="right" if column in ("test top-1", "epochs") else "left",
+                         overflow="fold" if column == "workspace" else "ellipsis")
+    if not rows:
+        console.print("no runs here yet: `distillctl pipeline` writes its stages to runs/<recipe>/")
+        return
+    previous = None
+    for r in rows:
+        style = "yellow" if "interrupted" in r.state else "cyan" if r.state.startswith("running") else None
+        table.add_row(r.workspace if r.workspace != previous else "", r.stage, r.state, r.model, fmt_top1(r.top1),
+                      r.epochs, r.finished_at, style=style)
+        previous = r.workspace
+    console.print(table)
+
+
+def fmt_top1(top1: float | None) -> str:
+    """A top-1 as the reports print it."""
+    return f"{100 * top1:.2f}%" if top1 is not None else ""

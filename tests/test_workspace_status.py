@@ -1,0 +1,115 @@
+"""`distillctl runs`: each stage finished, running or interrupted, read from the files stages leave."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from distillctl import workspace_status
+from distillctl.errors import UserError
+from distillctl.workspace import lock_file
+
+
+def stage(workspace: Path, name: str, *, finished: str | None = None, started: str | None = None, epoch: str = "",
+          command: str = "distillctl distill recipe=tiny", top1: float = 0.5) -> Path:
+    """A stage folder as a run leaves it: finished with `finished` as fingerprint, started with `started`."""
+    folder = workspace / name
+    folder.mkdir(parents=True)
+    if finished:
+        (folder / "model.safetensors").write_bytes(b"weights")
+        (folder / "metrics.json").write_text(json.dumps({"fingerprint": finished, "model": "resnet8", "test_top1": top1, "epochs": 3}))
+    if started:
+        (folder / "started.json").write_text(json.dumps({"fingerprint": started, "command": command}))
+    if epoch:
+        (folder / "train.log").write_text(f"# {name}: epochs 1..3\n{name} epoch {epoch}  loss 2.0  val 40.0% *\n")
+    return folder
+
+
+def by_stage(root: Path) -> dict[str, workspace_status.StageStatus]:
+    rows, _ = workspace_status.collect(root)
+    return {f"{Path(r.workspace).name}/{r.stage}": r for r in rows}
+
+
+def test_finished_interrupted_and_newer_runs_are_told_apart(tmp_path):
+    ws = tmp_path / "runs" / "tiny"
+    stage(ws, "teacher", finished="a", started="a")
+    stage(ws, "student", finished="b", started="c", epoch="2/3", command="distillctl pipeline recipe=tiny")
+    stage(ws, "pruned", started="d", epoch="1/2", command="distillctl prune recipe=tiny 'loss.terms.kd.weight=0.5'")
+    (ws / "report").mkdir()  # a stage folder no run started: not listed
+    rows = by_stage(tmp_path / "runs")
+    assert list(rows) == ["tiny/teacher", "tiny/student", "tiny/pruned"]
+    assert rows["tiny/teacher"].state == "finished" and rows["tiny/teacher"].top1 == 0.5 and rows["tiny/teacher"].resume == ""
+    # a pipeline resumes by itself; a stage run alone is told resume=true
+    assert rows["tiny/student"].state == "finished; a newer run interrupted at epoch 2/3"
+    assert rows["tiny/student"].resume == "distillctl pipeline recipe=tiny"
+    assert rows["tiny/pruned"].state == "interrupted at epoch 1/2"
+    assert rows["tiny/pruned"].resume == "distillctl prune recipe=tiny 'loss.terms.kd.weight=0.5' resume=true"
+
+
+def test_a_stage_a_live_distillctl_process_holds_is_running(tmp_path):
+    ws = tmp_path / "runs" / "tiny"
+    stage(ws, "student", started="a", epoch="1/3")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "distillctl"])
+    for _ in range(100):  # until the child has exec'd: before, its command line is pytest's
+        if b"distillctl" in Path(f"/proc/{holder.pid}/cmdline").read_bytes():
+            break
+        time.sleep(0.05)
+    try:
+        lock_file(ws, "student").parent.mkdir()
+        lock_file(ws, "student").write_text(f"pid {holder.pid}")
+        assert by_stage(tmp_path / "runs")["tiny/student"].state == "running (epoch 1/3)"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert by_stage(tmp_path / "runs")["tiny/student"].state == "interrupted at epoch 1/3"  # the pid is gone
+
+
+def test_nested_workspaces_are_summed_up_then_listed_when_asked(tmp_path):
+    ws = tmp_path / "runs" / "tiny"
+    stage(ws, "student", finished="a")
+    stage(ws / "reproduce" / "seed-0", "student", finished="a")
+    stage(ws / "reproduce" / "seed-0-baseline", "student", finished="a")
+    job = ws / "sweep" / "2026-12-05_01-00-00" / "0_seed=0"
+    stage(job, "student", started="b", epoch="1/3", command="distillctl pipeline seed=0")
+    (ws / "sweep" / "2026-12-05_01-00-00" / "1_seed=1").mkdir()
+    (ws / "sweep" / "2026-12-05_01-00-00" / "1_seed=1" / "failed.json").write_text("{}")
+    rows, notes = workspace_status.collect(tmp_path / "runs")
+    assert [r.workspace for r in rows] == [str(ws)]
+    assert notes == [f"{ws / 'reproduce'}: 1 seeds, no results yet (list them: distillctl runs {ws / 'reproduce'})",
+                     f"{ws / 'sweep' / '2026-12-05_01-00-00'}: 2 jobs, 1 failed "
+                     f"(list them: distillctl runs {ws / 'sweep' / '2026-12-05_01-00-00'})"]
+    assert len(workspace_status.collect(ws / "reproduce")[0]) == 2
+    swept = workspace_status.collect(ws / "sweep" / "2026-12-05_01-00-00")[0]
+    # a sweep job is continued by the sweep on its own folder, not by the job's command alone
+    assert swept[0].resume == f"the sweep's command again, with hydra.sweep.dir={ws / 'sweep' / '2026-12-05_01-00-00'}"
+
+
+def test_the_command_prints_lines_when_piped_json_when_asked_and_one_error_for_no_folder(cli, tmp_path):
+    nothing_yet = cli("runs")  # no runs/ here: nothing to list is no mistake
+    assert nothing_yet.code == 0 and nothing_yet.out == ""
+    stage(tmp_path / "runs" / "tiny", "student", finished="a", top1=0.4567)
+    piped = cli("runs")
+    assert piped.code == 0 and piped.out.startswith("runs/tiny\tstudent\tfinished\tresnet8\t45.67%\t3\t")
+    listed = json.loads(cli("runs", "runs", "--json").out)
+    assert listed["stages"][0]["stage"] == "student" and listed["nested"] == []
+    missing = cli("runs", "elsewhere")
+    assert missing.code == 2 and "elsewhere is no folder of runs" in missing.err
+
+
+def test_a_run_records_the_command_that_continues_it(tmp_path):
+    from distillctl import workspace
+
+    workspace.record_start(tmp_path, "abc")
+    assert json.loads((tmp_path / "started.json").read_text())["command"].startswith(Path(sys.argv[0]).name)
+
+
+@pytest.mark.parametrize("args", [["a", "b"], ["--all"]])
+def test_runs_refuses_what_it_does_not_take(args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="runs takes one folder and --json"):
+        workspace_status.show(args)
