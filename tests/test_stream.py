@@ -101,7 +101,8 @@ def test_crd_keeps_its_memory_bank_on_the_streaming_loader(photos):
     assert len(term.memory_student) == len(split)
     before = term.memory_student.clone()
     touched = []
-    with FeatureTaps(student, ["layer3"], "s") as st, FeatureTaps(teacher, ["layer3"], "t") as tt:
+    s_layers, t_layers = objective.layers()
+    with FeatureTaps(student, s_layers, "s") as st, FeatureTaps(teacher, t_layers, "t") as tt:
         for x, y in batches:
             with torch.no_grad():
                 t_logits = teacher(x)
