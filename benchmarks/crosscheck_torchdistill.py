@@ -157,7 +157,7 @@ def crd_rows(draws: int) -> list[dict]:
         idx = torch.randperm(n, generator=generator)[:batch]
         term = build_objective({"crd": {"negatives": k, "feat_dim": dim}}).terms["crd"]
         out = StepOutputs(torch.zeros(batch, 10), torch.zeros(batch, dtype=torch.long), None,
-                          {"layer3": v_s}, {"layer3": v_t}, 1, idx, n)
+                          {"-1": v_s}, {"-1": v_t}, 1, idx, n)  # the default layers: the last stage
         term.setup(out)
         with torch.no_grad():
             for embed in (term.embed_student, term.embed_teacher):  # projections out of the way: the embeddings as given
