@@ -60,7 +60,7 @@ def stage_status(workspace: Path, stage: str) -> StageStatus | None:
     newer = started.get("fingerprint") not in (None, recorded_fingerprint(folder) if done else None)
     if writer_alive(workspace, stage):
         status.state = "running" + (f" (epoch {progress(folder)})" if progress(folder) else "")
-    elif newer or (not done and started):
+    elif newer or not done:  # started and not finished, or results staged and never published
         reached = progress(folder)
         what = f"interrupted at epoch {reached}" if reached else "interrupted"
         status.state = f"finished; a newer run {what}" if done else what
@@ -88,7 +88,8 @@ def progress(folder: Path) -> str:
             tail = log.read().decode(errors="replace")
     except OSError:
         return ""
-    found = EPOCH.findall(tail)
+    # the epochs of the last run only: each run starts its lines with a `# <stage>: epochs a..b` header
+    found = EPOCH.findall(tail.rsplit("\n# ", 1)[-1])
     return f"{found[-1][0]}/{found[-1][1]}" if found else ""
 
 

@@ -41,8 +41,10 @@ def test_finished_interrupted_and_newer_runs_are_told_apart(tmp_path):
     stage(ws, "student", finished="b", started="c", epoch="2/3", command="distillctl pipeline recipe=tiny")
     stage(ws, "pruned", started="d", epoch="1/2", command="distillctl prune recipe=tiny 'loss.terms.kd.weight=0.5'")
     (ws / "report").mkdir()  # a stage folder no run started: not listed
+    (ws / "int8_static" / ".staging").mkdir(parents=True)  # results staged by a quantize run that was killed
     rows = by_stage(tmp_path / "runs")
-    assert list(rows) == ["tiny/teacher", "tiny/student", "tiny/pruned"]
+    assert list(rows) == ["tiny/teacher", "tiny/student", "tiny/pruned", "tiny/int8_static"]
+    assert rows["tiny/int8_static"].state == "interrupted"
     assert rows["tiny/teacher"].state == "finished" and rows["tiny/teacher"].top1 == 0.5 and rows["tiny/teacher"].resume == ""
     # a pipeline resumes by itself; a stage run alone is told resume=true
     assert rows["tiny/student"].state == "finished; a newer run interrupted at epoch 2/3"
@@ -113,3 +115,11 @@ def test_runs_refuses_what_it_does_not_take(args, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="runs takes one folder and --json"):
         workspace_status.show(args)
+
+
+def test_progress_is_the_last_runs_epoch(tmp_path):
+    (tmp_path / "train.log").write_text("# student: epochs 1..3\nstudent epoch 3/3  loss 1.0\n")
+    assert workspace_status.progress(tmp_path) == "3/3"
+    with (tmp_path / "train.log").open("a") as log:  # a newer run that died before its first epoch ended
+        log.write("# student: epochs 1..30, 3 steps each\n")
+    assert workspace_status.progress(tmp_path) == ""

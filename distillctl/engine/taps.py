@@ -74,7 +74,7 @@ class FeatureTaps:
                 self.handles.append(modules[path].register_forward_hook(self.keeper(name)))
 
     def keeper(self, name: str):
-        """The hook for one module: keep its output under its path."""
+        """The hook for one module: keep its output under the name the terms asked for it by."""
 
         def hook(module: nn.Module, inputs, output) -> None:
             self.features[name] = output
