@@ -132,6 +132,10 @@ def test_stages_are_named_from_the_last_on_any_model():
         mobile(torch.randn(2, 3, 64, 64))
         features = taps.take()
         assert features["-1"].shape[-1] == 2 and features["-2:preact"].shape[-1] == 4  # reductions 32 and 16
+    convnext = timm.create_model("convnext_atto", num_classes=10)  # keeps its pooling in its head
+    with FeatureTaps(convnext, ["global_pool", "-1"], "t") as taps:
+        convnext(torch.randn(1, 3, 64, 64))
+        assert taps.take()["global_pool"].shape[:2] == (1, 320)
     with pytest.raises(UserError, match=r"has 5 stages \(bn1, blocks.0, blocks.1, blocks.3, blocks.5\).*-1 \(the last\) to -5"):
         FeatureTaps(mobile, ["-6"], "the student")
     with pytest.raises(UserError, match="lists no stages"):

@@ -32,11 +32,12 @@ def stage_modules(model: nn.Module | None) -> list[str]:
     return [str(stage["module"]) for stage in info]
 
 
-def module_path(model: nn.Module | None, name: str, role: str) -> str:
-    """The module path a tap name stands for: a stage from the last (`-1`, `-2:preact`) becomes its module's path."""
+def module_path(model: nn.Module | None, name: str, role: str, modules: dict[str, nn.Module]) -> str:
+    """The module path a tap name stands for: a stage from the last (`-1`, `-2:preact`) becomes its module's path,
+    and a name the model keeps in its classifier head (timm's ConvNeXt: `head.global_pool`) is found there."""
     path, preact = (name.removesuffix(PREACT), PREACT) if name.endswith(PREACT) else (name, "")
     if not STAGE.fullmatch(path):
-        return name
+        return f"head.{name}" if path not in modules and f"head.{path}" in modules else name
     stages = stage_modules(model)
     if not stages:
         raise UserError(f"{role} lists no stages (timm's feature_info), so '{name}' names no layer: give module paths "
@@ -53,7 +54,7 @@ class FeatureTaps:
 
     def __init__(self, model: nn.Module | None, names: Sequence[str], role: str) -> None:
         modules = dict(model.named_modules()) if model is not None else {}
-        paths = {name: module_path(model, name, role) for name in names}
+        paths = {name: module_path(model, name, role, modules) for name in names}
         for name in names:
             path = paths[name].removesuffix(PREACT)
             if path not in modules:
