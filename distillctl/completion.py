@@ -174,6 +174,11 @@ def value_candidates(cfg, tree: dict, groups: dict[str, list[str]], key: str, va
     parent, _, leaf = key.rpartition(".")
     if key in MODEL_ROLES or (leaf == "name" and parent.split(".")[0] in (*MODEL_ROLES, "teachers")):
         return matching(model_names(), value)
+    if key == "predict.model":  # a stage of the workspace or a model file
+        from distillctl.workspace_status import STAGES
+
+        stages = [s for s in STAGES if s not in ("export", "report")]
+        return matching(["auto", *stages], value) + file_candidates(value)
     if leaf in PATH_KEYS:
         return matching(PATH_KEYS[leaf], value) + file_candidates(value)
     kind = declared_type(cfg, parent, leaf)

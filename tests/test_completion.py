@@ -53,6 +53,7 @@ def test_values_from_groups_the_schema_and_the_current_config():
     assert complete("distill", "force=") == ["force=true", "force=false"]
     assert complete("distill", "recipe=cifar_resnet", "trainer.epochs=") == ["trainer.epochs=240"]  # the value to edit
     assert complete("distill", "++trainer.epochs=") == ["++trainer.epochs=15"]
+    assert complete("predict", "predict.model=int8") == ["predict.model=int8_static", "predict.model=int8_qat"]
 
 
 def test_paths_for_keys_that_take_files(tmp_path, monkeypatch):
