@@ -125,7 +125,8 @@ def workspaces(root: Path, nested: bool) -> list[Path]:
     found, queue = [], [root]
     while queue:
         folder = queue.pop(0)
-        if is_workspace(folder):
+        # a folder only reproduce, search or a sweep wrote into is listed for its summary lines
+        if is_workspace(folder) or (not nested and any((folder / name).is_dir() for name in NESTED)):
             found.append(folder)
         try:
             children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -214,8 +215,9 @@ def table_of(rows: list[StageStatus], console: Any) -> None:
     previous = None
     for r in rows:
         style = "yellow" if "interrupted" in r.state else "cyan" if r.state.startswith("running") else None
+        when = r.finished_at.removeprefix(time.strftime("%Y-"))  # this year's dates without the year: a narrower table
         table.add_row(r.workspace if r.workspace != previous else "", r.stage, r.state, r.model, fmt_top1(r.top1),
-                      r.epochs, r.finished_at, style=style)
+                      r.epochs, when, style=style)
         previous = r.workspace
     console.print(table)
 

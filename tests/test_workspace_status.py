@@ -86,6 +86,9 @@ def test_nested_workspaces_are_summed_up_then_listed_when_asked(tmp_path):
                      f"{ws / 'sweep' / '2026-12-05_01-00-00'}: 2 jobs, 1 failed "
                      f"(list them: distillctl runs {ws / 'sweep' / '2026-12-05_01-00-00'})"]
     assert len(workspace_status.collect(ws / "reproduce")[0]) == 2
+    # a workspace where only reproduce ran (no stage of its own) still gets its line
+    stage(tmp_path / "runs" / "other" / "reproduce" / "seed-0", "student", finished="a")
+    assert f"{tmp_path / 'runs' / 'other' / 'reproduce'}: 1 seeds" in " ".join(workspace_status.collect(tmp_path / "runs")[1])
     swept = workspace_status.collect(ws / "sweep" / "2026-12-05_01-00-00")[0]
     # a sweep job is continued by the sweep on its own folder, not by the job's command alone
     assert swept[0].resume == f"the sweep's command again, with hydra.sweep.dir={ws / 'sweep' / '2026-12-05_01-00-00'}"
