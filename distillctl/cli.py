@@ -40,6 +40,19 @@ TOOLS = {
     "completion": 'tab completion for bash, zsh or fish: eval "$(distillctl completion bash)" in ~/.bashrc',
 }
 
+# What each tool takes, for `distillctl <tool> --help`.
+TOOL_USAGE = {
+    "recipes": ["distillctl recipes [--json]",
+                "A table on a terminal; piped, one tab-separated line per recipe (name, description, file)."],
+    "inspect": ["distillctl inspect model=NAME [num_classes=10] [image_size=32]",
+                "The stage column gives the names feature terms may use for a model's stages (-1: the last)."],
+    "runs": ["distillctl runs [FOLDER] [--json]",
+             "FOLDER defaults to runs/; a reproduce, search or sweep folder lists its own workspaces in full."],
+    "completion": ["distillctl completion bash|zsh|fish",
+                   'bash: eval "$(distillctl completion bash)" in ~/.bashrc; zsh: eval "$(distillctl completion zsh)" '
+                   "in ~/.zshrc; fish: distillctl completion fish > ~/.config/fish/completions/distillctl.fish"],
+}
+
 err_console = Console(stderr=True)
 
 
@@ -514,11 +527,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     command, overrides = args[0], args[1:]
     try:
-        if command == "recipes":
+        if command in TOOLS and any(o in ("-h", "--help") for o in overrides):
+            usage, more = TOOL_USAGE[command]
+            print(f"usage: {usage}\n\n{TOOLS[command]}.\n{more}")
+        elif command == "recipes":
             if overrides == ["--json"]:  # for CI matrices: the names as a JSON list
                 import json
 
                 print(json.dumps(list(recipes.available())))
+            elif overrides:
+                raise UserError(f"recipes takes --json alone, not {' '.join(overrides)}: `{TOOL_USAGE['recipes'][0]}`.")
             else:
                 print_recipes()
         elif command == "runs":

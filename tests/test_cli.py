@@ -13,6 +13,7 @@ import torch
 from conftest import SHARED_CIFAR, TINY
 
 import distillctl
+from distillctl.cli import TOOLS
 
 
 def one_error_line(result) -> str:
@@ -261,6 +262,7 @@ def test_inspect_lists_modules_and_shapes(cli):
         (["distill", "--cfg", "job", "trainer.epochz=3"], "Did you mean 'epochs'?"),  # printing the config checks it too
         (["distill", "--shell-completion", "install=bash"], "distillctl completion bash"),  # Hydra's would not see commands
         (["completion", "tcsh"], "Shells: bash, zsh, fish"),
+        (["recipes", "--jsn"], "recipes takes --json alone"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(cli, tiny, args, expected):
@@ -375,3 +377,9 @@ def test_mistakes_seen_on_disk_are_refused_before_torch_is_imported(tmp_path, ar
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
     assert expected in proc.stderr
     assert "torch imported: False exit 2" in proc.stdout
+
+
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_every_tool_answers_help_with_its_usage(cli, tool):
+    result = cli(tool, "--help")
+    assert result.code == 0 and result.out.startswith(f"usage: distillctl {tool}"), result.text
