@@ -266,6 +266,10 @@ def check_composes(overrides: Sequence[str]) -> None:
         compose_config(first)
     except (HydraException, OmegaConfBaseException) as exc:
         raise UserError(explain_composition_error(exc, first)) from None
+    except ValueError as exc:  # Hydra's defaults list refuses `group=null` with a bare ValueError
+        nulled = [o.split("=", 1)[0] for o in first if o.endswith("=null") and not o.startswith(("+", "~"))]
+        hint = f" To drop a config group's choice, delete it: ~{nulled[0]}." if nulled else ""
+        raise UserError(f"{' '.join(str(exc).split())}.{hint}") from None
 
 
 def sample_value(override) -> str:

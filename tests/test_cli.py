@@ -263,6 +263,7 @@ def test_inspect_lists_modules_and_shapes(cli):
         (["distill", "--shell-completion", "install=bash"], "distillctl completion bash"),  # Hydra's would not see commands
         (["completion", "tcsh"], "Shells: bash, zsh, fish"),
         (["recipes", "--jsn"], "recipes takes --json alone"),
+        (["distill", "dataset=null"], "To drop a config group's choice, delete it: ~dataset."),  # was a traceback
     ],
 )
 def test_bad_input_exits_2_with_one_line(cli, tiny, args, expected):

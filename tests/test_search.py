@@ -56,6 +56,29 @@ def test_a_bad_space_is_one_clear_error(space, message):
     assert message in str(caught.value)
 
 
+@pytest.mark.parametrize("recipe", ["cifar_resnet", "cifar_at", "cifar_dkd", "cifar_fitnet", "cifar_adversarial", "quickstart"])
+def test_each_method_recipe_searches_its_own_knobs(recipe):
+    # cifar_at once inherited cifar_resnet's KD space and could not search at all (its loss has no kd term)
+    from distillctl.bounds import check_config
+    from distillctl.search.space import check_space
+
+    config.register()
+    overrides = prepare_overrides([f"recipe={recipe}"])
+    cfg = compose_config(overrides)
+    params = parse_space(OmegaConf.to_container(cfg.search.space), cfg)
+    terms = {p.key.split(".")[2] for p in params if p.key.startswith("loss.terms.")}
+    assert terms and terms <= set(cfg.loss.terms)
+    check_space(params, cfg, lambda extra: compose_config([*overrides, *extra]), check_config)
+
+
+def test_a_space_for_another_method_names_the_terms_and_the_spaces_there_are():
+    config.register()
+    cfg = compose_config(prepare_overrides(["recipe=cifar_at", "search=kd"]))
+    with pytest.raises(UserError, match=r"searches a 'kd' loss term, and this run's loss has none \(its terms: ce, at\)"
+                                        r".*search=at \| dkd \| fitnet \| kd \| students"):
+        parse_space(OmegaConf.to_container(cfg.search.space), cfg)
+
+
 def test_overrides_round_trip_through_hydra():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

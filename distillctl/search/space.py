@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -86,6 +87,13 @@ def current_value(config: DictConfig, key: str) -> Any:
     """The value `key` has in config, or a UserError listing the keys that exist where it was looked for."""
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(config, parent) if parent else config
+    term = parent.split(".")[2] if parent.startswith("loss.terms.") else None
+    if term is not None and term not in config.loss.terms:
+        # A space written for another method (search=kd on an AT recipe): name the terms there are and the spaces
+        spaces = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "configs" / "search").glob("*.yaml"))
+        raise UserError(f"search.space: '{key}' searches a '{term}' loss term, and this run's loss has none (its terms: "
+                        f"{', '.join(config.loss.terms)}). Pick a space for its method (search={' | '.join(spaces)}) "
+                        "or declare your own instead: ~search '++search.space={loss.terms.NAME.weight: {low: 10, high: 1000, log: true}}'.")
     if not isinstance(node, DictConfig) or leaf not in node:
         valid = sorted(map(str, node.keys())) if isinstance(node, DictConfig) else []
         where = f" under '{parent}'" if parent and valid else ""
