@@ -73,7 +73,20 @@ def write_text(path: Path, text: str) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in `path`, or None when it is missing or unreadable."""
+    """The JSON object in `path`, or None when it is missing, unreadable or holds something else (a list where a
+    metrics.json belongs is as unusable as a file cut short)."""
+    value = read_json_value(path)
+    return value if isinstance(value, dict) else None
+
+
+def read_json_list(path: Path) -> list[Any] | None:
+    """The JSON list in `path`, or None when it is missing, unreadable or holds something else."""
+    value = read_json_value(path)
+    return value if isinstance(value, list) else None
+
+
+def read_json_value(path: Path) -> Any:
+    """Whatever JSON `path` holds, or None when it is missing or unreadable."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

@@ -237,7 +237,7 @@ def settle(stage_dir: Path) -> None:
     staged = stage_dir / STAGING
     if not staged.is_dir():
         return
-    names = files.read_json(staged / PUBLISHED)
+    names = files.read_json_list(staged / PUBLISHED)
     if not isinstance(names, list):
         shutil.rmtree(staged, ignore_errors=True)
         return

@@ -126,3 +126,14 @@ def test_progress_is_the_last_runs_epoch(tmp_path):
     with (tmp_path / "train.log").open("a") as log:  # a newer run that died before its first epoch ended
         log.write("# student: epochs 1..30, 3 steps each\n")
     assert workspace_status.progress(tmp_path) == ""
+
+
+def test_a_record_that_is_not_a_json_object_reads_as_no_record(tmp_path):
+    from distillctl.workspace import recorded_fingerprint, started_fingerprint
+
+    folder = stage(tmp_path / "runs" / "tiny", "student", finished="a", started="a")
+    (folder / "metrics.json").write_text("[1, 2]")  # a hostile or mangled edit
+    (folder / "started.json").write_text('"text"')
+    assert recorded_fingerprint(folder) is None and started_fingerprint(folder) is None
+    row = by_stage(tmp_path / "runs")["tiny/student"]
+    assert row.state == "finished" and row.top1 is None
