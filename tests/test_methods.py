@@ -180,3 +180,20 @@ def test_every_feature_method_runs_on_timm_models_with_its_default_layers(kind):
     total.backward()
     assert kind in parts and math.isfinite(total.item())
     assert sum(p.grad.abs().sum().item() for p in student.parameters() if p.grad is not None) > 0
+
+
+def test_a_term_on_feature_maps_refuses_a_transformers_tokens_and_embedding_terms_average_them():
+    import timm
+
+    student = timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=10)  # blocks give [B, 5, 192]
+    teacher = create_model("resnet8", 10).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with pytest.raises(UserError, match=r"loss.terms.at \(attention\) compares feature maps .* the student's '-3' gives "
+                                        r"\[4, 5, 192\] \(a transformer's tokens\)"):
+        build_objective({"at": {"kind": "attention"}}).setup(student, teacher, x)
+    from distillctl.losses.embedding import embedding
+
+    tokens = torch.randn(4, 5, 192)
+    assert torch.equal(embedding(tokens), tokens.mean(1))  # one vector per image, over its tokens
+    objective = build_objective({"rkd": {}})
+    objective.setup(student, teacher, x)  # RKD on the ViT's last block against the ResNet's last stage

@@ -34,6 +34,8 @@ def discriminator(width: int, hidden: int) -> nn.Module:
 class Adversarial(LossTerm):
     """The generator loss for the student; the discriminator's own update in after_step."""
 
+    feature_ranks = (4,)
+
 
     def __init__(self, params: AdversarialParams) -> None:
         super().__init__(params)

@@ -27,6 +27,8 @@ def attention_map(feature: torch.Tensor, p: float, size: tuple[int, int] | None 
 class AttentionTransfer(LayerPairs):
     """Match where the student's layers put their activation energy to where the teacher's do."""
 
+    feature_ranks = (4,)
+
     def forward(self, out: StepOutputs) -> torch.Tensor:
         total = 0.0
         for s, t in self.pairs(out):

@@ -44,6 +44,9 @@ class LossTerm(nn.Module):
     per_image_state: ClassVar[bool] = False
     # Reads each image's one true class (not the class probabilities that mixup/cutmix make of the labels).
     hard_labels: ClassVar[bool] = False
+    # The ranks of tapped features the term can read: (4,) for feature maps [batch, channels, height, width];
+    # empty: any (terms on one embedding per image average a map's positions or a transformer's tokens).
+    feature_ranks: ClassVar[tuple[int, ...]] = ()
 
     def __init__(self, params: TermParams) -> None:
         super().__init__()

@@ -54,6 +54,8 @@ def factor_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 class FactorTransfer(OneLayer):
     """The student's translated factors against the factors a paraphraser trained on the teacher's feature finds."""
 
+    feature_ranks = (4,)
+
     def alone_until_epoch(self) -> int:
         return self.params.paraphraser_epochs
 

@@ -30,6 +30,8 @@ def match_size(feature: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class Hint(OneLayer):
     """MSE between regressor(student feature) and the teacher feature."""
 
+    feature_ranks = (4,)
+
     def __init__(self, params: HintParams) -> None:
         super().__init__(params)
         self.regressor: nn.Module | None = None

@@ -33,5 +33,7 @@ def nst_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 class NeuronSelectivity(LayerPairs):
     """Where the student's neurons fire, distributed as where the teacher's do (MMD per layer pair)."""
 
+    feature_ranks = (4,)
+
     def forward(self, out: StepOutputs) -> torch.Tensor:
         return sum(nst_loss(s, t) for s, t in self.pairs(out))

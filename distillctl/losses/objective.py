@@ -72,7 +72,8 @@ class Objective(nn.Module):
             probe = StepOutputs(student_logits, torch.zeros(len(sample), dtype=torch.long, device=sample.device), teacher_logits,
                                 s_taps.take(), t_taps.take(), num_images=num_images)
         student.train(was_training)
-        for t in self.terms.values():
+        for name, t in self.terms.items():
+            check_feature_ranks(name, t, probe)
             t.setup(probe)
 
     def student_parameters(self) -> list[nn.Parameter]:
@@ -95,6 +96,24 @@ class Objective(nn.Module):
         for name, t in self.terms.items():
             logs.update({f"{name}.{k}": v for k, v in t.after_step(out).items()})
         return logs
+
+
+def check_feature_ranks(name: str, term: LossTerm, probe: StepOutputs) -> None:
+    """Refuse, naming the layer and its shape, features a term cannot read (a ViT's tokens for a term on maps),
+    before they reach a convolution's shape error."""
+    if not term.feature_ranks:
+        return
+    maps = "feature maps [batch, channels, height, width]" + (" or pooled vectors" if 2 in term.feature_ranks else "")
+    for role, layers, features in (("student", term.student_layers(), probe.student_features),
+                                   ("teacher", term.teacher_layers(), probe.teacher_features)):
+        for layer in layers:
+            shape = list(features[layer].shape)
+            if len(shape) not in term.feature_ranks:
+                tokens = " (a transformer's tokens)" if len(shape) == 3 else ""
+                raise UserError(
+                    f"loss.terms.{name} ({term.params.kind}) compares {maps}, and the {role}'s '{layer}' gives {shape}"
+                    f"{tokens}: tap a convolutional stage (`distillctl inspect model=...`), or use a term on embeddings "
+                    "(rkd, pkt, cc, crd) or on logits (kd, dkd, dist).")
 
 
 def build_objective(terms_cfg: Mapping[str, Any]) -> Objective:

@@ -48,6 +48,8 @@ def connector(in_channels: int, out_channels: int) -> nn.Module:
 class FeatureOverhaul(LayerPairs):
     """The teacher's pre-ReLU features above their margins, from the student's pre-ReLU features through connectors."""
 
+    feature_ranks = (4,)
+
     def setup(self, probe: StepOutputs) -> None:
         pairs = self.pairs(probe)
         self.connectors = nn.ModuleList(placed_like(connector(s.shape[1], t.shape[1]), s) for s, t in pairs)

@@ -68,6 +68,8 @@ def as_map(feature: torch.Tensor) -> torch.Tensor:
 class KnowledgeReview(LayerPairs):
     """Teach every teacher stage from the student's stages at and below it, fused deepest first."""
 
+    feature_ranks = (2, 4)  # the last level may be a pooled vector
+
     def setup(self, probe: StepOutputs) -> None:
         pairs = [(as_map(s), as_map(t)) for s, t in self.pairs(probe)]
         mid = self.params.mid_channels

@@ -40,6 +40,8 @@ def predictor(in_channels: int, out_channels: int) -> nn.Module:
 class VariationalInformation(LayerPairs):
     """Make each teacher layer predictable from the matching student layer (Gaussian likelihood)."""
 
+    feature_ranks = (4,)
+
     def setup(self, probe: StepOutputs) -> None:
         pairs = self.pairs(probe)
         self.predictors = nn.ModuleList(placed_like(predictor(s.shape[1], t.shape[1]), s) for s, t in pairs)
