@@ -107,3 +107,21 @@ def test_an_image_folder_is_read_as_the_teacher_was_pretrained_unless_the_comman
     # resnet50's default weights (a1_in1k) were trained bicubic with a 0.95 centre crop; the size given wins
     assert (dataset["image_size"], dataset["interpolation"], dataset["crop_pct"]) == (256, "bicubic", 0.95)
     assert dataset["mean"] == [0.485, 0.456, 0.406]
+
+
+VIT = "vit_tiny_patch16_224"
+
+
+def test_a_vit_built_for_another_size_is_refused_in_one_line_and_resized_on_request(tmp_path, tiny, cli):
+    pretrained = tmp_path / f"{VIT}.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model(VIT).state_dict().items()}, str(pretrained))
+    with pytest.raises(UserError, match=r"224x224 images only and dataset.image_size is 32: .*\+\+student.kwargs.img_size=32"):
+        create_model(VIT, 10, role="student", pretrained_file=str(pretrained), image_size=32)
+    small = create_model(VIT, 10, role="student", pretrained_file=str(pretrained), image_size=32, img_size=32)
+    assert small.pos_embed.shape[1] == 1 + (32 // 16) ** 2  # the file's 14x14 grid of embeddings, resized to 2x2
+    assert small(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    # A trained 224-px teacher file cannot be fed 32-px images: distill says so before training.
+    artifacts.save_weights(tmp_path / "vit_teacher.safetensors", timm.create_model(VIT, num_classes=10),
+                           {"model": VIT, "num_classes": 10, "kwargs": {}})
+    line = one_error_line(cli("distill", "recipe=tiny", "teacher.checkpoint=vit_teacher.safetensors", "trainer.threads=1"))
+    assert "takes 224x224 images only" in line and "dataset.image_size=224" in line

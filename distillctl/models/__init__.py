@@ -11,10 +11,11 @@ zoo.register()
 
 
 def create_model(name: str, num_classes: int, pretrained: bool = False, role: str | None = None,
-                 pretrained_file: str | None = None, **kwargs) -> nn.Module:
+                 pretrained_file: str | None = None, image_size: int | None = None, **kwargs) -> nn.Module:
     """Build `name` through timm's registry, or say which names come closest; `role` (teacher, student) is the
     config section the model comes from, so that messages name full keys. Pretrained weights come from timm's
-    Hub (`pretrained`) or a local file (`pretrained_file`), with the head replaced for `num_classes`."""
+    Hub (`pretrained`) or a local file (`pretrained_file`), with the head replaced for `num_classes`. With
+    `image_size`, a model that takes one input size only (a ViT) is refused when it is not that size."""
     key = f"{role}." if role else ""
     import timm
 
@@ -26,7 +27,7 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, role: st
         kwargs["pretrained_cfg_overlay"] = {"file": local_weights(pretrained_file, name, key), "custom_load": False}
         pretrained = True
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except UserError:
         raise
     except TypeError as exc:
@@ -41,6 +42,23 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, role: st
             f"could not fetch pretrained weights for '{name}' ({type(exc).__name__}); offline? Set {key}pretrained=false, "
             f"or {key}pretrained_file=PATH to load timm weights from a local file."
         ) from None
+    fixed = fixed_image_size(model)
+    if image_size is not None and fixed is not None and fixed != (image_size, image_size):
+        # Caught here rather than at the first forward, after the data set has loaded, as timm's assertion.
+        raise UserError(
+            f"{role or 'model'} '{name}' takes {fixed[0]}x{fixed[1]} images only and dataset.image_size is {image_size}: "
+            f"build it for {image_size} px with ++{key}kwargs.img_size={image_size} (pretrained position embeddings are "
+            f"resized to it), or set dataset.image_size={fixed[0]}.")
+    return model
+
+
+def fixed_image_size(model: nn.Module) -> tuple[int, int] | None:
+    """The one input size a model takes (a ViT's patch embedding is built for one), or None when it takes any."""
+    embed = getattr(model, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    if size is None or not getattr(embed, "strict_img_size", False):
+        return None
+    return (int(size[0]), int(size[1]))
 
 
 def local_weights(path: str, name: str, key: str) -> str:

@@ -46,7 +46,8 @@ def run(cfg: DictConfig) -> dict:
     if objective.needs_teacher:
         teacher, teacher_paths = load_teacher(cfg, ctx.workspace, ctx.data.num_classes)
     s = cfg.student
-    student = create_model(s.name, ctx.data.num_classes, s.pretrained, role="student", pretrained_file=s.pretrained_file, **s.kwargs)
+    student = create_model(s.name, ctx.data.num_classes, s.pretrained, role="student", pretrained_file=s.pretrained_file,
+                           image_size=cfg.dataset.image_size, **s.kwargs)
     if s.checkpoint:  # start from given weights (e.g. a pretrained student) rather than from scratch
         load_weights(Path(s.checkpoint).expanduser(), student)
     job = TrainingJob(

@@ -98,7 +98,7 @@ def student_cost(cfg: DictConfig, threads: int) -> dict[str, float]:
     """The trial's student, untrained: its MACs and batch-1 CPU latency, measured as `evaluate` does."""
     s = cfg.student
     num_classes = cached_splits(OmegaConf.to_yaml(cfg.dataset, resolve=True)).num_classes
-    model = create_model(s.name, num_classes, False, role="student", **s.kwargs)
+    model = create_model(s.name, num_classes, False, role="student", image_size=cfg.dataset.image_size, **s.kwargs)
     size = cfg.dataset.image_size
     timed, _ = measure.deployable(model, size)
     return {"macs": float(measure.macs(model, size)), "latency_ms": round(measure.latency_ms(timed, size, threads), 4)}

@@ -34,7 +34,8 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"nothing to train: {reason}. To train this recipe's own teacher, add teacher.checkpoint=null (and teachers=[]).")
     ctx = RunContext.open(cfg)
     t = cfg.teacher
-    model = create_model(t.name, ctx.data.num_classes, t.pretrained, role="teacher", pretrained_file=t.pretrained_file, **t.kwargs)
+    model = create_model(t.name, ctx.data.num_classes, t.pretrained, role="teacher", pretrained_file=t.pretrained_file,
+                         image_size=cfg.dataset.image_size, **t.kwargs)
     objective = build_objective({"ce": {"kind": "ce", "weight": 1.0, "label_smoothing": cfg.trainer.label_smoothing}})
     lr = t.lr if t.lr is not None else cfg.optimizer.lr
     # Pretrained weights are fine-tuned on images normalized as they were pretrained; the checkpoint records it,
