@@ -115,7 +115,8 @@ VIT = "vit_tiny_patch16_224"
 def test_a_vit_built_for_another_size_is_refused_in_one_line_and_resized_on_request(tmp_path, tiny, cli):
     pretrained = tmp_path / f"{VIT}.safetensors"
     save_file({k: v.contiguous() for k, v in timm.create_model(VIT).state_dict().items()}, str(pretrained))
-    with pytest.raises(UserError, match=r"224x224 images only and dataset.image_size is 32: .*\+\+student.kwargs.img_size=32"):
+    with pytest.raises(UserError, match=r"cannot take 32x32 images \(Input height \(32\) doesn't match model \(224\)\.\): "
+                                        r"build it for 32 px with \+\+student.kwargs.img_size=32, or set dataset.image_size=224\.$"):
         create_model(VIT, 10, role="student", pretrained_file=str(pretrained), image_size=32)
     small = create_model(VIT, 10, role="student", pretrained_file=str(pretrained), image_size=32, img_size=32)
     assert small.pos_embed.shape[1] == 1 + (32 // 16) ** 2  # the file's 14x14 grid of embeddings, resized to 2x2
@@ -124,4 +125,10 @@ def test_a_vit_built_for_another_size_is_refused_in_one_line_and_resized_on_requ
     artifacts.save_weights(tmp_path / "vit_teacher.safetensors", timm.create_model(VIT, num_classes=10),
                            {"model": VIT, "num_classes": 10, "kwargs": {}})
     line = one_error_line(cli("distill", "recipe=tiny", "teacher.checkpoint=vit_teacher.safetensors", "trainer.threads=1"))
-    assert "takes 224x224 images only" in line and "dataset.image_size=224" in line
+    assert "cannot take 32x32 images" in line and "set dataset.image_size=224, or train a teacher for 32 px" in line
+
+
+def test_a_cnn_too_deep_for_small_images_is_refused_with_the_size_it_was_built_for():
+    with pytest.raises(UserError, match=r"teacher 'inception_v3' cannot take 32x32 images \(.*Kernel size.*\): set dataset.image_size=299\.$"):
+        create_model("inception_v3", 10, role="teacher", image_size=32)
+    assert create_model("inception_v3", 10, role="teacher", image_size=96).get_classifier().out_features == 10

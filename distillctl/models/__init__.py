@@ -6,6 +6,7 @@ from torch import nn
 
 from distillctl.errors import UserError, did_you_mean
 from distillctl.models import zoo
+from distillctl.models.image_size import built_size, size_problem, takes_img_size
 
 zoo.register()
 
@@ -15,7 +16,7 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, role: st
     """Build `name` through timm's registry, or say which names come closest; `role` (teacher, student) is the
     config section the model comes from, so that messages name full keys. Pretrained weights come from timm's
     Hub (`pretrained`) or a local file (`pretrained_file`), with the head replaced for `num_classes`. With
-    `image_size`, a model that takes one input size only (a ViT) is refused when it is not that size."""
+    `image_size`, a model that cannot take images of that size (a ViT built for 224) is refused, naming the fix."""
     key = f"{role}." if role else ""
     import timm
 
@@ -42,23 +43,12 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, role: st
             f"could not fetch pretrained weights for '{name}' ({type(exc).__name__}); offline? Set {key}pretrained=false, "
             f"or {key}pretrained_file=PATH to load timm weights from a local file."
         ) from None
-    fixed = fixed_image_size(model)
-    if image_size is not None and fixed is not None and fixed != (image_size, image_size):
-        # Caught here rather than at the first forward, after the data set has loaded, as timm's assertion.
-        raise UserError(
-            f"{role or 'model'} '{name}' takes {fixed[0]}x{fixed[1]} images only and dataset.image_size is {image_size}: "
-            f"build it for {image_size} px with ++{key}kwargs.img_size={image_size} (pretrained position embeddings are "
-            f"resized to it), or set dataset.image_size={fixed[0]}.")
+    if image_size is not None and (problem := size_problem(model, image_size)):
+        native = built_size(model)
+        fixes = [f"build it for {image_size} px with ++{key}kwargs.img_size={image_size}"] if takes_img_size(model) else []
+        fixes += [f"set dataset.image_size={native}"] if native and native != image_size else ["pick another model"]
+        raise UserError(f"{role or 'model'} '{name}' cannot take {image_size}x{image_size} images ({problem}): {', or '.join(fixes)}.")
     return model
-
-
-def fixed_image_size(model: nn.Module) -> tuple[int, int] | None:
-    """The one input size a model takes (a ViT's patch embedding is built for one), or None when it takes any."""
-    embed = getattr(model, "patch_embed", None)
-    size = getattr(embed, "img_size", None)
-    if size is None or not getattr(embed, "strict_img_size", False):
-        return None
-    return (int(size[0]), int(size[1]))
 
 
 def local_weights(path: str, name: str, key: str) -> str:

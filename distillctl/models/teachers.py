@@ -8,7 +8,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from distillctl.errors import UserError
-from distillctl.models import fixed_image_size, load_model
+from distillctl.models import load_model
+from distillctl.models.image_size import built_size, size_problem
 from distillctl.models.ensemble import TeacherEnsemble
 from distillctl.models.normalization import renormalized
 from distillctl.teacher_files import teacher_checkpoints
@@ -24,9 +25,9 @@ def load_teacher(cfg: DictConfig, ws: Workspace, num_classes: int) -> tuple[nn.M
         if meta["num_classes"] != num_classes:
             raise UserError(f"the teacher in {path} predicts {meta['num_classes']} classes but the data set has {num_classes}.")
         size = cfg.dataset.image_size
-        if (fixed := fixed_image_size(model)) not in (None, (size, size)):
-            raise UserError(f"the teacher in {path} takes {fixed[0]}x{fixed[1]} images only and dataset.image_size is {size}: "
-                            f"set dataset.image_size={fixed[0]}, or train a teacher for {size} px.")
+        if problem := size_problem(model, size):
+            native = f"set dataset.image_size={built_size(model)}, or " if built_size(model) not in (None, size) else ""
+            raise UserError(f"the teacher in {path} cannot take {size}x{size} images ({problem}): {native}train a teacher for {size} px.")
         members.append(renormalized(model, meta, cfg.dataset.mean, cfg.dataset.std))
         weights.append(weight)
         paths.append(path)
