@@ -22,7 +22,7 @@ SIZE = 32
 # timm name -> None (int8 works) or what the refusal must say. Each stands for a family: heads that call F.linear
 # (mobilenetv3, lcnet: FX keeps packed weights as graph attributes), empty-Sequential shortcuts (ghostnet),
 # inverted residuals (mobilenetv2, mnasnet, efficientnet-lite), plain residuals (resnet), grouped convs (regnet),
-# and SiLU, which torch's x86 int8 backend has no kernel for (efficientnet).
+# and SiLU and GELU, which torch's x86 int8 backend has no kernel for (efficientnet, ViT: every such layer named at once).
 TORCH_INT8 = {
     "mobilenetv3_small_050": None,
     "lcnet_050": None,
@@ -32,12 +32,13 @@ TORCH_INT8 = {
     "efficientnet_lite0": None,
     "resnet18": None,
     "regnetx_002": None,
-    "efficientnet_b0": r"layer 'bn1.act' \(SiLU\) has no int8 kernel.*quantize.skip=\[bn1.act\].*quantize=onnx_int8",
+    "efficientnet_b0": r"^\d+ layers 'bn1.act' \(SiLU\), .* and \d+ more have no int8 kernel.*quantize=onnx_int8.*quantize.skip=\[bn1.act,",
+    "vit_tiny_patch16_224": r"^12 layers 'blocks.0.mlp.act' \(GELU\), .* and 9 more have no int8 kernel.*blocks.11.mlp.act\]\.$",
 }
 # QAT's conversion fails on ghostnet's functional (F.conv2d) weights; the stage says so and names the other methods.
 QAT_REFUSED = {"ghostnet_050": r"int8 conversion failed.*quantize=int8_static, quantize=onnx_int8"}
 # One model of each outcome runs in the quick suite; the rest are slow (5-10 s each).
-QUICK = {"mobilenetv3_small_050", "efficientnet_b0"}
+QUICK = {"mobilenetv3_small_050", "efficientnet_b0", "vit_tiny_patch16_224"}
 
 
 def cases(names):

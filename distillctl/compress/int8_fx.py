@@ -65,16 +65,24 @@ def check_supported(model: nn.Module, skip: Iterable[str]) -> None:
 
         raise UserError(f"quantize.skip names no layer of this model: {unknown[0]}.{did_you_mean(unknown[0], known)}")
     supported = quantizable_types() + PASSTHROUGH
+    unsupported = []
     for name, module in model.named_modules():
         if any(name == s or name.startswith(s + ".") for s in skip):
             continue
         # An empty Sequential (timm's identity shortcut) passes its input on as it is.
         empty = isinstance(module, nn.Sequential) and not len(module)
         if not list(module.children()) and not empty and not isinstance(module, supported):
-            raise UserError(
-                f"layer '{name}' ({type(module).__name__}) has no int8 kernel in torch's x86 backend. "
-                f"Keep it in float with quantize.skip=[{name}], or use quantize=onnx_int8 or quantize=fp16."
-            )
+            unsupported.append((name, type(module).__name__))
+    if unsupported:
+        # All of them at once: a ViT has a GELU per block, and one name per run would take a run per block.
+        shown = ", ".join(f"'{name}' ({kind})" for name, kind in unsupported[:3])
+        more = f" and {len(unsupported) - 3} more" if len(unsupported) > 3 else ""
+        names = ",".join(name for name, _ in unsupported)
+        raise UserError(
+            f"{len(unsupported)} layer{'s' if len(unsupported) > 1 else ''} {shown}{more} ha{'ve' if len(unsupported) > 1 else 's'} "
+            f"no int8 kernel in torch's x86 backend. Use quantize=onnx_int8 (ONNX Runtime has int8 kernels around them) or "
+            f"quantize=fp16, or keep them in float with quantize.skip=[{names}]."
+        )
     try:
         with quiet():
             torch.fx.symbolic_trace(model)
