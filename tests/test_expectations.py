@@ -35,3 +35,17 @@ def test_flat_and_nested_thresholds_mean_the_same():
                     "gain": {"top1": {"min": 0.01}}}
     assert expectations.flatten(tree) == expectations.flatten(flat)
     assert expectations.nested({"student": None, "student.top1": {"min": 0.1}}) == {"student": {"top1": {"min": 0.1}}}
+
+
+def test_a_gate_on_another_quantization_than_the_runs_comes_with_the_overrides_that_move_it(capsys):
+    from distillctl.evaluation import report
+
+    expect = {"student.top1": {"min": 0.5}, "int8_static.top1": {"min": 0.4}, "pruned.top1": {"min": 0.3}}
+    rows = expectations.check(expect, {"student": {"top1": 0.6}, "onnx_int8": {"top1": 0.5}})
+    with pytest.raises(SystemExit) as exit_:
+        report.enforce(rows, quantized_with="onnx_int8")
+    out = " ".join(capsys.readouterr().out.split())
+    assert exit_.value.code == 1
+    assert ("this run quantizes with onnx_int8 and the recipe gates int8_static: move the gate with '~expect.int8_static' "
+            "'+expect.onnx_int8.top1.min=0.4', or make int8_static too") in out
+    assert "missing: no pruned model was evaluated" in out  # not a quantization: made by the pipeline

@@ -9,6 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from distillctl import files
+from distillctl.config import QuantizeMethod
 from distillctl.console import console
 from distillctl.environment import summary
 from distillctl.evaluation.class_accuracy import ClassAccuracy
@@ -102,8 +103,9 @@ def print_drops(by_class: ClassAccuracy, final: str, shown: int = 3) -> None:
         console.print(f"largest per-class drops, {final} against the teacher: {listed} (report: {PER_CLASS})")
 
 
-def print_misses(rows: list[dict[str, Any]]) -> None:
-    """What fell short of the recipe's expect: block."""
+def print_misses(rows: list[dict[str, Any]], quantized_with: str | None = None) -> None:
+    """What fell short of the recipe's expect: block; a gate on another quantization than this run's (the recipe
+    gates int8_static, the command line chose quantize=onnx_int8) comes with the overrides that move it."""
     table = Table(title="expectations not met", title_justify="left", style="red")
     for column in ("metric", "bound", "limit", "value"):
         table.add_column(column)
@@ -111,16 +113,23 @@ def print_misses(rows: list[dict[str, Any]]) -> None:
         value = "missing" if row["value"] is None else f"{row['value']:.4g}"
         table.add_row(row["metric"], row["bound"], f"{row['limit']:.4g}", value)
     console.print(table)
-    if missing := list(dict.fromkeys(row["metric"].split(".")[0] for row in rows if row["value"] is None)):
-        console.print(f"missing: no {', '.join(missing)} model was evaluated; make it first (`distillctl pipeline` with the "
+    missing = list(dict.fromkeys(row["metric"].split(".")[0] for row in rows if row["value"] is None))
+    elsewhere = [m for m in missing if quantized_with and m != quantized_with and m in {str(q) for q in QuantizeMethod}]
+    for model in elsewhere:
+        moved = " ".join(f"'+expect.{quantized_with}.{row['metric'].partition('.')[2]}.{row['bound']}={row['limit']:g}'"
+                         for row in rows if row["metric"].split(".")[0] == model)
+        console.print(f"missing: this run quantizes with {quantized_with} and the recipe gates {model}: move the gate with "
+                      f"'~expect.{model}' {moved}, or make {model} too (`distillctl quantize quantize={model}`, same recipe and overrides)")
+    if rest := [m for m in missing if m not in elsewhere]:
+        console.print(f"missing: no {', '.join(rest)} model was evaluated; make it first (`distillctl pipeline` with the "
                       "same recipe and overrides), or leave the gate out with '~expect'")
 
 
-def enforce(checked: list[dict[str, Any]], basis: str = "") -> None:
+def enforce(checked: list[dict[str, Any]], basis: str = "", quantized_with: str | None = None) -> None:
     """The recipe's gate: print what fell short and exit 1, or say that every expectation held (on `basis`)."""
     misses = [row for row in checked if not row["ok"]]
     if misses:
-        print_misses(misses)
+        print_misses(misses, quantized_with)
         raise SystemExit(1)
     if checked:
         console.print(f"[green]all {len(checked)} expectations met{basis}[/]")

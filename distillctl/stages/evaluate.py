@@ -105,5 +105,5 @@ def run(cfg: DictConfig) -> dict:
     report.print_table(results, f"{context['recipe']}: {len(ctx.data.test)} test images, CPU timings on {threads} threads")
     report.print_drops(by_class, final)
     console.print(f"report: {report_dir / 'report.md'}")
-    report.enforce(checked)
+    report.enforce(checked, quantized_with=str(cfg.quantize.method))
     return results
