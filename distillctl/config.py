@@ -257,7 +257,7 @@ class PruneConfig:
     sparsity: float = bounded(0.5, min=0, below=1)  # unstructured: fraction of conv/linear weights set to zero
     # Iterative pruning: reach the target in this many equal steps, fine-tuning after each one.
     steps: int = bounded(1, min=1)
-    finetune_epochs: int = bounded(2, min=0)  # structured: KD fine-tuning (per step) with the recipe's loss terms and teacher
+    finetune_epochs: int = bounded(2, min=0)  # fine-tuning with the recipe's loss terms and teacher (structured: per step)
     finetune_lr: float = bounded(0.01, above=0)
 
 

@@ -14,6 +14,8 @@ from conftest import SHARED_CIFAR, TINY
 
 import distillctl
 from distillctl.cli import TOOLS
+from distillctl.compress.sparsity import weight_sparsity
+from distillctl.models import load_model
 
 
 def one_error_line(result) -> str:
@@ -232,6 +234,15 @@ def test_iterative_pruning_fine_tunes_after_each_step(cli, tiny):
     assert json.loads((runs / "pruned" / "step1" / "metrics.json").read_text())["step"] == 1
     final = json.loads((runs / "pruned" / "metrics.json").read_text())
     assert final["step"] == 2 and final["macs_ratio"] <= 0.5
+    # Unstructured pruning fine-tunes too, and the weights it zeroed are still zero after training.
+    result = cli("prune", "recipe=tiny", "prune=unstructured", "prune.sparsity=0.7")
+    assert result.code == 0, result.text
+    metrics = json.loads((runs / "pruned" / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and metrics["test_top1"] is not None and metrics["sparsity"] == pytest.approx(0.7, abs=0.01)
+    tuned, student = load_model(runs / "pruned" / "model.safetensors")[0], load_model(runs / "student" / "model.safetensors")[0]
+    assert weight_sparsity(tuned) == pytest.approx(0.7, abs=0.01)
+    kept = tuned.layer1[0].conv1.weight != 0
+    assert not torch.equal(tuned.layer1[0].conv1.weight[kept], student.layer1[0].conv1.weight[kept])  # trained
 
 
 def test_distill_without_a_teacher_says_how_to_get_one(cli, tiny):

@@ -8,7 +8,7 @@ from torch import nn
 
 from distillctl import artifacts
 from distillctl.compress.channels import macs_and_params, prune_structured
-from distillctl.compress.sparsity import prune_unstructured, weight_sparsity
+from distillctl.compress.sparsity import SparsityMask, weight_sparsity
 from distillctl.compress.shapes import layer_shapes
 from distillctl.errors import UserError
 from distillctl.models import create_model, load_model
@@ -42,11 +42,19 @@ def test_a_pruned_model_round_trips_through_safetensors(tmp_path, name):
     assert layer_shapes(rebuilt) == layer_shapes(model) != layer_shapes(create_model(name, 10))
 
 
-def test_unstructured_pruning_is_permanent_and_reported_as_sparsity():
+def test_unstructured_pruning_is_permanent_and_its_zeros_come_back_after_each_step():
     model = create_model("resnet8", 10)
-    assert prune_unstructured(model, 0.6) == pytest.approx(0.6, abs=0.01)
+    mask = SparsityMask(model, 0.6)
     assert weight_sparsity(model) == pytest.approx(0.6, abs=0.01)
-    assert not any("weight_orig" in k or "mask" in k for k in model.state_dict())
+    assert not any("weight_orig" in k or "mask" in k for k in model.state_dict())  # a plain model to save and resume
+    zeros = [w == 0 for w, _ in mask.kept]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    optimizer.register_step_post_hook(lambda *_: mask.reapply())
+    for _ in range(2):  # momentum alone would move every weight on the second step
+        optimizer.zero_grad()
+        model(torch.ones(2, 3, 32, 32)).sum().backward()
+        optimizer.step()
+    assert all(torch.equal(w == 0, zero) for (w, _), zero in zip(mask.kept, zeros))
 
 
 def test_bad_targets_are_user_errors():
@@ -72,4 +80,5 @@ class Scaled(nn.Module):
 def test_a_layer_structured_pruning_cannot_save_is_refused_before_work():
     with pytest.raises(UserError, match=r"parameter 'gamma' \(in a Scaled\).*prune=unstructured"):
         prune_structured(Scaled(), EXAMPLE, 0.5, None, "l1", False)
-    assert prune_unstructured(Scaled(), 0.5) == pytest.approx(0.5, abs=0.01)  # the way out works
+    SparsityMask(model := Scaled(), 0.5)  # the way out works
+    assert weight_sparsity(model) == pytest.approx(0.5, abs=0.01)

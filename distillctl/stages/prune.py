@@ -46,9 +46,25 @@ def run(cfg: DictConfig) -> dict:
     model, meta = load_model(source)
     if cfg.prune.method == "structured":
         return prune_structured_steps(cfg, ctx, model, meta, source)
-    reached = sparsity.prune_unstructured(model, cfg.prune.sparsity)
+    mask = sparsity.SparsityMask(model, cfg.prune.sparsity)
+    reached = sparsity.weight_sparsity(model)
     console.print(f"pruned {meta['model']}: {reached:.1%} of its conv/linear weights are zero")
-    return save_without_training(ctx, model, meta, {"sparsity": reached, "source": str(source)}, fingerprint(cfg, ctx.workspace))
+    extra = {"sparsity": reached, "source": str(source)}
+    if cfg.prune.finetune_epochs == 0:
+        return save_without_training(ctx, model, meta, extra, fingerprint(cfg, ctx.workspace))
+    objective, teacher = finetune_objective(cfg, ctx)
+    return train_and_save(ctx, TrainingJob(
+        FOLDER, meta["model"], model, objective, cfg.prune.finetune_lr, fingerprint(cfg, ctx.workspace), teacher,
+        epochs=cfg.prune.finetune_epochs, normalization=stored_normalization(meta, cfg.dataset.mean, cfg.dataset.std),
+        model_kwargs=meta.get("kwargs", {}), extra_metrics=extra, extra_metadata={"shapes": layer_shapes(model)},
+        after_step=mask.reapply,
+    ))
+
+
+def finetune_objective(cfg: DictConfig, ctx: RunContext):
+    """The recipe's loss terms, and its teacher when they read one: what fine-tunes a pruned student."""
+    objective = build_objective(cfg.loss.terms)
+    return objective, (load_teacher(cfg, ctx.workspace, ctx.data.num_classes)[0] if objective.needs_teacher else None)
 
 
 def prune_structured_steps(cfg: DictConfig, ctx: RunContext, model, meta: dict, source: Path) -> dict:
@@ -58,10 +74,7 @@ def prune_structured_steps(cfg: DictConfig, ctx: RunContext, model, meta: dict, 
     if p.steps < 1 or (p.steps > 1 and p.channel_ratio is not None):
         raise UserError(f"prune.steps={p.steps}: use 1 or more steps, and more than one only with prune.target_macs_ratio (not channel_ratio).")
     example = torch.zeros(1, 3, cfg.dataset.image_size, cfg.dataset.image_size)
-    objective = teacher = None
-    if p.finetune_epochs > 0:
-        objective = build_objective(cfg.loss.terms)
-        teacher = load_teacher(cfg, ctx.workspace, ctx.data.num_classes)[0] if objective.needs_teacher else None
+    objective, teacher = finetune_objective(cfg, ctx) if p.finetune_epochs > 0 else (None, None)
     base_macs, base_params = channels.macs_and_params(model, example)
     fp = fingerprint(cfg, ctx.workspace)
     for step in range(1, p.steps + 1):
@@ -83,7 +96,7 @@ def prune_structured_steps(cfg: DictConfig, ctx: RunContext, model, meta: dict, 
 
 
 def save_without_training(ctx: RunContext, model, meta: dict, extra: dict, fp: str) -> dict:
-    """Write the pruned model as it is (unstructured pruning, or no fine-tuning asked for)."""
+    """Write the pruned model as it is (no fine-tuning asked for)."""
     out_dir = ctx.workspace.output(FOLDER)
     staged = workspace.staging(out_dir)
     workspace.save_config(staged, ctx.cfg)
@@ -94,5 +107,4 @@ def save_without_training(ctx: RunContext, model, meta: dict, extra: dict, fp: s
     return metrics
 
 
-STAGE = Stage("prune", lambda cfg: FOLDER, fingerprint, run,
-              trains=lambda cfg: cfg.prune.method == "structured" and cfg.prune.finetune_epochs > 0)
+STAGE = Stage("prune", lambda cfg: FOLDER, fingerprint, run, trains=lambda cfg: cfg.prune.finetune_epochs > 0)

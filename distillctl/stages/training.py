@@ -53,6 +53,8 @@ class TrainingJob:
     finalize: Callable[[nn.Module, Path], nn.Module] | None = None
     # False: the results stay staged (workspace.staging) for the caller to add to and publish.
     publish: bool = True
+    # Runs after every optimizer step (unstructured pruning zeroes its pruned weights again).
+    after_step: Callable[[], None] | None = None
 
 
 def job_trainer(cfg: DictConfig, job: TrainingJob) -> DictConfig:
@@ -138,6 +140,8 @@ def train_tracked(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Tra
     objective.setup(model, teacher, probe, batches.split_size)
     optimizer = build_optimizer([*model.parameters(), *objective.student_parameters()], cfg.optimizer, job.lr, device)
     scheduler = build_schedule(optimizer, cfg.scheduler, job.lr, len(batches), trainer.epochs)
+    if job.after_step is not None:
+        optimizer.register_step_post_hook(lambda *_: job.after_step())
     shown = preprocess.recorded(cfg.dataset.image_size, cfg.dataset.crop_pct, cfg.dataset.interpolation, data.loader)
     meta = model_metadata(job.model_name, data.num_classes, job.model_kwargs, data.classes, list(mean), list(std), shown) | job.extra_metadata
     trainee = Trainee(model, objective, optimizer, scheduler, meta)
