@@ -18,11 +18,11 @@ from typing import Any
 
 from distillctl import files
 from distillctl.errors import UserError
+from distillctl.model_files import MODEL_STAGES
 from distillctl.workspace import METRICS_FILE, STAGING, STARTED_FILE, finished, lock_file, recorded_fingerprint
 
 # Stages in the order a pipeline makes them; a folder of another name is not a stage.
-STAGES = ("teacher", "student", "pruned", "int8_static", "int8_qat", "fp16", "bf16", "onnx_int8", "executorch_int8",
-          "export", "report")
+STAGES = (*MODEL_STAGES, "export", "report")
 # Folders of workspaces made inside a workspace, summed up unless asked for.
 NESTED = ("reproduce", "search", "sweep")
 EPOCH = re.compile(r" epoch (\d+)/(\d+) ")
