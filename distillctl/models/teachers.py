@@ -9,8 +9,8 @@ from torch import nn
 
 from distillctl.errors import UserError
 from distillctl.models import load_model
-from distillctl.models.image_size import built_size, size_problem
 from distillctl.models.ensemble import TeacherEnsemble
+from distillctl.models.image_size import built_size, size_problem
 from distillctl.models.normalization import renormalized
 from distillctl.teacher_files import teacher_checkpoints
 from distillctl.workspace import Workspace
