@@ -417,6 +417,7 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
 
         try:
             check_config(cfg)  # every value, before the stage imports torch or loads data
+            check_read(command, cfg)
             tracking.check_installed(cfg.logger)
             preflight.check(command, cfg)  # files, data set and prerequisite stages, still without torch
             if ranks().world > 1:
@@ -441,6 +442,20 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
 
     sys.argv = [f"distillctl {command}", *overrides]
     hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(task)()
+
+
+def check_read(command: str, cfg) -> None:
+    """Refuse a setting this run's method would ignore; in a sweep over methods, note it for the jobs it misses."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from distillctl import method_settings
+    from distillctl.console import console
+    from distillctl.workspace import hydra_sweep_job
+
+    if problems := method_settings.unread(command, cfg, HydraConfig.get().overrides.task):
+        if hydra_sweep_job() is None:
+            raise UserError("; ".join(problems) + ".")
+        console.print(f"note: {'; '.join(problems)}.")
 
 
 def relaunched_job(user_args: Sequence[str]) -> tuple[list[str], dict[str, str]]:

@@ -161,3 +161,17 @@ def test_a_recipes_thresholds_are_reached_from_the_command_line(tmp_path, monkey
     cfg = composed("recipe=gated", "expect.student.top1.min=0.5", "~expect.teacher.top1", "+expect.pruned.top1.max=0.9")
     assert flatten(OmegaConf.to_container(cfg.expect)) == {
         "student.top1": {"min": 0.5}, "student.top5": {"min": 0.7}, "gain.top1": {"min": 0.015}, "pruned.top1": {"max": 0.9}}
+
+
+def test_a_setting_only_another_method_reads_is_named_with_the_method_that_reads_it():
+    from omegaconf import OmegaConf
+
+    from distillctl.method_settings import unread
+
+    cfg = OmegaConf.create({"prune": {"method": "unstructured"}, "quantize": {"method": "onnx_int8"}})
+    assert unread("prune", cfg, ["prune.sparsity=0.7", "trainer.epochs=1"]) == []
+    assert unread("pipeline", cfg, ["prune.steps=2", "quantize.reduce_range=false", "quantize.qat_lr=0.01"]) == [
+        "prune.steps is read by prune=structured only, and this run uses prune=unstructured: add prune=structured, or leave prune.steps out",
+        "quantize.qat_lr is read by quantize=int8_qat only, and this run uses quantize=onnx_int8: add quantize=int8_qat, or leave quantize.qat_lr out",
+    ]
+    assert unread("distill", cfg, ["prune.steps=2"]) == []  # distill does not prune: nothing it would ignore

@@ -182,6 +182,9 @@ CASES = {
     "all smoothing": (["distill", "recipe=tiny", "trainer.label_smoothing=1"], "(from ${trainer.label_smoothing}) is out of range"),
     "negative limit": (["distill", "recipe=tiny", "dataset.test_limit=-5"], "dataset.test_limit=-5 is out of range"),
     "prune past the model": (["prune", "recipe=tiny", "prune.target_macs_ratio=1.5"], "prune.target_macs_ratio=1.5 is out of range"),
+    # A setting only another method reads would be ignored, and the run would do something else than asked.
+    "sparsity for structured": (["prune", "recipe=tiny", "prune.sparsity=0.7"], "prune.sparsity is read by prune=unstructured only, and this run uses prune=structured: add prune=unstructured"),
+    "qat epochs for static": (["pipeline", "recipe=tiny", "quantize.qat_epochs=3"], "quantize.qat_epochs is read by quantize=int8_qat only"),
     "epochs not a number": (["distill", "recipe=tiny", "trainer.epochs=abc"], "trainer.epochs=abc"),
     "unknown precision": (["distill", "recipe=tiny", "trainer.precision=fp64"], "is not one of auto, fp32, bf16"),
     "unknown on_nan": (["distill", "recipe=tiny", "trainer.on_nan=ignore"], "is not one of stop, skip_step"),
