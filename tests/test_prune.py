@@ -57,6 +57,20 @@ def test_unstructured_pruning_is_permanent_and_its_zeros_come_back_after_each_st
     assert all(torch.equal(w == 0, zero) for (w, _), zero in zip(mask.kept, zeros))
 
 
+def test_a_vit_is_pruned_in_its_mlps_and_keeps_embeddings_norms_and_heads_whole(tmp_path):
+    model = create_model("vit_tiny_patch16_224", 10, img_size=32).eval()
+    pruned, macs_ratio, _ = prune_structured(model, EXAMPLE, 0.5, None, "l1", False)
+    assert 0.47 <= macs_ratio <= 0.5
+    changed = {name for name, shape in layer_shapes(pruned).items() if layer_shapes(model)[name] != shape}
+    assert changed == {f"blocks.{i}.mlp.{fc}" for i in range(12) for fc in ("fc1", "fc2")}
+    assert pruned.cls_token.shape == model.cls_token.shape and pruned.blocks[0].attn.qkv.out_features == 3 * 192
+    path = tmp_path / "model.safetensors"
+    artifacts.save_weights(path, pruned, {"model": "vit_tiny_patch16_224", "num_classes": 10, "kwargs": {"img_size": 32},
+                                          "shapes": layer_shapes(pruned)})
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(load_model(path)[0].eval()(x), pruned(x), atol=1e-5)
+
+
 def test_bad_targets_are_user_errors():
     with pytest.raises(UserError, match="between 0 and 1"):
         prune_structured(create_model("resnet8", 10), EXAMPLE, 1.5, None, "l1", False)
@@ -65,7 +79,7 @@ def test_bad_targets_are_user_errors():
 
 
 class Scaled(nn.Module):
-    """A layer with a bare parameter: torch-pruning would guess its channel axis, and the saved shapes cannot hold it."""
+    """A layer with a bare parameter on its only channel group: the saved shapes cannot hold it, so nothing is left."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -45,29 +46,72 @@ def classifier(model: nn.Module) -> list[nn.Module]:
     return linears[-1:]
 
 
-def check_prunable(model: nn.Module) -> None:
-    """Fail before any work on a layer whose pruned size the saved format (compress/shapes.py) cannot record."""
-    from distillctl.compress.shapes import shape_of
-
-    for name, module in model.named_modules():
-        own = [n for n, _ in module.named_parameters(recurse=False)]
-        if own and shape_of(module) is None:
-            where = f"{name}.{own[0]}" if name else own[0]
-            raise UserError(
-                f"parameter '{where}' (in a {type(module).__name__}) is one structured pruning cannot resize and save "
-                "(supported layers: Conv2d, BatchNorm2d, timm's BatchNormAct2d, Linear). Use prune=unstructured for this model."
-            )
-
-
-def prune_once(model: nn.Module, example: torch.Tensor, ratio: float, importance_kind: str, global_pruning: bool) -> nn.Module:
-    """A pruned copy of `model` with `ratio` of the channels of every prunable group removed."""
+def unsaveable(module: object) -> bool:
+    """Whether a member of a channel group is one the saved format (compress/shapes.py) cannot record at a new size:
+    a bare parameter (a ViT's class token), a layer of another kind (LayerNorm), or a split of channels into
+    attention heads (the head count is an attribute no shape records)."""
     import torch_pruning as tp
 
+    from distillctl.compress.shapes import shape_of
+
+    if isinstance(module, nn.Parameter):
+        return True
+    if isinstance(module, (tp.ops._UnbindOp, tp.ops._SplitOp, tp.ops._SliceOp)):
+        return True
+    return isinstance(module, nn.Module) and any(True for _ in module.parameters(recurse=False)) and shape_of(module) is None
+
+
+def whole_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
+    """The layers left whole: the classifier, and, in a model with layers the saved format cannot resize (a ViT),
+    every layer whose channels are coupled to one of them, so that what remains (a ViT's MLP hidden channels) is
+    pruned. Refused in one line when nothing remains."""
+    import torch_pruning as tp
+
+    from distillctl.compress.shapes import shape_of
+
+    kept = classifier(model)
+    blocked = next(((name, module) for name, module in model.named_modules()
+                    if any(True for _ in module.parameters(recurse=False)) and shape_of(module) is None), None)
+    if blocked is None:  # a CNN of conv, norm and linear layers: every channel group can be pruned and saved
+        return kept
+    was_training = model.training
+    with warnings.catch_warnings():  # torch-pruning warns about each bare parameter it finds
+        warnings.simplefilter("ignore")
+        graph = tp.DependencyGraph().build_dependency(model.eval(), example)
+    model.train(was_training)
+    prunable = 0
+    for group in graph.get_all_groups(ignored_layers=list(kept), root_module_types=[nn.Conv2d, nn.Linear]):
+        if any(unsaveable(dep.target.module) for dep, _ in group):
+            kept.append(group[0][0].target.module)  # its root: a group with one member left whole is not pruned
+        else:
+            prunable += 1
+    if not prunable:
+        name, module = blocked
+        own = next(n for n, _ in module.named_parameters(recurse=False))
+        where = f"{name}.{own}" if name else own
+        raise UserError(
+            f"parameter '{where}' (in a {type(module).__name__}) is one structured pruning cannot resize and save "
+            "(supported layers: Conv2d, BatchNorm2d, timm's BatchNormAct2d, Linear), and every channel group reaches "
+            "such a layer. Use prune=unstructured for this model."
+        )
+    return kept
+
+
+def prune_once(model: nn.Module, example: torch.Tensor, ratio: float, importance_kind: str, global_pruning: bool,
+               whole: list[nn.Module]) -> nn.Module:
+    """A pruned copy of `model` with `ratio` of the channels of every prunable group removed (`whole`: model's
+    layers to leave as they are)."""
+    import torch_pruning as tp
+
+    names = {module: name for name, module in model.named_modules()}
     trial = copy.deepcopy(model).eval()
-    tp.pruner.MetaPruner(
-        trial, example, importance=importance(importance_kind), pruning_ratio=ratio,
-        global_pruning=global_pruning, ignored_layers=classifier(trial),
-    ).step()
+    layers = dict(trial.named_modules())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tp.pruner.MetaPruner(
+            trial, example, importance=importance(importance_kind), pruning_ratio=ratio,
+            global_pruning=global_pruning, ignored_layers=[layers[names[m]] for m in whole],
+        ).step()
     return trial
 
 
@@ -83,10 +127,10 @@ def prune_structured(
     """A channel-pruned copy: at a fixed channel ratio, or with MACs within `tolerance` under the target ratio.
     Returns (model, MACs ratio, parameter ratio)."""
     importance(importance_kind)  # reject a bad name before any work
-    check_prunable(model)
+    whole = whole_layers(model, example)
     base_macs, base_params = macs_and_params(model, example)
     if channel_ratio is not None:
-        pruned = prune_once(model, example, channel_ratio, importance_kind, global_pruning)
+        pruned = prune_once(model, example, channel_ratio, importance_kind, global_pruning, whole)
     else:
         if not 0 < target_macs_ratio < 1:
             raise UserError(f"prune.target_macs_ratio={target_macs_ratio} must lie between 0 and 1.")
@@ -101,7 +145,7 @@ def prune_structured(
         ratio = 1 - math.sqrt(target_macs_ratio)
         best, best_reached = None, 0.0
         for _ in range(12):
-            trial = prune_once(model, example, ratio, importance_kind, global_pruning)
+            trial = prune_once(model, example, ratio, importance_kind, global_pruning, whole)
             reached = macs_and_params(trial, example)[0] / base_macs
             if best_reached < reached <= target_macs_ratio:
                 best, best_reached = trial, reached
