@@ -61,19 +61,17 @@ def unsaveable(module: object) -> bool:
     return isinstance(module, nn.Module) and any(True for _ in module.parameters(recurse=False)) and shape_of(module) is None
 
 
-def whole_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
-    """The layers left whole: the classifier, and, in a model with layers the saved format cannot resize (a ViT),
-    every layer whose channels are coupled to one of them, so that what remains (a ViT's MLP hidden channels) is
-    pruned. Refused in one line when nothing remains."""
+def whole_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """The names of the layers left whole: the classifier, and, in a model with layers the saved format cannot
+    resize (a ViT), every layer whose channels are coupled to one of them, so that what remains (a ViT's MLP hidden
+    channels) is pruned. Refused in one line when nothing remains."""
     import torch_pruning as tp
 
-    from distillctl.compress.shapes import shape_of
-
+    names = {module: name for name, module in model.named_modules()}
     kept = classifier(model)
-    blocked = next(((name, module) for name, module in model.named_modules()
-                    if any(True for _ in module.parameters(recurse=False)) and shape_of(module) is None), None)
+    blocked = next(((name, module) for name, module in model.named_modules() if unsaveable(module)), None)
     if blocked is None:  # a CNN of conv, norm and linear layers: every channel group can be pruned and saved
-        return kept
+        return [names[m] for m in kept]
     was_training = model.training
     with warnings.catch_warnings():  # torch-pruning warns about each bare parameter it finds
         warnings.simplefilter("ignore")
@@ -94,23 +92,22 @@ def whole_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
             "(supported layers: Conv2d, BatchNorm2d, timm's BatchNormAct2d, Linear), and every channel group reaches "
             "such a layer. Use prune=unstructured for this model."
         )
-    return kept
+    return [names[m] for m in kept]
 
 
 def prune_once(model: nn.Module, example: torch.Tensor, ratio: float, importance_kind: str, global_pruning: bool,
-               whole: list[nn.Module]) -> nn.Module:
-    """A pruned copy of `model` with `ratio` of the channels of every prunable group removed (`whole`: model's
-    layers to leave as they are)."""
+               whole: list[str]) -> nn.Module:
+    """A pruned copy of `model` with `ratio` of the channels of every prunable group removed (`whole`: the names of
+    the layers to leave as they are)."""
     import torch_pruning as tp
 
-    names = {module: name for name, module in model.named_modules()}
     trial = copy.deepcopy(model).eval()
     layers = dict(trial.named_modules())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tp.pruner.MetaPruner(
             trial, example, importance=importance(importance_kind), pruning_ratio=ratio,
-            global_pruning=global_pruning, ignored_layers=[layers[names[m]] for m in whole],
+            global_pruning=global_pruning, ignored_layers=[layers[name] for name in whole],
         ).step()
     return trial
 

@@ -9,10 +9,10 @@ from typing import Any
 from rich.table import Table
 
 from distillctl import files
-from distillctl.config import QuantizeMethod
 from distillctl.console import console
 from distillctl.environment import summary
 from distillctl.evaluation.class_accuracy import ClassAccuracy
+from distillctl.model_files import QUANTIZED
 
 PER_CLASS = "per_class.csv"
 
@@ -114,7 +114,7 @@ def print_misses(rows: list[dict[str, Any]], quantized_with: str | None = None) 
         table.add_row(row["metric"], row["bound"], f"{row['limit']:.4g}", value)
     console.print(table)
     missing = list(dict.fromkeys(row["metric"].split(".")[0] for row in rows if row["value"] is None))
-    elsewhere = [m for m in missing if quantized_with and m != quantized_with and m in {str(q) for q in QuantizeMethod}]
+    elsewhere = [m for m in missing if quantized_with and m != quantized_with and m in QUANTIZED]
     for model in elsewhere:
         moved = " ".join(f"'+expect.{quantized_with}.{row['metric'].partition('.')[2]}.{row['bound']}={row['limit']:g}'"
                          for row in rows if row["metric"].split(".")[0] == model)

@@ -18,6 +18,7 @@ from torch import nn
 
 from distillctl.engine import distributed
 from distillctl.errors import UserError
+from distillctl.losses.embedding import embedding
 from distillctl.losses.base import LossTerm, StepOutputs
 from distillctl.losses.params import AdversarialParams
 from distillctl.losses.registry import term
@@ -35,7 +36,6 @@ class Adversarial(LossTerm):
     """The generator loss for the student; the discriminator's own update in after_step."""
 
     feature_ranks = (4,)
-
 
     def __init__(self, params: AdversarialParams) -> None:
         super().__init__(params)
@@ -55,8 +55,8 @@ class Adversarial(LossTerm):
         """What D sees for the student and the teacher: softmax outputs, or pooled features."""
         if self.params.input == "logits":
             return out.student_logits.float().softmax(1), out.teacher_logits.float().softmax(1)
-        s = out.student_features[self.params.student_layer].float().mean((2, 3))
-        t = out.teacher_features[self.params.teacher_layer].float().mean((2, 3))
+        s = embedding(out.student_features[self.params.student_layer])
+        t = embedding(out.teacher_features[self.params.teacher_layer])
         if s.shape[1] != t.shape[1]:
             raise UserError(
                 f"adversarial on features needs equal channel counts (the student's {self.params.student_layer}: {s.shape[1]}, "

@@ -26,7 +26,8 @@ def load_teacher(cfg: DictConfig, ws: Workspace, num_classes: int) -> tuple[nn.M
             raise UserError(f"the teacher in {path} predicts {meta['num_classes']} classes but the data set has {num_classes}.")
         size = cfg.dataset.image_size
         if problem := size_problem(model, size):
-            native = f"set dataset.image_size={built_size(model)}, or " if built_size(model) not in (None, size) else ""
+            built = built_size(model)
+            native = f"set dataset.image_size={built}, or " if built not in (None, size) else ""
             raise UserError(f"the teacher in {path} cannot take {size}x{size} images ({problem}): {native}train a teacher for {size} px.")
         members.append(renormalized(model, meta, cfg.dataset.mean, cfg.dataset.std))
         weights.append(weight)
