@@ -76,13 +76,7 @@ def render(command: str, overrides: Sequence[str]) -> str:
     import yaml
     from omegaconf import OmegaConf
 
-    from distillctl.cli import (
-        CONFIG_DIR,
-        DEFAULT_RECIPE,
-        check_composes,
-        compose_config,
-        prepare_overrides,
-    )
+    from distillctl.composition import CONFIG_DIR, DEFAULT_RECIPE, check_composes, compose_config, prepare_overrides
     from distillctl.config import register
 
     page = HELP[command]

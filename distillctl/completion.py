@@ -229,23 +229,23 @@ def file_candidates(value: str, if_path_like: bool = False) -> list[str]:
 def context_config(context: Sequence[str]):
     """The config composed from the overrides typed so far (a sweep by its first values), or from as much of them as
     composes: a half-typed command line must still complete."""
-    from distillctl import cli, config
+    from distillctl import composition, config
 
     config.register()
     given = [o.split(",", 1)[0] for o in context if "=" in o and not o.startswith("-") and not o.startswith("hydra")]
     recipe = [o for o in given if o.split("=", 1)[0] == "recipe"]
     for attempt in (given, recipe, []):
         try:
-            return cli.compose_config(cli.prepare_overrides(attempt))
+            return composition.compose_config(composition.prepare_overrides(attempt))
         except Exception:  # noqa: BLE001 - any failure to compose falls back to fewer overrides
             continue
-    return cli.compose_config([])
+    return composition.compose_config([])
 
 
 def group_options() -> dict[str, list[str]]:
     """Each config group's options (dataset, loss, ..., hydra/launcher)."""
-    from distillctl.cli import CONFIG_DIR
     from distillctl.command_help import group_options as options
+    from distillctl.composition import CONFIG_DIR
 
     return options(CONFIG_DIR)
 

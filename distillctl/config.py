@@ -417,7 +417,7 @@ class Config:
     predict: PredictConfig = field(default_factory=PredictConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     # Thresholds a run must meet, e.g. {"student": {"top1": {"min": 0.85}}} (a recipe may write "student.top1"; it is
-    # stored nested, see cli.nested_thresholds); evaluate exits 1 on a miss. `baseline.*`
+    # stored nested, see composition.nested_thresholds); evaluate exits 1 on a miss. `baseline.*`
     # (the student without a teacher) and `gain.*` (student less baseline) are checked by `distillctl reproduce`.
     expect: dict[str, Any] = field(default_factory=dict)
     # What the recipe's smoke profile (profile=smoke) must reach; by default every stage's model exists and evaluates.

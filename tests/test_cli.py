@@ -167,7 +167,7 @@ def test_evaluate_before_the_pipeline_says_which_models_are_missing(cli, tmp_pat
 
 
 def test_a_sweeps_job_folders_are_named_after_the_swept_values_alone():
-    from distillctl.cli import with_sweep_dir
+    from distillctl.composition import with_sweep_dir
 
     args = with_sweep_dir(["-m", "~expect", "+expect.teacher.top1.min=0.5", "seed=0,1", "recipe=quickstart"])
     assert "hydra.sweep.dir=runs/quickstart/sweep/${now:%Y-%m-%d_%H-%M-%S}" in args
@@ -212,7 +212,8 @@ def test_every_quantization_and_export_through_the_cli(cli, tiny):
         metrics = json.loads((runs / method / "metrics.json").read_text())
         assert metrics["source"].endswith("student/model.safetensors") and metrics["size_mb"] < metrics["float_size_mb"]
     assert (runs / "onnx_int8" / "model.onnx").is_file() and (runs / "int8_qat" / "train.log").is_file()
-    assert json.loads((runs / "export" / "metrics.json").read_text())["max_abs_difference_vs_torch"] < 1e-3
+    export = json.loads((runs / "export" / "metrics.json").read_text())
+    assert export["max_abs_difference_vs_torch"] < 1e-3 and export["same_top1_vs_torch"] == 1.0
     report = cli("evaluate", "recipe=tiny")
     assert report.code == 0, report.text
     rows = json.loads((runs / "report" / "metrics.json").read_text())["models"]

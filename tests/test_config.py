@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from distillctl import cli, recipes
+from distillctl import composition, recipes
 from distillctl.errors import UserError
 
 
@@ -17,8 +17,8 @@ def composed(*overrides: str):
     from distillctl import config
 
     config.register()
-    overrides = cli.prepare_overrides(list(overrides))
-    with initialize_config_dir(str(cli.CONFIG_DIR), version_base="1.3"):
+    overrides = composition.prepare_overrides(list(overrides))
+    with initialize_config_dir(str(composition.CONFIG_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
 
 
@@ -62,7 +62,7 @@ def test_label_smoothing_reaches_the_ce_term():
 )
 def test_typos_are_rejected_with_a_suggestion(override, expected):
     with pytest.raises(UserError, match=expected.replace("?", r"\?").replace("(", r"\(")):
-        cli.check_composes(cli.resolve_recipe_overrides([override]))
+        composition.check_composes(composition.resolve_recipe_overrides([override]))
 
 
 def test_typo_in_a_loss_term_option_is_rejected():

@@ -11,6 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from distillctl import cli as distillctl_cli
+from distillctl import composition
 from distillctl import config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -57,7 +58,7 @@ def test_every_readme_command_composes(command, cli):
         assert recipe.endswith("search/best.yaml")
         return
     config.register()
-    distillctl_cli.check_composes(distillctl_cli.prepare_overrides([o for o in overrides if not o.startswith("-")]))
+    composition.check_composes(composition.prepare_overrides([o for o in overrides if not o.startswith("-")]))
 
 
 def table_keys() -> list[str]:
@@ -83,9 +84,9 @@ def has_key(node, dotted: str) -> bool:
 
 def test_every_key_of_the_options_table_is_in_the_config():
     config.register()
-    composed = distillctl_cli.compose_config(distillctl_cli.prepare_overrides(["logger=[tensorboard,mlflow,wandb]", "search=kd"]))
+    composed = composition.compose_config(composition.prepare_overrides(["logger=[tensorboard,mlflow,wandb]", "search=kd"]))
     keys = table_keys()
     assert len(keys) > 40, keys
-    groups = {p.name for p in distillctl_cli.CONFIG_DIR.iterdir() if p.is_dir()}
+    groups = {p.name for p in composition.CONFIG_DIR.iterdir() if p.is_dir()}
     missing = [k for k in keys if k != "recipe" and k not in groups and not has_key(composed, k)]
     assert not missing, f"options the README names but the config lacks: {missing}"

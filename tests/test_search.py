@@ -16,7 +16,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from distillctl import config
-from distillctl.cli import check_composes, compose_config, override, prepare_overrides, sweep_objective
+from distillctl.cli import sweep_objective
+from distillctl.composition import check_composes, compose_config, override, prepare_overrides
 from distillctl.errors import UserError
 from distillctl.search.space import parse_param, parse_space
 from distillctl.config import PrunerName
@@ -140,7 +141,7 @@ def test_a_bad_space_fails_before_any_trial(cli, tiny):
 
 
 def test_a_best_recipe_keeps_the_searchs_config_group_choices(tmp_path):
-    from distillctl.cli import CONFIG_DIR
+    from distillctl.composition import CONFIG_DIR
     from distillctl.search import best_recipe
 
     groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}

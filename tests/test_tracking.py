@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from distillctl import cli as distillctl_cli
+from distillctl import composition
 from distillctl import config, tracking
 from distillctl.errors import UserError
 
@@ -160,15 +160,15 @@ def test_a_tracker_whose_package_is_missing_is_refused_before_training(monkeypat
 def test_logger_choices_compose_alone_or_together_and_typos_are_named():
     config.register()
     def compose(*o):
-        return distillctl_cli.compose_config(distillctl_cli.prepare_overrides(o))
+        return composition.compose_config(composition.prepare_overrides(o))
 
     both = compose("logger=[tensorboard,mlflow]", "logger.mlflow.experiment=kd")
     assert tracking.chosen(both.logger) == ["tensorboard", "mlflow"] and both.logger.mlflow.experiment == "kd"
     assert tracking.chosen(compose().logger) == []
     with pytest.raises(UserError, match="logger.wandb.mode=onlin is not one of offline, online, disabled"):
-        distillctl_cli.check_composes(distillctl_cli.prepare_overrides(["logger=wandb", "logger.wandb.mode=onlin"]))
+        composition.check_composes(composition.prepare_overrides(["logger=wandb", "logger.wandb.mode=onlin"]))
     with pytest.raises(UserError, match="Could not find 'logger/tensorbord'.*mlflow tensorboard wandb"):
-        distillctl_cli.check_composes(distillctl_cli.prepare_overrides(["logger=tensorbord"]))
+        composition.check_composes(composition.prepare_overrides(["logger=tensorbord"]))
 
 
 def test_a_tracker_that_cannot_start_is_one_message_before_training(tmp_path):

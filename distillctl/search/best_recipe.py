@@ -42,7 +42,7 @@ def recipe_body(config_groups: set[str], overrides: Sequence[str], values: dict[
 
 def groups_after_recipe() -> list[str]:
     """The config groups configs/config.yaml composes after the recipe (profile=, which shrinks any recipe)."""
-    from distillctl.cli import CONFIG_DIR
+    from distillctl.composition import CONFIG_DIR
 
     names = [next(iter(entry)) for entry in OmegaConf.load(CONFIG_DIR / "config.yaml").defaults if OmegaConf.is_dict(entry)]
     names = [name for name in names if not name.startswith("override ")]

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from distillctl.cli import CONFIG_DIR, override
+from distillctl.composition import CONFIG_DIR, override
 from distillctl.errors import UserError, did_you_mean
 
 RANGE_KEYS = {"low", "high", "log", "step", "type"}

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from distillctl import environment, files
-from distillctl.cli import override, override_key
+from distillctl.composition import override, override_key
 from distillctl.console import console
 from distillctl.engine.device import device_name, pick_device
 from distillctl.engine.predict import predict, topk_accuracy

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from omegaconf import DictConfig, OmegaConf
 
 from distillctl.bounds import check_config
-from distillctl.cli import CONFIG_DIR, explain_composition_error, override, override_key
+from distillctl.composition import CONFIG_DIR, explain_composition_error, override, override_key
 from distillctl.config import PrunerName
 from distillctl.console import console
 from distillctl.engine.fit import observing_epochs

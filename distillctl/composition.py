@@ -1,0 +1,289 @@
+"""From a command line's overrides to a composed config: recipes registered with Hydra, shorthands expanded, sweep
+folders named, and the whole composed once before Hydra runs so that a bad override ends in one line naming its fix.
+
+The CLI dispatches with it; stages that compose configs of their own (reproduce's runs, search's trials) use it too,
+without importing the CLI.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from distillctl import recipes
+from distillctl.errors import UserError, did_you_mean
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_RECIPE = "quickstart"  # as chosen in configs/config.yaml
+
+
+def resolve_recipe_overrides(overrides: Sequence[str]) -> list[str]:
+    """Register every recipe in Hydra's ConfigStore and rewrite `recipe=path.yaml` to the stored name."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    store = ConfigStore.instance()
+    to_store = dict(recipes.available())
+    rewritten = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and key.lstrip("+") == "recipe":
+            chosen = [recipes.resolve(spec) for spec in value.split(",")]
+            to_store.update({r.name: r for r in chosen})
+            override = f"{key}={','.join(r.name for r in chosen)}"
+        rewritten.append(override)
+    for name, recipe in to_store.items():
+        try:
+            node = OmegaConf.load(recipe.path)
+        except Exception as exc:  # a broken YAML file (or one asking for Python objects) is the user's to fix
+            raise UserError(f"recipe {recipe.path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        if not OmegaConf.is_dict(node):
+            raise UserError(f"recipe {recipe.path} must be a mapping of config keys (trainer: {{epochs: 30}}, ...), not a list.")
+        store.store(group="recipe", name=name, node=nested_thresholds(model_defaults_as_names(node)), package="_global_")
+    return rewritten
+
+
+def nested_thresholds(recipe):
+    """A recipe's `expect:` and `smoke_expect:` written `student.top1: {min: X}` stored as `student: {top1: ...}`,
+    so that `expect.student.top1.min=0.9` and `~expect.student.top1` reach them from the command line."""
+    from omegaconf import OmegaConf
+
+    from distillctl.evaluation.expectations import nested
+
+    for key in ("expect", "smoke_expect"):
+        if OmegaConf.is_dict(recipe.get(key)):
+            recipe[key] = nested(OmegaConf.to_container(recipe[key], resolve=False))
+    return recipe
+
+
+def model_defaults_as_names(recipe):
+    """Read `override /teacher: NAME` in a recipe's defaults as `teacher.name: NAME`, as on the command line:
+    models are named, not picked from a config group, so recipes written that way keep working."""
+    from omegaconf import OmegaConf
+
+    defaults = recipe.get("defaults") if OmegaConf.is_dict(recipe) else None
+    if not defaults:
+        return recipe
+    kept = []
+    for entry in defaults:
+        if OmegaConf.is_dict(entry) and len(entry) == 1:
+            key, value = next(iter(entry.items()))
+            role = str(key).removeprefix("override").strip().lstrip("/")
+            if role in MODEL_KEYS and isinstance(value, str):
+                recipe[role] = OmegaConf.merge({"name": value}, recipe.get(role) or {})
+                continue
+        kept.append(entry)
+    recipe.defaults = kept
+    return recipe
+
+
+MODEL_KEYS = ("teacher", "student")
+
+
+def model_shorthand(overrides: Sequence[str]) -> list[str]:
+    """`teacher=NAME` and `student=NAME` (sweeps too: student=resnet8,resnet14) mean `<role>.name=NAME`:
+    any timm or zoo name works without a config file per model."""
+    rewritten = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and key in MODEL_KEYS and not value.startswith("{"):
+            override = f"{key}.name={value}"
+        rewritten.append(override)
+    return rewritten
+
+
+def prepare_overrides(overrides: Sequence[str]) -> list[str]:
+    """The overrides Hydra composes: recipes registered and resolved, model shorthands expanded."""
+    return model_shorthand(resolve_recipe_overrides(overrides))
+
+
+def with_sweep_dir(overrides: list[str]) -> list[str]:
+    """In a multirun, put the sweep's job folders under the recipe's workspace, one folder per sweep, each named
+    after the values swept (`0_loss.terms.kd.temperature=2`), not after every override of the command line."""
+    if not is_multirun(overrides):
+        return overrides
+    values = dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith("-"))
+    recipe = values.get("recipe", DEFAULT_RECIPE)
+    base = values.get("run_dir") or f"runs/{recipe if ',' not in recipe else 'sweeps'}"
+    extra = [] if "hydra.sweep.dir" in values else [f"hydra.sweep.dir={base}/sweep/${{now:%Y-%m-%d_%H-%M-%S}}"]
+    if "hydra.job.config.override_dirname.exclude_keys" not in values:
+        extra.append(f"hydra.job.config.override_dirname.exclude_keys=[{','.join(fixed_keys(overrides))}]")
+    return [*overrides, *extra]
+
+
+def is_multirun(overrides: Sequence[str]) -> bool:
+    """Whether the command line starts a sweep."""
+    return any(o in ("-m", "--multirun") or o == "hydra.mode=MULTIRUN" for o in overrides)
+
+
+def check_sweep_dir(overrides: Sequence[str], user_args: Sequence[str]) -> None:
+    """Hydra makes a sweep's folder before any job starts (and so before the preflight checks of run_dir): refuse a
+    folder this process cannot write in one line rather than Hydra's traceback."""
+    from distillctl.disk import check_writable
+
+    value = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.sweep.dir=")), None)
+    if value is not None:
+        key = "hydra.sweep.dir" if any(o.startswith("hydra.sweep.dir=") for o in user_args) else "run_dir"
+        check_writable(Path(value.split("${", 1)[0] or "."), key)
+
+
+# Keys that say where and how a run goes, never what it computes: never part of a sweep job's folder name.
+BOOKKEEPING_KEYS = frozenset({"recipe", "run_dir", "force", "resume", "wait"})
+
+
+def fixed_keys(overrides: Sequence[str]) -> list[str]:
+    """The keys a multirun does not sweep (and the run's bookkeeping keys unless swept: `recipe=cifar_at,cifar_dkd`
+    names its jobs after the recipes), left out of its job folders' names."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(config_overrides(overrides))
+    except Exception:  # check_composes reports a malformed override with its own message
+        parsed = []
+    # Hydra matches exclude_keys against the bare key: `+expect.x` and `~loss.terms.kd` are `expect.x`, `loss.terms.kd`.
+    swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
+    return sorted(({o.key_or_group for o in parsed} | BOOKKEEPING_KEYS) - swept)
+
+
+def override_key(override: str) -> str:
+    """The config key an override sets, adds (+) or deletes (~)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+PLAIN_OVERRIDE_VALUE = re.compile(r"^[A-Za-z_][\w.\-/]*$")
+
+
+def override(key: str, value: Any) -> str:
+    """`key=value` as Hydra parses it back to the same value."""
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, (int, float)):
+        text = repr(value)
+    elif isinstance(value, str) and PLAIN_OVERRIDE_VALUE.match(value):
+        text = value
+    else:
+        text = "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return f"{key}={text}"
+
+
+def config_overrides(overrides: Sequence[str]) -> list[str]:
+    """The overrides that set config values, without Hydra's own (hydra.*) and flags (-m, --cfg job)."""
+    values = {i + 1 for i, o in enumerate(overrides) if o in VALUE_FLAGS}  # `job` of `--cfg job`
+    return [o for i, o in enumerate(overrides)
+            if not o.startswith("hydra.") and not o.startswith("-") and (i not in values or "=" in o)]
+
+
+def check_composes(overrides: Sequence[str]) -> None:
+    """Compose the config once before Hydra runs, so a bad override ends in one line naming the fix."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    plain = config_overrides(overrides)
+    first = plain
+    try:
+        parsed = OverridesParser.create().parse_overrides(plain)
+        # A sweep is checked with one of its values: composition is the same for every value.
+        first = [f"{o.get_key_element()}={sample_value(o)}" if o.is_sweep_override() else o.input_line for o in parsed]
+        compose_config(first)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise UserError(explain_composition_error(exc, first)) from None
+    except ValueError as exc:  # Hydra's defaults list refuses `group=null` with a bare ValueError
+        nulled = [o.split("=", 1)[0] for o in first if o.endswith("=null") and not o.startswith(("+", "~"))]
+        hint = f" To drop a config group's choice, delete it: ~{nulled[0]}." if nulled else ""
+        raise UserError(f"{' '.join(str(exc).split())}.{hint}") from None
+
+
+def sample_value(override) -> str:
+    """One value of a sweep override: the first of a list or range, the low end of an interval (which a
+    sampling sweeper such as Hydra's Optuna plugin draws from, and which cannot be enumerated)."""
+    from hydra.core.override_parser.types import IntervalSweep
+
+    sweep = override.value()
+    if isinstance(sweep, IntervalSweep):
+        return str(sweep.start)
+    return next(iter(override.sweep_string_iterator()))
+
+
+def compose_config(overrides: Sequence[str]):
+    """The config Hydra would build from these overrides (no Hydra run, no output folders)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def explain_composition_error(exc: BaseException, overrides: Sequence[str]) -> str:
+    """Hydra's message for a bad override on one line: the full key, what is allowed, and the closest match."""
+    import dataclasses
+    from enum import Enum
+
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    # Hydra chains the OmegaConf error as the cause, or (a mistake inside a recipe file) only as the context.
+    cause = exc.__cause__ or exc.__context__
+    key = getattr(cause, "full_key", None)
+    origin = re.match(r"In '(recipe/[^']+)'", str(exc))
+    source = f"in {origin.group(1)}: " if origin else ""
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
+        parent, _, leaf = key.rpartition(".")
+        try:
+            node = compose_config([o for o in overrides if override_key(o) != key])
+        except Exception:  # the key is in a recipe file: the schema says what is valid
+            node = None
+        for part in parent.split(".") if parent else []:
+            node = node.get(part) if isinstance(node, DictConfig) else None
+        if isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict:  # a free-form mapping such as kwargs
+            value = next((o.split("=", 1)[1] for o in overrides if override_key(o) == key), "...")
+            return f"{source}'{key}' is a new entry of {parent}: add it with +{key}={value}."
+        owner = getattr(cause, "object_type", None)
+        if isinstance(node, DictConfig):
+            valid = sorted(node.keys())
+        elif dataclasses.is_dataclass(owner):
+            valid = sorted(f.name for f in dataclasses.fields(owner))
+        else:
+            valid = None
+        if valid is not None:
+            where = f" under '{parent}'" if parent else ""
+            return f"{source}unknown config key '{key}'.{did_you_mean(leaf, valid)} Valid keys{where}: {', '.join(valid)}."
+    if isinstance(cause, ValidationError) and key:
+        value = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == key), None)
+        import typing
+
+        owner = getattr(cause, "object_type", None)
+        hints = typing.get_type_hints(owner) if isinstance(owner, type) else {}
+        enum_type = hints.get(key.rpartition(".")[2])
+        if isinstance(enum_type, type) and issubclass(enum_type, Enum):
+            choices = [m.name for m in enum_type]
+            return f"{key}={value} is not one of {', '.join(choices)}.{did_you_mean(str(value), choices)}"
+        return f"{key}={value}: {' '.join(str(cause).splitlines()[0].split())}."
+    # Hydra appends its search path to some messages: noise for a user who typed an option name.
+    message = " ".join(str(exc).split()).split(" Config search path")[0]
+    if cause is not None:
+        message += f" ({' '.join(str(cause).split())})"
+    if any(override_key(o).startswith("search.space") for o in overrides):
+        # Hydra's advice (+search.space=...) fails too: a space's keys are new entries of a dict.
+        message += (" To add entries to the search space use ++search.space='{key: {low: 1, high: 8}}' "
+                    "(after search=NAME, or alone), or declare search.space in a recipe.")
+    return message
+
+
+# Hydra's flags that take a value; argparse wants every override before them.
+VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--info", "-i"}
+
+
+def overrides_first(args: Sequence[str]) -> list[str]:
+    """Reorder argv so `--cfg job a=1` works like `a=1 --cfg job`, as users expect."""
+    overrides, flags, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg in VALUE_FLAGS and i + 1 < len(args) and "=" not in args[i + 1]:
+            flags += [arg, args[i + 1]]
+            i += 2
+            continue
+        (flags if arg.startswith("-") else overrides).append(arg)
+        i += 1
+    return overrides + flags
