@@ -246,6 +246,28 @@ def test_iterative_pruning_fine_tunes_after_each_step(cli, tiny):
     assert not torch.equal(tuned.layer1[0].conv1.weight[kept], student.layer1[0].conv1.weight[kept])  # trained
 
 
+@pytest.mark.slow
+def test_a_vit_students_attention_heads_are_pruned_through_the_cli_and_the_pruned_file_evaluates(cli, tiny):
+    vit = ["student.name=vit_tiny_patch16_224", "++student.kwargs.img_size=32", "++student.kwargs.patch_size=8",
+           "++student.kwargs.embed_dim=32", "++student.kwargs.depth=1", "++student.kwargs.num_heads=2", "trainer.threads=1"]
+    assert cli("train-teacher", "recipe=tiny", "trainer.threads=1").code == 0
+    assert cli("distill", "recipe=tiny", *vit).code == 0
+    result = cli("prune", "recipe=tiny", *vit, "prune.head_ratio=0.5")
+    assert result.code == 0, result.text
+    assert "attention heads 2 -> 1" in result.out
+    runs = tiny / "runs" / "tiny"
+    assert json.loads((runs / "pruned" / "metrics.json").read_text())["attention_heads"] == 1
+    pruned = load_model(runs / "pruned" / "model.safetensors")[0]
+    assert pruned.blocks[0].attn.num_heads == 1 and pruned.blocks[0].attn.qkv.out_features == 3 * 16
+    assert cli("quantize", "recipe=tiny", *vit, "quantize=onnx_int8").code == 0  # the pruned layout exports too
+    report = cli("evaluate", "recipe=tiny", *vit)
+    assert report.code == 0, report.text
+    rows = json.loads((runs / "report" / "metrics.json").read_text())["models"]
+    assert rows["pruned"]["params"] == sum(p.numel() for p in pruned.parameters()) and rows["onnx_int8"]["top1"] is not None
+    # A setting only structured pruning reads is refused with another method.
+    assert "head_ratio" in one_error_line(cli("prune", "recipe=tiny", *vit, "prune=unstructured", "prune.head_ratio=0.5"))
+
+
 def test_distill_without_a_teacher_says_how_to_get_one(cli, tiny):
     line = one_error_line(cli("distill", "recipe=tiny"))
     assert "distillctl train-teacher recipe=tiny" in line and "teacher.checkpoint=" in line

@@ -9,7 +9,7 @@ from torch import nn
 from distillctl import artifacts
 from distillctl.compress.channels import macs_and_params, prune_structured
 from distillctl.compress.sparsity import SparsityMask, weight_sparsity
-from distillctl.compress.shapes import layer_shapes
+from distillctl.compress.shapes import apply_shapes, layer_shapes
 from distillctl.errors import UserError
 from distillctl.models import create_model, load_model
 
@@ -69,6 +69,34 @@ def test_a_vit_is_pruned_in_its_mlps_and_keeps_embeddings_norms_and_heads_whole(
                                           "shapes": layer_shapes(pruned)})
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(load_model(path)[0].eval()(x), pruned(x), atol=1e-5)
+
+
+@pytest.mark.parametrize(("head_ratio", "heads"), [(0.34, 2), (0.5, 2), (0.7, 1), (0.9, 1)])  # of 3: round, 1 kept
+def test_a_vits_attention_heads_go_whole_with_head_ratio_and_the_file_records_how_many(tmp_path, head_ratio, heads):
+    model = create_model("vit_tiny_patch16_224", 10, img_size=32).eval()  # 3 heads of 64 channels per block
+    pruned, macs_ratio, _ = prune_structured(model, EXAMPLE, 0.5, None, "l1", False, head_ratio=head_ratio)
+    assert 0.47 <= macs_ratio <= 0.5
+    for block in pruned.blocks:
+        assert block.attn.num_heads == heads
+        assert block.attn.qkv.out_features == 3 * 64 * heads and block.attn.proj.in_features == 64 * heads
+        assert block.attn.proj.out_features == 192 and block.mlp.fc1.out_features < 768  # the MLPs are pruned as well
+    assert pruned.cls_token.shape == model.cls_token.shape and pruned.norm.weight.shape == model.norm.weight.shape
+    path = tmp_path / "model.safetensors"
+    artifacts.save_weights(path, pruned, {"model": "vit_tiny_patch16_224", "num_classes": 10, "kwargs": {"img_size": 32},
+                                          "shapes": layer_shapes(pruned)})
+    rebuilt = load_model(path)[0].eval()
+    assert [b.attn.num_heads for b in rebuilt.blocks] == [b.attn.num_heads for b in pruned.blocks]
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(rebuilt(x), pruned(x), atol=1e-5)
+
+
+def test_head_pruning_a_model_without_attention_heads_and_a_head_count_that_does_not_fit_are_refused():
+    with pytest.raises(UserError, match="no attention layer whose heads can be removed.*prune.head_ratio at 0"):
+        prune_structured(create_model("resnet8", 10), EXAMPLE, 0.5, None, "l1", False, head_ratio=0.5)
+    with pytest.raises(UserError, match="not a pruned"):
+        apply_shapes(create_model("vit_tiny_patch16_224", 10, img_size=32), {"blocks.0.attn": {"type": "Attention", "heads": 64}})
+    with pytest.raises(UserError, match="'blocks.0.attn' records 1 heads, which its projections .* do not fit"):
+        apply_shapes(create_model("vit_tiny_patch16_224", 10, img_size=32), {"blocks.0.attn": {"type": "Attention", "heads": 1}})
 
 
 def test_bad_targets_are_user_errors():

@@ -46,10 +46,51 @@ def classifier(model: nn.Module) -> list[nn.Module]:
     return linears[-1:]
 
 
+def head_counts(model: nn.Module) -> dict[str, int]:
+    """The qkv projection of every attention layer whose heads can be removed whole, by name, with its head count."""
+    from distillctl.compress.shapes import head_prunable
+
+    return {f"{name}.qkv" if name else "qkv": m.num_heads for name, m in model.named_modules() if head_prunable(m)}
+
+
+def prune_heads(model: nn.Module, example: torch.Tensor, ratio: float, importance_kind: str) -> nn.Module:
+    """A copy of `model` with `ratio` of each attention layer's heads removed (the nearest whole number, one head kept
+    at least), the least important first. Refused in one line for a model without such layers."""
+    import torch_pruning as tp
+
+    from distillctl.compress.shapes import head_prunable, with_heads
+
+    counts = head_counts(model)
+    if not counts:
+        raise UserError(f"prune.head_ratio={ratio} but this {type(model).__name__} has no attention layer whose heads can be "
+                        "removed (timm's Attention, as in ViT and DeiT); leave prune.head_ratio at 0.")
+    trial = copy.deepcopy(model).eval()
+    layers = dict(trial.named_modules())
+    # The nearest whole number of heads, a tie keeping the head (half of 3 heads removes 1).
+    removed = {name: min(count - 1, math.ceil(count * ratio - 0.5)) for name, count in counts.items()}
+    # torch-pruning removes ceil(ratio x heads) heads of a layer: half a head under the count asked for is exact.
+    ratios = {layers[name]: (k - 0.5) / counts[name] for name, k in removed.items() if k > 0}
+    if ratios:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tp.pruner.MetaPruner(
+                # A channel ratio of 0 makes torch-pruning skip every group, heads included; one this small removes
+                # no channel (and every layer but the qkv projections is left out anyway).
+                trial, example, importance=importance(importance_kind), pruning_ratio=1e-6,
+                ignored_layers=[m for m in trial.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m not in ratios],
+                num_heads={layers[name]: count for name, count in counts.items()}, prune_num_heads=True,
+                prune_head_dims=False, head_pruning_ratio_dict=ratios,
+            ).step()
+    for module in trial.modules():  # the layer splits its projections by its head count: tell it how many remain
+        if head_prunable(module):
+            with_heads(module, module.qkv.out_features // (3 * module.head_dim))
+    return trial
+
+
 def unsaveable(module: object) -> bool:
     """Whether a member of a channel group is one the saved format (compress/shapes.py) cannot record at a new size:
     a bare parameter (a ViT's class token), a layer of another kind (LayerNorm), or a split of channels into
-    attention heads (the head count is an attribute no shape records)."""
+    attention heads (whole heads go in prune_heads instead)."""
     import torch_pruning as tp
 
     from distillctl.compress.shapes import shape_of
@@ -120,12 +161,16 @@ def prune_structured(
     importance_kind: str,
     global_pruning: bool,
     tolerance: float = 0.03,
+    head_ratio: float = 0.0,
 ) -> tuple[nn.Module, float, float]:
-    """A channel-pruned copy: at a fixed channel ratio, or with MACs within `tolerance` under the target ratio.
-    Returns (model, MACs ratio, parameter ratio)."""
+    """A channel-pruned copy: at a fixed channel ratio, or with MACs within `tolerance` under the target ratio; with
+    `head_ratio`, that share of each attention layer's heads goes first, whole (prune_heads). Returns (model, MACs
+    ratio, parameter ratio), both against `model`."""
     importance(importance_kind)  # reject a bad name before any work
-    whole = whole_layers(model, example)
     base_macs, base_params = macs_and_params(model, example)
+    if head_ratio:
+        model = prune_heads(model, example, head_ratio, importance_kind)
+    whole = whole_layers(model, example)
     if channel_ratio is not None:
         pruned = prune_once(model, example, channel_ratio, importance_kind, global_pruning, whole)
     else:

@@ -1,4 +1,5 @@
-"""A pruned model's architecture as plain data: the shapes of its conv, norm and linear layers.
+"""A pruned model's architecture as plain data: the shapes of its conv, norm and linear layers, and the head count of
+its attention layers.
 
 Stored beside the weights, it lets any stage rebuild a pruned model from the unpruned one's name without
 unpickling code: build the original, then swap each recorded layer for one of the recorded size.
@@ -19,8 +20,9 @@ from distillctl.errors import UserError
 # timm's Linear only adds a dtype cast for scripting, and is built like nn.Linear.
 NORMS: dict[str, type] = {"BatchNorm2d": nn.BatchNorm2d}
 LINEARS: tuple[type, ...] = (nn.Linear,)
+ATTENTION: type | None = None  # timm's multi-head self-attention (ViT, DeiT, ...): its heads can be removed whole
 try:
-    from timm.layers import BatchNormAct2d, Linear as TimmLinear
+    from timm.layers import Attention as ATTENTION, BatchNormAct2d, Linear as TimmLinear
 
     NORMS["BatchNormAct2d"] = BatchNormAct2d
     LINEARS += (TimmLinear,)
@@ -28,8 +30,17 @@ except ImportError:  # an older timm: its models simply cannot be pruned structu
     pass
 
 
+def head_prunable(module: nn.Module) -> bool:
+    """Whether `module` is an attention layer whose heads can be removed whole and its head count recorded: timm's
+    Attention with one qkv projection and nothing sized by the heads' total width (no scale norm, no gate)."""
+    return (ATTENTION is not None and type(module) is ATTENTION and isinstance(getattr(module, "qkv", None), nn.Linear)
+            and isinstance(getattr(module, "norm", None), nn.Identity) and getattr(module, "gate", None) is None)
+
+
 def shape_of(module: nn.Module) -> dict[str, Any] | None:
-    """The shape record of a Conv2d, Linear or batch norm (NORMS); None for any other module."""
+    """The shape record of a Conv2d, Linear, batch norm (NORMS) or head-prunable attention; None for any other module."""
+    if head_prunable(module):
+        return {"type": "Attention", "heads": module.num_heads}
     if type(module) is nn.Conv2d:
         return {"type": "Conv2d", "in": module.in_channels, "out": module.out_channels, "groups": module.groups}
     if NORMS.get(type(module).__name__) is type(module):
@@ -40,7 +51,7 @@ def shape_of(module: nn.Module) -> dict[str, Any] | None:
 
 
 def layer_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Shapes of every Conv2d, batch norm and Linear, keyed by module path."""
+    """Shapes of every Conv2d, batch norm, Linear and head-prunable attention, keyed by module path."""
     return {name: shape for name, m in model.named_modules() if (shape := shape_of(m)) is not None}
 
 
@@ -50,7 +61,17 @@ def resized(module: nn.Module, shape: dict[str, Any]) -> nn.Module:
         return nn.Conv2d(shape["in"], shape["out"], module.kernel_size, module.stride, module.padding, module.dilation, shape["groups"], module.bias is not None)
     if shape["type"] in NORMS:
         return norm_cut_to(module, shape["features"])
+    if shape["type"] == "Attention":
+        return with_heads(module, shape["heads"])
     return type(module)(shape["in"], shape["out"], module.bias is not None)
+
+
+def with_heads(attention: nn.Module, heads: int) -> nn.Module:
+    """The attention layer itself, splitting its projections into `heads` heads of its head size (its qkv and output
+    projections are resized as layers of their own)."""
+    attention.num_heads = heads
+    attention.attn_dim = heads * attention.head_dim
+    return attention
 
 
 def norm_cut_to(norm: nn.Module, features: int) -> nn.Module:
@@ -82,5 +103,10 @@ def apply_shapes(model: nn.Module, shapes: dict[str, dict[str, Any]]) -> nn.Modu
             raise UserError(f"the checkpoint's layer '{name}' records {shape}, which is not a pruned {original}; refusing to build it.")
         parent_name, _, child = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child, resized(modules[name], shape))
+    for name, module in model.named_modules():  # a head count must fit its projections, or the first forward fails
+        if head_prunable(module) and not (module.qkv.out_features == 3 * module.attn_dim == 3 * module.proj.in_features):
+            raise UserError(f"the checkpoint's attention layer '{name}' records {module.num_heads} heads, which its projections "
+                            f"({module.qkv.out_features} qkv outputs, {module.proj.in_features} inputs to proj) do not fit; "
+                            "refusing to build it.")
     return model
 

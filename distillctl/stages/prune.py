@@ -76,14 +76,20 @@ def prune_structured_steps(cfg: DictConfig, ctx: RunContext, model, meta: dict, 
     example = torch.zeros(1, 3, cfg.dataset.image_size, cfg.dataset.image_size)
     objective, teacher = finetune_objective(cfg, ctx) if p.finetune_epochs > 0 else (None, None)
     base_macs, base_params = channels.macs_and_params(model, example)
+    base_heads = sum(channels.head_counts(model).values())
     fp = fingerprint(cfg, ctx.workspace)
     for step in range(1, p.steps + 1):
         target = 1 - (1 - p.target_macs_ratio) * step / p.steps  # of the original student's MACs
         current = channels.macs_and_params(model, example)[0] / base_macs
-        model = channels.prune_structured(model.cpu(), example, target / current, p.channel_ratio, p.importance, p.global_pruning)[0]
+        model = channels.prune_structured(model.cpu(), example, target / current, p.channel_ratio, p.importance,
+                                         p.global_pruning, head_ratio=p.head_ratio if step == 1 else 0.0)[0]
         macs, params = channels.macs_and_params(model, example)
         extra = {"macs_ratio": macs / base_macs, "params_ratio": params / base_params, "step": step, "steps": p.steps, "source": str(source)}
-        console.print(f"pruned {meta['model']} (step {step}/{p.steps}): {macs / base_macs:.1%} of its MACs and {params / base_params:.1%} of its parameters remain")
+        heads = ""
+        if base_heads:  # a transformer: how many attention heads are left
+            extra["attention_heads"] = sum(channels.head_counts(model).values())
+            heads = f", attention heads {base_heads} -> {extra['attention_heads']}"
+        console.print(f"pruned {meta['model']} (step {step}/{p.steps}): {macs / base_macs:.1%} of its MACs and {params / base_params:.1%} of its parameters remain{heads}")
         if objective is None:
             return save_without_training(ctx, model, meta, extra, fp)
         job = TrainingJob(
