@@ -26,6 +26,7 @@ def run_inspect(overrides: Sequence[str]) -> None:
     import torch
     from rich.table import Table
 
+    from distillctl.compress.shapes import head_prunable
     from distillctl.console import console
     from distillctl.engine.taps import stage_modules
     from distillctl.models import count_parameters, create_model
@@ -52,8 +53,9 @@ def run_inspect(overrides: Sequence[str]) -> None:
     for name, module in model.named_modules():
         if name:
             own = sum(p.numel() for p in module.parameters(recurse=False))
-            table.add_row(name, stage_of.get(name, ""), type(module).__name__, "x".join(map(str, shapes.get(name, ()))) or "-",
-                          f"{own:,}" if own else "")
+            # prune.head_ratio removes whole heads of these layers: say how many there are
+            kind = type(module).__name__ + (f" ({module.num_heads} heads)" if head_prunable(module) else "")
+            table.add_row(name, stage_of.get(name, ""), kind, "x".join(map(str, shapes.get(name, ()))) or "-", f"{own:,}" if own else "")
     console.print(table)
     if stages:
         console.print(f"stages, as feature terms may name them: {', '.join(f'{stage_of[p]} = {p}' for p in stages)}")

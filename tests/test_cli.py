@@ -276,6 +276,8 @@ def test_distill_without_a_teacher_says_how_to_get_one(cli, tiny):
 def test_inspect_lists_modules_and_shapes(cli):
     result = cli("inspect", "model=resnet8")
     assert result.code == 0 and "layer3.0.conv1" in result.out and "1x64x8x8" in result.out
+    vit = cli("inspect", "model=vit_tiny_patch16_224", "image_size=224")  # the head counts prune.head_ratio works on
+    assert vit.code == 0 and vit.out.count("Attention (3 heads)") == 12
 
 
 @pytest.mark.parametrize(

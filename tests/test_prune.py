@@ -90,6 +90,13 @@ def test_a_vits_attention_heads_go_whole_with_head_ratio_and_the_file_records_ho
     assert torch.allclose(rebuilt(x), pruned(x), atol=1e-5)
 
 
+def test_a_target_under_what_mlp_pruning_can_reach_names_the_floor_and_the_heads_go_further():
+    model = create_model("vit_tiny_patch16_224", 10, img_size=32, patch_size=8).eval()  # 17 tokens: attention ~1/3 of MACs
+    with pytest.raises(UserError, match=r"least structured pruning reached is 3\d\.\d%.*target_macs_ratio=0\.\d\d or more.*head_ratio=0.34"):
+        prune_structured(model, EXAMPLE, 0.3, None, "l1", False)
+    assert 0.27 <= prune_structured(model, EXAMPLE, 0.3, None, "l1", False, head_ratio=0.34)[1] <= 0.3
+
+
 def test_head_pruning_a_model_without_attention_heads_and_a_head_count_that_does_not_fit_are_refused():
     with pytest.raises(UserError, match="no attention layer whose heads can be removed.*prune.head_ratio at 0"):
         prune_structured(create_model("resnet8", 10), EXAMPLE, 0.5, None, "l1", False, head_ratio=0.5)

@@ -185,10 +185,11 @@ def prune_structured(
         # within the tolerance.
         low, high = 0.0, 0.95
         ratio = 1 - math.sqrt(target_macs_ratio)
-        best, best_reached = None, 0.0
+        best, best_reached, lowest = None, 0.0, 1.0
         for _ in range(12):
             trial = prune_once(model, example, ratio, importance_kind, global_pruning, whole)
             reached = macs_and_params(trial, example)[0] / base_macs
+            lowest = min(lowest, reached)
             if best_reached < reached <= target_macs_ratio:
                 best, best_reached = trial, reached
             if target_macs_ratio - tolerance <= reached <= target_macs_ratio:
@@ -196,7 +197,11 @@ def prune_structured(
             low, high = (ratio, high) if reached > target_macs_ratio else (low, ratio)
             ratio = (low + high) / 2
         if best is None:
-            raise UserError(f"could not bring the MACs under {target_macs_ratio:.0%} of the model's; set prune.channel_ratio instead.")
+            # What stays whole (a ViT's attention, its embeddings) sets a floor no channel ratio goes under.
+            further = (" Removing whole attention heads as well goes further: prune.head_ratio=0.34 (a third of each "
+                       "layer's), 0.67 (two thirds)." if not head_ratio and head_counts(model) else "")
+            raise UserError(f"could not bring the MACs under {target_macs_ratio:.0%} of the model's: the least structured pruning "
+                            f"reached is {lowest:.1%}, so ask for prune.target_macs_ratio={math.ceil(lowest * 100) / 100:.2f} or more.{further}")
         pruned = best
     macs, params = macs_and_params(pruned, example)
     return pruned, macs / base_macs, params / base_params
