@@ -20,23 +20,33 @@ from results_doc import replace_block
 ROWS = [("student", "ViT-Tiny/8 (KD)"), ("pruned", "MLPs pruned to 50% MACs + KD fine-tune"), ("onnx_int8", "pruned, ONNX Runtime int8")]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that make the ViT student and its pruning (shared with benchmarks/head_pruning.py)."""
     parser.add_argument("--data", default=str(SHARED_CIFAR))
     parser.add_argument("--train-limit", type=int, default=10000)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default="/tmp/distillctl-transformer-pruning")
+
+
+def overrides(args: argparse.Namespace, target: float = 0.5) -> list[str]:
+    """The distillctl overrides of the ViT-Tiny/8 student, its distillation and its pruning to `target` of its MACs."""
+    return ["recipe=quickstart", "dataset=cifar10", f"dataset.path={args.data}", f"dataset.train_limit={args.train_limit}",
+            "dataset.val_size=1000", f"trainer.epochs={args.epochs}", f"trainer.threads={args.threads}",
+            "student.name=vit_tiny_patch16_224", "++student.kwargs.img_size=32", "++student.kwargs.patch_size=8",
+            "optimizer=adamw", "optimizer.lr=0.001", f"prune.target_macs_ratio={target}",
+            f"prune.finetune_epochs={args.finetune_epochs}", "prune.finetune_lr=0.0005", "~expect"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
     args = parser.parse_args()
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    student = ["student.name=vit_tiny_patch16_224", "++student.kwargs.img_size=32", "++student.kwargs.patch_size=8"]
-    distillctl(["pipeline", "recipe=quickstart", "dataset=cifar10", f"dataset.path={args.data}", f"dataset.train_limit={args.train_limit}",
-                "dataset.val_size=1000", f"trainer.epochs={args.epochs}", f"trainer.threads={args.threads}", *student,
-                "optimizer=adamw", "optimizer.lr=0.001", "prune.target_macs_ratio=0.5", f"prune.finetune_epochs={args.finetune_epochs}",
-                "prune.finetune_lr=0.0005", "quantize=onnx_int8", "~expect", "run_dir=runs/vit"], work)
+    distillctl(["pipeline", *overrides(args), "quantize=onnx_int8", "run_dir=runs/vit"], work)
     report = json.loads((work / "runs/vit/report/metrics.json").read_text())
     models, context = report["models"], report["context"]
     base = models["student"]
