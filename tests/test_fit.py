@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -212,6 +213,38 @@ def test_a_run_stopped_mid_epoch_resumes_from_its_step_to_the_same_weights(tmp_p
     assert "checkpoint: epoch 2, step 2" in (tmp_path / "b" / "train.log").read_text()
     resumed, result = run(tmp_path / "b", resume=True)
     assert result.resumed_from == 1
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_a_run_killed_between_its_checkpoints_two_files_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    from distillctl import artifacts
+    from distillctl.data import load_splits
+
+    data = load_splits(OmegaConf.merge(DATA, {"loader": "resident", "train_limit": 400, "val_size": 16}))
+
+    def run(out, resume=False):
+        torch.manual_seed(0)
+        trainee, _, trainer, teacher = make_run(epochs=2, steps=5)
+        trainer.checkpoint_every_steps = 2
+        batches = data.train.train_batches(32, DATA.mean, DATA.std, torch.device("cpu"), seed=0, max_steps=5)
+        return trainee, fit(trainee, batches, no_validation, trainer, out, "pair", teacher=teacher, resume=resume)
+
+    straight, _ = run(tmp_path / "a")
+    write, writes = artifacts.atomic_write, []
+
+    def dies_between_the_files(path, produce):
+        if Path(path).name in ("last.safetensors", "last_state.pt"):
+            writes.append(Path(path).name)
+            if len(writes) == 10:  # checkpoints at epoch 1 steps 2 and 4, its end, epoch 2 step 2; then step 4's second file
+                raise KeyboardInterrupt
+        return write(path, produce)
+
+    monkeypatch.setattr(artifacts, "atomic_write", dies_between_the_files)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b")
+    monkeypatch.setattr(artifacts, "atomic_write", write)
+    resumed, _ = run(tmp_path / "b", resume=True)
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
 

@@ -340,9 +340,12 @@ def train_step(
 
 
 def checkpoint(trainee: Trainee, batches: Batches, out_dir: Path, epoch: int, best_val: float, best_epoch: int, history: list) -> None:
-    """Save everything resume needs: weights, optimizer, schedule, loss-term state and every RNG."""
-    artifacts.save_weights(out_dir / LAST, trainee.model, {**trainee.metadata, "epoch": epoch})
+    """Save everything resume needs in one file (weights, optimizer, schedule, loss-term state, every RNG, the epochs'
+    records), then the weights alone as last.safetensors and the records as history.jsonl for whoever reads them."""
     state = {
+        # In the state itself: a process killed between two files' writes would otherwise pair one checkpoint's
+        # weights with the other's optimizer and position, and the resumed run would end on other weights.
+        "model": {k: v.detach().cpu() for k, v in trainee.model.state_dict().items()},
         "epoch": epoch,
         "best_val": best_val,
         "best_epoch": best_epoch,
@@ -353,22 +356,27 @@ def checkpoint(trainee: Trainee, batches: Batches, out_dir: Path, epoch: int, be
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "python_rng": json.dumps(random.getstate()),
+        "history": json.dumps(history),
     }
     artifacts.save_state(out_dir / LAST_STATE, state)
+    artifacts.save_weights(out_dir / LAST, trainee.model, {**trainee.metadata, "epoch": epoch})
     files.write_text(out_dir / HISTORY, "".join(json.dumps(r) + "\n" for r in history))
 
 
 def check_resumable(out_dir: Path) -> None:
     """Refuse resume=true where no checkpoint was saved."""
-    if not (out_dir / LAST_STATE).is_file() or not (out_dir / LAST).is_file():
+    if not (out_dir / LAST_STATE).is_file():
         raise UserError(f"resume=true but {out_dir} holds no checkpoint to resume from; run without resume=true.")
 
 
 def restore(trainee: Trainee, batches: Batches, out_dir: Path) -> tuple[int, float, int, list]:
     """Load the last checkpoint of out_dir into the trainee; returns the epoch to start from and the history."""
     check_resumable(out_dir)
-    artifacts.load_weights(out_dir / LAST, trainee.model)
     state = artifacts.load_state(out_dir / LAST_STATE)
+    if "model" in state:
+        artifacts.fit_state(trainee.model, state["model"], out_dir / LAST_STATE)
+    else:  # a checkpoint from before the weights were kept in the state
+        artifacts.load_weights(out_dir / LAST, trainee.model)
     trainee.optimizer.load_state_dict(state["optimizer"])
     trainee.scheduler.load_state_dict(state["scheduler"])
     trainee.objective.load_state_dict(state["objective"])
@@ -378,5 +386,8 @@ def restore(trainee: Trainee, batches: Batches, out_dir: Path) -> tuple[int, flo
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     version, internal, gauss = json.loads(state["python_rng"])
     random.setstate((version, tuple(internal), gauss))
-    history = [json.loads(line) for line in (out_dir / HISTORY).read_text().splitlines() if line.strip()]
+    if "history" in state:
+        history = json.loads(state["history"])
+    else:  # a checkpoint from before the history was kept in the state
+        history = [json.loads(line) for line in (out_dir / HISTORY).read_text().splitlines() if line.strip()]
     return state["epoch"] + 1, state["best_val"], state["best_epoch"], history
