@@ -19,6 +19,11 @@ from distillctl.files import atomic_write
 
 def save_weights(path: Path, model: nn.Module, metadata: dict[str, Any]) -> None:
     """Model weights as safetensors; metadata (JSON-encoded) says how to rebuild the architecture."""
+    save_tensors(path, weights_of(model), metadata)
+
+
+def weights_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict on the CPU, contiguous, one tensor per name: what save_weights writes."""
     state, seen = {}, set()
     for key, value in model.state_dict().items():
         value = value.detach().contiguous().cpu()
@@ -28,7 +33,7 @@ def save_weights(path: Path, model: nn.Module, metadata: dict[str, Any]) -> None
             value = value.clone()
         seen.add(value.data_ptr())
         state[key] = value
-    save_tensors(path, state, metadata)
+    return state
 
 
 # All metadata goes under this one key as sorted JSON: safetensors writes its metadata map in a random order, so

@@ -342,10 +342,11 @@ def train_step(
 def checkpoint(trainee: Trainee, batches: Batches, out_dir: Path, epoch: int, best_val: float, best_epoch: int, history: list) -> None:
     """Save everything resume needs in one file (weights, optimizer, schedule, loss-term state, every RNG, the epochs'
     records), then the weights alone as last.safetensors and the records as history.jsonl for whoever reads them."""
+    weights = artifacts.weights_of(trainee.model)  # read off the device once, for both files
     state = {
         # In the state itself: a process killed between two files' writes would otherwise pair one checkpoint's
         # weights with the other's optimizer and position, and the resumed run would end on other weights.
-        "model": {k: v.detach().cpu() for k, v in trainee.model.state_dict().items()},
+        "model": weights,
         "epoch": epoch,
         "best_val": best_val,
         "best_epoch": best_epoch,
@@ -359,7 +360,7 @@ def checkpoint(trainee: Trainee, batches: Batches, out_dir: Path, epoch: int, be
         "history": json.dumps(history),
     }
     artifacts.save_state(out_dir / LAST_STATE, state)
-    artifacts.save_weights(out_dir / LAST, trainee.model, {**trainee.metadata, "epoch": epoch})
+    artifacts.save_tensors(out_dir / LAST, weights, {**trainee.metadata, "epoch": epoch})
     files.write_text(out_dir / HISTORY, "".join(json.dumps(r) + "\n" for r in history))
 
 
