@@ -80,7 +80,13 @@ def quantize_int8(float_path: Path, out_path: Path, batches: Iterable[torch.Tens
     prepared = out_path.with_name(out_path.stem + ".prepared.onnx")
     try:
         # Shape inference and graph clean-up first, as ONNX Runtime's quantizer recommends.
-        quant_pre_process(str(float_path), str(prepared))
+        try:
+            quant_pre_process(str(float_path), str(prepared))
+        except Exception:
+            # Its symbolic shape inference (meant for transformers' dynamic sizes) fails on some graphs: an Expand
+            # in EdgeNeXt, EfficientFormerV2's attention. ONNX's own shape inference knows every size of an image
+            # classifier's graph, which is all the quantizer needs.
+            quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
         files.atomic_write(out_path, lambda tmp: quantize_static(
             str(prepared), str(tmp), Reader(batches), quant_format=QuantFormat.QDQ, per_channel=per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range,
