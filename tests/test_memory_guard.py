@@ -25,8 +25,9 @@ def test_a_block_that_keeps_growing_is_stopped_past_its_bound_with_one_user_erro
     with pytest.raises(UserError, match=r"^it ran away \(past the 0\.2 GB of memory it may add, and still growing\)\.$"):
         with bounded_growth(200 * MB, "it ran away ({measured})."):
             grow_forever(held)
-    # Stopped soon after the bound (50 ms polls), not at the machine's limit.
-    assert 200 * MB < len(held) * 8 * MB < 400 * MB
+    # Stopped at the bound (what else the process allocates counts too), soon after it (50 ms polls), not at the
+    # machine's limit.
+    assert 150 * MB <= len(held) * 8 * MB < 400 * MB
     assert time.monotonic() - began < 5  # ~0.3 s of growth: the refusal follows at once
     held.clear()
 

@@ -2,7 +2,7 @@
 
 torch-pruning's dependency graph maps channel indices through every reshape; on some attention models
 (EfficientFormerV2, YOLOv12: VainF/Torch-Pruning#525) those mappings feed each other and the index lists grow
-without end, about 100 MB/s on this machine, until the operating system kills the process, with no message. A
+without end, 40-60 MB/s on this machine, until the operating system kills the process, with no message. A
 watcher thread reads the process's resident memory and, past the bound, interrupts the main thread, which turns
 the interruption into one UserError; a Ctrl-C of the user's own is re-raised as it came.
 """
@@ -23,7 +23,8 @@ POLL_S = 0.05
 
 
 def resident_bytes() -> int | None:
-    """This process's resident memory now (Linux), its peak elsewhere (macOS), or None where neither is known."""
+    """This process's resident memory now (Linux), its peak so far elsewhere (macOS: growth past that peak is what
+    counts there), or None where neither is known."""
     try:
         with open("/proc/self/statm") as statm:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -64,8 +65,9 @@ class Watcher(threading.Thread):
 
 @contextmanager
 def bounded_growth(extra_bytes: int, refusal: str) -> Iterator[None]:
-    """Run the block, refused with UserError(refusal, its `{measured}` filled in) if this process grows by more than
-    `extra_bytes` or runs out of memory. Unguarded where memory cannot be read or off the main thread (only that thread can be interrupted)."""
+    """Run the block, refused with UserError(refusal, its `{measured}` filled in) if this process grows by more
+    than `extra_bytes` or runs out of memory. Unguarded where memory cannot be read, and off the main thread (the
+    only one that can be interrupted)."""
     start = resident_bytes()
     if start is None or threading.current_thread() is not threading.main_thread():
         yield
@@ -75,16 +77,19 @@ def bounded_growth(extra_bytes: int, refusal: str) -> Iterator[None]:
     try:
         yield
         watcher.stop()
-        if watcher.fired:  # sent as the block ended: it lands at the main thread's next check, which a short
-            for _ in range(100):  # sleep gives (a sleep's system call does not see it), here where it is caught
+        if watcher.fired:
+            # Sent as the block ended: it lands at the main thread's next check, here where it is caught. Short
+            # sleeps give it those checks; a long one would not end for it (no real signal interrupts the call).
+            for _ in range(100):
                 time.sleep(0.01)
     except (KeyboardInterrupt, MemoryError) as error:
         watcher.stop()
         if isinstance(error, KeyboardInterrupt) and not watcher.fired:
             raise  # the user's own Ctrl-C
-        grew = (max(watcher.peak, resident_bytes() or 0) - start) / 2**30
-        measured = (f"past the {extra_bytes / 2**30:.1f} GB of memory it may add, and still growing" if watcher.fired
-                    else f"out of memory after {grew:.1f} GB more")
+        if watcher.fired:
+            measured = f"past the {extra_bytes / 2**30:.1f} GB of memory it may add, and still growing"
+        else:
+            measured = f"out of memory after {(max(watcher.peak, resident_bytes() or 0) - start) / 2**30:.1f} GB more"
         raise UserError(refusal.format(measured=measured)) from None
     except BaseException:
         watcher.stop()
