@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 
 import pytest
@@ -39,6 +41,33 @@ def test_a_block_within_its_bound_returns_its_work_and_no_interruption_follows()
         work = [b"x" * (8 * MB) for _ in range(5)]
     time.sleep(0.3)  # six polls: a watcher left running would interrupt here
     assert len(work) == 5
+
+
+def test_the_process_signal_handlers_are_left_alone_and_any_thread_can_be_guarded():
+    # A pytest-xdist worker's SIGINT handler ends the worker: a guard that simulated Ctrl-C crashed two of them.
+    def fail(*_):
+        raise AssertionError("the guard ran the SIGINT handler")
+
+    previous = signal.signal(signal.SIGINT, fail)
+    try:
+        with pytest.raises(UserError, match="ran away"):
+            with bounded_growth(100 * MB, "ran away ({measured})"):
+                grow_forever([])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    outcome: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            with bounded_growth(100 * MB, "ran away ({measured})"):
+                grow_forever([])
+        except BaseException as error:  # noqa: BLE001  (what the thread ended with is the result)
+            outcome.append(error)
+
+    thread = threading.Thread(target=guarded)
+    thread.start()
+    thread.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], UserError)
 
 
 def test_the_users_own_ctrl_c_and_other_errors_pass_through_unchanged():

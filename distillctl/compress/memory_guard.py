@@ -3,23 +3,29 @@
 torch-pruning's dependency graph maps channel indices through every reshape; on some attention models
 (EfficientFormerV2, YOLOv12: VainF/Torch-Pruning#525) those mappings feed each other and the index lists grow
 without end, 40-60 MB/s on this machine, until the operating system kills the process, with no message. A
-watcher thread reads the process's resident memory and, past the bound, interrupts the main thread, which turns
-the interruption into one UserError; a Ctrl-C of the user's own is re-raised as it came.
+watcher thread reads the process's resident memory and, past the bound, raises an exception inside the guarded
+thread (CPython's PyThreadState_SetAsyncExc), which the guard turns into one UserError.
+
+Why not `_thread.interrupt_main()`: it runs whatever SIGINT handler the process has, and a host's handler (a
+pytest-xdist worker's, a launcher's) may end the process instead of raising KeyboardInterrupt.
 """
 
 from __future__ import annotations
 
-import _thread
+import ctypes
 import os
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from distillctl.errors import UserError
 
 POLL_S = 0.05
+
+
+class Runaway(BaseException):
+    """Raised inside the guarded thread by its watcher; a BaseException, so library code's `except Exception` lets it by."""
 
 
 def resident_bytes() -> int | None:
@@ -38,12 +44,18 @@ def resident_bytes() -> int | None:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
-class Watcher(threading.Thread):
-    """Interrupts the main thread once the process holds more than `limit` bytes; `stop()` ends it for good."""
+def set_async_exception(thread_id: int, exception: type[BaseException] | None) -> None:
+    """Have `thread_id` raise `exception` at its next Python instruction; None withdraws one not yet raised."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exception) if exception else None)
 
-    def __init__(self, limit: int) -> None:
+
+class Watcher(threading.Thread):
+    """Raises Runaway in `target` (a thread id) once the process holds more than `limit` bytes; after `stop()`
+    returns, nothing more is raised."""
+
+    def __init__(self, limit: int, target: int) -> None:
         super().__init__(daemon=True, name="distillctl-memory-guard")
-        self.limit, self.fired, self.peak = limit, False, 0
+        self.limit, self.target, self.fired, self.peak = limit, target, False, 0
         self.lock, self.stopped = threading.Lock(), threading.Event()
 
     def run(self) -> None:
@@ -54,43 +66,36 @@ class Watcher(threading.Thread):
                 self.peak = max(self.peak, resident_bytes() or 0)
                 if self.peak > self.limit:
                     self.fired = True
-                    _thread.interrupt_main()
+                    set_async_exception(self.target, Runaway)
                     return
 
     def stop(self) -> None:
-        """No interruption is sent once this returns."""
         with self.lock:
             self.stopped.set()
+        if self.fired:  # sent as the block ended and not raised yet: withdrawn, the block's work stands
+            set_async_exception(self.target, None)
 
 
 @contextmanager
 def bounded_growth(extra_bytes: int, refusal: str) -> Iterator[None]:
     """Run the block, refused with UserError(refusal, its `{measured}` filled in) if this process grows by more
-    than `extra_bytes` or runs out of memory. Unguarded where memory cannot be read, and off the main thread (the
-    only one that can be interrupted)."""
+    than `extra_bytes` or runs out of memory. Unguarded where memory cannot be read."""
     start = resident_bytes()
-    if start is None or threading.current_thread() is not threading.main_thread():
+    if start is None:
         yield
         return
-    watcher = Watcher(start + extra_bytes)
+    watcher = Watcher(start + extra_bytes, threading.get_ident())
     watcher.start()
     try:
-        yield
-        watcher.stop()
-        if watcher.fired:
-            # Sent as the block ended: it lands at the main thread's next check, here where it is caught. Short
-            # sleeps give it those checks; a long one would not end for it (no real signal interrupts the call).
-            for _ in range(100):
-                time.sleep(0.01)
-    except (KeyboardInterrupt, MemoryError) as error:
-        watcher.stop()
-        if isinstance(error, KeyboardInterrupt) and not watcher.fired:
-            raise  # the user's own Ctrl-C
-        if watcher.fired:
+        try:
+            yield
+        finally:
+            # A Runaway raised in here, sent just before the watcher stopped, replaces what was in flight: the
+            # block did go past its bound.
+            watcher.stop()
+    except (Runaway, MemoryError) as error:
+        if isinstance(error, Runaway):
             measured = f"past the {extra_bytes / 2**30:.1f} GB of memory it may add, and still growing"
         else:
             measured = f"out of memory after {(max(watcher.peak, resident_bytes() or 0) - start) / 2**30:.1f} GB more"
         raise UserError(refusal.format(measured=measured)) from None
-    except BaseException:
-        watcher.stop()
-        raise
