@@ -70,9 +70,10 @@ class Watcher(threading.Thread):
                     return
 
     def stop(self) -> None:
+        """End the watch; a Runaway sent but not yet raised is withdrawn, so that the block's work stands."""
         with self.lock:
             self.stopped.set()
-        if self.fired:  # sent as the block ended and not raised yet: withdrawn, the block's work stands
+        if self.fired:
             set_async_exception(self.target, None)
 
 
