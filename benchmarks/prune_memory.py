@@ -37,13 +37,14 @@ def measure_one(name: str, size: int, freed: bool) -> dict:
     from distillctl.compress import channels
     from distillctl.compress.memory_guard import resident_bytes
     from distillctl.errors import UserError
+    from distillctl.models import weight_bytes
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(2)
     if not freed:  # the code before: each try's graph waits for Python's cyclic collector
         channels.gc = type("NoCollect", (), {"collect": staticmethod(lambda: 0)})
     model = timm.create_model(name, num_classes=1000).eval()
-    weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    weights = weight_bytes(model)
     start = resident_bytes()
     peak, done = [start], threading.Event()
 

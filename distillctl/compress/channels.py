@@ -18,7 +18,7 @@ from torch import nn
 from distillctl.compress.memory_guard import bounded_growth
 from distillctl.errors import UserError
 from distillctl.evaluation import measure
-from distillctl.models import count_parameters
+from distillctl.models import count_parameters, weight_bytes
 
 
 RUNAWAY = ("structured pruning of this {model} ran away inside torch-pruning ({{measured}}): its dependency graph cannot "
@@ -178,8 +178,7 @@ def prune_structured(
     ratio, parameter ratio), both against `model`."""
     importance(importance_kind)  # reject a bad name before any work
     # The graph work needs a few copies of the model; torch-pruning running away needs everything there is.
-    weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-    with bounded_growth(max(2 * 2**30, 20 * weights), RUNAWAY.format(model=type(model).__name__)):
+    with bounded_growth(max(2 * 2**30, 20 * weight_bytes(model)), RUNAWAY.format(model=type(model).__name__)):
         return prune_to_target(model, example, target_macs_ratio, channel_ratio, importance_kind, global_pruning,
                                tolerance, head_ratio)
 

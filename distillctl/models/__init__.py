@@ -74,6 +74,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes the model's parameters and buffers take in memory."""
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
 def model_metadata(name: str, num_classes: int, kwargs: dict, classes: list[str], mean: list[float], std: list[float],
                    preprocess: dict) -> dict:
     """What is stored beside weights so that evaluate, later stages and `predict` rebuild the model and prepare its
