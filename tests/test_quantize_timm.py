@@ -3,6 +3,8 @@ refused before any work with one message naming the layer that stops it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -137,6 +139,24 @@ def test_onnx_int8_exports_quantizes_and_runs_in_onnx_runtime(name, images, tmp_
     int8_logits = onnx_export.OnnxClassifier(int8_path, 1)(images[1])
     assert int8_logits.shape == (64, 10) and torch.isfinite(int8_logits).all()
     assert int8_path.stat().st_size < 0.6 * float_path.stat().st_size
+
+
+@pytest.mark.slow
+def test_onnx_int8_quantizes_efficientformerv2_and_leaves_the_working_directory_as_it_was(images, tmp_path, monkeypatch):
+    """ONNX Runtime's symbolic shape inference cannot finish EfficientFormerV2's attention, and saves what it has into
+    the working directory; the quantizer prepares the graph without it, somewhere else. Paths relative to that
+    directory, as a user's are."""
+    torch.manual_seed(0)
+    model = timm.create_model("efficientformerv2_s0", num_classes=10, img_size=64).eval()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    batches = [nn.functional.interpolate(x, size=64, mode="bilinear") for x in images]  # its attention wants 64 px
+    onnx_export.export(model, Path("model.onnx"), 64, 18, {"model": "efficientformerv2_s0"})
+    onnx_export.quantize_int8(Path("model.onnx"), Path("int8.onnx"), batches[:1], per_channel=True, reduce_range=True)
+    assert sorted(p.name for p in work.iterdir()) == ["int8.onnx", "model.onnx"]
+    int8_logits = onnx_export.OnnxClassifier(Path("int8.onnx"), 1)(batches[1])
+    assert int8_logits.shape == (64, 10) and torch.isfinite(int8_logits).all()
 
 
 @pytest.mark.slow

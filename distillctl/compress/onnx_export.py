@@ -7,7 +7,9 @@ nothing is pickled.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -77,16 +79,19 @@ def quantize_int8(float_path: Path, out_path: Path, batches: Iterable[torch.Tens
     class Reader(CalibrationImages, CalibrationDataReader):
         pass
 
-    prepared = out_path.with_name(out_path.stem + ".prepared.onnx")
+    source, prepared = float_path.resolve(), out_path.with_name(out_path.stem + ".prepared.onnx").resolve()
     try:
-        # Shape inference and graph clean-up first, as ONNX Runtime's quantizer recommends.
-        try:
-            quant_pre_process(str(float_path), str(prepared))
-        except Exception:
-            # Its symbolic shape inference (meant for transformers' dynamic sizes) fails on some graphs: an Expand
-            # in EdgeNeXt, EfficientFormerV2's attention. ONNX's own shape inference knows every size of an image
-            # classifier's graph, which is all the quantizer needs.
-            quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+        # Shape inference and graph clean-up first, as ONNX Runtime's quantizer recommends. In a folder of its own:
+        # when its symbolic shape inference cannot finish, it saves the unfinished model (~13 MB for
+        # EfficientFormerV2) into the working directory, which is the user's.
+        with tempfile.TemporaryDirectory(prefix="distillctl-onnx-") as scratch, contextlib.chdir(scratch):
+            try:
+                quant_pre_process(str(source), str(prepared))
+            except Exception:
+                # That inference (meant for transformers' dynamic sizes) fails on some graphs: an Expand in EdgeNeXt,
+                # EfficientFormerV2's attention. ONNX's own shape inference knows every size of an image
+                # classifier's graph, which is all the quantizer needs.
+                quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         files.atomic_write(out_path, lambda tmp: quantize_static(
             str(prepared), str(tmp), Reader(batches), quant_format=QuantFormat.QDQ, per_channel=per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range,
