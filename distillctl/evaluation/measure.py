@@ -14,8 +14,16 @@ from torch.utils.flop_counter import FlopCounterMode
 def macs(model: nn.Module, image_size: int) -> int:
     """Multiply-accumulates for one image (FLOPs / 2 as torch's counter reports them)."""
     model.eval()
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(torch.zeros(1, 3, image_size, image_size))
+    # The counter follows modules through backward hooks on every input that needs a gradient, which fails on a
+    # class token handed to a block as its input (CaiT, PiT); counted with the weights frozen, no input needs one.
+    needs_grad = [p for p in model.parameters() if p.requires_grad]
+    try:
+        model.requires_grad_(False)
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            model(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        for p in needs_grad:
+            p.requires_grad_(True)
     return counter.get_total_flops() // 2
 
 
