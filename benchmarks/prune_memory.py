@@ -35,7 +35,7 @@ def measure_one(name: str, size: int, freed: bool) -> dict:
 
     import distillctl.models  # noqa: F401  (the CIFAR zoo in timm's registry)
     from distillctl.compress import channels
-    from distillctl.compress.memory_guard import resident_bytes
+    from distillctl.compress.runaway import resident_bytes
     from distillctl.errors import UserError
     from distillctl.models import weight_bytes
 

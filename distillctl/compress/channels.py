@@ -7,23 +7,48 @@ hand for arbitrary timm models is exactly the code not to write ourselves.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import math
 import warnings
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-from distillctl.compress.memory_guard import bounded_growth
+from distillctl.compress.runaway import bounded
+from distillctl.console import console
 from distillctl.errors import UserError
 from distillctl.evaluation import measure
 from distillctl.models import count_parameters, weight_bytes
 
 
 RUNAWAY = ("structured pruning of this {model} ran away inside torch-pruning ({{measured}}): its dependency graph cannot "
-           "follow the reshapes of some attention models (VainF/Torch-Pruning#525). Use prune=unstructured for this "
-           "model, or a student it follows (README: Structured pruning on timm models).")
+           "follow some of this model's layers (attention reshapes: VainF/Torch-Pruning#525; sliced residuals). Use "
+           "prune=unstructured for this model, or a student it follows (README: Structured pruning on timm models).")
+# One channel group's search takes at most ~10 s on a 2-core CPU (ResNeSt's split attention; 0.3 s for ViT-B, Swin-B
+# and DenseNet-201 at 224 px); one that goes on for 12 times that is exploring without end (RexNet, FocalNet).
+GROUP_SEARCH_S = 120.0
+
+
+class GraphMismatch(Exception):
+    """torch-pruning's step failed, or left a model that no longer runs: its graph did not follow some layer."""
+
+
+@contextlib.contextmanager
+def torch_pruning_work() -> Iterator[None]:
+    """Runs torch-pruning's graph work with its warnings silenced (one per bare parameter it finds); any failure
+    inside is its graph missing a layer of this model, raised as GraphMismatch (memory running out is not)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        said = str(exc).strip().splitlines()
+        raise GraphMismatch(f"{type(exc).__name__}: {said[0][:200]}" if said else type(exc).__name__) from exc
 
 
 def macs_and_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
@@ -109,28 +134,31 @@ def unsaveable(module: object) -> bool:
     return isinstance(module, nn.Module) and any(True for _ in module.parameters(recurse=False)) and shape_of(module) is None
 
 
-def whole_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
+def whole_layers(model: nn.Module, example: torch.Tensor, splits: bool = False) -> list[str]:
     """The names of the layers left whole: the classifier, and, in a model with layers the saved format cannot
-    resize (a ViT), every layer whose channels are coupled to one of them, so that what remains (a ViT's MLP hidden
-    channels) is pruned. Refused in one line when nothing remains."""
+    resize (a ViT), or with `splits` in any model, every layer whose channels are coupled to one of them or to a
+    split, slice or unbind of channels, so that what remains (a ViT's MLP hidden channels) is pruned. Refused in one
+    line when nothing remains."""
     import torch_pruning as tp
 
     names = {module: name for name, module in model.named_modules()}
     kept = classifier(model)
     blocked = next(((name, module) for name, module in model.named_modules() if unsaveable(module)), None)
-    if blocked is None:  # a CNN of conv, norm and linear layers: every channel group can be pruned and saved
+    if blocked is None and not splits:  # a CNN of conv, norm and linear layers: every channel group can be pruned and saved
         return [names[m] for m in kept]
     was_training = model.training
-    with warnings.catch_warnings():  # torch-pruning warns about each bare parameter it finds
-        warnings.simplefilter("ignore")
-        graph = tp.DependencyGraph().build_dependency(model.eval(), example)
-    model.train(was_training)
     prunable = 0
-    for group in graph.get_all_groups(ignored_layers=list(kept), root_module_types=[nn.Conv2d, nn.Linear]):
-        if any(unsaveable(dep.target.module) for dep, _ in group):
-            kept.append(group[0][0].target.module)  # its root: a group with one member left whole is not pruned
-        else:
-            prunable += 1
+    with torch_pruning_work():
+        graph = tp.DependencyGraph().build_dependency(model.eval(), example)
+        model.train(was_training)
+        for group in graph.get_all_groups(ignored_layers=list(kept), root_module_types=[nn.Conv2d, nn.Linear]):
+            if any(unsaveable(dep.target.module) for dep, _ in group):
+                kept.append(group[0][0].target.module)  # its root: a group with one member left whole is not pruned
+            else:
+                prunable += 1
+    if not prunable and blocked is None:
+        raise UserError(f"every channel group of this {type(model).__name__} reaches a layer that splits its channels by "
+                        "sizes written in its code, which torch-pruning cannot resize. Use prune=unstructured for this model.")
     if not prunable:
         name, module = blocked
         own = next(n for n, _ in module.named_parameters(recurse=False))
@@ -151,15 +179,18 @@ def prune_once(model: nn.Module, example: torch.Tensor, ratio: float, importance
 
     trial = copy.deepcopy(model).eval()
     layers = dict(trial.named_modules())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tp.pruner.MetaPruner(
-            trial, example, importance=importance(importance_kind), pruning_ratio=ratio,
-            global_pruning=global_pruning, ignored_layers=[layers[name] for name in whole],
-        ).step()
-    # The pruner's graph is full of reference cycles that hold a traced forward: freed now, the ~10 tries of a
-    # MACs target peak at a quarter to a half of the memory (benchmarks/prune_memory.py), for ~0.15 s a try.
-    gc.collect()
+    try:
+        with torch_pruning_work():
+            tp.pruner.MetaPruner(
+                trial, example, importance=importance(importance_kind), pruning_ratio=ratio,
+                global_pruning=global_pruning, ignored_layers=[layers[name] for name in whole],
+            ).step()
+            with torch.inference_mode():
+                trial(example)  # a split whose sizes live in the layer's code fails here
+    finally:
+        # The pruner's graph is full of reference cycles that hold a traced forward: freed now, the ~10 tries of a
+        # MACs target peak at a quarter to a half of the memory (benchmarks/prune_memory.py), for ~0.15 s a try.
+        gc.collect()
     return trial
 
 
@@ -176,51 +207,76 @@ def prune_structured(
     """A channel-pruned copy: at a fixed channel ratio, or with MACs within `tolerance` under the target ratio; with
     `head_ratio`, that share of each attention layer's heads goes first, whole (prune_heads). Returns (model, MACs
     ratio, parameter ratio), both against `model`."""
+    import torch_pruning as tp
+
     importance(importance_kind)  # reject a bad name before any work
-    # The graph work needs a few copies of the model; torch-pruning running away needs everything there is.
-    with bounded_growth(max(2 * 2**30, 20 * weight_bytes(model)), RUNAWAY.format(model=type(model).__name__)):
+    # The graph work needs a few copies of the model; torch-pruning running away needs everything there is, or forever.
+    with bounded(max(2 * 2**30, 20 * weight_bytes(model)), RUNAWAY.format(model=type(model).__name__),
+                 stuck_in=tp.DependencyGraph.get_pruning_group.__code__, stuck_s=GROUP_SEARCH_S):
         return prune_to_target(model, example, target_macs_ratio, channel_ratio, importance_kind, global_pruning,
                                tolerance, head_ratio)
 
 
 def prune_to_target(model: nn.Module, example: torch.Tensor, target_macs_ratio: float | None, channel_ratio: float | None,
                     importance_kind: str, global_pruning: bool, tolerance: float, head_ratio: float) -> tuple[nn.Module, float, float]:
-    """prune_structured's work, without its memory bound."""
+    """prune_structured's work, without its bounds."""
     base_macs, base_params = macs_and_params(model, example)
     if head_ratio:
         model = prune_heads(model, example, head_ratio, importance_kind)
-    whole = whole_layers(model, example)
-    if channel_ratio is not None:
-        pruned = prune_once(model, example, channel_ratio, importance_kind, global_pruning, whole)
-    else:
-        if not 0 < target_macs_ratio < 1:
-            raise UserError(f"prune.target_macs_ratio={target_macs_ratio} must lie between 0 and 1.")
-        # Why not step one torch-pruning pruner (iterative_steps) until the target is met: each of its steps removes a
-        # fixed share of channels, so landing within the tolerance needs ~50-100 small steps, each re-ranking channels
-        # on a network already cut, which changes which channels go (and every recorded pruning figure) against
-        # one-shot ranking; bisection prunes one-shot at a ratio and needs about 5 tries on a model of this size.
-        # MACs fall roughly with the square of the kept channels: start there, then bisect the channel ratio.
-        # Small models move in coarse steps, so the closest result under the target is kept if none lands
-        # within the tolerance.
-        low, high = 0.0, 0.95
-        ratio = 1 - math.sqrt(target_macs_ratio)
-        best, best_reached, lowest = None, 0.0, 1.0
-        for _ in range(12):
-            trial = prune_once(model, example, ratio, importance_kind, global_pruning, whole)
-            reached = macs_and_params(trial, example)[0] / base_macs
-            lowest = min(lowest, reached)
-            if best_reached < reached <= target_macs_ratio:
-                best, best_reached = trial, reached
-            if target_macs_ratio - tolerance <= reached <= target_macs_ratio:
-                break
-            low, high = (ratio, high) if reached > target_macs_ratio else (low, ratio)
-            ratio = (low + high) / 2
-        if best is None:
-            # What stays whole (a ViT's attention, its embeddings) sets a floor no channel ratio goes under.
-            further = (" Removing whole attention heads as well goes further: prune.head_ratio=0.34 (a third of each "
-                       "layer's), 0.67 (two thirds)." if not head_ratio and head_counts(model) else "")
-            raise UserError(f"could not bring the MACs under {target_macs_ratio:.0%} of the model's: the least structured pruning "
-                            f"reached is {lowest:.1%}, so ask for prune.target_macs_ratio={math.ceil(lowest * 100) / 100:.2f} or more.{further}")
-        pruned = best
+    settings = (target_macs_ratio, channel_ratio, importance_kind, global_pruning, tolerance, head_ratio)
+    try:
+        pruned = reach(model, example, base_macs, whole_layers(model, example), *settings)
+    except GraphMismatch as failure:
+        # torch-pruning resizes a split of channels in its graph, but not the sizes the layer's code splits by (MixNet's
+        # mixed convolutions, Res2Net, CSPNet, selective kernels): those layers stay whole, the rest is pruned.
+        console.print(f"note: torch-pruning could not resize every layer of this {type(model).__name__} ({failure}); "
+                      "the layers coupled to a split of channels are left whole and the rest pruned")
+        try:
+            pruned = reach(model, example, base_macs, whole_layers(model, example, splits=True), *settings, careful=True)
+        except GraphMismatch as again:
+            raise UserError(f"structured pruning of this {type(model).__name__} failed inside torch-pruning ({again}): its "
+                            "dependency graph does not follow some of this model's layers, even with those that split "
+                            "channels left whole. Use prune=unstructured for this model, or a student it follows (README: "
+                            "Structured pruning on timm models).") from again
     macs, params = macs_and_params(pruned, example)
     return pruned, macs / base_macs, params / base_params
+
+
+def reach(model: nn.Module, example: torch.Tensor, base_macs: int, whole: list[str], target_macs_ratio: float | None,
+          channel_ratio: float | None, importance_kind: str, global_pruning: bool, tolerance: float, head_ratio: float,
+          careful: bool = False) -> nn.Module:
+    """A copy of `model` pruned at `channel_ratio`, or to the MACs target (against `base_macs`), leaving `whole` as it
+    is; `careful` says that the layers coupled to splits were left whole as well, for the refusal to name."""
+    if channel_ratio is not None:
+        return prune_once(model, example, channel_ratio, importance_kind, global_pruning, whole)
+    if not 0 < target_macs_ratio < 1:
+        raise UserError(f"prune.target_macs_ratio={target_macs_ratio} must lie between 0 and 1.")
+    # Why not step one torch-pruning pruner (iterative_steps) until the target is met: each of its steps removes a
+    # fixed share of channels, so landing within the tolerance needs ~50-100 small steps, each re-ranking channels
+    # on a network already cut, which changes which channels go (and every recorded pruning figure) against
+    # one-shot ranking; bisection prunes one-shot at a ratio and needs about 5 tries on a model of this size.
+    # MACs fall roughly with the square of the kept channels: start there, then bisect the channel ratio.
+    # Small models move in coarse steps, so the closest result under the target is kept if none lands
+    # within the tolerance.
+    low, high = 0.0, 0.95
+    ratio = 1 - math.sqrt(target_macs_ratio)
+    best, best_reached, lowest = None, 0.0, 1.0
+    for _ in range(12):
+        trial = prune_once(model, example, ratio, importance_kind, global_pruning, whole)
+        reached = macs_and_params(trial, example)[0] / base_macs
+        lowest = min(lowest, reached)
+        if best_reached < reached <= target_macs_ratio:
+            best, best_reached = trial, reached
+        if target_macs_ratio - tolerance <= reached <= target_macs_ratio:
+            break
+        low, high = (ratio, high) if reached > target_macs_ratio else (low, ratio)
+        ratio = (low + high) / 2
+    if best is None:
+        # What stays whole (a ViT's attention, its embeddings) sets a floor no channel ratio goes under.
+        further = (" Removing whole attention heads as well goes further: prune.head_ratio=0.34 (a third of each "
+                   "layer's), 0.67 (two thirds)." if not head_ratio and head_counts(model) else "")
+        if careful:
+            further += " The layers coupled to a split of channels stayed whole (see the note above)."
+        raise UserError(f"could not bring the MACs under {target_macs_ratio:.0%} of the model's: the least structured pruning "
+                        f"reached is {lowest:.1%}, so ask for prune.target_macs_ratio={math.ceil(lowest * 100) / 100:.2f} or more.{further}")
+    return best

@@ -1,9 +1,12 @@
-"""A bound on how much memory a piece of library work may add, for work that can run away rather than fail.
+"""Bounds on library work that can run away rather than fail: the memory it may add, and how long it may stay in
+one call.
 
-torch-pruning's dependency graph maps channel indices through every reshape; on some attention models
-(EfficientFormerV2, YOLOv12: VainF/Torch-Pruning#525) those mappings feed each other and the index lists grow
-without end, 40-60 MB/s on this machine, until the operating system kills the process, with no message. A
-watcher thread reads the process's resident memory and, past the bound, raises an exception inside the guarded
+torch-pruning's dependency graph maps channel indices through every layer. On some attention models
+(EfficientFormerV2, MaxViT, YOLOv12: VainF/Torch-Pruning#525) those mappings feed each other and the index lists
+grow without end, 40-60 MB/s on this machine, until the operating system kills the process, with no message. On
+others (RexNet's sliced residuals, FocalNet) one channel group's search explores paths without end in flat memory,
+and the process never returns. A watcher thread reads the process's resident memory and, when `stuck_in` is given,
+which call of that function the guarded thread is in; past either bound it raises an exception inside the guarded
 thread (CPython's PyThreadState_SetAsyncExc), which the guard turns into one UserError.
 
 Why not `_thread.interrupt_main()`: it runs whatever SIGINT handler the process has, and a host's handler (a
@@ -16,8 +19,10 @@ import ctypes
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import CodeType, FrameType
 
 from distillctl.errors import UserError
 
@@ -50,12 +55,13 @@ def set_async_exception(thread_id: int, exception: type[BaseException] | None) -
 
 
 class Watcher(threading.Thread):
-    """Raises Runaway in `target` (a thread id) once the process holds more than `limit` bytes; after `stop()`
-    returns, nothing more is raised."""
+    """Raises Runaway in `target` (a thread id) once the process holds more than `limit` bytes, or once one call of
+    `stuck_in` has run for more than `stuck_s` seconds; after `stop()` returns, nothing more is raised."""
 
-    def __init__(self, limit: int, target: int) -> None:
-        super().__init__(daemon=True, name="distillctl-memory-guard")
-        self.limit, self.target, self.fired, self.peak = limit, target, False, 0
+    def __init__(self, limit: int, target: int, stuck_in: CodeType | None = None, stuck_s: float = 0.0) -> None:
+        super().__init__(daemon=True, name="distillctl-runaway-guard")
+        self.limit, self.target, self.fired, self.peak = limit, target, "", 0
+        self.stuck_in, self.stuck_s, self.call, self.since = stuck_in, stuck_s, None, 0.0
         self.lock, self.stopped = threading.Lock(), threading.Event()
 
     def run(self) -> None:
@@ -64,28 +70,42 @@ class Watcher(threading.Thread):
                 if self.stopped.is_set():
                     return
                 self.peak = max(self.peak, resident_bytes() or 0)
-                if self.peak > self.limit:
-                    self.fired = True
+                self.fired = "memory" if self.peak > self.limit else "time" if self.stuck() else ""
+                if self.fired:
                     set_async_exception(self.target, Runaway)
                     return
+
+    def stuck(self) -> bool:
+        """Whether the target has been inside one call of `stuck_in` for longer than `stuck_s`."""
+        if self.stuck_in is None:
+            return False
+        frame: FrameType | None = sys._current_frames().get(self.target)
+        while frame is not None and frame.f_code is not self.stuck_in:
+            frame = frame.f_back
+        # The frame itself is held, not its id: a later call may reuse a finished call's address, not a live frame's.
+        if frame is not self.call:
+            self.call, self.since = frame, time.monotonic()
+        return frame is not None and time.monotonic() - self.since > self.stuck_s
 
     def stop(self) -> None:
         """End the watch; a Runaway sent but not yet raised is withdrawn, so that the block's work stands."""
         with self.lock:
             self.stopped.set()
+            self.call = None  # the frame's locals (a whole dependency graph) go with it
         if self.fired:
             set_async_exception(self.target, None)
 
 
 @contextmanager
-def bounded_growth(extra_bytes: int, refusal: str) -> Iterator[None]:
+def bounded(extra_bytes: int, refusal: str, stuck_in: CodeType | None = None, stuck_s: float = 0.0) -> Iterator[None]:
     """Run the block, refused with UserError(refusal, its `{measured}` filled in) if this process grows by more
-    than `extra_bytes` or runs out of memory. Unguarded where memory cannot be read."""
+    than `extra_bytes`, runs out of memory, or stays in one call of `stuck_in` for more than `stuck_s` seconds.
+    Unguarded where memory cannot be read."""
     start = resident_bytes()
     if start is None:
         yield
         return
-    watcher = Watcher(start + extra_bytes, threading.get_ident())
+    watcher = Watcher(start + extra_bytes, threading.get_ident(), stuck_in, stuck_s)
     watcher.start()
     try:
         try:
@@ -95,8 +115,10 @@ def bounded_growth(extra_bytes: int, refusal: str) -> Iterator[None]:
             # block did go past its bound.
             watcher.stop()
     except (Runaway, MemoryError) as error:
-        if isinstance(error, Runaway):
-            measured = f"past the {extra_bytes / 2**30:.1f} GB of memory it may add, and still growing"
-        else:
+        if isinstance(error, MemoryError):
             measured = f"out of memory after {(max(watcher.peak, resident_bytes() or 0) - start) / 2**30:.1f} GB more"
+        elif watcher.fired == "time":
+            measured = f"more than {stuck_s:.0f} s in one call of {stuck_in.co_qualname}, and not finishing"
+        else:
+            measured = f"past the {extra_bytes / 2**30:.1f} GB of memory it may add, and still growing"
         raise UserError(refusal.format(measured=measured)) from None
