@@ -172,9 +172,9 @@ def whole_layers(model: nn.Module, example: torch.Tensor, splits: bool = False) 
 
 
 def prune_once(model: nn.Module, example: torch.Tensor, ratio: float, importance_kind: str, global_pruning: bool,
-               whole: list[str]) -> nn.Module:
+               whole: list[str]) -> tuple[nn.Module, int]:
     """A pruned copy of `model` with `ratio` of the channels of every prunable group removed (`whole`: the names of
-    the layers to leave as they are)."""
+    the layers to leave as they are), and its MACs."""
     import torch_pruning as tp
 
     trial = copy.deepcopy(model).eval()
@@ -185,13 +185,13 @@ def prune_once(model: nn.Module, example: torch.Tensor, ratio: float, importance
                 trial, example, importance=importance(importance_kind), pruning_ratio=ratio,
                 global_pruning=global_pruning, ignored_layers=[layers[name] for name in whole],
             ).step()
-            with torch.inference_mode():
-                trial(example)  # a split whose sizes live in the layer's code fails here
+            # Counting its MACs runs it: a split whose sizes live in the layer's code fails here.
+            macs = measure.macs(trial, example.shape[-1])
     finally:
         # The pruner's graph is full of reference cycles that hold a traced forward: freed now, the ~10 tries of a
         # MACs target peak at a quarter to a half of the memory (benchmarks/prune_memory.py), for ~0.15 s a try.
         gc.collect()
-    return trial
+    return trial, macs
 
 
 def prune_structured(
@@ -225,28 +225,27 @@ def prune_to_target(model: nn.Module, example: torch.Tensor, target_macs_ratio: 
         model = prune_heads(model, example, head_ratio, importance_kind)
     settings = (target_macs_ratio, channel_ratio, importance_kind, global_pruning, tolerance, head_ratio)
     try:
-        pruned = reach(model, example, base_macs, whole_layers(model, example), *settings)
+        pruned, macs = reach(model, example, base_macs, whole_layers(model, example), *settings)
     except GraphMismatch as failure:
         # torch-pruning resizes a split of channels in its graph, but not the sizes the layer's code splits by (MixNet's
         # mixed convolutions, Res2Net, CSPNet, selective kernels): those layers stay whole, the rest is pruned.
         console.print(f"note: torch-pruning could not resize every layer of this {type(model).__name__} ({failure}); "
                       "the layers coupled to a split of channels are left whole and the rest pruned")
         try:
-            pruned = reach(model, example, base_macs, whole_layers(model, example, splits=True), *settings, careful=True)
+            pruned, macs = reach(model, example, base_macs, whole_layers(model, example, splits=True), *settings, careful=True)
         except GraphMismatch as again:
             raise UserError(f"structured pruning of this {type(model).__name__} failed inside torch-pruning ({again}): its "
                             "dependency graph does not follow some of this model's layers, even with those that split "
                             "channels left whole. Use prune=unstructured for this model, or a student it follows (README: "
                             "Structured pruning on timm models).") from again
-    macs, params = macs_and_params(pruned, example)
-    return pruned, macs / base_macs, params / base_params
+    return pruned, macs / base_macs, count_parameters(pruned) / base_params
 
 
 def reach(model: nn.Module, example: torch.Tensor, base_macs: int, whole: list[str], target_macs_ratio: float | None,
           channel_ratio: float | None, importance_kind: str, global_pruning: bool, tolerance: float, head_ratio: float,
-          careful: bool = False) -> nn.Module:
+          careful: bool = False) -> tuple[nn.Module, int]:
     """A copy of `model` pruned at `channel_ratio`, or to the MACs target (against `base_macs`), leaving `whole` as it
-    is; `careful` says that the layers coupled to splits were left whole as well, for the refusal to name."""
+    is, and its MACs; `careful` says that the layers coupled to splits were left whole as well, for the refusal to name."""
     if channel_ratio is not None:
         return prune_once(model, example, channel_ratio, importance_kind, global_pruning, whole)
     if not 0 < target_macs_ratio < 1:
@@ -260,13 +259,13 @@ def reach(model: nn.Module, example: torch.Tensor, base_macs: int, whole: list[s
     # within the tolerance.
     low, high = 0.0, 0.95
     ratio = 1 - math.sqrt(target_macs_ratio)
-    best, best_reached, lowest = None, 0.0, 1.0
+    best, best_macs, best_reached, lowest = None, 0, 0.0, 1.0
     for _ in range(12):
-        trial = prune_once(model, example, ratio, importance_kind, global_pruning, whole)
-        reached = macs_and_params(trial, example)[0] / base_macs
+        trial, macs = prune_once(model, example, ratio, importance_kind, global_pruning, whole)
+        reached = macs / base_macs
         lowest = min(lowest, reached)
         if best_reached < reached <= target_macs_ratio:
-            best, best_reached = trial, reached
+            best, best_macs, best_reached = trial, macs, reached
         if target_macs_ratio - tolerance <= reached <= target_macs_ratio:
             break
         low, high = (ratio, high) if reached > target_macs_ratio else (low, ratio)
@@ -279,4 +278,4 @@ def reach(model: nn.Module, example: torch.Tensor, base_macs: int, whole: list[s
             further += " The layers coupled to a split of channels stayed whole (see the note above)."
         raise UserError(f"could not bring the MACs under {target_macs_ratio:.0%} of the model's: the least structured pruning "
                         f"reached is {lowest:.1%}, so ask for prune.target_macs_ratio={math.ceil(lowest * 100) / 100:.2f} or more.{further}")
-    return best
+    return best, best_macs
