@@ -165,7 +165,7 @@ def whole_layers(model: nn.Module, example: torch.Tensor, splits: bool = False) 
         where = f"{name}.{own}" if name else own
         raise UserError(
             f"parameter '{where}' (in a {type(module).__name__}) is one structured pruning cannot resize and save "
-            "(supported layers: Conv2d, BatchNorm2d, timm's BatchNormAct2d, Linear), and every channel group reaches "
+            "(supported layers: Conv2d, BatchNorm1d/2d, timm's BatchNormAct2d, Linear), and every channel group reaches "
             "such a layer. Use prune=unstructured for this model."
         )
     return [names[m] for m in kept]

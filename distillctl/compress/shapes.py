@@ -15,10 +15,10 @@ from distillctl.errors import UserError
 
 
 # Norm layers resized in place (their tensors cut), so a subclass keeps what it adds: timm's BatchNormAct2d its
-# activation. Conv and linear layers are rebuilt, so only the subclasses that take their constructor's arguments are
+# activation. BatchNorm1d is the norm of LeViT's linear layers and of some classifier heads (RepViT). Conv and linear layers are rebuilt, so only the subclasses that take their constructor's arguments are
 # (not timm's Conv2dSame, whose padding is its own).
 # timm's Linear only adds a dtype cast for scripting, and is built like nn.Linear.
-NORMS: dict[str, type] = {"BatchNorm2d": nn.BatchNorm2d}
+NORMS: dict[str, type] = {"BatchNorm2d": nn.BatchNorm2d, "BatchNorm1d": nn.BatchNorm1d}
 LINEARS: tuple[type, ...] = (nn.Linear,)
 ATTENTION: type | None = None  # timm's multi-head self-attention (ViT, DeiT, ...): its heads can be removed whole
 try:
