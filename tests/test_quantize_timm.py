@@ -173,3 +173,17 @@ def test_executorch_int8_takes_what_torch_int8_refuses(name, images, tmp_path):
         expected = model(images[1][:16])
     assert logits.shape == (16, 10) and torch.isfinite(logits).all()
     assert (logits - expected).abs().max() < 0.1 * expected.abs().max() + 1e-3
+
+
+@pytest.mark.slow
+def test_onnx_export_of_levit_keeps_quiet_about_its_position_bias_cache(images, tmp_path, recwarn):
+    """LeViT's attention caches its position biases on its first forward, and torch.export warned of every layer's
+    cache, a screenful in the quantize stage's output; the exported graph computes the biases and gives the same
+    logits."""
+    torch.manual_seed(0)
+    model = timm.create_model("levit_128s", num_classes=10, img_size=SIZE).eval()
+    onnx_export.export(model, tmp_path / "model.onnx", SIZE, 18, {"model": "levit_128s"})
+    assert not [w for w in recwarn if "assigned during export" in str(w.message)]
+    with torch.inference_mode():
+        torch_logits = model(images[1])
+    assert torch.allclose(onnx_export.OnnxClassifier(tmp_path / "model.onnx", 1)(images[1]), torch_logits, atol=1e-3, rtol=1e-3)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -31,10 +32,15 @@ def export(model: nn.Module, path: Path, image_size: int, opset: int, metadata: 
     example = torch.zeros(2, 3, image_size, image_size)
     batch = torch.export.Dim("batch", min=1, max=65536)
     try:
-        program = torch.onnx.export(
-            model, (example,), dynamo=True, opset_version=opset, input_names=[INPUT], output_names=[OUTPUT],
-            dynamic_shapes=[{0: batch}], verbose=False,
-        )
+        with warnings.catch_warnings():
+            # timm's attention with position biases (LeViT, TinyViT, EfficientViT) caches them in a dict on its first
+            # forward, and torch.export warns about every layer's cache, a screenful; the exported graph computes
+            # the biases from the parameters (the quantize stage checks its outputs against PyTorch's).
+            warnings.filterwarnings("ignore", message=r"The tensor attributes .* were assigned during export")
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, opset_version=opset, input_names=[INPUT], output_names=[OUTPUT],
+                dynamic_shapes=[{0: batch}], verbose=False,
+            )
     except Exception as exc:  # torch.export raises many error types for untraceable code
         raise UserError(f"torch.onnx.export could not export this model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}).") from None
     proto = program.model_proto
