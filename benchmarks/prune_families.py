@@ -7,7 +7,8 @@
 Each model runs in a process of its own (untrained, 10 classes, 64 px: the families' structure, not their accuracy,
 decides what pruning can do; a few need their image size given). The 2-minute bound on one channel-group search and
 the 2 GB bound on memory are the prune stage's own. Results per model go to docs/figures/prune_families_cpu.json,
-and the table in docs/results.md is made from that file.
+and the table in docs/results.md is made from that file. TinyViT is measured a second time with half of each attention
+layer's heads removed first (prune.head_ratio=0.5), which its floor names.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ MODELS = [
     ("resmlp_12_224", "ResMLP", SIZED), ("gmlp_s16_224", "gMLP", SIZED),
 ]
 LARGER = {"inception_v3": 96}  # takes no img_size argument, and its stem leaves nothing of 64 px
+# Measured again with a share of each attention layer's heads removed first: attention with a position bias per head
+# holds TinyViT at a floor while its heads stay (compress/bias_attention.py cuts them).
+HEADS = {"tiny_vit_5m_224": 0.5}
 RESULTS = REPO / "docs/figures/prune_families_cpu.json"
 # The refusal's kind, from its wording in compress/channels.py.
 KINDS = [
@@ -73,8 +77,9 @@ def kind(refusal: str) -> str:
     return next((text.format(*m.groups()) for pattern, text in KINDS if (m := re.search(pattern, refusal))), refusal[:100])
 
 
-def prune_one(name: str, kwargs: dict, size: int) -> dict:
-    """Prune `name` to half its MACs in this process, save and reload it; what came of it, and in how many seconds."""
+def prune_one(name: str, kwargs: dict, size: int, head_ratio: float = 0.0) -> dict:
+    """Prune `name` to half its MACs in this process (`head_ratio`: that share of its heads first), save and reload it;
+    what came of it, and in how many seconds."""
     import torch
 
     from distillctl import artifacts
@@ -88,7 +93,8 @@ def prune_one(name: str, kwargs: dict, size: int) -> dict:
     model = create_model(name, 10, **kwargs).eval()
     began = time.perf_counter()
     try:
-        pruned, macs, params = prune_structured(model, torch.zeros(1, 3, size, size), 0.5, None, "l1", False)
+        pruned, macs, params = prune_structured(model, torch.zeros(1, 3, size, size), 0.5, None, "l1", False,
+                                                head_ratio=head_ratio)
     except UserError as error:
         return {"refusal": str(error), "seconds": time.perf_counter() - began}
     seconds = time.perf_counter() - began
@@ -102,14 +108,19 @@ def prune_one(name: str, kwargs: dict, size: int) -> dict:
     return {"macs": macs, "params": params, "same_after_reload": same, "seconds": seconds}
 
 
-def in_subprocess(name: str, kwargs: dict, threads: int) -> dict:
+def in_subprocess(name: str, kwargs: dict, threads: int, head_ratio: float = 0.0) -> dict:
     """prune_one in a fresh process (a runaway's memory goes with it); whether the split fallback's note was printed."""
     size = kwargs.get("img_size", LARGER.get(name, SIZE))
-    done = subprocess.run([sys.executable, __file__, "--one", name, json.dumps(kwargs), str(size), "--threads", str(threads)],
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run([sys.executable, __file__, "--one", name, json.dumps(kwargs), str(size), "--threads", str(threads),
+                           "--head-ratio", str(head_ratio)], capture_output=True, text=True, timeout=900)
     if done.returncode:
         return {"refusal": f"crashed: {(done.stderr.strip().splitlines() or ['?'])[-1]}", "seconds": None, "careful": False}
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "careful": "note: torch-pruning could not resize" in done.stdout}
+
+
+def headed(name: str) -> str:
+    """The results' key for `name` measured with HEADS's share of its heads removed first."""
+    return f"{name} head_ratio={HEADS[name]}" if name in HEADS else name
 
 
 def row(family: str, name: str, result: dict) -> str:
@@ -130,13 +141,14 @@ def main() -> None:
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "KWARGS", "SIZE"), help=argparse.SUPPRESS)
     parser.add_argument("--models", help="comma-separated timm names to measure again (default: all)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--head-ratio", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--doc", default=str(REPO / "docs/results.md"))
     args = parser.parse_args()
     if args.one:
         import torch
 
         torch.set_num_threads(args.threads)
-        print(json.dumps(prune_one(args.one[0], json.loads(args.one[1]), int(args.one[2]))))
+        print(json.dumps(prune_one(args.one[0], json.loads(args.one[1]), int(args.one[2]), args.head_ratio)))
         return
     wanted = set(args.models.split(",")) if args.models else {name for name, _, _ in MODELS}
     unknown = wanted - {name for name, _, _ in MODELS}
@@ -148,18 +160,26 @@ def main() -> None:
             saved[name] = {**in_subprocess(name, kwargs, args.threads), "measured": date.today().isoformat(),
                            "threads": args.threads}
             print(name, saved[name], flush=True)
+            if name in HEADS:
+                key = headed(name)
+                saved[key] = {**in_subprocess(name, kwargs, args.threads, HEADS[name]), "measured": date.today().isoformat(),
+                              "threads": args.threads}
+                print(key, saved[key], flush=True)
             RESULTS.write_text(json.dumps(saved, indent=1) + "\n")
     rows = [row(family, name, saved[name]) for name, family, _ in MODELS if name in saved]
-    reached = sum("macs" in saved[name] for name, _, _ in MODELS if name in saved)
+    reached, families = sum("macs" in saved[name] for name, _, _ in MODELS if name in saved), len(rows)
+    rows += [row(f"{family}, `prune.head_ratio={HEADS[name]}`", name, saved[headed(name)])
+             for name, family, _ in MODELS if name in HEADS and headed(name) in saved]
     dates = sorted({result["measured"] for result in saved.values()})
     threads = sorted({result["threads"] for result in saved.values()})
     body = "\n".join([
         f"Measured {' to '.join(dict.fromkeys([dates[0], dates[-1]]))} with `python benchmarks/prune_families.py` "
         f"(torch-pruning 1.6.1; every model's result in docs/figures/{RESULTS.name}): one untrained model of each timm "
         f"family pruned to half its MACs by `prune_structured`, as `distillctl prune` does, at {SIZE} px (Inception-v3: "
-        f"{LARGER['inception_v3']}), saved and reloaded with the same outputs. {reached} of {len(rows)} reach the target; "
+        f"{LARGER['inception_v3']}), saved and reloaded with the same outputs. {reached} of {families} reach the target; "
         "the others end with the refusal named, in one line that names `prune=unstructured` (which works for every "
-        f"model). Seconds on {' or '.join(map(str, threads))} thread{'' if threads == [1] else 's'} of this 2-core CPU.",
+        f"model). The last row{'s' if len(HEADS) > 1 else ''} removed that share of each attention layer's heads first. "
+        f"Seconds on {' or '.join(map(str, threads))} thread{'' if threads == [1] else 's'} of this 2-core CPU.",
         "",
         "| family | model | what `prune.target_macs_ratio=0.5` gives | seconds |",
         "|---|---|---|---:|",

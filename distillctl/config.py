@@ -251,7 +251,7 @@ class PruneConfig:
     method: PruneMethod = PruneMethod.structured
     importance: Importance = Importance.l1  # structured only
     global_pruning: bool = False  # rank channels across layers rather than within each
-    # Transformers (timm's Attention: ViT, DeiT): this share of each attention layer's heads is removed whole (rounded,
+    # Transformers (ViT, DeiT, LeViT, TinyViT): this share of each attention layer's heads is removed whole (rounded,
     # one kept at least; in the first step of several) before channels are pruned to the target.
     head_ratio: float = bounded(0.0, min=0, below=1)
     # Structured target: a MACs ratio to reach, or (when set) a fixed channel ratio to remove instead.

@@ -79,10 +79,10 @@ def classifier(model: nn.Module) -> list[nn.Module]:
 
 
 def head_counts(model: nn.Module) -> dict[str, int]:
-    """The qkv projection of every attention layer whose heads can be removed whole, by name, with its head count."""
+    """Every attention layer whose heads can be removed whole, by name, with its head count."""
     from distillctl.compress.shapes import head_prunable
 
-    return {f"{name}.qkv" if name else "qkv": m.num_heads for name, m in model.named_modules() if head_prunable(m)}
+    return {name: m.num_heads for name, m in model.named_modules() if head_prunable(m)}
 
 
 def prune_heads(model: nn.Module, example: torch.Tensor, ratio: float, importance_kind: str) -> nn.Module:
@@ -90,18 +90,23 @@ def prune_heads(model: nn.Module, example: torch.Tensor, ratio: float, importanc
     at least), the least important first. Refused in one line for a model without such layers."""
     import torch_pruning as tp
 
-    from distillctl.compress.shapes import head_prunable, with_heads
+    from distillctl.compress import bias_attention
+    from distillctl.compress.shapes import timm_attention, with_heads
 
     counts = head_counts(model)
     if not counts:
         raise UserError(f"prune.head_ratio={ratio} but this {type(model).__name__} has no attention layer whose heads can be "
-                        "removed (timm's Attention, as in ViT and DeiT); leave prune.head_ratio at 0.")
+                        "removed (timm's Attention, as in ViT and DeiT, or LeViT's and TinyViT's); leave prune.head_ratio at 0.")
     trial = copy.deepcopy(model).eval()
     layers = dict(trial.named_modules())
     # The nearest whole number of heads, a tie keeping the head (half of 3 heads removes 1).
     removed = {name: min(count - 1, math.ceil(count * ratio - 0.5)) for name, count in counts.items()}
+    for name in [name for name in removed if bias_attention.is_one(layers[name])]:
+        # Ranked as torch-pruning ranks timm's heads: by weight magnitude (LeViT's and TinyViT's heads have no batch
+        # norm scale of their own, so bn_scale ranks them by their L2 norm).
+        bias_attention.remove_heads(layers[name], removed.pop(name), p=1 if importance_kind == "l1" else 2)
     # torch-pruning removes ceil(ratio x heads) heads of a layer: half a head under the count asked for is exact.
-    ratios = {layers[name]: (k - 0.5) / counts[name] for name, k in removed.items() if k > 0}
+    ratios = {layers[name].qkv: (k - 0.5) / counts[name] for name, k in removed.items() if k > 0}
     if ratios:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -110,11 +115,11 @@ def prune_heads(model: nn.Module, example: torch.Tensor, ratio: float, importanc
                 # no channel (and every layer but the qkv projections is left out anyway).
                 trial, example, importance=importance(importance_kind), pruning_ratio=1e-6,
                 ignored_layers=[m for m in trial.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m not in ratios],
-                num_heads={layers[name]: count for name, count in counts.items()}, prune_num_heads=True,
+                num_heads={layers[name].qkv: counts[name] for name in removed}, prune_num_heads=True,
                 prune_head_dims=False, head_pruning_ratio_dict=ratios,
             ).step()
     for module in trial.modules():  # the layer splits its projections by its head count: tell it how many remain
-        if head_prunable(module):
+        if timm_attention(module):
             with_heads(module, module.qkv.out_features // (3 * module.head_dim))
     return trial
 
@@ -131,7 +136,9 @@ def unsaveable(module: object) -> bool:
         return True
     if isinstance(module, (tp.ops._UnbindOp, tp.ops._SplitOp, tp.ops._SliceOp)):
         return True
-    return isinstance(module, nn.Module) and any(True for _ in module.parameters(recurse=False)) and shape_of(module) is None
+    # An attention layer's own parameter (LeViT's bias table) follows its heads, never its channels.
+    return isinstance(module, nn.Module) and any(True for _ in module.parameters(recurse=False)) and (
+        shape_of(module) is None or shape_of(module)["type"] == "Attention")
 
 
 def whole_layers(model: nn.Module, example: torch.Tensor, splits: bool = False) -> list[str]:

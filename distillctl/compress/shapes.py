@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
+from distillctl.compress import bias_attention
 from distillctl.errors import UserError
 
 
 # Norm layers resized in place (their tensors cut), so a subclass keeps what it adds: timm's BatchNormAct2d its
-# activation. BatchNorm1d is the norm of LeViT's linear layers and of some classifier heads (RepViT). Conv and linear layers are rebuilt, so only the subclasses that take their constructor's arguments are
-# (not timm's Conv2dSame, whose padding is its own).
+# activation. BatchNorm1d is the norm of LeViT's linear layers and of some classifier heads (RepViT). Conv and linear
+# layers are rebuilt, so only the subclasses that take their constructor's arguments are (not timm's Conv2dSame,
+# whose padding is its own).
 # timm's Linear only adds a dtype cast for scripting, and is built like nn.Linear.
 NORMS: dict[str, type] = {"BatchNorm2d": nn.BatchNorm2d, "BatchNorm1d": nn.BatchNorm1d}
 LINEARS: tuple[type, ...] = (nn.Linear,)
@@ -32,7 +35,13 @@ except ImportError:  # an older timm: its models simply cannot be pruned structu
 
 def head_prunable(module: nn.Module) -> bool:
     """Whether `module` is an attention layer whose heads can be removed whole and its head count recorded: timm's
-    Attention with one qkv projection and nothing sized by the heads' total width (no scale norm, no gate)."""
+    Attention with one qkv projection and nothing sized by the heads' total width (no scale norm, no gate), or
+    LeViT's and TinyViT's (compress/bias_attention.py)."""
+    return timm_attention(module) or bias_attention.is_one(module)
+
+
+def timm_attention(module: nn.Module) -> bool:
+    """Whether `module` is timm's Attention whose heads torch-pruning removes (the first kind of head_prunable)."""
     return (ATTENTION is not None and type(module) is ATTENTION and isinstance(getattr(module, "qkv", None), nn.Linear)
             and isinstance(getattr(module, "norm", None), nn.Identity) and getattr(module, "gate", None) is None)
 
@@ -69,6 +78,8 @@ def resized(module: nn.Module, shape: dict[str, Any]) -> nn.Module:
 def with_heads(attention: nn.Module, heads: int) -> nn.Module:
     """The attention layer itself, splitting its projections into `heads` heads of its head size (its qkv and output
     projections are resized as layers of their own)."""
+    if bias_attention.is_one(attention):
+        return bias_attention.with_heads(attention, heads)
     attention.num_heads = heads
     attention.attn_dim = heads * attention.head_dim
     return attention
@@ -76,13 +87,7 @@ def with_heads(attention: nn.Module, heads: int) -> nn.Module:
 
 def norm_cut_to(norm: nn.Module, features: int) -> nn.Module:
     """The batch norm itself with its first `features` channels (values are loaded afterwards)."""
-    norm.num_features = features
-    for name in ("weight", "bias"):
-        if getattr(norm, name, None) is not None:
-            setattr(norm, name, nn.Parameter(getattr(norm, name).data[:features].clone()))
-    for name in ("running_mean", "running_var"):
-        if getattr(norm, name, None) is not None:
-            setattr(norm, name, getattr(norm, name)[:features].clone())
+    bias_attention.cut(norm, 0, torch.arange(features))
     return norm
 
 
@@ -104,9 +109,17 @@ def apply_shapes(model: nn.Module, shapes: dict[str, dict[str, Any]]) -> nn.Modu
         parent_name, _, child = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child, resized(modules[name], shape))
     for name, module in model.named_modules():  # a head count must fit its projections, or the first forward fails
-        if head_prunable(module) and not (module.qkv.out_features == 3 * module.attn_dim == 3 * module.proj.in_features):
+        if head_prunable(module) and not heads_fit(module):
+            rows, out = bias_attention.projections(module) if bias_attention.is_one(module) else ([module.qkv], module.proj)
             raise UserError(f"the checkpoint's attention layer '{name}' records {module.num_heads} heads, which its projections "
-                            f"({module.qkv.out_features} qkv outputs, {module.proj.in_features} inputs to proj) do not fit; "
-                            "refusing to build it.")
+                            f"({bias_attention.size(rows[0], 0)} qkv outputs, {bias_attention.size(out, 1)} inputs to "
+                            "proj) do not fit; refusing to build it.")
     return model
+
+
+def heads_fit(attention: nn.Module) -> bool:
+    """Whether a head-prunable attention layer's head count matches its projections' sizes."""
+    if bias_attention.is_one(attention):
+        return bias_attention.fits(attention)
+    return attention.qkv.out_features == 3 * attention.attn_dim == 3 * attention.proj.in_features
 
