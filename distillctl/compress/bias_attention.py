@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from distillctl.compress.layer_cut import cut, size
+
 CLASSES: tuple[type, ...] = ()
 try:
     from timm.models.levit import Attention as LevitAttention
@@ -81,31 +83,3 @@ def counted(attention: nn.Module, heads: int) -> nn.Module:
     else:  # TinyViT
         attention.out_dim = attention.val_dim * heads
     return attention
-
-
-def size(layer: nn.Module, dim: int) -> int:
-    """A linear, conv or batch norm layer's outputs (dim 0) or inputs (dim 1)."""
-    if isinstance(layer, nn.Linear):
-        return layer.out_features if dim == 0 else layer.in_features
-    if isinstance(layer, nn.Conv2d):
-        return layer.out_channels if dim == 0 else layer.in_channels
-    return layer.num_features
-
-
-def cut(layer: nn.Module, dim: int, index: torch.Tensor) -> None:
-    """Keeps the `index` outputs (dim 0) or inputs (dim 1) of a linear, conv or batch norm layer, in place (the saved
-    format's batch norms are cut with it too)."""
-    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-        for name in ("weight", "bias"):
-            if getattr(layer, name, None) is not None:
-                setattr(layer, name, nn.Parameter(getattr(layer, name).data[index].clone()))
-        for name in ("running_mean", "running_var"):
-            if getattr(layer, name, None) is not None:
-                setattr(layer, name, getattr(layer, name)[index].clone())
-        layer.num_features = len(index)
-        return
-    layer.weight = nn.Parameter(layer.weight.data.index_select(dim, index).clone())
-    if dim == 0 and layer.bias is not None:
-        layer.bias = nn.Parameter(layer.bias.data[index].clone())
-    attribute = ("out_features", "in_features") if isinstance(layer, nn.Linear) else ("out_channels", "in_channels")
-    setattr(layer, attribute[dim], len(index))

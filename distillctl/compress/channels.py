@@ -138,7 +138,7 @@ def unsaveable(module: object) -> bool:
         return True
     # An attention layer's own parameter (LeViT's bias table) follows its heads, never its channels.
     return isinstance(module, nn.Module) and any(True for _ in module.parameters(recurse=False)) and (
-        shape_of(module) is None or shape_of(module)["type"] == "Attention")
+        (shape := shape_of(module)) is None or shape["type"] == "Attention")
 
 
 def whole_layers(model: nn.Module, example: torch.Tensor, splits: bool = False) -> list[str]:
@@ -266,13 +266,13 @@ def reach(model: nn.Module, example: torch.Tensor, base_macs: int, whole: list[s
     # within the tolerance.
     low, high = 0.0, 0.95
     ratio = 1 - math.sqrt(target_macs_ratio)
-    best, best_macs, best_reached, lowest = None, 0, 0.0, 1.0
+    best, best_macs, lowest = None, 0, 1.0
     for _ in range(12):
         trial, macs = prune_once(model, example, ratio, importance_kind, global_pruning, whole)
         reached = macs / base_macs
         lowest = min(lowest, reached)
-        if best_reached < reached <= target_macs_ratio:
-            best, best_macs, best_reached = trial, macs, reached
+        if best_macs < macs and reached <= target_macs_ratio:
+            best, best_macs = trial, macs
         if target_macs_ratio - tolerance <= reached <= target_macs_ratio:
             break
         low, high = (ratio, high) if reached > target_macs_ratio else (low, ratio)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from distillctl.compress import bias_attention
+from distillctl.compress.layer_cut import cut, size
 from distillctl.errors import UserError
 
 
@@ -87,7 +88,7 @@ def with_heads(attention: nn.Module, heads: int) -> nn.Module:
 
 def norm_cut_to(norm: nn.Module, features: int) -> nn.Module:
     """The batch norm itself with its first `features` channels (values are loaded afterwards)."""
-    bias_attention.cut(norm, 0, torch.arange(features))
+    cut(norm, 0, torch.arange(features))
     return norm
 
 
@@ -112,7 +113,7 @@ def apply_shapes(model: nn.Module, shapes: dict[str, dict[str, Any]]) -> nn.Modu
         if head_prunable(module) and not heads_fit(module):
             rows, out = bias_attention.projections(module) if bias_attention.is_one(module) else ([module.qkv], module.proj)
             raise UserError(f"the checkpoint's attention layer '{name}' records {module.num_heads} heads, which its projections "
-                            f"({bias_attention.size(rows[0], 0)} qkv outputs, {bias_attention.size(out, 1)} inputs to "
+                            f"({size(rows[0], 0)} qkv outputs, {size(out, 1)} inputs to "
                             "proj) do not fit; refusing to build it.")
     return model
 
