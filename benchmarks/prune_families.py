@@ -67,6 +67,7 @@ KINDS = [
     (r"could not bring the MACs under 50%.*reached is ([\d.]+%)", "floor: {0} of its MACs"),
     (r"past the .* GB of memory", "ran away: stopped at the memory bound"),
     (r"more than \d+ s in one call", "ran away: a channel-group search without end, stopped after 2 minutes"),
+    (r"searches of more than (\d+) channel groups went on past (\d+) s", "ran away: more than {0} channel-group searches without end, each stopped after {1} s"),
     (r"failed inside torch-pruning \((\w+)", "torch-pruning fails ({0})"),
     (r"parameter '(.*)' \(in a (\w+)\) is one structured pruning cannot resize", "every channel group reaches `{0}` (in a {1}), which cannot be resized"),
 ]
@@ -109,13 +110,16 @@ def prune_one(name: str, kwargs: dict, size: int, head_ratio: float = 0.0) -> di
 
 
 def in_subprocess(name: str, kwargs: dict, threads: int, head_ratio: float = 0.0) -> dict:
-    """prune_one in a fresh process (a runaway's memory goes with it); whether the split fallback's note was printed."""
+    """prune_one in a fresh process (a runaway's memory goes with it); whether the split fallback's note was printed,
+    and how many channel groups were left whole because their search did not end."""
     size = kwargs.get("img_size", LARGER.get(name, SIZE))
     done = subprocess.run([sys.executable, __file__, "--one", name, json.dumps(kwargs), str(size), "--threads", str(threads),
                            "--head-ratio", str(head_ratio)], capture_output=True, text=True, timeout=900)
     if done.returncode:
         return {"refusal": f"crashed: {(done.stderr.strip().splitlines() or ['?'])[-1]}", "seconds": None, "careful": False}
-    return {**json.loads(done.stdout.strip().splitlines()[-1]), "careful": "note: torch-pruning could not resize" in done.stdout}
+    unending = re.search(r"note: (\d+) channel groups left whole", done.stdout)
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "careful": "note: torch-pruning could not resize" in done.stdout,
+            "unending": int(unending.group(1)) if unending else 0}
 
 
 def headed(name: str) -> str:
@@ -132,6 +136,8 @@ def row(family: str, name: str, result: dict) -> str:
         said += "" if result["same_after_reload"] else "; RELOADED OUTPUTS DIFFER"
     if result["careful"] and ("macs" in result or said.startswith("floor")):
         said += " (layers coupled to a split of channels left whole)"
+    if result.get("unending") and ("macs" in result or said.startswith("floor")):
+        said += f" ({result['unending']} channel groups whose search does not end left whole)"
     seconds = "-" if result["seconds"] is None else f"{result['seconds']:.0f}"
     return f"| {family} | `{name}` | {said} | {seconds} |"
 

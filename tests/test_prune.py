@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -131,3 +133,44 @@ def test_a_layer_structured_pruning_cannot_save_is_refused_before_work():
         prune_structured(Scaled(), EXAMPLE, 0.5, None, "l1", False)
     SparsityMask(model := Scaled(), 0.5)  # the way out works
     assert weight_sparsity(model) == pytest.approx(0.5, abs=0.01)
+
+
+class SlicedResidual(nn.Module):
+    """RexNet's block: the input is added to the first channels of a wider output, the rest concatenated after."""
+
+    def __init__(self, channels: int, out: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.expand = nn.Sequential(nn.Conv2d(channels, 4 * channels, 1, bias=False), nn.BatchNorm2d(4 * channels), nn.ReLU())
+        self.project = nn.Sequential(nn.Conv2d(4 * channels, out, 1, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.expand(x))
+        return torch.cat([y[:, :self.channels] + x, y[:, self.channels:]], dim=1)
+
+
+def test_channel_groups_whose_search_never_ends_are_left_whole_and_the_rest_pruned(monkeypatch, capsys):
+    # From the third of five such blocks in a row, torch-pruning's search of a projection's group maps indices past
+    # the layers' sizes and never ends (compress/group_search.py); the expansions are what pruning can take.
+    from distillctl.compress import group_search
+
+    monkeypatch.setattr(group_search, "GROUP_SEARCH_S", 1.0)
+    monkeypatch.setattr(group_search, "ROOT_SEARCH_S", 0.5)
+    widths = [16 + 3 * i for i in range(6)]
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), *[SlicedResidual(a, b) for a, b in zip(widths, widths[1:])],
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], 10)).eval()
+    example = torch.zeros(1, 3, 16, 16)
+    pruned, macs_ratio, _ = prune_structured(model, example, 0.6, None, "l1", False)
+    said = capsys.readouterr().out
+    assert "searched one channel group of this Sequential without end (more than 1 s" in said
+    assert re.search(r"note: [1-5] channel groups left whole: torch-pruning's search of each went on past 0.5 s", said)
+    # The projections stay whole (their groups did not end, or hold the slices); the expansions are pruned.
+    blocks = [m for m in pruned if isinstance(m, SlicedResidual)]
+    assert [b.project[0].out_channels for b in blocks] == widths[1:]
+    assert all(b.expand[0].out_channels < 4 * w for b, w in zip(blocks, widths))
+    assert 0.57 <= macs_ratio <= 0.6 and pruned(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+    # A model with more such groups than MOST_UNENDING is refused rather than waited for, group after group.
+    monkeypatch.setattr(group_search, "MOST_UNENDING", 1)
+    with pytest.raises(UserError, match=r"^structured pruning of this Sequential ran away inside torch-pruning \(the "
+                                        r"searches of more than 1 channel groups went on past 0.5 s each, without end\)"):
+        prune_structured(model, example, 0.6, None, "l1", False)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from distillctl.compress.runaway import bounded, resident_bytes
+from distillctl.compress.runaway import RanAway, bounded, guarded, resident_bytes
 from distillctl.errors import UserError
 
 MB = 2**20
@@ -104,3 +104,19 @@ def test_many_short_calls_are_not_taken_for_one_long_one():
         for _ in range(75):
             short_search()
     time.sleep(0.3)  # six polls: a watcher left running would interrupt here
+
+
+def test_an_inner_guard_stops_its_own_call_and_lets_the_outer_bound_through():
+    # The prune stage bounds the whole job's memory, and each channel group's search by time within it: a search
+    # past its time is the inner guard's to report (that group is left whole); memory past the job's bound is the
+    # outer guard's, even while the inner one watches.
+    with bounded(200 * MB, "outer ({measured})"):
+        with pytest.raises(RanAway, match=r"^more than 1 s in one call of search_without_end, and not finishing$"):
+            with guarded(float("inf"), stuck_in=search_without_end.__code__, stuck_s=1):
+                search_without_end()
+        work = "after the inner bound, the outer block goes on"
+    assert work
+    with pytest.raises(UserError, match=r"^outer \(past the 0\.2 GB of memory it may add, and still growing\)$"):
+        with bounded(200 * MB, "outer ({measured})"):
+            with guarded(float("inf"), stuck_in=search_without_end.__code__, stuck_s=60):
+                grow_forever([])

@@ -17,7 +17,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from distillctl.compress.runaway import bounded
+from distillctl.compress import group_search
+from distillctl.compress.group_search import groups_by_root, searches_bounded
+from distillctl.compress.runaway import RanAway, bounded
 from distillctl.console import console
 from distillctl.errors import UserError
 from distillctl.evaluation import measure
@@ -27,9 +29,6 @@ from distillctl.models import count_parameters, weight_bytes
 RUNAWAY = ("structured pruning of this {model} ran away inside torch-pruning ({{measured}}): its dependency graph cannot "
            "follow some of this model's layers (attention reshapes: VainF/Torch-Pruning#525; sliced residuals). Use "
            "prune=unstructured for this model, or a student it follows (README: Structured pruning on timm models).")
-# One channel group's search takes at most ~10 s on a 2-core CPU (ResNeSt's split attention; 0.3 s for ViT-B, Swin-B
-# and DenseNet-201 at 224 px); one that goes on for 12 times that is exploring without end (RexNet, FocalNet).
-GROUP_SEARCH_S = 120.0
 
 
 class GraphMismatch(Exception):
@@ -39,12 +38,13 @@ class GraphMismatch(Exception):
 @contextlib.contextmanager
 def torch_pruning_work() -> Iterator[None]:
     """Runs torch-pruning's graph work with its warnings silenced (one per bare parameter it finds); any failure
-    inside is its graph missing a layer of this model, raised as GraphMismatch (memory running out is not)."""
+    inside is its graph missing a layer of this model, raised as GraphMismatch (memory running out, or a search past
+    its bound, is not)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
-    except MemoryError:
+    except (MemoryError, RanAway):
         raise
     except Exception as exc:  # noqa: BLE001
         said = str(exc).strip().splitlines()
@@ -154,15 +154,25 @@ def whole_layers(model: nn.Module, example: torch.Tensor, splits: bool = False) 
     if blocked is None and not splits:  # a CNN of conv, norm and linear layers: every channel group can be pruned and saved
         return [names[m] for m in kept]
     was_training = model.training
-    prunable = 0
+    prunable, unending = 0, []
     with torch_pruning_work():
         graph = tp.DependencyGraph().build_dependency(model.eval(), example)
         model.train(was_training)
-        for group in graph.get_all_groups(ignored_layers=list(kept), root_module_types=[nn.Conv2d, nn.Linear]):
-            if any(unsaveable(dep.target.module) for dep, _ in group):
-                kept.append(group[0][0].target.module)  # its root: a group with one member left whole is not pruned
+        # With `splits`, torch-pruning already failed, perhaps in a search without end: each search gets a bound of its
+        # own, and one past it leaves its group whole. Without, the caller's bound on every search applies.
+        seconds = group_search.ROOT_SEARCH_S if splits else None
+        for root, group in groups_by_root(graph, list(kept), [nn.Conv2d, nn.Linear], seconds):
+            if group is None:
+                unending.append(root)
+            elif any(unsaveable(dep.target.module) for dep, _ in group):
+                kept.append(root)  # a group with one member left whole is not pruned
             else:
                 prunable += 1
+    if unending:
+        shown = ", ".join(names[m] for m in unending[:3]) + (", ..." if len(unending) > 3 else "")
+        console.print(f"note: {len(unending)} channel groups left whole: torch-pruning's search of each went on past "
+                      f"{seconds:g} s without end ({shown})")
+        kept += unending
     if not prunable and blocked is None:
         raise UserError(f"every channel group of this {type(model).__name__} reaches a layer that splits its channels by "
                         "sizes written in its code, which torch-pruning cannot resize. Use prune=unstructured for this model.")
@@ -214,38 +224,62 @@ def prune_structured(
     """A channel-pruned copy: at a fixed channel ratio, or with MACs within `tolerance` under the target ratio; with
     `head_ratio`, that share of each attention layer's heads goes first, whole (prune_heads). Returns (model, MACs
     ratio, parameter ratio), both against `model`."""
-    import torch_pruning as tp
-
     importance(importance_kind)  # reject a bad name before any work
-    # The graph work needs a few copies of the model; torch-pruning running away needs everything there is, or forever.
-    with bounded(max(2 * 2**30, 20 * weight_bytes(model)), RUNAWAY.format(model=type(model).__name__),
-                 stuck_in=tp.DependencyGraph.get_pruning_group.__code__, stuck_s=GROUP_SEARCH_S):
+    # The graph work needs a few copies of the model; torch-pruning running away needs everything there is.
+    with bounded(max(2 * 2**30, 20 * weight_bytes(model)), RUNAWAY.format(model=type(model).__name__)):
         return prune_to_target(model, example, target_macs_ratio, channel_ratio, importance_kind, global_pruning,
                                tolerance, head_ratio)
 
 
 def prune_to_target(model: nn.Module, example: torch.Tensor, target_macs_ratio: float | None, channel_ratio: float | None,
                     importance_kind: str, global_pruning: bool, tolerance: float, head_ratio: float) -> tuple[nn.Module, float, float]:
-    """prune_structured's work, without its bounds."""
+    """prune_structured's work, its channel-group searches bounded in time (its memory is bounded by the caller)."""
+    refusal = RUNAWAY.format(model=type(model).__name__)
     base_macs, base_params = macs_and_params(model, example)
-    if head_ratio:
-        model = prune_heads(model, example, head_ratio, importance_kind)
     settings = (target_macs_ratio, channel_ratio, importance_kind, global_pruning, tolerance, head_ratio)
+    if head_ratio:
+        with searches_refused(refusal):
+            model = prune_heads(model, example, head_ratio, importance_kind)
     try:
-        pruned, macs = reach(model, example, base_macs, whole_layers(model, example), *settings)
+        with searches_bounded(group_search.GROUP_SEARCH_S):
+            pruned, macs = reach(model, example, base_macs, whole_layers(model, example), *settings)
+    except RanAway as ran:
+        pruned, macs = reach_carefully(model, example, base_macs, settings, refusal,
+                                       f"searched one channel group of this {type(model).__name__} without end ({ran.measured})")
     except GraphMismatch as failure:
         # torch-pruning resizes a split of channels in its graph, but not the sizes the layer's code splits by (MixNet's
         # mixed convolutions, Res2Net, CSPNet, selective kernels): those layers stay whole, the rest is pruned.
-        console.print(f"note: torch-pruning could not resize every layer of this {type(model).__name__} ({failure}); "
-                      "the layers coupled to a split of channels are left whole and the rest pruned")
-        try:
-            pruned, macs = reach(model, example, base_macs, whole_layers(model, example, splits=True), *settings, careful=True)
-        except GraphMismatch as again:
-            raise UserError(f"structured pruning of this {type(model).__name__} failed inside torch-pruning ({again}): its "
-                            "dependency graph does not follow some of this model's layers, even with those that split "
-                            "channels left whole. Use prune=unstructured for this model, or a student it follows (README: "
-                            "Structured pruning on timm models).") from again
+        pruned, macs = reach_carefully(model, example, base_macs, settings, refusal,
+                                       f"could not resize every layer of this {type(model).__name__} ({failure})")
     return pruned, macs / base_macs, count_parameters(pruned) / base_params
+
+
+@contextlib.contextmanager
+def searches_refused(refusal: str) -> Iterator[None]:
+    """Refuse with UserError(refusal) where torch-pruning's searches inside the block go on without end: one past
+    GROUP_SEARCH_S, or more than MOST_UNENDING past ROOT_SEARCH_S (compress/group_search.py)."""
+    try:
+        with searches_bounded(group_search.GROUP_SEARCH_S):
+            yield
+    except RanAway as ran:
+        raise UserError(refusal.format(measured=ran.measured)) from None
+
+
+def reach_carefully(model: nn.Module, example: torch.Tensor, base_macs: int, settings: tuple, refusal: str,
+                    why: str) -> tuple[nn.Module, int]:
+    """`reach` once more after torch-pruning failed (`why`: what it did), with the layers coupled to a split of
+    channels and the channel groups whose search does not end left whole; refused in one line where that fails too."""
+    console.print(f"note: torch-pruning {why}; the layers coupled to a split of channels, and channel groups whose search "
+                  "does not end, are left whole and the rest pruned")
+    try:
+        with searches_refused(refusal):
+            whole = whole_layers(model, example, splits=True)
+            return reach(model, example, base_macs, whole, *settings, careful=True)
+    except GraphMismatch as again:
+        raise UserError(f"structured pruning of this {type(model).__name__} failed inside torch-pruning ({again}): its "
+                        "dependency graph does not follow some of this model's layers, even with those that split "
+                        "channels left whole. Use prune=unstructured for this model, or a student it follows (README: "
+                        "Structured pruning on timm models).") from again
 
 
 def reach(model: nn.Module, example: torch.Tensor, base_macs: int, whole: list[str], target_macs_ratio: float | None,

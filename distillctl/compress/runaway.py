@@ -7,7 +7,8 @@ grow without end, 40-60 MB/s on this machine, until the operating system kills t
 others (RexNet's sliced residuals, FocalNet) one channel group's search explores paths without end in flat memory,
 and the process never returns. A watcher thread reads the process's resident memory and, when `stuck_in` is given,
 which call of that function the guarded thread is in; past either bound it raises an exception inside the guarded
-thread (CPython's PyThreadState_SetAsyncExc), which the guard turns into one UserError.
+thread (CPython's PyThreadState_SetAsyncExc), which the guard turns into RanAway, for its caller to work around (a
+channel group whose search does not end is left whole), or `bounded` into one UserError.
 
 Why not `_thread.interrupt_main()`: it runs whatever SIGINT handler the process has, and a host's handler (a
 pytest-xdist worker's, a launcher's) may end the process instead of raising KeyboardInterrupt.
@@ -58,7 +59,7 @@ class Watcher(threading.Thread):
     """Raises Runaway in `target` (a thread id) once the process holds more than `limit` bytes, or once one call of
     `stuck_in` has run for more than `stuck_s` seconds; after `stop()` returns, nothing more is raised."""
 
-    def __init__(self, limit: int, target: int, stuck_in: CodeType | None = None, stuck_s: float = 0.0) -> None:
+    def __init__(self, limit: float, target: int, stuck_in: CodeType | None = None, stuck_s: float = 0.0) -> None:
         super().__init__(daemon=True, name="distillctl-runaway-guard")
         self.limit, self.target, self.fired, self.peak = limit, target, "", 0
         self.stuck_in, self.stuck_s, self.call, self.since = stuck_in, stuck_s, None, 0.0
@@ -87,20 +88,28 @@ class Watcher(threading.Thread):
             self.call, self.since = frame, time.monotonic()
         return frame is not None and time.monotonic() - self.since > self.stuck_s
 
-    def stop(self) -> None:
-        """End the watch; a Runaway sent but not yet raised is withdrawn, so that the block's work stands."""
+    def stop(self, withdraw: bool = True) -> None:
+        """End the watch; with `withdraw`, a Runaway sent but not yet raised is withdrawn."""
         with self.lock:
             self.stopped.set()
             self.call = None  # the frame's locals (a whole dependency graph) go with it
-        if self.fired:
+        if self.fired and withdraw:
             set_async_exception(self.target, None)
 
 
+class RanAway(Exception):
+    """A guarded block went past its bound; `measured` says which bound and by how much."""
+
+    def __init__(self, measured: str) -> None:
+        super().__init__(measured)
+        self.measured = measured
+
+
 @contextmanager
-def bounded(extra_bytes: int, refusal: str, stuck_in: CodeType | None = None, stuck_s: float = 0.0) -> Iterator[None]:
-    """Run the block, refused with UserError(refusal, its `{measured}` filled in) if this process grows by more
-    than `extra_bytes`, runs out of memory, or stays in one call of `stuck_in` for more than `stuck_s` seconds.
-    Unguarded where memory cannot be read."""
+def guarded(extra_bytes: float, stuck_in: CodeType | None = None, stuck_s: float = 0.0) -> Iterator[None]:
+    """Run the block, raising RanAway if this process grows by more than `extra_bytes`, runs out of memory, or stays
+    in one call of `stuck_in` for more than `stuck_s` seconds. Inside another guard, the inner one's bound raises
+    RanAway there and the outer one's passes through to the outer. Unguarded where memory cannot be read."""
     start = resident_bytes()
     if start is None:
         yield
@@ -110,15 +119,28 @@ def bounded(extra_bytes: int, refusal: str, stuck_in: CodeType | None = None, st
     try:
         try:
             yield
-        finally:
-            # A Runaway raised in here, sent just before the watcher stopped, replaces what was in flight: the
-            # block did go past its bound.
-            watcher.stop()
-    except (Runaway, MemoryError) as error:
-        if isinstance(error, MemoryError):
-            measured = f"out of memory after {(max(watcher.peak, resident_bytes() or 0) - start) / 2**30:.1f} GB more"
-        elif watcher.fired == "time":
-            measured = f"more than {stuck_s:.0f} s in one call of {stuck_in.co_qualname}, and not finishing"
+        except BaseException as error:
+            # A Runaway in flight is this watcher's, delivered, or an enclosing guard's; anything else (the block's
+            # own error) leaves a Runaway this watcher sent pending, to be withdrawn.
+            watcher.stop(withdraw=not isinstance(error, Runaway))
+            raise
         else:
-            measured = f"past the {extra_bytes / 2**30:.1f} GB of memory it may add, and still growing"
-        raise UserError(refusal.format(measured=measured)) from None
+            watcher.stop()  # a Runaway raised while it stops: the block did go past its bound
+    except MemoryError:
+        raise RanAway(f"out of memory after {(max(watcher.peak, resident_bytes() or 0) - start) / 2**30:.1f} GB more") from None
+    except Runaway:
+        if not watcher.fired:
+            raise  # an enclosing guard's bound
+        if watcher.fired == "time":
+            raise RanAway(f"more than {stuck_s:.0f} s in one call of {stuck_in.co_qualname}, and not finishing") from None
+        raise RanAway(f"past the {extra_bytes / 2**30:.1f} GB of memory it may add, and still growing") from None
+
+
+@contextmanager
+def bounded(extra_bytes: float, refusal: str, stuck_in: CodeType | None = None, stuck_s: float = 0.0) -> Iterator[None]:
+    """`guarded`, refused with UserError(refusal, its `{measured}` filled in) past a bound."""
+    try:
+        with guarded(extra_bytes, stuck_in, stuck_s):
+            yield
+    except RanAway as ran:
+        raise UserError(refusal.format(measured=ran.measured)) from None
