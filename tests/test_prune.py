@@ -150,8 +150,8 @@ class SlicedResidual(nn.Module):
 
 
 def test_channel_groups_whose_search_never_ends_are_left_whole_and_the_rest_pruned(monkeypatch, capsys):
-    # From the third of five such blocks in a row, torch-pruning's search of a projection's group maps indices past
-    # the layers' sizes and never ends (compress/group_search.py); the expansions are what pruning can take.
+    # With five such blocks in a row, torch-pruning's searches of the projections' groups map indices past the layers'
+    # sizes and never end (compress/group_search.py); the expansions are what pruning can take.
     from distillctl.compress import group_search
 
     monkeypatch.setattr(group_search, "GROUP_SEARCH_S", 1.0)
