@@ -254,15 +254,10 @@ def prune_to_target(model: nn.Module, example: torch.Tensor, target_macs_ratio: 
     return pruned, macs / base_macs, count_parameters(pruned) / base_params
 
 
-@contextlib.contextmanager
-def searches_refused(refusal: str) -> Iterator[None]:
+def searches_refused(refusal: str) -> contextlib.AbstractContextManager[None]:
     """Refuse with UserError(refusal) where torch-pruning's searches inside the block go on without end: one past
     GROUP_SEARCH_S, or more than MOST_UNENDING past ROOT_SEARCH_S (compress/group_search.py)."""
-    try:
-        with searches_bounded(group_search.GROUP_SEARCH_S):
-            yield
-    except RanAway as ran:
-        raise UserError(refusal.format(measured=ran.measured)) from None
+    return bounded(float("inf"), refusal, stuck_in=group_search.search_code(), stuck_s=group_search.GROUP_SEARCH_S)
 
 
 def reach_carefully(model: nn.Module, example: torch.Tensor, base_macs: int, settings: tuple, refusal: str,

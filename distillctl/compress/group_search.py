@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from types import CodeType
 from typing import Any
 
 from torch import nn
@@ -29,13 +30,16 @@ ROOT_SEARCH_S = 10.0
 MOST_UNENDING = 10
 
 
-@contextlib.contextmanager
-def searches_bounded(seconds: float) -> Iterator[None]:
-    """Raise RanAway where one channel group's search inside the block runs past `seconds`."""
+def search_code() -> CodeType:
+    """The code of torch-pruning's search for one channel group: what the time bounds watch."""
     import torch_pruning as tp
 
-    with guarded(float("inf"), stuck_in=tp.DependencyGraph.get_pruning_group.__code__, stuck_s=seconds):
-        yield
+    return tp.DependencyGraph.get_pruning_group.__code__
+
+
+def searches_bounded(seconds: float) -> contextlib.AbstractContextManager[None]:
+    """Raise RanAway where one channel group's search inside the block runs past `seconds`."""
+    return guarded(float("inf"), stuck_in=search_code(), stuck_s=seconds)
 
 
 def groups_by_root(graph, ignored: Sequence[nn.Module], root_types: Sequence[type],
