@@ -174,3 +174,52 @@ def test_channel_groups_whose_search_never_ends_are_left_whole_and_the_rest_prun
     with pytest.raises(UserError, match=r"^structured pruning of this Sequential ran away inside torch-pruning \(the "
                                         r"searches of more than 1 channel groups went on past 0.5 s each, without end\)"):
         prune_structured(model, example, 0.6, None, "l1", False)
+
+
+class CrossStage(nn.Module):
+    """Half of an expansion's channels go through a block, the other half round it, and both meet again: CSPNet's
+    cross-stage split, with an equal split."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(channels, 2 * channels, 1, bias=False), nn.BatchNorm2d(2 * channels), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU())
+        self.merge = nn.Sequential(nn.Conv2d(2 * channels, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        around, through = self.expand(x).chunk(2, dim=1)
+        return self.merge(torch.cat([around, self.block(through)], dim=1))
+
+
+def cross_stages() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), CrossStage(16), CrossStage(16), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(16, 10)).eval()
+
+
+def test_torch_pruning_reads_an_equal_splits_sizes_from_autograd():
+    # torch-pruning 1.6.1 looks for a name torch 2 no longer saves (compress/equal_splits.py) and guesses the sizes
+    # from the layers around the split instead. A torch-pruning that reads them itself fails the first assertion: the
+    # shim can then go.
+    import torch_pruning as tp
+
+    from distillctl.compress.equal_splits import equal_splits_read
+
+    def split_sizes() -> list:
+        graph = tp.DependencyGraph().build_dependency(cross_stages(), torch.zeros(1, 3, 8, 8))
+        return [node.module.split_sizes for node in graph.module2node.values() if node.type == tp.ops.OPTYPE.SPLIT]
+
+    assert split_sizes() != [[16, 16], [16, 16]]
+    with equal_splits_read():
+        assert split_sizes() == [[16, 16], [16, 16]]
+    assert split_sizes() != [[16, 16], [16, 16]]  # and only within the block
+
+
+def test_a_cross_stage_split_is_left_whole_and_the_rest_pruned_to_the_target(capsys):
+    # The split's sizes live in forward's code (chunk(2)), so the layers coupled to it stay whole; with the sizes
+    # read, torch-pruning prunes the rest to the target (guessing them, it stopped at two thirds of the MACs).
+    pruned, macs_ratio, _ = prune_structured(cross_stages(), torch.zeros(1, 3, 16, 16), 0.5, None, "l1", False)
+    assert "the layers coupled to a split of channels" in capsys.readouterr().out
+    assert 0.47 <= macs_ratio <= 0.5
+    stages = [m for m in pruned if isinstance(m, CrossStage)]
+    assert [s.expand[0].out_channels for s in stages] == [32, 32] and all(s.block[0].out_channels < 16 for s in stages)
+    assert pruned(torch.randn(2, 3, 16, 16)).shape == (2, 10)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from distillctl.compress import group_search
+from distillctl.compress.equal_splits import equal_splits_read
 from distillctl.compress.group_search import groups_by_root, searches_bounded
 from distillctl.compress.runaway import RanAway, bounded
 from distillctl.console import console
@@ -37,11 +38,11 @@ class GraphMismatch(Exception):
 
 @contextlib.contextmanager
 def torch_pruning_work() -> Iterator[None]:
-    """Runs torch-pruning's graph work with its warnings silenced (one per bare parameter it finds); any failure
-    inside is its graph missing a layer of this model, raised as GraphMismatch (memory running out, or a search past
-    its bound, is not)."""
+    """Runs torch-pruning's graph work with its warnings silenced (one per bare parameter it finds) and its equal
+    splits' sizes read; any failure inside is its graph missing a layer of this model, raised as GraphMismatch (memory
+    running out, or a search past its bound, is not)."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), equal_splits_read():
             warnings.simplefilter("ignore")
             yield
     except (MemoryError, RanAway):
@@ -108,7 +109,7 @@ def prune_heads(model: nn.Module, example: torch.Tensor, ratio: float, importanc
     # torch-pruning removes ceil(ratio x heads) heads of a layer: half a head under the count asked for is exact.
     ratios = {layers[name].qkv: (k - 0.5) / counts[name] for name, k in removed.items() if k > 0}
     if ratios:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), equal_splits_read():
             warnings.simplefilter("ignore")
             tp.pruner.MetaPruner(
                 # A channel ratio of 0 makes torch-pruning skip every group, heads included; one this small removes
