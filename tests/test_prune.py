@@ -197,21 +197,40 @@ def cross_stages() -> nn.Module:
 
 
 def test_torch_pruning_reads_an_equal_splits_sizes_from_autograd():
-    # torch-pruning 1.6.1 looks for a name torch 2 no longer saves (compress/equal_splits.py) and guesses the sizes
+    # torch-pruning 1.6.1 looks for a name torch 2 no longer saves (compress/saved_sizes.py) and guesses the sizes
     # from the layers around the split instead. A torch-pruning that reads them itself fails the first assertion: the
     # shim can then go.
     import torch_pruning as tp
 
-    from distillctl.compress.equal_splits import equal_splits_read
+    from distillctl.compress.saved_sizes import sizes_read
 
     def split_sizes() -> list:
         graph = tp.DependencyGraph().build_dependency(cross_stages(), torch.zeros(1, 3, 8, 8))
         return [node.module.split_sizes for node in graph.module2node.values() if node.type == tp.ops.OPTYPE.SPLIT]
 
     assert split_sizes() != [[16, 16], [16, 16]]
-    with equal_splits_read():
+    with sizes_read():
         assert split_sizes() == [[16, 16], [16, 16]]
     assert split_sizes() != [[16, 16], [16, 16]]  # and only within the block
+
+
+def test_reshapes_carry_their_sizes_to_torch_pruning_only_within_reshapes_read():
+    # Read, a reshape's sizes let torch-pruning check what it flattens (MaxViT, EfficientViT-M); some models pass only
+    # with the guess (SKNet, ResNeSt), so the prune stage reads them in its first attempt alone.
+    import torch_pruning as tp
+
+    from distillctl.compress.saved_sizes import reshapes_read, sizes_read
+
+    def reshape_sizes() -> list:
+        graph = tp.DependencyGraph().build_dependency(cross_stages(), torch.zeros(1, 3, 8, 8))
+        return [getattr(node.grad_fn, "_saved_self_sizes", None) for node in graph.module2node.values()
+                if node.type == tp.ops.OPTYPE.RESHAPE]
+
+    with sizes_read():
+        assert reshape_sizes() == [None]
+        with reshapes_read():
+            assert [tuple(sizes) for sizes in reshape_sizes()] == [(1, 16, 1, 1)]  # the Flatten's input
+        assert reshape_sizes() == [None]
 
 
 def test_a_cross_stage_split_is_left_whole_and_the_rest_pruned_to_the_target(capsys):

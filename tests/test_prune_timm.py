@@ -32,7 +32,8 @@ SIZE = 64  # the smallest size every model here takes (MobileViT's 2x2 patches, 
 # convolutions) broke torch-pruning's step or the pruned model's forward: they are now left whole and the rest
 # pruned, which reaches half the MACs except in MixNet, whose mixed convolutions carry three quarters of them.
 # CSPDarkNet's cross-stage blocks split their channels in equal halves: torch-pruning 1.6.1 reads those sizes only
-# with compress/equal_splits.py, and failed to build its graph before.
+# with compress/saved_sizes.py, and failed to build its graph before. MaxViT's attention reshapes ran away until
+# torch-pruning read their sizes there too.
 PRUNABLE = {
     "mobilenetv3_small_050": None,
     "mobilenetv4_conv_small": None,
@@ -57,12 +58,13 @@ PRUNABLE = {
     "mixnet_s": r"^could not bring the MACs under 50%.*reached is 7\d\.\d%.*The layers coupled to a split of channels stayed whole",
     "efficientformerv2_s0": r"^structured pruning of this EfficientFormerV2 ran away inside torch-pruning \(past the 2\.0 GB of memory it may add, and still growing\): .*Use prune=unstructured for this model",
     "rexnet_100": None,
+    "maxvit_nano_rw_256": None,
 }
 # RexNet's sliced residuals send 7 of its channel groups' searches on without end (compress/group_search.py): the
 # first is stopped after 2 minutes, then each group is searched alone and one past 10 s is left whole. Cut here to
 # 5 s and 2 s, still 10 times RexNet's slowest search that ends.
 SEARCH_S = {"rexnet_100": (5.0, 2.0)}
-KWARGS = {"levit_128s": {"img_size": SIZE}, "efficientformerv2_s0": {"img_size": SIZE}}
+KWARGS = {"levit_128s": {"img_size": SIZE}, "efficientformerv2_s0": {"img_size": SIZE}, "maxvit_nano_rw_256": {"img_size": SIZE}}
 QUICK = {"mobilenetv3_small_050", "mobilevit_xxs", "skresnet18", "cs3darknet_s"}
 
 

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from distillctl.compress import group_search
-from distillctl.compress.equal_splits import equal_splits_read
 from distillctl.compress.group_search import groups_by_root, searches_bounded
 from distillctl.compress.runaway import RanAway, bounded
+from distillctl.compress.saved_sizes import reshapes_read, sizes_read
 from distillctl.console import console
 from distillctl.errors import UserError
 from distillctl.evaluation import measure
@@ -38,11 +38,11 @@ class GraphMismatch(Exception):
 
 @contextlib.contextmanager
 def torch_pruning_work() -> Iterator[None]:
-    """Runs torch-pruning's graph work with its warnings silenced (one per bare parameter it finds) and its equal
-    splits' sizes read; any failure inside is its graph missing a layer of this model, raised as GraphMismatch (memory
-    running out, or a search past its bound, is not)."""
+    """Runs torch-pruning's graph work with its warnings silenced (one per bare parameter it finds) and the sizes
+    autograd saved shown to it (compress/saved_sizes.py); any failure inside is its graph missing a layer of this
+    model, raised as GraphMismatch (memory running out, or a search past its bound, is not)."""
     try:
-        with warnings.catch_warnings(), equal_splits_read():
+        with warnings.catch_warnings(), sizes_read():
             warnings.simplefilter("ignore")
             yield
     except (MemoryError, RanAway):
@@ -109,7 +109,7 @@ def prune_heads(model: nn.Module, example: torch.Tensor, ratio: float, importanc
     # torch-pruning removes ceil(ratio x heads) heads of a layer: half a head under the count asked for is exact.
     ratios = {layers[name].qkv: (k - 0.5) / counts[name] for name, k in removed.items() if k > 0}
     if ratios:
-        with warnings.catch_warnings(), equal_splits_read():
+        with warnings.catch_warnings(), sizes_read():
             warnings.simplefilter("ignore")
             tp.pruner.MetaPruner(
                 # A channel ratio of 0 makes torch-pruning skip every group, heads included; one this small removes
@@ -243,7 +243,13 @@ def prune_to_target(model: nn.Module, example: torch.Tensor, target_macs_ratio: 
             model = prune_heads(model, example, head_ratio, importance_kind)
     try:
         with searches_bounded(group_search.GROUP_SEARCH_S):
-            pruned, macs = reach(model, example, base_macs, whole_layers(model, example), *settings)
+            try:
+                with reshapes_read():
+                    pruned, macs = reach(model, example, base_macs, whole_layers(model, example), *settings)
+            except GraphMismatch:
+                # Reshapes read by their sizes fail where torch-pruning's guess passed (SKNet's and ResNeSt's attention,
+                # compress/saved_sizes.py), within seconds: the graph as it guesses it, then.
+                pruned, macs = reach(model, example, base_macs, whole_layers(model, example), *settings)
     except RanAway as ran:
         pruned, macs = reach_carefully(model, example, base_macs, settings, refusal,
                                        f"searched one channel group of this {type(model).__name__} without end ({ran.measured})")
