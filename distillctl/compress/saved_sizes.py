@@ -31,7 +31,7 @@ class _SizedNode:
         return getattr(self._grad_fn, name)
 
 
-def _unread(node: Any, graph: Any) -> bool:
+def _shown(node: Any, graph: Any) -> bool:
     """Whether this graph node's saved input sizes are to be shown to torch-pruning.
 
     Reshapes are, within reshapes_read(), in a model of convolutions (`graph._2d_4d`: no Linear layer on a sequence
@@ -65,7 +65,7 @@ def sizes_read() -> Iterator[None]:
 
     def init_shape_information(graph: Any) -> None:
         for node in graph.module2node.values():
-            if _unread(node, graph):
+            if _shown(node, graph):
                 node.grad_fn = _SizedNode(node.grad_fn)
         infer(graph)
 
