@@ -1,7 +1,7 @@
-"""Attention heads or MLP channels: a ViT student pruned to the same MACs two ways (`prune.head_ratio=0`, the
-default, removes MLP hidden channels alone; `prune.head_ratio=0.34` first removes one head of three in every block),
-each fine-tuned with KD over several seeds, then timed side by side in one process; and how low each can take the
-MACs at all.
+"""Attention heads or channels alone: a ViT student pruned to the same MACs three ways (`prune.head_ratio=0`, the
+default, removes channels of its width and MLPs and keeps every head; `prune.head_ratio=0.34` first removes one head
+of three in every block; `prune.round_to=8` keeps every pruned width a multiple of 8), each fine-tuned with KD over
+several seeds, then timed side by side in one process; and how low each can take the MACs at all.
 
     python benchmarks/head_pruning.py                # writes the table into docs/results.md
 
@@ -32,7 +32,9 @@ from distillctl.compress.channels import head_counts, prune_structured  # noqa: 
 from distillctl.evaluation import measure  # noqa: E402
 from distillctl.models import load_model  # noqa: E402
 
-VARIANTS = {"MLP channels only (`head_ratio=0`)": 0.0, "1 of 3 heads, then MLP channels (`head_ratio=0.34`)": 0.34}
+# label -> (prune.head_ratio, prune.round_to)
+VARIANTS = {"channels only (`head_ratio=0`)": (0.0, None), "1 of 3 heads, then channels (`head_ratio=0.34`)": (0.34, None),
+            "channels in multiples of 8 (`round_to=8`)": (0.0, 8)}
 
 
 def main() -> None:
@@ -52,12 +54,13 @@ def main() -> None:
 
     top1: dict[str, list[float]] = {}
     pruned_files: dict[str, Path] = {}
-    for label, ratio in VARIANTS.items():
+    for label, (ratio, round_to) in VARIANTS.items():
         for seed in args.seeds:
-            run_dir = work / f"runs/heads{ratio}-seed{seed}"
+            run_dir = work / f"runs/heads{ratio}-round{round_to}-seed{seed}"
             shutil.rmtree(run_dir, ignore_errors=True)
             shutil.copytree(student, run_dir / "student")  # the same distilled student for every run
-            distillctl(["prune", *common, f"run_dir={run_dir}", f"seed={seed}", f"prune.head_ratio={ratio}"], work)
+            distillctl(["prune", *common, f"run_dir={run_dir}", f"seed={seed}", f"prune.head_ratio={ratio}",
+                        f"prune.round_to={'null' if round_to is None else round_to}"], work)
             metrics = json.loads((run_dir / "pruned/metrics.json").read_text())
             top1.setdefault(label, []).append(metrics["test_top1"])
             pruned_files.setdefault(label, run_dir / "pruned/model.safetensors")
@@ -77,7 +80,7 @@ def main() -> None:
     lines = [
         f"Measured {date.today()} with `python benchmarks/head_pruning.py --seeds {seeds} --target {args.target} "
         f"--finetune-epochs {args.finetune_epochs}`: the ViT-Tiny/8 student of the table above ({student_top1:.2%}) pruned to "
-        f"{args.target:.0%} of its MACs both ways and fine-tuned with KD for {args.finetune_epochs} epochs, seeds {seeds}; "
+        f"{args.target:.0%} of its MACs {len(VARIANTS)} ways and fine-tuned with KD for {args.finetune_epochs} epochs, seeds {seeds}; "
         f"speeds are medians of {args.rounds} alternating rounds in one process on {args.threads} threads (seed "
         f"{args.seeds[0]}'s files; MACs count the attention products).",
         "",
@@ -102,7 +105,7 @@ def main() -> None:
               for ratio in (0.0, 0.34, 0.67)}
     lines += ["", "The least structured pruning reaches (95% of every prunable group's channels removed): "
               + ", ".join(f"`head_ratio={ratio}` {floor:.1%} of the MACs" for ratio, floor in floors.items()) + "."]
-    print(replace_block(REPO / "docs/results.md", "head_pruning", "A ViT student: attention heads or MLP channels (CPU)",
+    print(replace_block(REPO / "docs/results.md", "head_pruning", "A ViT student: attention heads or channels (CPU)",
                         "\n".join(lines)))
 
 

@@ -70,6 +70,7 @@ KINDS = [
     (r"searches of more than (\d+) channel groups went on past (\d+) s", "ran away: more than {0} channel-group searches without end, each stopped after {1} s"),
     (r"failed inside torch-pruning \((\w+)", "torch-pruning fails ({0})"),
     (r"parameter '(.*)' \(in a (\w+)\) is one structured pruning cannot resize", "every channel group reaches `{0}` (in a {1}), which cannot be resized"),
+    (r"every channel group of this \w+ reaches a split of its channels", "every channel group reaches a split of its channels (attention heads, a GLU's halves)"),
 ]
 
 
@@ -111,7 +112,8 @@ def prune_one(name: str, kwargs: dict, size: int, head_ratio: float = 0.0) -> di
 
 def in_subprocess(name: str, kwargs: dict, threads: int, head_ratio: float = 0.0) -> dict:
     """prune_one in a fresh process (a runaway's memory goes with it); whether the split fallback's note was printed,
-    and how many channel groups were left whole because their search did not end."""
+    whether the residual stream was left whole too, and how many channel groups were left whole because their search
+    did not end."""
     size = kwargs.get("img_size", LARGER.get(name, SIZE))
     done = subprocess.run([sys.executable, __file__, "--one", name, json.dumps(kwargs), str(size), "--threads", str(threads),
                            "--head-ratio", str(head_ratio)], capture_output=True, text=True, timeout=900)
@@ -119,7 +121,7 @@ def in_subprocess(name: str, kwargs: dict, threads: int, head_ratio: float = 0.0
         return {"refusal": f"crashed: {(done.stderr.strip().splitlines() or ['?'])[-1]}", "seconds": None, "careful": False}
     unending = re.search(r"note: (\d+) channel groups left whole", done.stdout)
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "careful": "note: torch-pruning could not resize" in done.stdout,
-            "unending": int(unending.group(1)) if unending else 0}
+            "stream": "note: that failed too" in done.stdout, "unending": int(unending.group(1)) if unending else 0}
 
 
 def headed(name: str) -> str:
@@ -135,7 +137,8 @@ def row(family: str, name: str, result: dict) -> str:
         said = f"{result['macs']:.0%} of its MACs, {result['params']:.0%} of its parameters"
         said += "" if result["same_after_reload"] else "; RELOADED OUTPUTS DIFFER"
     if result["careful"] and ("macs" in result or said.startswith("floor")):
-        said += " (layers coupled to a split of channels left whole)"
+        stream = ", and its residual stream," if result.get("stream") else ""
+        said += f" (layers coupled to a split of channels{stream} left whole)"
     if result.get("unending") and ("macs" in result or said.startswith("floor")):
         said += f" ({result['unending']} channel groups whose search does not end left whole)"
     seconds = "-" if result["seconds"] is None else f"{result['seconds']:.0f}"

@@ -1,5 +1,5 @@
-"""A ViT student through the whole pipeline: distilled from the bundled ResNet-20, pruned structurally (its MLP hidden
-channels: the rest of a transformer stays whole), then int8 in ONNX Runtime.
+"""A ViT student through the whole pipeline: distilled from the bundled ResNet-20, pruned structurally (its width and
+its MLP hidden channels; its attention heads stay whole), then int8 in ONNX Runtime.
 
     python benchmarks/transformer_pruning.py                  # writes the table into docs/results.md
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from cli_runs import REPO, SHARED_CIFAR, distillctl
 from results_doc import replace_block
 
-ROWS = [("student", "ViT-Tiny/8 (KD)"), ("pruned", "MLPs pruned to 50% MACs + KD fine-tune"), ("onnx_int8", "pruned, ONNX Runtime int8")]
+ROWS = [("student", "ViT-Tiny/8 (KD)"), ("pruned", "pruned to 50% MACs + KD fine-tune"), ("onnx_int8", "pruned, ONNX Runtime int8")]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

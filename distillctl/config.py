@@ -254,6 +254,9 @@ class PruneConfig:
     # Transformers (ViT, DeiT, LeViT, TinyViT): this share of each attention layer's heads is removed whole (rounded,
     # one kept at least; in the first step of several) before channels are pruned to the target.
     head_ratio: float = bounded(0.0, min=0, below=1)
+    # Every pruned channel group keeps a multiple of this many channels (8, 16: the widths CPUs' vector units and GPUs'
+    # tensor cores run at full speed); null keeps any count, which lands nearest the MACs target.
+    round_to: Optional[int] = bounded(None, min=1)
     # Structured target: a MACs ratio to reach, or (when set) a fixed channel ratio to remove instead.
     target_macs_ratio: float = bounded(0.5, above=0, below=1)
     channel_ratio: Optional[float] = bounded(None, above=0, below=1)

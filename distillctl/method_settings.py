@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 READ_BY: dict[str, tuple[set[str], dict[str, set[str]]]] = {
     "prune": ({"prune", "pipeline"}, {
         "sparsity": {"unstructured"},
-        **{key: {"structured"} for key in ("target_macs_ratio", "channel_ratio", "importance", "global_pruning", "head_ratio", "steps")},
+        **{key: {"structured"} for key in ("target_macs_ratio", "channel_ratio", "importance", "global_pruning", "head_ratio", "round_to", "steps")},
     }),
     "quantize": ({"quantize", "pipeline"}, {"qat_epochs": {"int8_qat"}, "qat_lr": {"int8_qat"}, "reduce_range": {"onnx_int8"}}),
 }

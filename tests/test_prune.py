@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from timm.layers import ScaledStdConv2d
 from torch import nn
 
 from distillctl import artifacts
@@ -59,18 +60,32 @@ def test_unstructured_pruning_is_permanent_and_its_zeros_come_back_after_each_st
     assert all(torch.equal(w == 0, zero) for (w, _), zero in zip(mask.kept, zeros))
 
 
-def test_a_vit_is_pruned_in_its_mlps_and_keeps_embeddings_norms_and_heads_whole(tmp_path):
+def test_a_vit_is_pruned_in_its_width_and_mlps_and_keeps_its_heads_whole(tmp_path):
     model = create_model("vit_tiny_patch16_224", 10, img_size=32).eval()
     pruned, macs_ratio, _ = prune_structured(model, EXAMPLE, 0.5, None, "l1", False)
     assert 0.47 <= macs_ratio <= 0.5
-    changed = {name for name, shape in layer_shapes(pruned).items() if layer_shapes(model)[name] != shape}
-    assert changed == {f"blocks.{i}.mlp.{fc}" for i in range(12) for fc in ("fc1", "fc2")}
-    assert pruned.cls_token.shape == model.cls_token.shape and pruned.blocks[0].attn.qkv.out_features == 3 * 192
+    width = pruned.cls_token.shape[-1]  # the embedding width: tokens, norms and every block's input and output
+    assert width < 192 and pruned.pos_embed.shape[-1] == pruned.norm.normalized_shape[0] == pruned.patch_embed.proj.out_channels == width
+    for block in pruned.blocks:
+        assert block.attn.qkv.in_features == block.attn.proj.out_features == block.mlp.fc2.out_features == width
+        assert block.attn.qkv.out_features == 3 * 192 and block.mlp.fc1.out_features < 768  # 3 heads of 64 channels
+    shapes = layer_shapes(pruned)
+    assert shapes[""] == {"type": "VisionTransformer", "params": {"cls_token": [1, 1, width], "pos_embed": [1, 5, width]}}
+    assert shapes["blocks.0.norm1"] == {"type": "LayerNorm", "features": width}
     path = tmp_path / "model.safetensors"
     artifacts.save_weights(path, pruned, {"model": "vit_tiny_patch16_224", "num_classes": 10, "kwargs": {"img_size": 32},
-                                          "shapes": layer_shapes(pruned)})
+                                          "shapes": shapes})
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(load_model(path)[0].eval()(x), pruned(x), atol=1e-5)
+
+
+def test_round_to_keeps_every_pruned_width_a_multiple_of_it():
+    model = create_model("vit_tiny_patch16_224", 10, img_size=32).eval()
+    pruned, macs_ratio, _ = prune_structured(model, EXAMPLE, 0.5, None, "l1", False, round_to=16)
+    assert macs_ratio <= 0.5
+    width = pruned.cls_token.shape[-1]
+    assert width < 192 and width % 16 == 0
+    assert all(block.mlp.fc1.out_features % 16 == 0 and block.mlp.fc1.out_features < 768 for block in pruned.blocks)
 
 
 @pytest.mark.parametrize(("head_ratio", "heads"), [(0.34, 2), (0.5, 2), (0.7, 1), (0.9, 1)])  # of 3: round, 1 kept
@@ -81,8 +96,7 @@ def test_a_vits_attention_heads_go_whole_with_head_ratio_and_the_file_records_ho
     for block in pruned.blocks:
         assert block.attn.num_heads == heads
         assert block.attn.qkv.out_features == 3 * 64 * heads and block.attn.proj.in_features == 64 * heads
-        assert block.attn.proj.out_features == 192 and block.mlp.fc1.out_features < 768  # the MLPs are pruned as well
-    assert pruned.cls_token.shape == model.cls_token.shape and pruned.norm.weight.shape == model.norm.weight.shape
+        assert block.mlp.fc1.out_features < 768  # the MLPs are pruned as well
     path = tmp_path / "model.safetensors"
     artifacts.save_weights(path, pruned, {"model": "vit_tiny_patch16_224", "num_classes": 10, "kwargs": {"img_size": 32},
                                           "shapes": layer_shapes(pruned)})
@@ -92,11 +106,12 @@ def test_a_vits_attention_heads_go_whole_with_head_ratio_and_the_file_records_ho
     assert torch.allclose(rebuilt(x), pruned(x), atol=1e-5)
 
 
-def test_a_target_under_what_mlp_pruning_can_reach_names_the_floor_and_the_heads_go_further():
+def test_a_target_under_what_pruning_can_reach_names_the_floor_and_the_heads_go_further():
     model = create_model("vit_tiny_patch16_224", 10, img_size=32, patch_size=8).eval()  # 17 tokens: attention ~1/3 of MACs
-    with pytest.raises(UserError, match=r"least structured pruning reached is 3\d\.\d%.*target_macs_ratio=0\.\d\d or more.*head_ratio=0.34"):
-        prune_structured(model, EXAMPLE, 0.3, None, "l1", False)
-    assert 0.27 <= prune_structured(model, EXAMPLE, 0.3, None, "l1", False, head_ratio=0.34)[1] <= 0.3
+    # With 95% of every other channel group removed, the heads' query, key and value channels hold what remains.
+    with pytest.raises(UserError, match=r"least structured pruning reached is 1\.\d%.*target_macs_ratio=0\.02 or more.*head_ratio=0.34"):
+        prune_structured(model, EXAMPLE, 0.01, None, "l1", False)
+    assert prune_structured(model, EXAMPLE, None, 0.95, "l1", False, head_ratio=0.67)[1] < 0.01
 
 
 def test_head_pruning_a_model_without_attention_heads_and_a_head_count_that_does_not_fit_are_refused():
@@ -116,22 +131,63 @@ def test_bad_targets_are_user_errors():
 
 
 class Scaled(nn.Module):
-    """A layer with a bare parameter on its only channel group: the saved shapes cannot hold it, so nothing is left."""
+    """A conv, a group norm, and a bare parameter that scales the channels (a layer scale, as in ConvNeXt)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 16, 3)
-        self.gamma = nn.Parameter(torch.ones(1, 16, 1, 1))
+        self.norm = nn.GroupNorm(4, 16)
+        self.gamma = nn.Parameter(torch.linspace(0.5, 2, 16).view(1, 16, 1, 1))
         self.fc = nn.Linear(16, 10)
 
     def forward(self, x):
-        return self.fc((self.conv(x) * self.gamma).mean((2, 3)))
+        return self.fc((self.norm(self.conv(x)) * self.gamma).mean((2, 3)))
+
+
+def test_group_norms_and_bare_parameters_are_pruned_with_their_channels_and_rebuilt_from_their_shapes():
+    pruned = prune_structured(Scaled().eval(), EXAMPLE, None, 0.5, "l1", False)[0]
+    assert pruned.gamma.shape == (1, 8, 1, 1) and pruned.norm.num_channels == pruned.conv.out_channels == 8
+    shapes = layer_shapes(pruned)
+    assert shapes[""] == {"type": "Scaled", "params": {"gamma": [1, 8, 1, 1]}} and shapes["norm"] == {"type": "GroupNorm", "features": 8}
+    rebuilt = apply_shapes(Scaled(), shapes)
+    rebuilt.load_state_dict(pruned.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(rebuilt.eval()(x), pruned(x))
+
+
+def test_recorded_norm_and_parameter_shapes_that_are_not_a_pruned_architecture_are_refused():
+    width = {"cls_token": [1, 1, 96], "pos_embed": [1, 5, 96]}
+    crafted = [
+        {"": {"type": "VisionTransformer", "params": {**width, "cls_token": [1, 1, 4096]}}},  # above the architecture's
+        {"": {"type": "VisionTransformer", "params": {"cls_token": [1, 1, 96]}}},  # a parameter left out
+        {"": {"type": "VisionTransformer", "params": {**width, "pos_embed": [5, 96]}}},  # another rank
+        {"": {"type": "VisionTransformer", "params": {**width, "cls_token": [1, 1, "96"]}}},
+        {"": {"type": "VisionTransformer", "params": [1, 1, 96]}},
+        {"blocks.0.norm1": {"type": "LayerNorm", "features": 4096}},
+    ]
+    for shapes in crafted:
+        with pytest.raises(UserError, match="not a pruned"):
+            apply_shapes(create_model("vit_tiny_patch16_224", 10, img_size=32), shapes)
+    with pytest.raises(UserError, match="'norm' records 6 channels, which its 4 groups do not divide"):
+        apply_shapes(Scaled(), {"norm": {"type": "GroupNorm", "features": 6}})
+
+
+class Standardized(nn.Module):
+    """NF-ResNet's weight-standardized conv: a conv with a gain of its own, which the saved shapes cannot resize."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = ScaledStdConv2d(3, 16, 3)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
 
 
 def test_a_layer_structured_pruning_cannot_save_is_refused_before_work():
-    with pytest.raises(UserError, match=r"parameter 'gamma' \(in a Scaled\).*prune=unstructured"):
-        prune_structured(Scaled(), EXAMPLE, 0.5, None, "l1", False)
-    SparsityMask(model := Scaled(), 0.5)  # the way out works
+    with pytest.raises(UserError, match=r"parameter 'conv.weight' \(in a ScaledStdConv2d\).*prune=unstructured"):
+        prune_structured(Standardized(), EXAMPLE, 0.5, None, "l1", False)
+    SparsityMask(model := Standardized(), 0.5)  # the way out works
     assert weight_sparsity(model) == pytest.approx(0.5, abs=0.01)
 
 

@@ -33,7 +33,8 @@ SIZE = 64  # the smallest size every model here takes (MobileViT's 2x2 patches, 
 # pruned, which reaches half the MACs except in MixNet, whose mixed convolutions carry three quarters of them.
 # CSPDarkNet's cross-stage blocks split their channels in equal halves: torch-pruning 1.6.1 reads those sizes only
 # with compress/saved_sizes.py, and failed to build its graph before. MaxViT's attention reshapes ran away until
-# torch-pruning read their sizes there too.
+# torch-pruning read their sizes there too. gMLP's channels all pass a LayerNorm, which the saved shapes now record;
+# Swin's residual stream is pruned where torch-pruning follows it, and left whole (its patch merging) where it does not.
 PRUNABLE = {
     "mobilenetv3_small_050": None,
     "mobilenetv4_conv_small": None,
@@ -59,12 +60,15 @@ PRUNABLE = {
     "efficientformerv2_s0": r"^structured pruning of this EfficientFormerV2 ran away inside torch-pruning \(past the 2\.0 GB of memory it may add, and still growing\): .*Use prune=unstructured for this model",
     "rexnet_100": None,
     "maxvit_nano_rw_256": None,
+    "gmlp_s16_224": None,
+    "swin_tiny_patch4_window7_224": None,
 }
 # RexNet's sliced residuals send 7 of its channel groups' searches on without end (compress/group_search.py): the
 # first is stopped after 2 minutes, then each group is searched alone and one past 10 s is left whole. Cut here to
 # 5 s and 2 s, still 10 times RexNet's slowest search that ends.
 SEARCH_S = {"rexnet_100": (5.0, 2.0)}
-KWARGS = {"levit_128s": {"img_size": SIZE}, "efficientformerv2_s0": {"img_size": SIZE}, "maxvit_nano_rw_256": {"img_size": SIZE}}
+KWARGS = {"levit_128s": {"img_size": SIZE}, "efficientformerv2_s0": {"img_size": SIZE}, "maxvit_nano_rw_256": {"img_size": SIZE},
+          "gmlp_s16_224": {"img_size": SIZE}, "swin_tiny_patch4_window7_224": {"img_size": SIZE, "window_size": 2}}
 QUICK = {"mobilenetv3_small_050", "mobilevit_xxs", "skresnet18", "cs3darknet_s"}
 
 

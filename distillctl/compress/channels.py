@@ -125,35 +125,49 @@ def prune_heads(model: nn.Module, example: torch.Tensor, ratio: float, importanc
     return trial
 
 
-def unsaveable(module: object) -> bool:
-    """Whether a member of a channel group is one the saved format (compress/shapes.py) cannot record at a new size:
-    a bare parameter (a ViT's class token), a layer of another kind (LayerNorm), or a split of channels into
-    attention heads (whole heads go in prune_heads instead)."""
+def unsaveable(member: object, owners: dict[int, nn.Module], strict: bool = False) -> bool:
+    """Whether a member of a channel group is left whole: one the saved format (compress/shapes.py) cannot record at
+    a new size (a layer of a kind it does not know, such as NF-ResNet's standardized conv, or a bare parameter of
+    one; `owners`: each bare parameter's module), or a split of channels into attention heads (whole heads go in
+    prune_heads instead). With `strict`, a layer or group norm and a bare parameter as well: the residual stream of
+    a transformer, which torch-pruning's graph does not follow through every layer (Swin's patch merging)."""
     import torch_pruning as tp
 
     from distillctl.compress.shapes import shape_of
 
-    if isinstance(module, nn.Parameter):
+    if isinstance(member, nn.Parameter):
+        member = owners.get(id(member))  # a bare parameter is recorded with the module that holds it
+        if member is None or strict:
+            return True
+    if isinstance(member, (tp.ops._UnbindOp, tp.ops._SplitOp, tp.ops._SliceOp)):
         return True
-    if isinstance(module, (tp.ops._UnbindOp, tp.ops._SplitOp, tp.ops._SliceOp)):
+    if strict and isinstance(member, (nn.LayerNorm, nn.GroupNorm)):
         return True
     # An attention layer's own parameter (LeViT's bias table) follows its heads, never its channels.
-    return isinstance(module, nn.Module) and any(True for _ in module.parameters(recurse=False)) and (
-        (shape := shape_of(module)) is None or shape["type"] == "Attention")
+    return isinstance(member, nn.Module) and any(True for _ in member.parameters(recurse=False)) and (
+        (shape := shape_of(member)) is None or shape["type"] == "Attention" or (strict and "params" in shape))
 
 
-def whole_layers(model: nn.Module, example: torch.Tensor, splits: bool = False) -> list[str]:
-    """The names of the layers left whole: the classifier, and, in a model with layers the saved format cannot
-    resize (a ViT), or with `splits` in any model, every layer whose channels are coupled to one of them or to a
-    split, slice or unbind of channels, so that what remains (a ViT's MLP hidden channels) is pruned. Refused in one
-    line when nothing remains."""
+def splits_heads(model: nn.Module) -> bool:
+    """Whether a layer of `model` splits channels into attention heads by a head count of its own (`num_heads`,
+    `heads`): the sizes it splits by live in its code, so the channel groups coupled to it are left whole."""
+    return any(getattr(module, "num_heads", None) or getattr(module, "heads", None) for module in model.modules())
+
+
+def whole_layers(model: nn.Module, example: torch.Tensor, splits: bool = False, strict: bool = False) -> list[str]:
+    """The names of the layers left whole: the classifier, and, in a model with layers left whole (unsaveable, with
+    `strict`) or attention heads, or with `splits` in any model, every layer whose channels are coupled to one of
+    them or to a split, slice or unbind of channels, so that what remains (a ViT's width and MLP hidden channels) is
+    pruned.
+    Refused in one line when nothing remains."""
     import torch_pruning as tp
 
     names = {module: name for name, module in model.named_modules()}
+    owners = {id(p): module for module in model.modules() for p in module.parameters(recurse=False)}
     kept = classifier(model)
-    blocked = next(((name, module) for name, module in model.named_modules() if unsaveable(module)), None)
-    if blocked is None and not splits:  # a CNN of conv, norm and linear layers: every channel group can be pruned and saved
-        return [names[m] for m in kept]
+    blocked = next(((name, module) for name, module in model.named_modules() if unsaveable(module, owners, strict)), None)
+    if blocked is None and not splits and not splits_heads(model):
+        return [names[m] for m in kept]  # a CNN of conv, norm and linear layers: every channel group can be pruned and saved
     was_training = model.training
     prunable, unending = 0, []
     with torch_pruning_work():
@@ -165,7 +179,7 @@ def whole_layers(model: nn.Module, example: torch.Tensor, splits: bool = False) 
         for root, group in groups_by_root(graph, list(kept), [nn.Conv2d, nn.Linear], seconds):
             if group is None:
                 unending.append(root)
-            elif any(unsaveable(dep.target.module) for dep, _ in group):
+            elif any(unsaveable(dep.target.module, owners, strict) for dep, _ in group):
                 kept.append(root)  # a group with one member left whole is not pruned
             else:
                 prunable += 1
@@ -175,24 +189,25 @@ def whole_layers(model: nn.Module, example: torch.Tensor, splits: bool = False) 
                       f"{seconds:g} s without end ({shown})")
         kept += unending
     if not prunable and blocked is None:
-        raise UserError(f"every channel group of this {type(model).__name__} reaches a layer that splits its channels by "
-                        "sizes written in its code, which torch-pruning cannot resize. Use prune=unstructured for this model.")
+        raise UserError(f"every channel group of this {type(model).__name__} reaches a split of its channels (into attention "
+                        "heads, or into parts its code sizes), which structured pruning leaves whole. Use prune=unstructured "
+                        "for this model.")
     if not prunable:
         name, module = blocked
         own = next(n for n, _ in module.named_parameters(recurse=False))
         where = f"{name}.{own}" if name else own
         raise UserError(
             f"parameter '{where}' (in a {type(module).__name__}) is one structured pruning cannot resize and save "
-            "(supported layers: Conv2d, BatchNorm1d/2d, timm's BatchNormAct2d, Linear), and every channel group reaches "
-            "such a layer. Use prune=unstructured for this model."
+            "(supported: Conv2d, Linear, batch, layer and group norms, other layers' bare parameters), and every channel "
+            "group reaches such a layer. Use prune=unstructured for this model."
         )
     return [names[m] for m in kept]
 
 
 def prune_once(model: nn.Module, example: torch.Tensor, ratio: float, importance_kind: str, global_pruning: bool,
-               whole: list[str]) -> tuple[nn.Module, int]:
+               whole: list[str], round_to: int | None = None) -> tuple[nn.Module, int]:
     """A pruned copy of `model` with `ratio` of the channels of every prunable group removed (`whole`: the names of
-    the layers to leave as they are), and its MACs."""
+    the layers to leave as they are; `round_to`: each group keeps a multiple of that many channels), and its MACs."""
     import torch_pruning as tp
 
     trial = copy.deepcopy(model).eval()
@@ -201,7 +216,7 @@ def prune_once(model: nn.Module, example: torch.Tensor, ratio: float, importance
         with torch_pruning_work():
             tp.pruner.MetaPruner(
                 trial, example, importance=importance(importance_kind), pruning_ratio=ratio,
-                global_pruning=global_pruning, ignored_layers=[layers[name] for name in whole],
+                global_pruning=global_pruning, ignored_layers=[layers[name] for name in whole], round_to=round_to,
             ).step()
             # Counting its MACs runs it: a split whose sizes live in the layer's code fails here.
             macs = measure.macs(trial, example.shape[-1])
@@ -221,23 +236,26 @@ def prune_structured(
     global_pruning: bool,
     tolerance: float = 0.03,
     head_ratio: float = 0.0,
+    round_to: int | None = None,
 ) -> tuple[nn.Module, float, float]:
     """A channel-pruned copy: at a fixed channel ratio, or with MACs within `tolerance` under the target ratio; with
-    `head_ratio`, that share of each attention layer's heads goes first, whole (prune_heads). Returns (model, MACs
-    ratio, parameter ratio), both against `model`."""
+    `head_ratio`, that share of each attention layer's heads goes first, whole (prune_heads); with `round_to`, every
+    pruned group keeps a multiple of that many channels. Returns (model, MACs ratio, parameter ratio), both against
+    `model`."""
     importance(importance_kind)  # reject a bad name before any work
     # The graph work needs a few copies of the model; torch-pruning running away needs everything there is.
     with bounded(max(2 * 2**30, 20 * weight_bytes(model)), RUNAWAY.format(model=type(model).__name__)):
         return prune_to_target(model, example, target_macs_ratio, channel_ratio, importance_kind, global_pruning,
-                               tolerance, head_ratio)
+                               tolerance, head_ratio, round_to)
 
 
 def prune_to_target(model: nn.Module, example: torch.Tensor, target_macs_ratio: float | None, channel_ratio: float | None,
-                    importance_kind: str, global_pruning: bool, tolerance: float, head_ratio: float) -> tuple[nn.Module, float, float]:
+                    importance_kind: str, global_pruning: bool, tolerance: float, head_ratio: float,
+                    round_to: int | None) -> tuple[nn.Module, float, float]:
     """prune_structured's work, its channel-group searches bounded in time (its memory is bounded by the caller)."""
     refusal = RUNAWAY.format(model=type(model).__name__)
     base_macs, base_params = macs_and_params(model, example)
-    settings = (target_macs_ratio, channel_ratio, importance_kind, global_pruning, tolerance, head_ratio)
+    settings = (target_macs_ratio, channel_ratio, importance_kind, global_pruning, tolerance, head_ratio, round_to)
     if head_ratio:
         with searches_refused(refusal):
             model = prune_heads(model, example, head_ratio, importance_kind)
@@ -275,8 +293,15 @@ def reach_carefully(model: nn.Module, example: torch.Tensor, base_macs: int, set
                   "does not end, are left whole and the rest pruned")
     try:
         with searches_refused(refusal):
-            whole = whole_layers(model, example, splits=True)
-            return reach(model, example, base_macs, whole, *settings, careful=True)
+            try:
+                return reach(model, example, base_macs, whole_layers(model, example, splits=True), *settings, careful=True)
+            except GraphMismatch as failure:
+                # A transformer's residual stream pruned where torch-pruning misfollows it (Swin's patch merging):
+                # left whole, its MLP hidden channels are pruned.
+                console.print(f"note: that failed too ({failure}); the channels through layer and group norms and bare "
+                              "parameters (a transformer's residual stream) are left whole as well")
+                whole = whole_layers(model, example, splits=True, strict=True)
+                return reach(model, example, base_macs, whole, *settings, careful=True)
     except GraphMismatch as again:
         raise UserError(f"structured pruning of this {type(model).__name__} failed inside torch-pruning ({again}): its "
                         "dependency graph does not follow some of this model's layers, even with those that split "
@@ -286,11 +311,11 @@ def reach_carefully(model: nn.Module, example: torch.Tensor, base_macs: int, set
 
 def reach(model: nn.Module, example: torch.Tensor, base_macs: int, whole: list[str], target_macs_ratio: float | None,
           channel_ratio: float | None, importance_kind: str, global_pruning: bool, tolerance: float, head_ratio: float,
-          careful: bool = False) -> tuple[nn.Module, int]:
+          round_to: int | None, careful: bool = False) -> tuple[nn.Module, int]:
     """A copy of `model` pruned at `channel_ratio`, or to the MACs target (against `base_macs`), leaving `whole` as it
     is, and its MACs; `careful` says that the layers coupled to splits were left whole as well, for the refusal to name."""
     if channel_ratio is not None:
-        return prune_once(model, example, channel_ratio, importance_kind, global_pruning, whole)
+        return prune_once(model, example, channel_ratio, importance_kind, global_pruning, whole, round_to)
     if not 0 < target_macs_ratio < 1:
         raise UserError(f"prune.target_macs_ratio={target_macs_ratio} must lie between 0 and 1.")
     # Why not step one torch-pruning pruner (iterative_steps) until the target is met: each of its steps removes a
@@ -304,7 +329,7 @@ def reach(model: nn.Module, example: torch.Tensor, base_macs: int, whole: list[s
     ratio = 1 - math.sqrt(target_macs_ratio)
     best, best_macs, lowest = None, 0, 1.0
     for _ in range(12):
-        trial, macs = prune_once(model, example, ratio, importance_kind, global_pruning, whole)
+        trial, macs = prune_once(model, example, ratio, importance_kind, global_pruning, whole, round_to)
         reached = macs / base_macs
         lowest = min(lowest, reached)
         if best_macs < macs and reached <= target_macs_ratio:
@@ -314,7 +339,7 @@ def reach(model: nn.Module, example: torch.Tensor, base_macs: int, whole: list[s
         low, high = (ratio, high) if reached > target_macs_ratio else (low, ratio)
         ratio = (low + high) / 2
     if best is None:
-        # What stays whole (a ViT's attention, its embeddings) sets a floor no channel ratio goes under.
+        # What stays whole (a ViT's attention heads, a split of channels) sets a floor no channel ratio goes under.
         further = (" Removing whole attention heads as well goes further: prune.head_ratio=0.34 (a third of each "
                    "layer's), 0.67 (two thirds)." if not head_ratio and head_counts(model) else "")
         if careful:

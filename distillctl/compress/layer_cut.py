@@ -1,5 +1,5 @@
-"""Keeping some outputs or inputs of a linear, conv or batch norm layer, in place: what removing attention heads
-(bias_attention.py) and rebuilding a pruned model's batch norms (shapes.py) both do to a layer."""
+"""Keeping some outputs or inputs of a linear, conv or norm layer, in place: what removing attention heads
+(bias_attention.py) and rebuilding a pruned model's norms (shapes.py) both do to a layer."""
 
 from __future__ import annotations
 
@@ -17,15 +17,21 @@ def size(layer: nn.Module, dim: int) -> int:
 
 
 def cut(layer: nn.Module, dim: int, index: torch.Tensor) -> None:
-    """Keeps the `index` outputs (dim 0) or inputs (dim 1) of a linear, conv or batch norm layer, in place."""
-    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+    """Keeps the `index` outputs (dim 0) or inputs (dim 1) of a linear, conv or norm (batch, layer, group) layer, in
+    place."""
+    if isinstance(layer, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)):
         for name in ("weight", "bias"):
             if getattr(layer, name, None) is not None:
                 setattr(layer, name, nn.Parameter(getattr(layer, name).data[index].clone()))
         for name in ("running_mean", "running_var"):
             if getattr(layer, name, None) is not None:
                 setattr(layer, name, getattr(layer, name)[index].clone())
-        layer.num_features = len(index)
+        if isinstance(layer, nn.LayerNorm):
+            layer.normalized_shape = (len(index),)
+        elif isinstance(layer, nn.GroupNorm):
+            layer.num_channels = len(index)
+        else:
+            layer.num_features = len(index)
         return
     layer.weight = nn.Parameter(layer.weight.data.index_select(dim, index).clone())
     if dim == 0 and layer.bias is not None:

@@ -82,7 +82,8 @@ def prune_structured_steps(cfg: DictConfig, ctx: RunContext, model, meta: dict, 
         target = 1 - (1 - p.target_macs_ratio) * step / p.steps  # of the original student's MACs
         current = channels.macs_and_params(model, example)[0] / base_macs
         model = channels.prune_structured(model.cpu(), example, target / current, p.channel_ratio, p.importance,
-                                         p.global_pruning, head_ratio=p.head_ratio if step == 1 else 0.0)[0]
+                                         p.global_pruning, head_ratio=p.head_ratio if step == 1 else 0.0,
+                                         round_to=p.round_to)[0]
         macs, params = channels.macs_and_params(model, example)
         extra = {"macs_ratio": macs / base_macs, "params_ratio": params / base_params, "step": step, "steps": p.steps, "source": str(source)}
         heads = ""
