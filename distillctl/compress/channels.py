@@ -158,8 +158,7 @@ def whole_layers(model: nn.Module, example: torch.Tensor, splits: bool = False, 
     """The names of the layers left whole: the classifier, and, in a model with layers left whole (unsaveable, with
     `strict`) or attention heads, or with `splits` in any model, every layer whose channels are coupled to one of
     them or to a split, slice or unbind of channels, so that what remains (a ViT's width and MLP hidden channels) is
-    pruned.
-    Refused in one line when nothing remains."""
+    pruned. Refused in one line when nothing remains."""
     import torch_pruning as tp
 
     names = {module: name for name, module in model.named_modules()}
