@@ -194,6 +194,11 @@ def test_a_few_undecodable_images_are_skipped_and_reported(tmp_path, capsys):
     data = load_splits(dataset_cfg(path=str(corrupted_copy(tmp_path, 200, [3])), val_size=20))
     assert len(data.train.labels) + len(data.val.labels) == 199
     assert "skipped 1 of 200 images that could not be decoded (first: image 3" in capsys.readouterr().out
+    again = load_splits(dataset_cfg(path=str(tmp_path), val_size=20))  # from the decoded cache
+    assert again.skipped_images == 1 and len(again.train.labels) + len(again.val.labels) == 199
+    assert "skipped 1 image(s) of the train split that could not be decoded (first: image 3" in capsys.readouterr().out
+    with pytest.raises(UserError, match="cannot decode image 3 .*on_bad_image=skip"):
+        load_splits(dataset_cfg(path=str(tmp_path), val_size=20, on_bad_image="error"))
 
 
 def test_a_data_set_of_mostly_broken_images_is_refused(tmp_path):

@@ -196,16 +196,29 @@ def cached_split(source: sources.Source, cfg, split: str) -> tuple[torch.Tensor,
     cache_dir = Path(cfg.cache_dir).expanduser()
     key = source.fingerprint(settings)
     if key is not None and (hit := read_cache(cache_dir / f"{key}.safetensors")) is not None:
-        return hit
+        return recalled(hit, split, str(cfg.on_bad_image))
     table = sources.load_split_table(source, split)
     if key is None:  # a Hub data set: its own fingerprint identifies the content
         key = hub_cache_key(table._fingerprint, settings)
         if (hit := read_cache(cache_dir / f"{key}.safetensors")) is not None:
-            return hit
+            return recalled(hit, split, str(cfg.on_bad_image))
     images, labels, classes, problems = sources.decode(table, cfg.image_column, cfg.label_column, cfg.image_size, str(cfg.on_bad_image))
     result = torch.from_numpy(images), torch.from_numpy(labels), classes, problems
     write_cache(cache_dir / f"{key}.safetensors", *result)
     return result
+
+
+def recalled(hit: tuple[torch.Tensor, torch.Tensor, list[str], set[str]], split: str, on_bad_image: str):
+    """A cached split, with the images its decoding skipped said again: every run that trains without them says
+    so, not only the one that decoded them first."""
+    problems = hit[3]
+    if problems:
+        first = min(problems)
+        if on_bad_image == "error":
+            raise UserError(f"cannot decode {first}. Fix or remove the file, or set dataset.on_bad_image=skip.")
+        console.print(f"[yellow]warning:[/] skipped {len(problems)} image(s) of the {split} split that could not be "
+                      f"decoded (first: {first}; remembered from the decoded cache)")
+    return hit
 
 
 def hub_cache_key(table_fingerprint: str, settings: str) -> str:
