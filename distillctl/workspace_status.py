@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from distillctl import files
+from distillctl import files, provenance
 from distillctl.errors import UserError
 from distillctl.model_files import MODEL_STAGES
 from distillctl.workspace import METRICS_FILE, STAGING, STARTED_FILE, finished, lock_file, recorded_fingerprint
@@ -42,15 +42,17 @@ class StageStatus:
     resume: str = ""  # the command that continues an interrupted run
 
 
-def stage_status(workspace: Path, stage: str) -> StageStatus | None:
-    """The state of workspace/stage, or None where no run of it ever started."""
+def stage_status(workspace: Path, stage: str, outdated: dict[str, str] | None = None) -> StageStatus | None:
+    """The state of workspace/stage, or None where no run of it ever started; `outdated` (provenance.outdated)
+    names the stages made from one made again since."""
     folder = workspace / stage
     started = files.read_json(folder / STARTED_FILE) or {}
     done = finished(folder)
     if not done and not started and not (folder / STAGING).is_dir():
         return None
     metrics = (files.read_json(folder / METRICS_FILE) or {}) if done else {}
-    status = StageStatus(str(workspace), stage, "finished")
+    outdated = outdated or {}
+    status = StageStatus(str(workspace), stage, f"outdated: {provenance.why(stage, outdated)}" if stage in outdated else "finished")
     if done:
         status.model = str(metrics.get("model", ""))
         top1 = metrics.get("test_top1", metrics.get("top1"))
@@ -166,7 +168,8 @@ def collect(root: Path) -> tuple[list[StageStatus], list[str]]:
     nested = root.name in NESTED or root.parent.name in NESTED
     rows, notes = [], []
     for workspace in workspaces(root, nested):
-        rows += [s for stage in STAGES if (s := stage_status(workspace, stage)) is not None]
+        outdated = provenance.outdated(STAGES, provenance.in_folder(workspace))
+        rows += [s for stage in STAGES if (s := stage_status(workspace, stage, outdated)) is not None]
         if not nested:
             notes += nested_summary(workspace)
     return rows, notes

@@ -68,9 +68,20 @@ def test_pipeline_writes_every_artifact_and_skips_on_rerun(cli, tiny):
 
     changed = cli("pipeline", "recipe=tiny", "loss.terms.kd.temperature=8")
     assert changed.code == 0 and "skip teacher" in changed.out and "skip student" not in changed.out and "skip int8_static" not in changed.out
+    assert json.loads((runs / "pruned" / "metrics.json").read_text())["made_from"] == {"student": json.loads((runs / "student" / "metrics.json").read_text())["fingerprint"]}
+
+    # A stage run alone leaves the models made from its old results; evaluate and runs say which, and why.
+    assert cli("distill", "recipe=tiny", "seed=1").code == 0
+    stale = cli("evaluate", "recipe=tiny")
+    assert stale.code == 0, stale.text
+    assert "warning: pruned is outdated: made from an earlier student (student/ was made again since)" in stale.out
+    assert "warning: int8_static is outdated: made from pruned, made from an earlier student" in stale.out
+    assert "**Warning:** pruned is outdated" in (runs / "report" / "report.md").read_text()
+    listed = cli("runs").out
+    assert "pruned\toutdated: made from an earlier student" in listed and "student\tfinished" in listed
 
     forced = cli("pipeline", "recipe=tiny", "force=true")
-    assert forced.code == 0 and "skip" not in forced.out
+    assert forced.code == 0 and "skip" not in forced.out and "outdated" not in forced.out
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from distillctl import workspace_status
+from distillctl import provenance, workspace_status
 from distillctl.errors import UserError
 from distillctl.workspace import lock_file
 
@@ -51,6 +51,22 @@ def test_finished_interrupted_and_newer_runs_are_told_apart(tmp_path):
     assert rows["tiny/student"].resume == "distillctl pipeline recipe=tiny"
     assert rows["tiny/pruned"].state == "interrupted at epoch 1/2"
     assert rows["tiny/pruned"].resume == "distillctl prune recipe=tiny 'loss.terms.kd.weight=0.5' resume=true"
+
+
+def test_a_stage_made_from_an_earlier_run_of_its_source_is_outdated_and_so_is_what_was_made_from_it(tmp_path):
+    ws = tmp_path / "runs" / "tiny"
+    stage(ws, "teacher", finished="t1")
+    stage(ws, "student", finished="s2")  # trained again since pruned read it (as s1)
+    for name, source, fingerprint in (("student", "teacher", "t1"), ("pruned", "student", "s1"), ("int8_static", "pruned", "p1"),
+                                      ("onnx_int8", "student", "s2")):
+        folder = ws / name if (ws / name).is_dir() else stage(ws, name, finished=f"{name}-own")
+        metrics = json.loads((folder / "metrics.json").read_text())
+        (folder / "metrics.json").write_text(json.dumps({**metrics, "made_from": {source: fingerprint}}))
+    assert provenance.outdated(workspace_status.STAGES, provenance.in_folder(ws)) == {"pruned": "student", "int8_static": "pruned"}
+    rows = by_stage(tmp_path / "runs")
+    assert [rows[f"tiny/{name}"].state for name in ("teacher", "student", "onnx_int8")] == ["finished"] * 3
+    assert rows["tiny/pruned"].state == "outdated: made from an earlier student"
+    assert rows["tiny/int8_static"].state == "outdated: made from pruned, made from an earlier student"
 
 
 def test_a_stage_a_live_distillctl_process_holds_is_running(tmp_path):

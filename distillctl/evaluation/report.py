@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-from distillctl import files
+from distillctl import files, provenance
 from distillctl.console import console
 from distillctl.environment import summary
 from distillctl.evaluation.class_accuracy import ClassAccuracy
@@ -79,6 +79,8 @@ def markdown(results: dict[str, dict[str, Any]], context: dict[str, Any], figure
     if "environment" in context:
         lines += [f"- software: {summary(context['environment'])}", f"- command: `{context['environment']['command']}`"]
     lines.append("")
+    if outdated := provenance.describe(context.get("outdated") or {}).values():
+        lines += [f"**Warning:** {line}." for line in outdated] + [""]
     if by_class is not None:
         lines += by_class.markdown(final)
     lines += [f"![{figure.stem.replace('_', ' ')}]({figure.name})" for figure in figures]
@@ -93,6 +95,13 @@ def write(report_dir: Path, results: dict[str, dict[str, Any]], context: dict[st
     if by_class is not None:
         files.write_text(report_dir / PER_CLASS, by_class.csv_text())
     files.write_text(report_dir / "report.md", markdown(results, context, figures, by_class, final))
+
+
+def print_outdated(outdated: dict[str, str]) -> None:
+    """The models made from a stage made again since, under the table where the eye lands after reading it: their
+    rows no longer follow from the rows above them."""
+    for line in provenance.describe(outdated).values():
+        console.print(f"[yellow]warning:[/] {line}")
 
 
 def print_drops(by_class: ClassAccuracy, final: str, shown: int = 3) -> None:

@@ -11,6 +11,7 @@ from distillctl.errors import UserError
 from distillctl.losses import build_objective
 from distillctl.models import create_model
 from distillctl.models.teachers import load_teacher
+from distillctl.provenance import made_from
 from distillctl.stages.base import Stage
 from distillctl.stages.context import RunContext
 from distillctl.stages.training import TrainingJob, train_and_save
@@ -53,7 +54,8 @@ def run(cfg: DictConfig) -> dict:
     job = TrainingJob(
         FOLDER, s.name, student, objective, s.lr if s.lr is not None else cfg.optimizer.lr, fingerprint(cfg, ctx.workspace),
         teacher, model_kwargs=OmegaConf.to_container(s.kwargs),
-        extra_metrics={"teacher": ", ".join(map(str, teacher_paths)) or None, "loss_terms": sorted(cfg.loss.terms)},
+        extra_metrics={"teacher": ", ".join(map(str, teacher_paths)) or None, "loss_terms": sorted(cfg.loss.terms),
+                       "made_from": made_from(ctx.workspace, teacher_paths)},
     )
     return train_and_save(ctx, job)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from distillctl import environment, files
+from distillctl import environment, files, provenance
 from distillctl.compress.sparsity import weight_sparsity
 from distillctl.console import console
 from distillctl.engine.predict import predict, top5_accuracy, topk_accuracy
@@ -93,6 +93,7 @@ def run(cfg: DictConfig) -> dict:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "torch": torch.__version__,
         "environment": environment.describe(),
+        "outdated": provenance.outdated(found, ctx.workspace.find),
     }
     # `~expect` drops the gate for a short run; rows measured across seeds are `distillctl reproduce`'s to check.
     checked = expectations.check(cfg.get("expect") or {}, results, skip=expectations.ACROSS_SEEDS)
@@ -103,6 +104,7 @@ def run(cfg: DictConfig) -> dict:
         tracker.log({f"{stage}/{key}": value for stage, row in results.items() for key, value in row.items()}, 0)
         tracker.artifacts([report_dir / METRICS_FILE, report_dir / "report.md", report_dir / report.PER_CLASS, *figures])
     report.print_table(results, f"{context['recipe']}: {len(ctx.data.test)} test images, CPU timings on {threads} threads")
+    report.print_outdated(context["outdated"])
     report.print_drops(by_class, final)
     console.print(f"report: {report_dir / 'report.md'}")
     report.enforce(checked, quantized_with=str(cfg.quantize.method))

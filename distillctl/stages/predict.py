@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from distillctl import artifacts, files
+from distillctl import artifacts, files, provenance
 from distillctl.console import CountProgress, console, print_summary_table
 from distillctl.data import preprocess
 from distillctl.data.batches import normalizer
@@ -25,7 +25,7 @@ from distillctl.data.image_files import ImageFiles, PathCells, list_images
 from distillctl.data.stream import EpochOrder, StreamSettings, StreamSplit, default_workers
 from distillctl.engine.device import autocast, pick_device
 from distillctl.errors import UserError
-from distillctl.model_files import chosen_model, file_runtime, is_quantized, load_runnable
+from distillctl.model_files import MODEL_STAGES, chosen_model, file_runtime, is_quantized, load_runnable
 from distillctl.models.normalization import stored_normalization
 from distillctl.workspace import METRICS_FILE, Workspace
 
@@ -54,6 +54,8 @@ def run(cfg: DictConfig) -> dict:
         console.print(f"[yellow]note:[/] {cfg.predict.input} holds images the model trained on (dataset.path={cfg.dataset.path}): "
                       "its accuracy here overstates the accuracy on new photos, which `distillctl evaluate` measures on the test split")
     console.print(f"model: {name} ({path.name}, {path.stat().st_size / 1e6:.2f} MB, {runtime})")
+    if str(cfg.predict.model) in ("auto", *MODEL_STAGES) and (line := provenance.describe(provenance.outdated(MODEL_STAGES, ws.find)).get(name)):
+        console.print(f"[yellow]warning:[/] {line}")
     console.print(f"images prepared: {preprocess.describe(pre)}, {pre_source}")
     out = Path(cfg.predict.output).expanduser() if cfg.predict.output else ws.root / FOLDER / f"{name}.csv"
     k = min(int(cfg.predict.topk), len(classes))

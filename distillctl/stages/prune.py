@@ -16,6 +16,7 @@ from distillctl.losses import build_objective
 from distillctl.models import architecture_metadata, load_model
 from distillctl.models.normalization import stored_normalization
 from distillctl.models.teachers import load_teacher
+from distillctl.provenance import made_from
 from distillctl.stages.base import Stage
 from distillctl.stages.context import RunContext
 from distillctl.stages.training import TrainingJob, train_and_save
@@ -49,7 +50,7 @@ def run(cfg: DictConfig) -> dict:
     mask = sparsity.SparsityMask(model, cfg.prune.sparsity)
     reached = sparsity.weight_sparsity(model)
     console.print(f"pruned {meta['model']}: {reached:.1%} of its conv/linear weights are zero")
-    extra = {"sparsity": reached, "source": str(source)}
+    extra = {"sparsity": reached, "source": str(source), "made_from": made_from(ctx.workspace, [source])}
     if cfg.prune.finetune_epochs == 0:
         return save_without_training(ctx, model, meta, extra, fingerprint(cfg, ctx.workspace))
     objective, teacher = finetune_objective(cfg, ctx)
@@ -85,7 +86,8 @@ def prune_structured_steps(cfg: DictConfig, ctx: RunContext, model, meta: dict, 
                                          p.global_pruning, head_ratio=p.head_ratio if step == 1 else 0.0,
                                          round_to=p.round_to)[0]
         macs, params = channels.macs_and_params(model, example)
-        extra = {"macs_ratio": macs / base_macs, "params_ratio": params / base_params, "step": step, "steps": p.steps, "source": str(source)}
+        extra = {"macs_ratio": macs / base_macs, "params_ratio": params / base_params, "step": step, "steps": p.steps, "source": str(source),
+                 "made_from": made_from(ctx.workspace, [source])}
         heads = ""
         if base_heads:  # a transformer: how many attention heads are left
             extra["attention_heads"] = sum(channels.head_counts(model).values())

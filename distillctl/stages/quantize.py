@@ -23,6 +23,7 @@ from distillctl.losses import build_objective
 from distillctl.models import architecture_metadata, count_parameters, load_model
 from distillctl.models.normalization import stored_normalization
 from distillctl.models.teachers import load_teacher
+from distillctl.provenance import made_from
 from distillctl.stages.base import Stage
 from distillctl.stages.context import RunContext
 from distillctl.stages.training import TrainingJob, train_and_save
@@ -101,7 +102,8 @@ def run(cfg: DictConfig) -> dict:
         int8_fx.check_supported(model, q.skip)
     objective = check_qat_objective(cfg) if method == "int8_qat" else None
     float_logits = test_logits(cfg, ctx, model, norm)[0]
-    info = {"source": str(source), "params": count_parameters(model), "macs": measure.macs(model, size)}
+    info = {"source": str(source), "made_from": made_from(ctx.workspace, [source]), "params": count_parameters(model),
+            "macs": measure.macs(model, size)}
     fp = fingerprint(cfg, ctx.workspace)
     backend = int8_fx.resolve_backend(str(q.backend))
     quantization = {"method": method, "backend": backend, "per_channel": q.per_channel, "skip": list(q.skip), "image_size": size}
@@ -131,7 +133,7 @@ def run(cfg: DictConfig) -> dict:
         "float_size_mb": source.stat().st_size / 1e6,
     }
     if cfg.export.onnx:
-        metrics["onnx_export"] = str(export_onnx(cfg, ctx, model, keep, norm))
+        metrics["onnx_export"] = str(export_onnx(cfg, ctx, model, keep, norm, info["made_from"]))
     workspace.write_metrics(staged, metrics)
     if method != "int8_qat":  # QAT's run was tracked while it trained
         with tracked(cfg, out_dir) as tracker:
@@ -190,8 +192,8 @@ def train_qat(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, qu
     return train_and_save(ctx, job)
 
 
-def export_onnx(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, norm: Normalization) -> Path:
-    """runs/<recipe>/export/model.onnx, checked against PyTorch on test images."""
+def export_onnx(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, norm: Normalization, made: dict[str, str]) -> Path:
+    """runs/<recipe>/export/model.onnx, checked against PyTorch on test images; `made`: provenance.made_from."""
     out_dir = ctx.workspace.output(EXPORT_DIR)
     staged = workspace.staging(out_dir)
     onnx_export.export(model, staged / ONNX_FILE, cfg.dataset.image_size, cfg.export.opset, keep)
@@ -204,7 +206,8 @@ def export_onnx(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, 
     scale = reference.abs().max().item()
     same_class = (exported.argmax(1) == reference.argmax(1)).float().mean().item()
     workspace.write_metrics(staged, {"stage": EXPORT_DIR, "model": keep["model"], "max_abs_difference_vs_torch": difference,
-                                     "max_abs_logit": scale, "same_top1_vs_torch": same_class, "opset": cfg.export.opset})
+                                     "max_abs_logit": scale, "same_top1_vs_torch": same_class, "opset": cfg.export.opset,
+                                     "made_from": made})
     workspace.publish(out_dir)
     path = out_dir / ONNX_FILE
     console.print(f"exported {path}: on {len(images)} test images it gives PyTorch's top class for {same_class:.1%}, "
