@@ -28,6 +28,7 @@ def relaunch(command: str, args: Sequence[str], processes: int, max_restarts: in
     """Run `distillctl command args` as `processes` processes on this machine, with `env` added to their
     environment; the exit status of the job. A failed process has printed its own error: the launcher's traceback
     would only repeat it."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -46,6 +47,8 @@ def relaunch(command: str, args: Sequence[str], processes: int, max_restarts: in
     except ChildFailedError as exc:
         codes = [failure.exitcode for failure in exc.failures.values()]
         return next((code for code in codes if code > 0), 1)
+    except SignalException as exc:  # SIGTERM to this launcher: it has passed the signal on and waited for them
+        return 128 + int(exc.sigval)  # a training process that was stopped has said so, and how to resume
     finally:
         for key, value in saved.items():
             if value is None:

@@ -26,6 +26,9 @@ STAGES = (*MODEL_STAGES, "export", "report")
 # Folders of workspaces made inside a workspace, summed up unless asked for.
 NESTED = ("reproduce", "search", "sweep")
 EPOCH = re.compile(r" epoch (\d+)/(\d+) ")
+# Each run of a stage starts its train.log lines with this header; a mid-epoch checkpoint leaves the other line.
+RUN_HEADER = re.compile(r"^# .*: epochs \d+\.\.(\d+)", re.M)
+SAVED_STEP = re.compile(r"^# checkpoint: epoch (\d+), step (\d+)$", re.M)
 
 
 @dataclass
@@ -63,8 +66,8 @@ def stage_status(workspace: Path, stage: str, outdated: dict[str, str] | None = 
     if writer_alive(workspace, stage):
         status.state = "running" + (f" (epoch {progress(folder)})" if progress(folder) else "")
     elif newer or not done:  # started and not finished, or results staged and never published
-        reached = progress(folder)
-        what = f"interrupted at epoch {reached}" if reached else "interrupted"
+        reached, saved = progress(folder), saved_step(folder)
+        what = f"interrupted in epoch {saved}" if saved else f"interrupted at epoch {reached}" if reached else "interrupted"
         status.state = f"finished; a newer run {what}" if done else what
         if started.get("command"):
             status.resume = continuation(workspace, str(started["command"]))
@@ -82,17 +85,33 @@ def continuation(workspace: Path, command: str) -> str:
     return command if verb in ("pipeline", "reproduce", "search") else f"{command} resume=true"
 
 
-def progress(folder: Path) -> str:
-    """`k/N`: the last epoch the stage's train.log reports finished, or '' when none."""
+def last_run(folder: Path) -> tuple[str, str]:
+    """(the last run's lines of the stage's train.log, its last epoch number or ''), read from the log's tail."""
     try:
         with (folder / "train.log").open("rb") as log:
             log.seek(max(0, log.seek(0, os.SEEK_END) - 16384))  # the tail: a long run's log is long
             tail = log.read().decode(errors="replace")
     except OSError:
-        return ""
-    # the epochs of the last run only: each run starts its lines with a `# <stage>: epochs a..b` header
-    found = EPOCH.findall(tail.rsplit("\n# ", 1)[-1])
+        return "", ""
+    headers = list(RUN_HEADER.finditer(tail))
+    return (tail[headers[-1].end():], headers[-1].group(1)) if headers else (tail, "")
+
+
+def progress(folder: Path) -> str:
+    """`k/N`: the last epoch the last run in the stage's train.log reports finished, or '' when none."""
+    found = EPOCH.findall(last_run(folder)[0])
     return f"{found[-1][0]}/{found[-1][1]}" if found else ""
+
+
+def saved_step(folder: Path) -> str:
+    """`e/N at step s (saved)` where the last run saved a checkpoint inside an epoch after its last finished one
+    (trainer.checkpoint_every_steps, or a stop on SIGTERM), else ''."""
+    lines, epochs = last_run(folder)
+    saved = list(SAVED_STEP.finditer(lines))
+    if not saved or EPOCH.search(lines, saved[-1].end()):
+        return ""
+    epoch, step = saved[-1].groups()
+    return f"{epoch}/{epochs or '?'} at step {step} (saved)"
 
 
 def writer_alive(workspace: Path, stage: str) -> bool:

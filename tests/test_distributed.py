@@ -189,6 +189,33 @@ def test_a_killed_process_ends_the_job_and_resume_finishes_it_with_another_proce
 
 
 @pytest.mark.slow
+def test_sigterm_stops_every_process_at_one_step_with_the_state_saved_and_resume_finishes(cli, tmp_path):
+    # trainer.devices=2: distillctl's own launcher, which passes SIGTERM on to its processes as torchrun does
+    args = [*LONG.split(), "run_dir=runs/stopped", "trainer.devices=2", "trainer.log_every=2"]
+    job = subprocess.Popen([sys.executable, "-m", "distillctl", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        state = tmp_path / "runs/stopped/student/last_state.pt"
+        deadline = time.monotonic() + 240
+        while not state.exists():
+            assert time.monotonic() < deadline, "no checkpoint within 4 minutes"
+            time.sleep(0.05)
+        os.kill(job.pid, signal.SIGTERM)  # as SLURM does at a time limit
+        out, _ = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 143, out
+    assert "stopped by SIGTERM" in out and "with the training state saved" in out and "resume=true" in out
+    history = (tmp_path / "runs/stopped/student/history.jsonl").read_text().splitlines()
+    assert 1 <= len(history) < 40
+    resumed = cli(*args, "resume=true")
+    assert resumed.code == 0, resumed.text
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "runs/stopped/student/history.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 41))
+
+
+@pytest.mark.slow
 def test_torchrun_restarts_resume_from_the_last_checkpoint_by_themselves(tmp_path):
     job = torchrun(tmp_path, "--max-restarts=1", f"{LONG} run_dir=runs/restarted")
     try:

@@ -280,3 +280,51 @@ def test_a_non_finite_loss_stops_the_run_or_skips_its_step(tmp_path, on_nan):
     result = fit(trainee, batches, no_validation, trainer, tmp_path, "t", teacher=teacher)
     assert result.history[0]["skipped_steps"] == 1 and math.isfinite(result.history[0]["loss"])
     assert all(torch.isfinite(p).all() for p in trainee.model.parameters())
+
+
+class SignalledAt(DiesAfter):
+    """Batches during whose step `steps` (counted over epochs) the process receives SIGTERM, as from a scheduler."""
+
+    def __iter__(self):
+        import os
+        import signal
+
+        for item in self.batches:
+            self.left -= 1
+            if self.left == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield item
+
+
+@pytest.mark.parametrize("signalled_at, said", [
+    (5 + 3, "stopped by SIGTERM in epoch 2 at step 3 of 5, with the training state saved there"),
+    (5, "stopped by SIGTERM after epoch 1 of 2"),  # at an epoch's last step: that epoch ends and is saved first
+])
+def test_sigterm_stops_at_the_next_step_with_its_state_saved_and_resume_gives_the_same_weights(tmp_path, signalled_at, said):
+    import signal
+    import threading
+
+    from distillctl.engine.stop_signal import SignalStop
+
+    assert threading.current_thread() is threading.main_thread()  # else no handler is installed and SIGTERM ends pytest
+    data = load_splits(OmegaConf.merge(DATA, {"loader": "resident", "train_limit": 400, "val_size": 16}))
+
+    def run(out, signalled_at=None, resume=False):
+        torch.manual_seed(0)
+        trainee, _, trainer, teacher = make_run(epochs=2, steps=5)
+        batches = data.train.train_batches(32, DATA.mean, DATA.std, torch.device("cpu"), seed=0, max_steps=5)
+        if signalled_at is not None:
+            batches = SignalledAt(batches, signalled_at)
+        return trainee, fit(trainee, batches, no_validation, trainer, out, "stop", teacher=teacher, resume=resume)
+
+    straight, _ = run(tmp_path / "a")
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SignalStop, match=said):
+        run(tmp_path / "b", signalled_at)
+    assert signal.getsignal(signal.SIGTERM) is before  # the process's own handler is back
+    log = (tmp_path / "b" / "train.log").read_text()
+    assert ("checkpoint: epoch 2, step 3" in log) == (signalled_at == 8) and "epoch 1/2" in log
+    resumed, result = run(tmp_path / "b", resume=True)
+    assert result.resumed_from == 1
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key

@@ -23,6 +23,7 @@ from distillctl.console import TrainingProgress
 from distillctl.data import Batches
 from distillctl.engine import distributed
 from distillctl.engine.device import autocast, compile_policy
+from distillctl.engine.stop_signal import SignalStop, StopSignal
 from distillctl.engine.taps import FeatureTaps
 from distillctl.engine.teacher_cache import CachedTeacher, LogitCache
 from distillctl.errors import UserError
@@ -141,6 +142,7 @@ def fit(
         FeatureTaps(model, student_layers, "the student") as student_taps,
         FeatureTaps(feature_source(teacher), teacher_layers, "the teacher") as teacher_taps,
         TrainingProgress(title, trainer_cfg.epochs, len(batches), start_epoch) as progress,
+        StopSignal() as stop,
     ):
         processes = distributed.world_size()
         batch = trainer_cfg.batch_size
@@ -181,7 +183,7 @@ def fit(
                 log.flush()
 
             every = trainer_cfg.get("checkpoint_every_steps")
-            totals = run_epoch(step, batches, epoch, trainer_cfg.log_every, progress, every, save_mid_epoch, tracker)
+            totals = run_epoch(step, batches, epoch, trainer_cfg.log_every, progress, every, save_mid_epoch, tracker, stop)
             totals = totals.across_processes()
             seconds = time.perf_counter() - t_epoch
             images_seen += totals.seen
@@ -205,6 +207,8 @@ def fit(
             # After the checkpoint: an observer that stops the run leaves it resumable at this epoch.
             for observer in EPOCH_OBSERVERS.get():
                 observer(title, record)
+            if epoch < trainer_cfg.epochs and stop.due(batches.device, collective=True):
+                raise SignalStop(f"stopped by SIGTERM after epoch {epoch} of {trainer_cfg.epochs}, with the training state saved")
     distributed.barrier()  # rank 0's last checkpoint and best weights are on disk for every process to read
     seconds = time.perf_counter() - t_start
     share = None
@@ -216,10 +220,10 @@ def fit(
 
 def run_epoch(step: Callable, batches: Batches, epoch: int, log_every: int, progress: TrainingProgress,
               checkpoint_every: int | None = None, save: Callable[[int], None] | None = None,
-              tracker: Tracker = NO_TRACKER) -> EpochTotals:
+              tracker: Tracker = NO_TRACKER, stop: StopSignal | None = None) -> EpochTotals:
     """One pass over the batches; running figures go to the progress display and the tracker every `log_every`
-    steps, and `save(step)` runs every `checkpoint_every` steps. A pass resumed mid-epoch reports its remaining
-    steps only."""
+    steps, and `save(step)` runs every `checkpoint_every` steps and before the pass ends on `stop`'s signal
+    (SignalStop). A pass resumed mid-epoch reports its remaining steps only."""
     device = batches.device
     totals = EpochTotals(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
     since_log, t_log = 0, time.perf_counter()
@@ -244,6 +248,16 @@ def run_epoch(step: Callable, batches: Batches, epoch: int, log_every: int, prog
                 totals.parts[name] = totals.parts.get(name, 0) + value * n
             totals.seen += n
             since_log += n
+        if save is not None and i < len(batches):  # at the epoch's last step its own checkpoint follows
+            # On SIGTERM as on the clock: save after this step (each process asks at the same steps: StopSignal.due).
+            stopping = stop is not None and stop.due(device, collective=i % log_every == 0)
+            if stopping or (checkpoint_every and i % checkpoint_every == 0):
+                if totals.seen:  # never save a diverged state to resume from
+                    finite_loss(totals, epoch, i, "the last checkpoint is kept")
+                save(i)
+            if stopping:
+                distributed.barrier()  # every process waits for rank 0's save before any of them exits
+                raise SignalStop(f"stopped by SIGTERM in epoch {epoch} at step {i} of {len(batches)}, with the training state saved there")
         if not totals.seen:
             continue
         if i % log_every == 0 or i == len(batches):
@@ -256,9 +270,6 @@ def run_epoch(step: Callable, batches: Batches, epoch: int, log_every: int, prog
             tracker.log({"train/loss": running_loss, "train/top1": running_top1, "train/images_per_s": images_per_s},
                         (epoch - 1) * len(batches) + i)
             since_log, t_log = 0, now
-        if checkpoint_every and save is not None and i % checkpoint_every == 0 and i < len(batches):
-            finite_loss(totals, epoch, i, "the last checkpoint is kept")  # never save a diverged state to resume from
-            save(i)
     if not totals.seen:
         raise UserError(f"the loss was not finite at any step of epoch {epoch}: training diverged. Lower the learning rate "
                         "or the loss weights, or set trainer.grad_clip; the last checkpoint is kept.")
