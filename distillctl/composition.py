@@ -25,24 +25,38 @@ def resolve_recipe_overrides(overrides: Sequence[str]) -> list[str]:
     from omegaconf import OmegaConf
 
     store = ConfigStore.instance()
-    to_store = dict(recipes.available())
+    to_store, chosen = dict(recipes.available()), set()
     rewritten = []
     for override in overrides:
         key, sep, value = override.partition("=")
         if sep and key.lstrip("+") == "recipe":
-            chosen = [recipes.resolve(spec) for spec in value.split(",")]
-            to_store.update({r.name: r for r in chosen})
-            override = f"{key}={','.join(r.name for r in chosen)}"
+            named = [recipes.resolve(spec) for spec in value.split(",")]
+            to_store.update({r.name: r for r in named})
+            chosen |= {r.name for r in named}
+            override = f"{key}={','.join(r.name for r in named)}"
         rewritten.append(override)
     for name, recipe in to_store.items():
         try:
-            node = OmegaConf.load(recipe.path)
-        except Exception as exc:  # a broken YAML file (or one asking for Python objects) is the user's to fix
-            raise UserError(f"recipe {recipe.path} is not valid YAML: {' '.join(str(exc).split())}") from None
-        if not OmegaConf.is_dict(node):
-            raise UserError(f"recipe {recipe.path} must be a mapping of config keys (trainer: {{epochs: 30}}, ...), not a list.")
+            node = recipe_node(recipe)
+        except UserError:
+            if name in chosen:
+                raise
+            continue  # another file of ./recipes matters only to a recipe that includes it (explained then)
         store.store(group="recipe", name=name, node=nested_thresholds(model_defaults_as_names(node)), package="_global_")
     return rewritten
+
+
+def recipe_node(recipe: recipes.Recipe):
+    """A recipe file's contents, or a UserError saying what is wrong with the file."""
+    from omegaconf import OmegaConf
+
+    try:
+        node = OmegaConf.load(recipe.path)
+    except Exception as exc:  # a broken YAML file (or one asking for Python objects) is the user's to fix
+        raise UserError(f"recipe {recipe.path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not OmegaConf.is_dict(node):
+        raise UserError(f"recipe {recipe.path} must be a mapping of config keys (trainer: {{epochs: 30}}, ...), not a list.")
+    return node
 
 
 def nested_thresholds(recipe):
@@ -264,6 +278,18 @@ def explain_composition_error(exc: BaseException, overrides: Sequence[str]) -> s
     message = " ".join(str(exc).split()).split(" Config search path")[0]
     if cause is not None:
         message += f" ({' '.join(str(cause).split())})"
+    if missing := re.search(r"Could not (?:find|load) '(\w+)/([^']+)'", message):
+        group, name = missing.groups()
+        if group == "recipe" and name in (found := recipes.available()):  # there, but its file is broken
+            try:
+                recipe_node(found[name])
+            except UserError as broken:
+                return f"{source}{broken}"
+        listed = re.search(rf"Available options in '{group}': (.*)", message)
+        options = listed.group(1).split() if listed else list(recipes.available()) if group == "recipe" else []
+        message += ("" if message.endswith(".") else ".") + did_you_mean(name, options)
+        if group == "recipe" and not listed:
+            message += f" Recipes: {', '.join(options)}."
     if any(override_key(o).startswith("search.space") for o in overrides):
         # Hydra's advice (+search.space=...) fails too: a space's keys are new entries of a dict.
         message += (" To add entries to the search space use ++search.space='{key: {low: 1, high: 8}}' "

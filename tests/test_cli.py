@@ -311,6 +311,8 @@ def test_inspect_lists_modules_and_shapes(cli):
         (["completion", "tcsh"], "Shells: bash, zsh, fish"),
         (["recipes", "--jsn"], "recipes takes --json alone"),
         (["distill", "dataset=null"], "To drop a config group's choice, delete it: ~dataset."),  # was a traceback
+        (["distill", "loss=kdd"], "Available options in 'loss': adversarial at"),
+        (["distill", "loss=kdd"], "Did you mean 'kd' or"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(cli, tiny, args, expected):
@@ -325,6 +327,16 @@ def test_bad_input_exits_2_with_one_line(cli, tiny, args, expected):
     line = one_error_line(result)
     assert expected in line
     assert "unpickled!" not in result.out
+
+
+def test_a_broken_recipe_file_matters_only_to_the_recipes_that_use_it(cli, tiny):
+    (tiny / "recipes/draft.yaml").write_text("trainer: [1, 2\n")
+    (tiny / "recipes/uses_draft.yaml").write_text("# @package _global_\ndefaults:\n  - draft\n")
+    (tiny / "recipes/typo.yaml").write_text("# @package _global_\ndefaults:\n  - cifar_resnett\n")
+    assert cli("distill", "recipe=tiny", "--cfg", "job").code == 0
+    assert "draft.yaml is not valid YAML" in one_error_line(cli("distill", "recipe=draft"))
+    assert one_error_line(cli("distill", "recipe=uses_draft")).startswith("error: in recipe/uses_draft: recipe ")
+    assert "Did you mean 'cifar_resnet'" in one_error_line(cli("distill", "recipe=typo"))
 
 
 @pytest.mark.slow
