@@ -197,7 +197,7 @@ def test_label_sets_no_classifier_can_use_are_refused(tmp_path, layout, message)
             load_splits(dataset_cfg(path=str(tmp_path), loader=loader, val_size=1, image_size=8))
 
 
-def test_stray_files_and_empty_class_folders_are_ignored(tmp_path):
+def test_stray_files_and_empty_class_folders_are_ignored_and_the_empty_ones_named(tmp_path, capsys):
     for split in ("train", "test"):
         for name in ("cat", "dog"):
             (tmp_path / split / name).mkdir(parents=True)
@@ -208,6 +208,7 @@ def test_stray_files_and_empty_class_folders_are_ignored(tmp_path):
     (tmp_path / "train" / "empty").mkdir()
     data = load_splits(dataset_cfg(path=str(tmp_path), loader="stream", val_size=1, image_size=8))
     assert data.classes == ["cat", "dog"] and len(data.train) + len(data.val) == 8
+    assert "note: class folders without images are left out: train/empty" in capsys.readouterr().out
 
 
 def test_through_the_cli_a_bad_photo_is_named_or_skipped_and_counted(photos, tmp_path, cli):

@@ -129,6 +129,19 @@ def layout_note(root: Path, kind: str, test_split: str | None, test_size: float)
     return f"data: '{root}' has no test/ folder: testing on {stand_in}/ (dataset.test_split={stand_in})" if stand_in else None
 
 
+def empty_classes_note(root: Path, kind: str) -> str | None:
+    """A line for the log naming class folders that hold no image: left out of the classes, which a user who made
+    a folder per class and has yet to fill one would otherwise learn only from the model's class count."""
+    if kind == CLASS_FOLDERS:
+        empty = [c.name for c in subfolders(root) if not has_images(c)]
+    else:
+        empty = [f"{s.name}/{c.name}" for s in subfolders(root) for c in subfolders(s) if not has_images(c)]
+    if not empty:
+        return None
+    shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+    return f"note: class folders without images are left out: {shown}"
+
+
 def split_files(root: Path, classes: list[str], split: str) -> list[list[str]]:
     """Each class's images in root/<split>/, sorted; a val/ folder stands in for a missing test/ (layout_note says so)."""
     split_dir = root / (test_stand_in(root, split) or split)

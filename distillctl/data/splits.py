@@ -68,8 +68,11 @@ def load_splits(cfg) -> DataSplits:
     source = sources.locate(cfg.path, cfg.test_size, cfg.train_split)
     # Class folders alone hold their test split out by file name, whatever test_split says.
     test_split = "test" if cfg.test_split is None and source.builder == folder.CLASS_FOLDERS else cfg.test_split
-    if source.builder is not None and (note := folder.layout_note(source.local_dir, source.builder, test_split, cfg.test_size)):
-        console.print(note)
+    if source.builder is not None:
+        for note in (folder.layout_note(source.local_dir, source.builder, test_split, cfg.test_size),
+                     folder.empty_classes_note(source.local_dir, source.builder)):
+            if note:
+                console.print(note)
     if cfg.loader == "stream" or (cfg.loader == "auto" and not resident_cache_hit(source, cfg) and too_big(source, cfg)):
         train, test, classes = streamed(source, cfg, test_split)
         kind = "stream"
