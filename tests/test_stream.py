@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -267,3 +268,25 @@ def test_the_image_folder_group_asks_for_its_folder(cli):
     from test_cli import one_error_line
 
     assert "dataset.path is not set: add dataset.path=DIR" in one_error_line(cli("distill", "recipe=edge_mobilenet", "trainer.threads=1"))
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "sigwaitinfo"), reason="macOS and Windows cannot tell a signal's sender")
+def test_a_loader_worker_leaves_a_schedulers_sigterm_to_the_trainer_and_goes_on_its_own(photos):
+    import signal
+    import subprocess
+    import time
+
+    from distillctl.data.stream import EpochOrder
+
+    split = load_splits(dataset_cfg(path=photos, loader="stream", image_size=32, workers=1)).train
+    loader = split.loader(EpochOrder(split.rows, None), 8, False, torch.device("cpu"))
+    batches = iter(loader)
+    next(batches)
+    (worker,) = batches._workers  # the DataLoader's own record of its processes
+    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # from another process, as SLURM's
+    time.sleep(0.5)
+    assert worker.is_alive() and len(next(batches)[1]) == 8
+    os.kill(worker.pid, signal.SIGTERM)  # from the training process: what the DataLoader sends to shut it down
+    worker.join(timeout=10)
+    assert not worker.is_alive() and worker.exitcode == 0
+    del batches

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -160,6 +162,23 @@ def view_seeds(base: int, view: int, rows: torch.Tensor) -> torch.Tensor:
     return torch.randint(2**62, (int(rows.max()) + 1 if len(rows) else 0,), generator=generator)
 
 
+def leave_sigterm_to_the_trainer(worker_id: int) -> None:
+    """A loader worker leaves a SIGTERM from anyone but the training process to that process: SLURM signals every
+    process of a job, and torch would end the training process for a worker killed by a signal before it saves its
+    state (engine/stop_signal.py). The training process's own SIGTERM, which shuts its workers down, still ends one."""
+    if not hasattr(signal, "sigwaitinfo"):  # macOS, Windows: the sender cannot be told, so SIGTERM ends a worker
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here on inherit the block
+    threading.Thread(target=exit_on_sigterm_from, args=(os.getppid(),), daemon=True, name="sigterm").start()
+
+
+def exit_on_sigterm_from(parent: int) -> None:
+    """Wait for SIGTERMs, which name their sender, and exit on the first that `parent` sent."""
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    os._exit(0)
+
+
 class StreamSplit:
     """Some rows of a `datasets` table whose image cells are decoded only when a batch needs them."""
 
@@ -185,6 +204,7 @@ class StreamSplit:
             rows, batch_size=batch_size, sampler=order, collate_fn=collate, num_workers=workers,
             pin_memory=device.type == "cuda", persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
             generator=torch.Generator(),  # its worker seeds are unused (images are seeded one by one): keep torch's own RNG
+            worker_init_fn=leave_sigterm_to_the_trainer if workers else None,
         )
 
     def take(self, batches: Iterator, scale: torch.Tensor, shift: torch.Tensor, device: torch.device, channels_last: bool,
