@@ -236,7 +236,7 @@ def table_of(rows: list[StageStatus], console: Any) -> None:
         return
     previous = None
     for r in rows:
-        style = "yellow" if "interrupted" in r.state else "cyan" if r.state.startswith("running") else None
+        style = "yellow" if "interrupted" in r.state or r.state.startswith("outdated") else "cyan" if r.state.startswith("running") else None
         when = r.finished_at.removeprefix(time.strftime("%Y-"))  # this year's dates without the year: a narrower table
         table.add_row(r.workspace if r.workspace != previous else "", r.stage, r.state, r.model, fmt_top1(r.top1),
                       r.epochs, when, style=style)
