@@ -126,8 +126,8 @@ class Recording:
     def artifacts(self, paths):
         self.calls.append(("artifacts", paths))
 
-    def close(self, failed):
-        self.calls.append(("close", failed))
+    def close(self, outcome):
+        self.calls.append(("close", outcome))
 
     def identity(self):
         return None
@@ -143,8 +143,8 @@ def test_a_failing_tracker_is_dropped_with_a_warning_and_the_others_go_on(capsys
     tracker = tracking.Tracker({"mlflow": Broken(), "tensorboard": good})
     tracker.log({"train/loss": 1.5, "note": "text", "flag": True, "missing": None}, 3)
     tracker.log({"train/loss": 1.2}, 4)
-    tracker.close(failed=True)
-    assert good.calls == [("log", {"train/loss": 1.5}, 3), ("log", {"train/loss": 1.2}, 4), ("close", True)]
+    tracker.close("failed")
+    assert good.calls == [("log", {"train/loss": 1.5}, 3), ("log", {"train/loss": 1.2}, 4), ("close", "failed")]
     out = capsys.readouterr().out
     assert "logger.mlflow stopped logging" in out and "tracking server unreachable" in out and out.count("warning") == 1
 
@@ -189,9 +189,11 @@ def test_a_resumed_stage_continues_its_mlflow_run(tmp_path):
     with pytest.raises(KeyboardInterrupt), tracking.tracked(cfg, out_dir) as tracker:
         tracker.log({"epoch/val_top1": 0.2}, 3)
         raise KeyboardInterrupt  # the run stops after its first epoch
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs/mlflow.db'}")
+    (stopped,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert stopped.info.status == "KILLED"  # stopped, not failed: it is to be resumed
     with tracking.tracked(OmegaConf.merge(cfg, {"resume": True}), out_dir) as tracker:
         tracker.log({"epoch/val_top1": 0.3}, 6)
-    client = MlflowClient(f"sqlite:///{tmp_path / 'runs/mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == str(out_dir)
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "epoch/val_top1")] == [(3, 0.2), (6, 0.3)]

@@ -76,7 +76,7 @@ class Backend(Protocol):
 
     def artifacts(self, paths: list[Path]) -> None: ...
 
-    def close(self, failed: bool) -> None: ...
+    def close(self, outcome: str) -> None: ...  # finished | failed | stopped (Ctrl-C, SIGTERM: it will resume)
 
     def identity(self) -> Any: ...
 
@@ -99,9 +99,9 @@ class Tracker:
         if present:
             self.each("artifacts", present)
 
-    def close(self, failed: bool = False) -> None:
-        """End every run, marked failed when the stage raised."""
-        self.each("close", failed)
+    def close(self, outcome: str = "finished") -> None:
+        """End every run: `finished`, `failed` (the stage raised) or `stopped` (Ctrl-C or SIGTERM, to be resumed)."""
+        self.each("close", outcome)
         self.backends.clear()
 
     def each(self, method: str, *args: Any) -> None:
@@ -151,7 +151,7 @@ def tracked(cfg: DictConfig, out_dir: Path) -> Iterator[Tracker]:
         try:
             backends[name] = module.open_run(cfg.logger[name], info)
         except Exception as exc:  # an unreachable server, a bad URI: said before anything trains
-            Tracker(backends).close(failed=True)
+            Tracker(backends).close("failed")
             raise UserError(f"logger={name} could not start a run ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). "
                             f"Check the logger.{name} settings, or run without logger={name}.") from None
     tracker = Tracker(backends)
@@ -159,8 +159,11 @@ def tracked(cfg: DictConfig, out_dir: Path) -> Iterator[Tracker]:
     files.write_json(out_dir / IDENTITY_FILE, identities)
     try:
         yield tracker
+    except KeyboardInterrupt:
+        tracker.close("stopped")
+        raise
     except BaseException:
-        tracker.close(failed=True)
+        tracker.close("failed")
         raise
     tracker.close()
 

@@ -76,8 +76,9 @@ class MlflowRun:
         for path in paths:
             self.client.log_artifact(self.run_id, str(path))
 
-    def close(self, failed: bool) -> None:
-        self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
+    def close(self, outcome: str) -> None:
+        # KILLED, MLflow's state for a run stopped from outside: a resumed stage continues this run
+        self.client.set_terminated(self.run_id, {"finished": "FINISHED", "failed": "FAILED", "stopped": "KILLED"}[outcome])
 
     def identity(self) -> dict[str, Any]:
         return {"tracking_uri": self.uri, "run_id": self.run_id}

@@ -33,7 +33,7 @@ class TensorBoardRun:
 
                 self.writer.add_image(path.stem, imread(path)[..., :3], dataformats="HWC")
 
-    def close(self, failed: bool) -> None:
+    def close(self, outcome: str) -> None:
         self.writer.close()
 
     def identity(self) -> str:

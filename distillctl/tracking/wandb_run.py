@@ -44,8 +44,8 @@ class WandbRun:
             artifact.add_file(str(path))
         self.run.log_artifact(artifact)
 
-    def close(self, failed: bool) -> None:
-        self.run.finish(exit_code=1 if failed else 0)
+    def close(self, outcome: str) -> None:
+        self.run.finish(exit_code=0 if outcome == "finished" else 1)  # W&B has no state for a stopped run
 
     def identity(self) -> str:
         return self.run.id
