@@ -42,7 +42,7 @@ TRAINING_ONLY = {"train-teacher", "distill", "prune", "quantize", "reproduce", "
 TOOLS = {
     "recipes": "list the recipes, one line each (--json: their names as a JSON list, for CI matrices)",
     "inspect": "module names and output shapes of a model: inspect model=resnet56",
-    "runs": "every workspace under runs/ (or a folder given): each stage finished, running or interrupted, its top-1",
+    "runs": "every workspace under runs/ (or a folder given): each stage finished, running, interrupted or outdated, its top-1",
     "completion": 'tab completion for bash, zsh or fish: eval "$(distillctl completion bash)" in ~/.bashrc',
 }
 
@@ -271,17 +271,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         # wake-up time to batch-1 latencies (int8 ResNet-8: 0.68-0.71 ms against 0.46-0.56 ms).
         # Read once, when torch loads OpenMP, so it is set before anything imports torch; a user's value wins.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if not args or args[0] in ("-h", "--help", "help"):
-        print(help_text())
-        return
-    if args[0] == "--version":
-        from distillctl import __version__
-
-        print(__version__)
-        return
-    command, overrides = args[0], args[1:]
+    command, overrides = (args[0], args[1:]) if args else ("--help", [])
     try:
-        if command in TOOLS and any(o in ("-h", "--help") for o in overrides):
+        if command in ("-h", "--help", "help"):
+            print(help_text())
+        elif command == "--version":
+            from distillctl import __version__
+
+            print(__version__)
+        elif command in TOOLS and any(o in ("-h", "--help") for o in overrides):
             usage, more = TOOL_USAGE[command]
             print(f"usage: {usage}\n\n{TOOLS[command]}.\n{more}")
         elif command == "recipes":

@@ -6,6 +6,8 @@ import csv
 import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -443,3 +445,13 @@ def test_mistakes_seen_on_disk_are_refused_before_torch_is_imported(tmp_path, ar
 def test_every_tool_answers_help_with_its_usage(cli, tool):
     result = cli(tool, "--help")
     assert result.code == 0 and result.out.startswith(f"usage: distillctl {tool}"), result.text
+
+
+@pytest.mark.parametrize("args", [["--help"], ["recipes"], ["distill", "--help"]])
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path, args):
+    # `distillctl --help | head -3`: the reader is gone before the tool writes; no traceback about a broken pipe
+    proc = subprocess.Popen([sys.executable, "-m", "distillctl", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err, err
