@@ -34,11 +34,15 @@ def made_from(ws: Workspace, sources: Iterable[Path]) -> dict[str, str]:
 def outdated(stages: Iterable[str], find: Finder) -> dict[str, str]:
     """Outdated stage -> the stage it was made from, for those of `stages` (in the order a pipeline makes them)
     whose source has been made again since with other settings or inputs, or is itself outdated."""
-    found: dict[str, str] = {}
+    stages, found = list(stages), {}
     for stage in stages:
         folder = find(stage)
-        recorded = ((files.read_json(folder / METRICS_FILE) or {}).get("made_from") or {}) if folder is not None else {}
-        for source, fingerprint in recorded.items():
+        recorded = (files.read_json(folder / METRICS_FILE) or {}).get("made_from") if folder is not None else None
+        # Read from a file anyone may have edited: only the names of stages made before this one are looked up.
+        known = stages[:stages.index(stage)]
+        for source, fingerprint in (recorded.items() if isinstance(recorded, dict) else ()):
+            if source not in known:
+                continue
             if source in found or ((current := find(source)) is not None and recorded_fingerprint(current) != fingerprint):
                 found[stage] = source
                 break

@@ -69,6 +69,24 @@ def test_a_stage_made_from_an_earlier_run_of_its_source_is_outdated_and_so_is_wh
     assert rows["tiny/int8_static"].state == "outdated: made from pruned, made from an earlier student"
 
 
+def test_a_crafted_made_from_names_no_folder_outside_the_stages_before_and_loops_nowhere(tmp_path):
+    ws = tmp_path / "runs" / "tiny"
+    (tmp_path / "elsewhere" / ".staging").mkdir(parents=True)  # what settling a stage folder would act on
+    for name, made_from in (("student", {"pruned": "x"}), ("pruned", {"student": "x", "../../elsewhere": "y"}),
+                            ("int8_static", ["student"]), ("onnx_int8", "pruned")):
+        folder = stage(ws, name, finished=f"{name}-own")
+        metrics = json.loads((folder / "metrics.json").read_text())
+        (folder / "metrics.json").write_text(json.dumps({**metrics, "made_from": made_from}))
+    looked_up = []
+
+    def find(name):
+        looked_up.append(name)
+        return provenance.in_folder(ws)(name)
+
+    assert provenance.outdated(workspace_status.STAGES, find) == {"pruned": "student"}
+    assert set(looked_up) <= set(workspace_status.STAGES) and (tmp_path / "elsewhere" / ".staging").is_dir()
+
+
 def test_a_stage_a_live_distillctl_process_holds_is_running(tmp_path):
     ws = tmp_path / "runs" / "tiny"
     stage(ws, "student", started="a", epoch="1/3")
