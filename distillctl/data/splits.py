@@ -216,7 +216,7 @@ def recalled(hit: tuple[torch.Tensor, torch.Tensor, list[str], set[str]], split:
     so, not only the one that decoded them first."""
     problems = hit[3]
     if problems:
-        first = min(problems)
+        first = min(map(str, problems))
         if on_bad_image == "error":
             raise UserError(f"cannot decode {first}. Fix or remove the file, or set dataset.on_bad_image=skip.")
         console.print(f"[yellow]warning:[/] skipped {len(problems)} image(s) of the {split} split that could not be "
