@@ -22,7 +22,6 @@ DEFAULT_RECIPE = "quickstart"  # as chosen in configs/config.yaml
 def resolve_recipe_overrides(overrides: Sequence[str]) -> list[str]:
     """Register every recipe in Hydra's ConfigStore and rewrite `recipe=path.yaml` to the stored name."""
     from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
 
     store = ConfigStore.instance()
     to_store, chosen = dict(recipes.available()), set()
@@ -280,13 +279,14 @@ def explain_composition_error(exc: BaseException, overrides: Sequence[str]) -> s
         message += f" ({' '.join(str(cause).split())})"
     if missing := re.search(r"Could not (?:find|load) '(\w+)/([^']+)'", message):
         group, name = missing.groups()
-        if group == "recipe" and name in (found := recipes.available()):  # there, but its file is broken
+        found = recipes.available() if group == "recipe" else {}
+        if name in found:  # there, but its file is broken
             try:
                 recipe_node(found[name])
             except UserError as broken:
                 return f"{source}{broken}"
         listed = re.search(rf"Available options in '{group}': (.*)", message)
-        options = listed.group(1).split() if listed else list(recipes.available()) if group == "recipe" else []
+        options = listed.group(1).split() if listed else list(found)
         message += ("" if message.endswith(".") else ".") + did_you_mean(name, options)
         if group == "recipe" and not listed:
             message += f" Recipes: {', '.join(options)}."

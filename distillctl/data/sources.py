@@ -162,14 +162,19 @@ def decode(table, image_column: str | None, label_column: str | None, size: int,
         try:
             pixels[i] = np.asarray(images.fit_square(images.open_rgb(cell), size))
         except Exception as exc:
-            where = cell.get("path") or f"image {i}"
+            reason = f"{cell.get('path') or f'image {i}'} ({type(exc).__name__}: {exc})"
             if on_bad_image == "error":
-                raise UserError(f"cannot decode {where} ({type(exc).__name__}: {exc}). Fix or remove the file, or set dataset.on_bad_image=skip.") from None
-            bad.append((i, f"{where} ({type(exc).__name__}: {exc})"))
+                raise undecodable(reason) from None
+            bad.append((i, reason))
     problems = {reason for _, reason in bad}
     if bad:
         pixels, labels = without_undecodable(pixels, labels, bad)
     return pixels, labels, names, problems
+
+
+def undecodable(reason: str) -> UserError:
+    """What dataset.on_bad_image=error stops with, naming the file and why it could not be decoded."""
+    return UserError(f"cannot decode {reason}. Fix or remove the file, or set dataset.on_bad_image=skip.")
 
 
 def without_undecodable(pixels: np.ndarray, labels: np.ndarray, bad: list[tuple[int, str]]) -> tuple[np.ndarray, np.ndarray]:

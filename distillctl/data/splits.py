@@ -218,7 +218,7 @@ def recalled(hit: tuple[torch.Tensor, torch.Tensor, list[str], set[str]], split:
     if problems:
         first = min(map(str, problems))
         if on_bad_image == "error":
-            raise UserError(f"cannot decode {first}. Fix or remove the file, or set dataset.on_bad_image=skip.")
+            raise sources.undecodable(first)
         console.print(f"[yellow]warning:[/] skipped {len(problems)} image(s) of the {split} split that could not be "
                       f"decoded (first: {first}; remembered from the decoded cache)")
     return hit

@@ -31,8 +31,12 @@ class StopSignal:
         self.received = False
         self.previous: object = None
         self.installed = False
+        self.alone = True
 
     def __enter__(self) -> "StopSignal":
+        from distillctl.engine import distributed
+
+        self.alone = not distributed.active()  # the process group is up before training starts
         # Only the main thread may set handlers; a loop run from another thread keeps the process's own.
         if threading.current_thread() is threading.main_thread():
             self.previous = signal.signal(signal.SIGTERM, self.note)
@@ -54,8 +58,8 @@ class StopSignal:
     def due(self, device: torch.device, collective: bool) -> bool:
         """Whether to stop now. Alone, as soon as the signal came; in a multi-process job only where `collective`
         (every process asks at the same steps), when any process received it, so that all stop at the same step."""
+        if self.alone:
+            return self.received
         from distillctl.engine import distributed
 
-        if not distributed.active():
-            return self.received
         return collective and not distributed.all_agree(not self.received, device)

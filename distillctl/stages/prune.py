@@ -78,7 +78,7 @@ def prune_structured_steps(cfg: DictConfig, ctx: RunContext, model, meta: dict, 
     objective, teacher = finetune_objective(cfg, ctx) if p.finetune_epochs > 0 else (None, None)
     base_macs, base_params = channels.macs_and_params(model, example)
     base_heads = sum(channels.head_counts(model).values())
-    fp = fingerprint(cfg, ctx.workspace)
+    fp, made = fingerprint(cfg, ctx.workspace), made_from(ctx.workspace, [source])
     for step in range(1, p.steps + 1):
         target = 1 - (1 - p.target_macs_ratio) * step / p.steps  # of the original student's MACs
         current = channels.macs_and_params(model, example)[0] / base_macs
@@ -87,7 +87,7 @@ def prune_structured_steps(cfg: DictConfig, ctx: RunContext, model, meta: dict, 
                                          round_to=p.round_to)[0]
         macs, params = channels.macs_and_params(model, example)
         extra = {"macs_ratio": macs / base_macs, "params_ratio": params / base_params, "step": step, "steps": p.steps, "source": str(source),
-                 "made_from": made_from(ctx.workspace, [source])}
+                 "made_from": made}
         heads = ""
         if base_heads:  # a transformer: how many attention heads are left
             extra["attention_heads"] = sum(channels.head_counts(model).values())
