@@ -162,13 +162,30 @@ def view_seeds(base: int, view: int, rows: torch.Tensor) -> torch.Tensor:
     return torch.randint(2**62, (int(rows.max()) + 1 if len(rows) else 0,), generator=generator)
 
 
+# Where a signal's sender can be told (not macOS or Windows: there SIGTERM ends a worker, and with it the run).
+SENDER_KNOWN = hasattr(signal, "sigwaitinfo")
+
+
+class WorkerLoader(DataLoader):
+    """A DataLoader whose workers leave a SIGTERM from anyone but the training process to that process: SLURM signals
+    every process of a job, and torch would end the training process for a worker killed by a signal before it
+    saves its state (engine/stop_signal.py). The training process's own SIGTERM, which shuts its workers down, still
+    ends one (leave_sigterm_to_the_trainer)."""
+
+    def __iter__(self):
+        if not SENDER_KNOWN or not self.num_workers:
+            return super().__iter__()
+        # Workers start here and are born with SIGTERM blocked in every thread: a thread a library starts in a
+        # worker before its init function runs would otherwise take the signal and its default, death.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def leave_sigterm_to_the_trainer(worker_id: int) -> None:
-    """A loader worker leaves a SIGTERM from anyone but the training process to that process: SLURM signals every
-    process of a job, and torch would end the training process for a worker killed by a signal before it saves its
-    state (engine/stop_signal.py). The training process's own SIGTERM, which shuts its workers down, still ends one."""
-    if not hasattr(signal, "sigwaitinfo"):  # macOS, Windows: the sender cannot be told, so SIGTERM ends a worker
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here on inherit the block
+    """A WorkerLoader worker's init: SIGTERM, blocked since its birth, is read by a thread that knows the sender."""
     threading.Thread(target=exit_on_sigterm_from, args=(os.getppid(),), daemon=True, name="sigterm").start()
 
 
@@ -200,11 +217,11 @@ class StreamSplit:
         the next."""
         workers = self.settings.workers
         rows = Rows(self.cells, self.column, self.all_labels, transform(self.settings, training))
-        return DataLoader(
+        return WorkerLoader(
             rows, batch_size=batch_size, sampler=order, collate_fn=collate, num_workers=workers,
             pin_memory=device.type == "cuda", persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
             generator=torch.Generator(),  # its worker seeds are unused (images are seeded one by one): keep torch's own RNG
-            worker_init_fn=leave_sigterm_to_the_trainer if workers else None,
+            worker_init_fn=leave_sigterm_to_the_trainer if SENDER_KNOWN and workers else None,
         )
 
     def take(self, batches: Iterator, scale: torch.Tensor, shift: torch.Tensor, device: torch.device, channels_last: bool,
