@@ -325,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail(str(exc))
     except BrokenPipeError:  # `distillctl recipes | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not raise again
-    except SignalStop as exc:  # 128 + SIGTERM: what a shell or scheduler reports for a process SIGTERM ended
-        fail(f"{exc}: run the same command with resume=true to continue (pipeline and reproduce resume by themselves).", code=143)
+    except SignalStop as exc:
+        fail(f"{exc}: run the same command with resume=true to continue (pipeline and reproduce resume by themselves).", code=exc.code)
     except KeyboardInterrupt:
         fail("interrupted; the last finished epoch is saved: add resume=true to continue (pipeline and reproduce resume by themselves).", code=130)

@@ -47,7 +47,7 @@ def relaunch(command: str, args: Sequence[str], processes: int, max_restarts: in
     except ChildFailedError as exc:
         codes = [failure.exitcode for failure in exc.failures.values()]
         return next((code for code in codes if code > 0), 1)
-    except SignalException as exc:  # SIGTERM to this launcher: it has passed the signal on and waited for them
+    except SignalException as exc:  # SIGTERM or Ctrl-C to this launcher: it has passed the signal on and waited for them
         return 128 + int(exc.sigval)  # a training process that was stopped has said so, and how to resume
     finally:
         for key, value in saved.items():

@@ -105,7 +105,7 @@ def progress(folder: Path) -> str:
 
 def saved_step(folder: Path) -> str:
     """`e/N at step s (saved)` where the last run saved a checkpoint inside an epoch after its last finished one
-    (trainer.checkpoint_every_steps, or a stop on SIGTERM), else ''."""
+    (trainer.checkpoint_every_steps, or a stop on SIGTERM or Ctrl-C), else ''."""
     lines, epochs = last_run(folder)
     saved = list(SAVED_STEP.finditer(lines))
     if not saved or EPOCH.search(lines, saved[-1].end()):

@@ -33,6 +33,16 @@ def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
+@pytest.fixture
+def ctrl_c_as_in_a_terminal():
+    """SIGINT raises KeyboardInterrupt, as in a terminal, whatever the test runner (an xdist worker) set up."""
+    import signal
+
+    host = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, host)
+
+
 @dataclass
 class Result:
     """A finished CLI call."""

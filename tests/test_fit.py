@@ -283,30 +283,37 @@ def test_a_non_finite_loss_stops_the_run_or_skips_its_step(tmp_path, on_nan):
 
 
 class SignalledAt(DiesAfter):
-    """Batches during whose step `steps` (counted over epochs) the process receives SIGTERM, as from a scheduler."""
+    """Batches during whose step `steps` (counted over epochs) the process receives `signum`: SIGTERM as from a
+    scheduler, SIGINT as from Ctrl-C."""
+
+    def __init__(self, batches, steps: int, signum: int) -> None:
+        super().__init__(batches, steps)
+        self.signum = signum
 
     def __iter__(self):
         import os
-        import signal
 
         for item in self.batches:
             self.left -= 1
             if self.left == 0:
-                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), self.signum)
             yield item
 
 
-@pytest.mark.parametrize("signalled_at, said", [
-    (5 + 3, "stopped by SIGTERM in epoch 2 at step 3 of 5, with the training state saved there"),
-    (5, "stopped by SIGTERM after epoch 1 of 2"),  # at an epoch's last step: that epoch ends and is saved first
+@pytest.mark.parametrize("signalled_at, signame, said", [
+    (5 + 3, "SIGTERM", "stopped by SIGTERM in epoch 2 at step 3 of 5, with the training state saved there"),
+    (5, "SIGTERM", "stopped by SIGTERM after epoch 1 of 2"),  # at an epoch's last step: that epoch ends and is saved first
+    (5 + 3, "SIGINT", "stopped by Ctrl-C in epoch 2 at step 3 of 5, with the training state saved there"),
 ])
-def test_sigterm_stops_at_the_next_step_with_its_state_saved_and_resume_gives_the_same_weights(tmp_path, signalled_at, said):
+def test_a_stop_signal_stops_at_the_next_step_with_its_state_saved_and_resume_gives_the_same_weights(
+        tmp_path, signalled_at, signame, said, ctrl_c_as_in_a_terminal):
     import signal
     import threading
 
     from distillctl.engine.stop_signal import SignalStop
 
     assert threading.current_thread() is threading.main_thread()  # else no handler is installed and SIGTERM ends pytest
+    signum = getattr(signal, signame)
     data = load_splits(OmegaConf.merge(DATA, {"loader": "resident", "train_limit": 400, "val_size": 16}))
 
     def run(out, signalled_at=None, resume=False):
@@ -314,14 +321,15 @@ def test_sigterm_stops_at_the_next_step_with_its_state_saved_and_resume_gives_th
         trainee, _, trainer, teacher = make_run(epochs=2, steps=5)
         batches = data.train.train_batches(32, DATA.mean, DATA.std, torch.device("cpu"), seed=0, max_steps=5)
         if signalled_at is not None:
-            batches = SignalledAt(batches, signalled_at)
+            batches = SignalledAt(batches, signalled_at, signum)
         return trainee, fit(trainee, batches, no_validation, trainer, out, "stop", teacher=teacher, resume=resume)
 
     straight, _ = run(tmp_path / "a")
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(SignalStop, match=said):
+    before = signal.getsignal(signum)
+    with pytest.raises(SignalStop, match=said) as stopped:
         run(tmp_path / "b", signalled_at)
-    assert signal.getsignal(signal.SIGTERM) is before  # the process's own handler is back
+    assert stopped.value.code == 128 + signum
+    assert signal.getsignal(signum) is before  # the process's own handler is back
     log = (tmp_path / "b" / "train.log").read_text()
     assert ("checkpoint: epoch 2, step 3" in log) == (signalled_at == 8) and "epoch 1/2" in log
     resumed, result = run(tmp_path / "b", resume=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 
 import numpy as np
 import pytest
@@ -271,7 +272,7 @@ def test_the_image_folder_group_asks_for_its_folder(cli):
 
 
 @pytest.mark.skipif(not hasattr(__import__("signal"), "sigwaitinfo"), reason="macOS and Windows cannot tell a signal's sender")
-def test_a_loader_worker_leaves_a_schedulers_sigterm_to_the_trainer_and_goes_on_its_own(photos):
+def test_a_loader_worker_leaves_ctrl_c_and_a_schedulers_sigterm_to_the_trainer_and_goes_on_its_own(photos):
     import signal
     import subprocess
     import time
@@ -284,9 +285,53 @@ def test_a_loader_worker_leaves_a_schedulers_sigterm_to_the_trainer_and_goes_on_
     next(batches)
     (worker,) = batches._workers  # the DataLoader's own record of its processes
     subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # from another process, as SLURM's
+    os.kill(worker.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches every process in the foreground
     time.sleep(0.5)
     assert worker.is_alive() and len(next(batches)[1]) == 8
     os.kill(worker.pid, signal.SIGTERM)  # from the training process: what the DataLoader sends to shut it down
     worker.join(timeout=10)
     assert not worker.is_alive() and worker.exitcode == 0
     del batches
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_streamed_run_at_a_step_with_its_state_saved_and_its_workers_gone(photos, tmp_path, cli):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = ["train-teacher", "teacher=resnet8", "teacher.checkpoint=null", f"dataset.path={photos}", "dataset.loader=stream",
+           "dataset.workers=2", "dataset.image_size=48", "dataset.val_size=10", "trainer.epochs=6", "trainer.batch_size=8",
+           "trainer.threads=1", "run_dir=runs/ctrl_c"]
+    # Its own process group, as a terminal's foreground job: Ctrl-C reaches the training process and its workers.
+    job = subprocess.Popen([sys.executable, "-m", "distillctl", *run], cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log = tmp_path / "runs/ctrl_c/teacher/train.log"
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.exists() and "epoch 1/6" in log.read_text()):
+            assert time.monotonic() < deadline and job.poll() is None, "no epoch within 2 minutes"
+            time.sleep(0.05)
+        os.killpg(job.pid, signal.SIGINT)
+        out, _ = job.communicate(timeout=60)
+        deadline = time.monotonic() + 15
+        while True:  # the workers go with the training process
+            try:
+                os.killpg(job.pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, "processes of the run are left behind"
+            time.sleep(0.1)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 130, out
+    assert "Ctrl-C: stopping after this step" in out and "resume=true" in out
+    assert re.search(r"stopped by Ctrl-C (in epoch \d at step \d+ of \d+|after epoch \d of 6), with the training state saved", out), out
+    assert "Traceback" not in out and "DataLoader worker" not in out, out
+    resumed = cli(*run, "resume=true")
+    assert resumed.code == 0, resumed.text
+    history = (tmp_path / "runs/ctrl_c/teacher/history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in history] == list(range(1, 7))

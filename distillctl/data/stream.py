@@ -166,18 +166,28 @@ def view_seeds(base: int, view: int, rows: torch.Tensor) -> torch.Tensor:
 SENDER_KNOWN = hasattr(signal, "sigwaitinfo")
 
 
+def worker_birth_mask() -> set[signal.Signals]:
+    """The signals a loader worker is born with blocked: Ctrl-C for good (the terminal sends it to every process in
+    the foreground, and the training process stops at a step of its own, then shuts its workers down), and SIGTERM
+    until a thread that knows its sender reads it (leave_sigterm_to_the_trainer)."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows
+        return set()
+    return {signal.SIGINT, signal.SIGTERM} if SENDER_KNOWN else {signal.SIGINT}
+
+
 class WorkerLoader(DataLoader):
-    """A DataLoader whose workers leave a SIGTERM from anyone but the training process to that process: SLURM signals
-    every process of a job, and torch would end the training process for a worker killed by a signal before it
-    saves its state (engine/stop_signal.py). The training process's own SIGTERM, which shuts its workers down, still
-    ends one (leave_sigterm_to_the_trainer)."""
+    """A DataLoader whose workers leave Ctrl-C, and a SIGTERM from anyone but the training process, to that process:
+    a terminal and SLURM signal every process of a job, and torch would end the training process for a worker
+    ended by a signal before it saves its state (engine/stop_signal.py). The training process's own SIGTERM, which
+    shuts its workers down, still ends one."""
 
     def __iter__(self):
-        if not SENDER_KNOWN or not self.num_workers:
+        blocked = worker_birth_mask() if self.num_workers else set()
+        if not blocked:
             return super().__iter__()
-        # Workers start here and are born with SIGTERM blocked in every thread: a thread a library starts in a
-        # worker before its init function runs would otherwise take the signal and its default, death.
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        # Workers start here and are born with these signals blocked in every thread: a thread a library starts in a
+        # worker before its init function runs would otherwise take SIGTERM and its default, death.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
         try:
             return super().__iter__()
         finally:

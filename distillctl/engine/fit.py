@@ -208,7 +208,8 @@ def fit(
             for observer in EPOCH_OBSERVERS.get():
                 observer(title, record)
             if epoch < trainer_cfg.epochs and stop.due(batches.device, collective=True):
-                raise SignalStop(f"stopped by SIGTERM after epoch {epoch} of {trainer_cfg.epochs}, with the training state saved")
+                raise SignalStop(f"stopped by {stop.cause} after epoch {epoch} of {trainer_cfg.epochs}, with the training state saved",
+                                 stop.signum)
     distributed.barrier()  # rank 0's last checkpoint and best weights are on disk for every process to read
     seconds = time.perf_counter() - t_start
     share = None
@@ -249,7 +250,7 @@ def run_epoch(step: Callable, batches: Batches, epoch: int, log_every: int, prog
             totals.seen += n
             since_log += n
         if save is not None and i < len(batches):  # at the epoch's last step its own checkpoint follows
-            # On SIGTERM as on the clock: save after this step (each process asks at the same steps: StopSignal.due).
+            # On SIGTERM or Ctrl-C as on the clock: save after this step (each process asks at the same steps: StopSignal.due).
             stopping = stop is not None and stop.due(device, collective=i % log_every == 0)
             if stopping or (checkpoint_every and i % checkpoint_every == 0):
                 if totals.seen:  # never save a diverged state to resume from
@@ -257,7 +258,8 @@ def run_epoch(step: Callable, batches: Batches, epoch: int, log_every: int, prog
                 save(i)
             if stopping:
                 distributed.barrier()  # every process waits for rank 0's save before any of them exits
-                raise SignalStop(f"stopped by SIGTERM in epoch {epoch} at step {i} of {len(batches)}, with the training state saved there")
+                raise SignalStop(f"stopped by {stop.cause} in epoch {epoch} at step {i} of {len(batches)}, with the training state "
+                                 "saved there", stop.signum)
         if not totals.seen:
             continue
         if i % log_every == 0 or i == len(batches):

@@ -1,10 +1,11 @@
-"""SIGTERM ends a training run at the next step with its state saved, rather than wherever the signal finds it.
+"""SIGTERM and Ctrl-C end a training run at the next step with its state saved, rather than wherever they find it.
 
 SLURM sends SIGTERM at a job's time limit and on preemption (SIGKILL follows after KillWait, 30 s by default), and so
-do `docker stop`, Kubernetes and torchrun when it stops its workers. Without a handler the process dies at once and
-`resume=true` starts again from the last finished epoch: hours of an ImageNet epoch lost. With it, the training loop
-saves a mid-epoch checkpoint after the step it is in and raises SignalStop; `resume=true` continues from that step
-with the batches the run would have seen. A second SIGTERM ends the process at once.
+do `docker stop`, Kubernetes and torchrun when it stops its workers; a person at a terminal presses Ctrl-C (SIGINT).
+Without a handler the process dies at once and `resume=true` starts again from the last finished epoch: hours of an
+ImageNet epoch lost. With it, the training loop saves a mid-epoch checkpoint after the step it is in and raises
+SignalStop; `resume=true` continues from that step with the batches the run would have seen. A second signal ends the
+process at once, as the first would have without the handler.
 """
 
 from __future__ import annotations
@@ -15,51 +16,81 @@ import threading
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from distillctl import ranks
+
 if TYPE_CHECKING:  # the CLI imports SignalStop before torch loads
     import torch
 
+# The signals that stop a run at its next step, by the name a message gives them.
+STOPPING = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
+
 
 class SignalStop(KeyboardInterrupt):
-    """A run stopped on SIGTERM at a step boundary, its state saved. A KeyboardInterrupt, so that what cleans up
-    after Ctrl-C (a search queues its trial again) cleans up after this too."""
+    """A run stopped on SIGTERM or Ctrl-C at a step boundary, its state saved. A KeyboardInterrupt, so that what
+    cleans up after an interrupt (a search queues its trial again, a tracker marks its run stopped) does so here too."""
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM) -> None:
+        super().__init__(message)  # the message alone in args: unpickled (a joblib sweep's job), `code` comes back too
+        self.code = 128 + signum  # what a shell or scheduler reports for a process that signal ended
 
 
 class StopSignal:
-    """Within `with`: SIGTERM is noted rather than fatal, for the loop to stop at its next step (`due`)."""
+    """Within `with`: SIGTERM and Ctrl-C are noted rather than fatal, for the loop to stop at its next step (`due`)."""
 
     def __init__(self) -> None:
-        self.received = False
-        self.previous: object = None
-        self.installed = False
+        self.received: int | None = None  # the first stopping signal
+        self.previous: dict[int, object] = {}
         self.alone = True
 
     def __enter__(self) -> "StopSignal":
         from distillctl.engine import distributed
 
         self.alone = not distributed.active()  # the process group is up before training starts
+        self.speaks = ranks.is_main()
         # Only the main thread may set handlers; a loop run from another thread keeps the process's own.
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self.note)
-            self.installed = True
+            for signum in STOPPING:
+                # A shell ignores Ctrl-C for a job it started in the background (`&`), and a host (a notebook, a test
+                # runner) may handle it its own way: either is left as it is.
+                if signum == signal.SIGINT and signal.getsignal(signum) is not signal.default_int_handler:
+                    continue
+                self.previous[signum] = signal.signal(signum, self.note)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.installed:
-            signal.signal(signal.SIGTERM, self.previous)  # type: ignore[arg-type]
-            self.installed = False
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)  # type: ignore[arg-type]
+        self.previous = {}
+
+    @property
+    def cause(self) -> str:
+        """The signal that stops the run, as a message names it."""
+        return STOPPING.get(self.received, "a signal to another process")  # type: ignore[arg-type]
+
+    @property
+    def signum(self) -> int:
+        """The signal SignalStop reports: this process's own, else SIGTERM (what reached another process)."""
+        return self.received or signal.SIGTERM
 
     def note(self, signum: int, frame: FrameType | None) -> None:
-        """The handler: note the first signal; a second one ends the process as an unhandled SIGTERM would."""
-        if self.received:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-        self.received = True
+        """The handler: note the first signal; a second one ends the process as it would without this handler."""
+        if self.received is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if self.speaks:
+            # Written past Python's buffers: the handler may run while the main thread is inside a write to stderr.
+            again = "press Ctrl-C again to stop at once" if signum == signal.SIGINT else "a second SIGTERM stops it at once"
+            os.write(2, f"\n{STOPPING[signum]}: stopping after this step with the training state saved ({again})\n".encode())
+        self.received = signum
 
     def due(self, device: torch.device, collective: bool) -> bool:
         """Whether to stop now. Alone, as soon as the signal came; in a multi-process job only where `collective`
         (every process asks at the same steps), when any process received it, so that all stop at the same step."""
         if self.alone:
-            return self.received
+            return self.received is not None
         from distillctl.engine import distributed
 
-        return collective and not distributed.all_agree(not self.received, device)
+        return collective and not distributed.all_agree(self.received is None, device)
