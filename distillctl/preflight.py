@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from distillctl.disk import check_writable
 from distillctl.errors import UserError
+from distillctl.hub_access import offline, offline_unless_reachable
 from distillctl.teacher_files import PUBLISHED, teacher_checkpoints
 from distillctl.workspace import Workspace
 
@@ -34,6 +35,7 @@ def check(command: str, cfg: DictConfig) -> None:
                 existing_file(f"{role}.{key}", cfg[role][key])
     for i, entry in enumerate(cfg.teachers):
         existing_file(f"teachers[{i}].checkpoint", entry.checkpoint)
+    offline_unless_reachable(cfg, reads_data=command not in WITHOUT_DATASET)  # before a library asks the Hub and waits
     if command not in WITHOUT_DATASET:
         check_dataset(cfg.dataset.path, cfg.dataset.train_split)
     check_writable(Path(cfg.run_dir), "run_dir")
@@ -76,11 +78,6 @@ def check_dataset(spec: str, train_split: str = "train") -> None:
     source = locate(spec, train_split=train_split)
     if source.local_dir is None and offline() and not hub_cached(spec):
         raise UserError(offline_message(spec, "offline mode is on and it is not in the local Hugging Face cache"))
-
-
-def offline() -> bool:
-    """Whether the Hugging Face libraries were told not to use the network."""
-    return os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
 
 
 def hub_cached(repo_id: str) -> bool:
