@@ -106,8 +106,18 @@ def fit_state(model: nn.Module, state: dict[str, Any], path: Path) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[1:3]
-        raise UserError(f"checkpoint '{path}' does not fit this model ({' '.join(s.strip() for s in first)}). Check the model name.") from None
+        first = " ".join(few_keys(line.strip()) for line in str(exc).splitlines()[1:3])
+        raise UserError(f"checkpoint '{path}' does not fit this model ({first}). Check the model name.") from None
+
+
+def few_keys(problem: str, shown: int = 3) -> str:
+    """A line of load_state_dict's error with its list of keys cut to the first few: a model of another depth
+    misses dozens."""
+    head, _, keys = problem.partition(": ")
+    names = keys.rstrip(". ").split(", ")
+    if not head.endswith("key(s) in state_dict") or len(names) <= shown:  # a size mismatch, or a short list
+        return problem
+    return f"{head}: {', '.join(names[:shown])} and {len(names) - shown} more."
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:

@@ -283,10 +283,11 @@ def started_fingerprint(stage_dir: Path) -> str | None:
     return (files.read_json(stage_dir / STARTED_FILE) or {}).get("fingerprint")
 
 
-def record_start(stage_dir: Path, fingerprint: str) -> None:
-    """Note which config is training in stage_dir, so an interrupted run is resumed only with the same one, and the
-    command that started it, which `distillctl runs` gives to continue it."""
-    files.write_json(stage_dir / STARTED_FILE, {"fingerprint": fingerprint, "command": environment.command()})
+def record_start(stage_dir: Path, fingerprint: str, settings: dict[str, Any] | None = None) -> None:
+    """Note which config is training in stage_dir, so an interrupted run is resumed only with the same one, the
+    command that started it, which `distillctl runs` gives to continue it, and its resolved `settings`, which a
+    resume under others is compared with (resumption.check)."""
+    files.write_json(stage_dir / STARTED_FILE, {"fingerprint": fingerprint, "command": environment.command(), "settings": settings})
 
 
 def save_config(stage_dir: Path, cfg: DictConfig) -> None:

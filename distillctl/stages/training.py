@@ -12,11 +12,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from distillctl import artifacts, disk, files, workspace
+from distillctl import artifacts, disk, files, resumption, workspace
 from distillctl.console import console, print_summary_table
 from distillctl.data import preprocess
 from distillctl.engine import distributed
-from distillctl.engine.fit import BEST, LAST_STATE, FitResult, Trainee, check_resumable, fit
+from distillctl.engine.fit import BEST, LAST, LAST_STATE, FitResult, Trainee, check_resumable, fit
 from distillctl.engine.mixing import batch_mixer
 from distillctl.engine.optim import build_optimizer, build_schedule
 from distillctl.engine.predict import predict, top5_accuracy, topk_accuracy
@@ -80,10 +80,12 @@ def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
         weights = sum(t.numel() * t.element_size() for t in job.model.state_dict().values())
         disk.check_free_space(out_dir, 5 * weights + 10 * disk.MB, f"training {job.folder}")
     resume = bool(ctx.cfg.resume) or resumes_after_restart(out_dir, job.fingerprint)
-    if resume:
-        check_resumable(out_dir)  # before the folder records this run as started
+    settings = OmegaConf.to_container(ctx.cfg, resolve=True)
+    if resume:  # before the folder records this run as started: a refused resume leaves the record of the one it found
+        check_resumable(out_dir)
+        resumption.check(out_dir, out_dir / LAST, job.fingerprint, job.model_name, settings)
     if main:
-        workspace.record_start(out_dir, job.fingerprint)
+        workspace.record_start(out_dir, job.fingerprint, settings)
     distributed.barrier()  # rank 0 has created and claimed the folder
     if not main:
         return train_tracked(ctx, job, out_dir, NO_TRACKER, resume)

@@ -1,0 +1,41 @@
+"""resume=true continues the run a stage folder holds: into another model it is refused and the folder's record of
+its run is kept; under other settings it goes on and says what changed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distillctl.resumption import changes
+
+from conftest import TINY
+
+
+def test_changes_name_what_a_run_computes_and_leave_out_how_it_runs():
+    before = {"trainer": {"batch_size": 32, "threads": 1, "epochs": 3}, "optimizer": {"lr": 0.1}, "resume": False,
+              "logger": {"mlflow": {"experiment": None}}, "teachers": []}
+    after = {"trainer": {"batch_size": 64, "threads": 2, "epochs": 3}, "optimizer": {"lr": 0.05}, "resume": True,
+             "logger": {"mlflow": {"experiment": "x"}}, "teachers": [], "seed": 1}
+    assert changes(before, after) == "optimizer.lr 0.1 -> 0.05, seed (unset) -> 1, trainer.batch_size 32 -> 64"
+    many = {f"k{i}": i for i in range(1, 10)}
+    assert changes(many, {k: -v for k, v in many.items()}).endswith("k6 6 -> -6 and 3 more")
+    assert changes(None, after) == "" and changes(["not", "a", "config"], after) == ""  # an older or crafted record
+
+
+@pytest.mark.slow
+def test_a_resume_into_another_model_is_refused_and_one_under_other_settings_says_what_changed(cli, tmp_path):
+    run = ["train-teacher", "teacher=resnet8", "teacher.checkpoint=null", *TINY, "trainer.epochs=2", "trainer.threads=1",
+           "run_dir=runs/r"]
+    assert cli(*run).code == 0
+    started = tmp_path / "runs/r/teacher/started.json"
+    record = json.loads(started.read_text())
+    other_model = cli(*run, "teacher=resnet14", "resume=true")
+    assert other_model.code == 2
+    assert "holds a run of resnet8" in other_model.err and "this command builds resnet14" in other_model.err
+    assert "leave out resume=true" in other_model.err
+    assert json.loads(started.read_text()) == record  # pipeline still knows the run as its own
+    other_batch = cli(*run, "trainer.batch_size=64", "trainer.epochs=3", "resume=true")
+    assert other_batch.code == 0, other_batch.text
+    said = " ".join(other_batch.out.split())  # as a log has it, however the console wrapped it
+    assert "under settings other than those it started with: trainer.batch_size 32 -> 64, trainer.epochs 2 -> 3;" in said
