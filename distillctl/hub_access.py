@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 from omegaconf import DictConfig
 
 from distillctl.console import console
-from distillctl.ranks import is_main
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 # With a proxy the Hub is reached through it, and a direct connection proves nothing either way.
@@ -61,6 +60,5 @@ def offline_unless_reachable(cfg: DictConfig, reads_data: bool) -> None:
         return
     for name in OFFLINE_VARIABLES:  # before huggingface_hub and datasets are imported: they read them once, then
         os.environ[name] = "1"
-    if is_main():
-        console.print(f"[yellow]the Hugging Face Hub ({urlsplit(endpoint).hostname}) cannot be reached ({reason}): this run "
-                      "uses the local Hugging Face cache only, as HF_HUB_OFFLINE=1 would[/]")
+    console.print(f"[yellow]the Hugging Face Hub ({urlsplit(endpoint).hostname}) cannot be reached ({reason}): this run "
+                  "uses the local Hugging Face cache only, as HF_HUB_OFFLINE=1 would[/]")

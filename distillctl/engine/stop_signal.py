@@ -41,6 +41,7 @@ class StopSignal:
         self.received: int | None = None  # the first stopping signal
         self.previous: dict[int, object] = {}
         self.alone = True
+        self.speaks = True  # the process that says a signal came: rank 0 of a job, which every process receives
 
     def __enter__(self) -> "StopSignal":
         from distillctl.engine import distributed
