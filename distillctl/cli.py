@@ -326,6 +326,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     except BrokenPipeError:  # `distillctl recipes | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not raise again
     except SignalStop as exc:
-        fail(f"{exc}: run the same command with resume=true to continue (pipeline and reproduce resume by themselves).", code=exc.code)
-    except KeyboardInterrupt:
-        fail("interrupted; the last finished epoch is saved: add resume=true to continue (pipeline and reproduce resume by themselves).", code=130)
+        fail(f"{exc}: {how_to_continue(command)}.", code=exc.code)
+    except KeyboardInterrupt:  # 128 + SIGINT
+        trains = command in TRAINING_ONLY or command == "pipeline"
+        fail(f"interrupted; the last finished epoch is saved: {how_to_continue(command)}." if trains else "interrupted.", code=130)
+
+
+def how_to_continue(command: str) -> str:
+    """What continues an interrupted training command."""
+    if command in ("pipeline", "reproduce", "search"):
+        return f"run the same command again to continue ({command} resumes what was interrupted by itself)"
+    return "run the same command with resume=true to continue"

@@ -455,3 +455,21 @@ def test_output_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path, args
     proc.stdout.close()
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 0 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("command, said", [
+    ("distill", "error: interrupted; the last finished epoch is saved: run the same command with resume=true to continue."),
+    ("pipeline", "error: interrupted; the last finished epoch is saved: run the same command again to continue (pipeline "
+                 "resumes what was interrupted by itself)."),
+    ("evaluate", "error: interrupted."),  # nothing was training: no epoch to speak of
+])
+def test_ctrl_c_says_what_was_kept_and_what_continues_it(monkeypatch, capsys, command, said):
+    from distillctl import cli
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_hydra", interrupted)
+    with pytest.raises(SystemExit) as exited:
+        cli.main([command])
+    assert exited.value.code == 130 and " ".join(capsys.readouterr().err.split()) == said
