@@ -48,13 +48,31 @@ def is_main() -> bool:
     return ranks().rank == 0
 
 
+# Set in a job that was started again after it stopped, with who started it again.
+RESTART_COUNTS = {"TORCHELASTIC_RESTART_COUNT": "restarted by torchrun", "SLURM_RESTART_COUNT": "requeued by SLURM"}
+
+
+def restarted_by() -> str | None:
+    """Who started this job again after it stopped (torchrun --max-restarts after a failure; SLURM requeueing it
+    after a preemption or a time limit), or None on its first attempt."""
+    for variable, who in RESTART_COUNTS.items():
+        if os.environ.get(variable, "0").strip() not in ("", "0"):
+            return who
+    return None
+
+
+def attempt() -> str:
+    """Which attempt of its job this process belongs to, the same for all its processes."""
+    return "|".join(os.environ.get(variable, "0") for variable in RESTART_COUNTS)
+
+
 def first_to_say(message: str) -> bool:
     """True for the first process of the job to report this message, so that an error every process meets is
     printed once; always true outside a multi-process job."""
     job = job_id()
     if ranks().world == 1 or not job:
         return True
-    digest = hashlib.blake2b(f"{job}|{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}|{message}".encode(), digest_size=12).hexdigest()
+    digest = hashlib.blake2b(f"{job}|{attempt()}|{message}".encode(), digest_size=12).hexdigest()
     mark = Path(tempfile.gettempdir()) / f"distillctl-said-{digest}"
     try:
         os.close(os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))

@@ -216,6 +216,35 @@ def test_sigterm_stops_every_process_at_one_step_with_the_state_saved_and_resume
 
 
 @pytest.mark.slow
+def test_a_job_slurm_requeues_resumes_from_its_checkpoint_by_itself(cli, tmp_path):
+    # Preempted or at its time limit, a job gets SIGTERM and is requeued: the same command runs again, with
+    # SLURM_RESTART_COUNT set, and nobody there to add resume=true.
+    args = [*LONG.split(), "run_dir=runs/requeued"]
+    job = subprocess.Popen([sys.executable, "-m", "distillctl", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        state = tmp_path / "runs/requeued/student/last_state.pt"
+        deadline = time.monotonic() + 240
+        while not state.exists():
+            assert time.monotonic() < deadline, "no checkpoint within 4 minutes"
+            time.sleep(0.05)
+        os.kill(job.pid, signal.SIGTERM)
+        out, _ = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 143, out
+    stopped_at = len((tmp_path / "runs/requeued/student/history.jsonl").read_text().splitlines())
+    requeued = cli(*args, env={"SLURM_RESTART_COUNT": "1"})
+    assert requeued.code == 0, requeued.text
+    assert "requeued by SLURM: resuming from the last checkpoint" in requeued.out
+    metrics = json.loads((tmp_path / "runs/requeued/student/metrics.json").read_text())
+    assert metrics["resumed_from_epoch"] == stopped_at >= 1
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "runs/requeued/student/history.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 41))
+
+
+@pytest.mark.slow
 def test_torchrun_restarts_resume_from_the_last_checkpoint_by_themselves(tmp_path):
     job = torchrun(tmp_path, "--max-restarts=1", f"{LONG} run_dir=runs/restarted")
     try:

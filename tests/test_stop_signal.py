@@ -35,3 +35,28 @@ def test_a_ctrl_c_the_process_ignores_stays_ignored(ctrl_c_as_in_a_terminal):
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.received is None
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_a_schedulers_notice_goes_to_its_host_once_the_state_is_saved():
+    # submitit handles USR2 (a time limit or preemption ahead) by requeueing the job and ending the process at once.
+    requeued = []
+
+    def submitit_stand_in(signum, frame):
+        requeued.append(signum)
+
+    host = signal.signal(signal.SIGUSR2, submitit_stand_in)
+    try:
+        with pytest.raises(SignalStop, match="SIGUSR2, the scheduler's notice"):
+            with StopSignal() as stop:
+                os.kill(os.getpid(), signal.SIGUSR2)
+                assert stop.due(CPU, collective=False) and requeued == []  # the step ends and is saved first
+                raise SignalStop(f"stopped by {stop.cause}", stop.signum)
+        assert requeued == [signal.SIGUSR2] and signal.getsignal(signal.SIGUSR2) is submitit_stand_in
+    finally:
+        signal.signal(signal.SIGUSR2, host)
+
+
+def test_without_a_host_for_the_notice_it_is_left_as_it_was():
+    before = signal.getsignal(signal.SIGUSR2)
+    with StopSignal():
+        assert signal.getsignal(signal.SIGUSR2) == before

@@ -187,11 +187,6 @@ def main_first() -> Iterator[None]:
         dist.barrier()
 
 
-def restarted() -> bool:
-    """Whether torchrun restarted this job after a failure (--max-restarts): the stage resumes from its checkpoint."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-
-
 def wrap(module: nn.Module, device: torch.device, find_unused: bool) -> nn.Module:
     """`module` under DistributedDataParallel in a multi-process job (itself otherwise); `find_unused` where some
     parameters sit out some steps (a term that waits for its epoch)."""

@@ -1,11 +1,13 @@
-"""SIGTERM and Ctrl-C end a training run at the next step with its state saved, rather than wherever they find it.
+"""SIGTERM, Ctrl-C and a scheduler's notice end a training run at the next step with its state saved, rather than
+wherever they find it.
 
 SLURM sends SIGTERM at a job's time limit and on preemption (SIGKILL follows after KillWait, 30 s by default), and so
 do `docker stop`, Kubernetes and torchrun when it stops its workers; a person at a terminal presses Ctrl-C (SIGINT).
 Without a handler the process dies at once and `resume=true` starts again from the last finished epoch: hours of an
 ImageNet epoch lost. With it, the training loop saves a mid-epoch checkpoint after the step it is in and raises
 SignalStop; `resume=true` continues from that step with the batches the run would have seen. A second signal ends the
-process at once, as the first would have without the handler.
+process at once, as the first would have without the handler. submitit's notice (USR2 before a time limit) is handed
+to submitit once the state is saved, and SLURM's requeued job resumes by itself (stages/training.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ if TYPE_CHECKING:  # the CLI imports SignalStop before torch loads
 STOPPING = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
 
 
+def scheduler_notice() -> signal.Signals | None:
+    """The signal submitit gives a job before its time limit or a preemption (SUBMITIT_PREEMPT_SIGNAL, USR2 by
+    default), where the platform has it."""
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")
+    return getattr(signal, f"SIG{name}", None)
+
+
 class SignalStop(KeyboardInterrupt):
     """A run stopped on SIGTERM or Ctrl-C at a step boundary, its state saved. A KeyboardInterrupt, so that what
     cleans up after an interrupt (a search queues its trial again, a tracker marks its run stopped) does so here too."""
@@ -42,6 +51,7 @@ class StopSignal:
         self.previous: dict[int, object] = {}
         self.alone = True
         self.speaks = True  # the process that says a signal came: rank 0 of a job, which every process receives
+        self.notice: int | None = None  # the scheduler's notice, where a host (submitit) handles it
 
     def __enter__(self) -> "StopSignal":
         from distillctl.engine import distributed
@@ -56,17 +66,28 @@ class StopSignal:
                 if signum == signal.SIGINT and signal.getsignal(signum) is not signal.default_int_handler:
                     continue
                 self.previous[signum] = signal.signal(signum, self.note)
+            notice = scheduler_notice()
+            if notice is not None and notice not in STOPPING and callable(signal.getsignal(notice)):
+                # submitit's handler requeues the job and ends the process wherever the notice finds it: it is
+                # handed the notice once the state is saved (__exit__), and the requeued job resumes from there.
+                self.notice = notice
+                self.previous[notice] = signal.signal(notice, self.note)
         return self
 
     def __exit__(self, *exc: object) -> None:
         for signum, previous in self.previous.items():
             signal.signal(signum, previous)  # type: ignore[arg-type]
+        host = self.previous.get(self.notice) if self.received is not None and self.received == self.notice else None
         self.previous = {}
+        if callable(host):
+            host(self.received, None)
 
     @property
     def cause(self) -> str:
         """The signal that stops the run, as a message names it."""
-        return STOPPING.get(self.received, "a signal to another process")  # type: ignore[arg-type]
+        if self.received is None:
+            return "a signal to another process"
+        return STOPPING.get(self.received) or f"{signal.Signals(self.received).name}, the scheduler's notice of a time limit or preemption"
 
     @property
     def signum(self) -> int:
@@ -78,14 +99,17 @@ class StopSignal:
         if self.received is not None:
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
+            if signum == self.notice:  # the host's own way, at once
+                self.previous[signum](signum, frame)  # type: ignore[operator]
+                return
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
+        self.received = signum
         if self.speaks:
             # Written past Python's buffers: the handler may run while the main thread is inside a write to stderr.
-            again = "press Ctrl-C again to stop at once" if signum == signal.SIGINT else "a second SIGTERM stops it at once"
-            os.write(2, f"\n{STOPPING[signum]}: stopping after this step with the training state saved ({again})\n".encode())
-        self.received = signum
+            again = "press Ctrl-C again to stop at once" if signum == signal.SIGINT else "a second signal stops it at once"
+            os.write(2, f"\n{self.cause}: stopping after this step with the training state saved ({again})\n".encode())
 
     def due(self, device: torch.device, collective: bool) -> bool:
         """Whether to stop now. Alone, as soon as the signal came; in a multi-process job only where `collective`

@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from distillctl import artifacts, disk, files, resumption, workspace
+from distillctl import artifacts, disk, files, ranks, resumption, workspace
 from distillctl.console import console, print_summary_table
 from distillctl.data import preprocess
 from distillctl.engine import distributed
@@ -94,13 +94,14 @@ def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
 
 
 def resumes_after_restart(out_dir: Path, fingerprint: str) -> bool:
-    """Whether torchrun restarted this job (--max-restarts) over a checkpoint of this very run: it then goes on
-    from that checkpoint by itself. Decided by rank 0, so that every process agrees."""
-    if not distributed.restarted():
+    """Whether torchrun restarted this job (--max-restarts) or SLURM requeued it over a checkpoint of this very run:
+    it then goes on from that checkpoint by itself, as nobody can add resume=true to a command run again for them.
+    Decided by rank 0, so that every process agrees."""
+    if not (who := ranks.restarted_by()):
         return False
     found = workspace.started_fingerprint(out_dir) == fingerprint and (out_dir / LAST_STATE).is_file()
     if found:
-        console.print(f"restarted by torchrun: resuming from the last checkpoint in {out_dir}")
+        console.print(f"{who}: resuming from the last checkpoint in {out_dir}")
     return bool(distributed.broadcast(found))
 
 
