@@ -20,7 +20,7 @@ from distillctl.composition import (
     prepare_overrides,
     with_sweep_dir,
 )
-from distillctl.engine.stop_signal import SignalStop
+from distillctl.engine.stop_signal import Requeued, SignalStop
 from distillctl.errors import UserError, closest
 from distillctl.ranks import first_to_say, ranks
 
@@ -136,6 +136,8 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
         sweep_summary.clear_failure(job)
         try:
             return run_task(cfg)
+        except Requeued:  # submitit ends this job's process to run it again: not a failure
+            raise
         except SystemExit as exc:
             if not exc.code:
                 raise

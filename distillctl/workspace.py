@@ -290,6 +290,16 @@ def record_start(stage_dir: Path, fingerprint: str, settings: dict[str, Any] | N
     files.write_json(stage_dir / STARTED_FILE, {"fingerprint": fingerprint, "command": environment.command(), "settings": settings})
 
 
+def note_requeue(stage_dir: Path) -> None:
+    """Note that the scheduler will run the stage's job again (submitit requeued it): its next start resumes."""
+    files.write_json(stage_dir / STARTED_FILE, {**(files.read_json(stage_dir / STARTED_FILE) or {}), "requeued": True})
+
+
+def requeued(stage_dir: Path) -> bool:
+    """Whether the run that last started in stage_dir was stopped for the scheduler to run it again."""
+    return (files.read_json(stage_dir / STARTED_FILE) or {}).get("requeued") is True
+
+
 def save_config(stage_dir: Path, cfg: DictConfig) -> None:
     """The fully resolved config beside the stage's artifacts."""
     files.write_text(stage_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))

@@ -305,6 +305,26 @@ def test_a_sweep_on_submitits_local_executor_runs_every_job_as_two_processes(cli
 
 
 @pytest.mark.slow
+def test_submitits_notice_stops_a_job_at_a_step_and_the_requeued_job_resumes_there(cli, tmp_path):
+    # submitit's local executor, as on SLURM: USR2 30 s before the 1-minute limit, then its handler requeues the job.
+    result = cli("distill", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=1", *SMALL,
+                 "trainer.epochs=9", "trainer.max_steps_per_epoch=30", "trainer.batch_size=32", "run_dir=runs/notice")
+    assert result.code == 0, result.text
+    (sweep,) = (tmp_path / "runs/notice/sweep").iterdir()
+    said = "".join(log.read_text() for log in sweep.glob(".submitit/**/*_log.err"))
+    assert "SIGUSR2, the scheduler's notice of a time limit or preemption: stopping after this step" in said
+    (student,) = sweep.glob("*/student")
+    marks = [line for line in (student / "train.log").read_text().splitlines() if line.startswith("# ")]
+    starts = [int(line.split()[3].split("..")[0]) for line in marks if line.startswith("# student: epochs ")]
+    saved = [int(line.split()[3].rstrip(",")) for line in marks if line.startswith("# checkpoint: epoch ")]
+    # The requeued job went on where the notice stopped the first: mid-epoch from that step, else after that epoch.
+    assert starts[0] == 1 and starts[1] == (saved[0] if saved else starts[1]) >= 2, marks
+    assert json.loads((student / "metrics.json").read_text())["resumed_from_epoch"] == starts[-1] - 1
+    epochs = [json.loads(line)["epoch"] for line in (student / "history.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 10))
+
+
+@pytest.mark.slow
 def test_each_job_of_a_sweep_with_devices_runs_itself_as_two_processes(cli, tmp_path):
     # trainer.devices=2 starts torchrun from inside each job: its processes must run that job, not the sweep again.
     result = cli("distill", "-m", "trainer.devices=2", *SMALL, "trainer.epochs=1", "trainer.max_steps_per_epoch=2",

@@ -43,6 +43,11 @@ class SignalStop(KeyboardInterrupt):
         self.code = 128 + signum  # what a shell or scheduler reports for a process that signal ended
 
 
+class Requeued(SystemExit):
+    """The scheduler's host (submitit) ends the process to requeue its job: the job goes on later, and a sweep must
+    not record it as failed and go on in this process."""
+
+
 class StopSignal:
     """Within `with`: SIGTERM and Ctrl-C are noted rather than fatal, for the loop to stop at its next step (`due`)."""
 
@@ -80,7 +85,10 @@ class StopSignal:
         host = self.previous.get(self.notice) if self.received is not None and self.received == self.notice else None
         self.previous = {}
         if callable(host):
-            host(self.received, None)
+            try:
+                host(self.received, None)
+            except SystemExit as exc:
+                raise Requeued(exc.code) from None
 
     @property
     def cause(self) -> str:

@@ -20,6 +20,7 @@ from distillctl.engine.fit import BEST, LAST, LAST_STATE, FitResult, Trainee, ch
 from distillctl.engine.mixing import batch_mixer
 from distillctl.engine.optim import build_optimizer, build_schedule
 from distillctl.engine.predict import predict, top5_accuracy, topk_accuracy
+from distillctl.engine.stop_signal import Requeued
 from distillctl.engine.teacher_cache import CacheSettings, open_cache
 from distillctl.errors import UserError
 from distillctl.losses import Objective
@@ -87,17 +88,23 @@ def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
     if main:
         workspace.record_start(out_dir, job.fingerprint, settings)
     distributed.barrier()  # rank 0 has created and claimed the folder
-    if not main:
-        return train_tracked(ctx, job, out_dir, NO_TRACKER, resume)
-    with tracked(ctx.cfg, out_dir) as tracker:
-        return train_tracked(ctx, job, out_dir, tracker, resume)
+    try:
+        if not main:
+            return train_tracked(ctx, job, out_dir, NO_TRACKER, resume)
+        with tracked(ctx.cfg, out_dir) as tracker:
+            return train_tracked(ctx, job, out_dir, tracker, resume)
+    except Requeued:
+        if main:  # the scheduler runs this job again, with nobody to add resume=true: it resumes by itself
+            workspace.note_requeue(out_dir)
+        raise
 
 
 def resumes_after_restart(out_dir: Path, fingerprint: str) -> bool:
-    """Whether torchrun restarted this job (--max-restarts) or SLURM requeued it over a checkpoint of this very run:
-    it then goes on from that checkpoint by itself, as nobody can add resume=true to a command run again for them.
+    """Whether torchrun restarted this job (--max-restarts), or SLURM or submitit requeued it, over a checkpoint of
+    this very run: it then goes on from that checkpoint by itself, as nobody can add resume=true to a command run
+    again for them.
     Decided by rank 0, so that every process agrees."""
-    if not (who := ranks.restarted_by()):
+    if not (who := ranks.restarted_by() or ("requeued by the scheduler" if workspace.requeued(out_dir) else None)):
         return False
     found = workspace.started_fingerprint(out_dir) == fingerprint and (out_dir / LAST_STATE).is_file()
     if found:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from omegaconf import DictConfig, OmegaConf
 
 from distillctl import files
+from distillctl.engine.stop_signal import Requeued
 from distillctl.errors import UserError
 
 # logger key -> (module under distillctl.tracking, the package it needs, what to install).
@@ -159,7 +160,7 @@ def tracked(cfg: DictConfig, out_dir: Path) -> Iterator[Tracker]:
     files.write_json(out_dir / IDENTITY_FILE, identities)
     try:
         yield tracker
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Requeued):
         tracker.close("stopped")
         raise
     except BaseException:
