@@ -9,7 +9,7 @@ import signal
 import pytest
 import torch
 
-from distillctl.engine.stop_signal import SignalStop, StopSignal
+from distillctl.engine.stop_signal import Requeued, SignalStop, StopSignal
 
 CPU = torch.device("cpu")
 
@@ -38,20 +38,23 @@ def test_a_ctrl_c_the_process_ignores_stays_ignored(ctrl_c_as_in_a_terminal):
 
 
 def test_a_schedulers_notice_goes_to_its_host_once_the_state_is_saved():
-    # submitit handles USR2 (a time limit or preemption ahead) by requeueing the job and ending the process at once.
+    # submitit handles USR2 (a time limit or preemption ahead) by requeueing the job and exiting at once.
     requeued = []
 
     def submitit_stand_in(signum, frame):
         requeued.append(signum)
+        raise SystemExit(144)  # what submitit's local executor exits with to be run again
 
     host = signal.signal(signal.SIGUSR2, submitit_stand_in)
     try:
-        with pytest.raises(SignalStop, match="SIGUSR2, the scheduler's notice"):
+        with pytest.raises(Requeued) as ended:
             with StopSignal() as stop:
                 os.kill(os.getpid(), signal.SIGUSR2)
                 assert stop.due(CPU, collective=False) and requeued == []  # the step ends and is saved first
+                assert stop.cause.startswith("SIGUSR2, the scheduler's notice")
                 raise SignalStop(f"stopped by {stop.cause}", stop.signum)
-        assert requeued == [signal.SIGUSR2] and signal.getsignal(signal.SIGUSR2) is submitit_stand_in
+        assert ended.value.code == 144 and requeued == [signal.SIGUSR2]
+        assert signal.getsignal(signal.SIGUSR2) is submitit_stand_in
     finally:
         signal.signal(signal.SIGUSR2, host)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -49,7 +50,8 @@ class Requeued(SystemExit):
 
 
 class StopSignal:
-    """Within `with`: SIGTERM and Ctrl-C are noted rather than fatal, for the loop to stop at its next step (`due`)."""
+    """Within `with`: SIGTERM, Ctrl-C and a scheduler's notice are noted rather than fatal, for the loop to stop at
+    its next step (`due`)."""
 
     def __init__(self) -> None:
         self.received: int | None = None  # the first stopping signal
@@ -57,6 +59,7 @@ class StopSignal:
         self.alone = True
         self.speaks = True  # the process that says a signal came: rank 0 of a job, which every process receives
         self.notice: int | None = None  # the scheduler's notice, where a host (submitit) handles it
+        self.host: Callable[[int, FrameType | None], object] | None = None  # that handler
 
     def __enter__(self) -> "StopSignal":
         from distillctl.engine import distributed
@@ -75,27 +78,31 @@ class StopSignal:
             if notice is not None and notice not in STOPPING and callable(signal.getsignal(notice)):
                 # submitit's handler requeues the job and ends the process wherever the notice finds it: it is
                 # handed the notice once the state is saved (__exit__), and the requeued job resumes from there.
-                self.notice = notice
+                self.notice, self.host = notice, signal.getsignal(notice)  # type: ignore[assignment]
                 self.previous[notice] = signal.signal(notice, self.note)
         return self
 
     def __exit__(self, *exc: object) -> None:
         for signum, previous in self.previous.items():
             signal.signal(signum, previous)  # type: ignore[arg-type]
-        host = self.previous.get(self.notice) if self.received is not None and self.received == self.notice else None
         self.previous = {}
-        if callable(host):
-            try:
-                host(self.received, None)
-            except SystemExit as exc:
-                raise Requeued(exc.code) from None
+        if self.received is not None and self.received == self.notice:
+            self.hand_on(None)
+
+    def hand_on(self, frame: FrameType | None) -> None:
+        """Give the notice to its host: submitit requeues the job and ends this process (Requeued)."""
+        try:
+            self.host(self.notice, frame)  # type: ignore[misc]
+        except SystemExit as exc:
+            raise Requeued(exc.code) from None
 
     @property
     def cause(self) -> str:
         """The signal that stops the run, as a message names it."""
         if self.received is None:
             return "a signal to another process"
-        return STOPPING.get(self.received) or f"{signal.Signals(self.received).name}, the scheduler's notice of a time limit or preemption"
+        notice = f"{signal.Signals(self.received).name}, the scheduler's notice of a time limit or preemption"
+        return STOPPING.get(self.received) or notice
 
     @property
     def signum(self) -> int:
@@ -108,7 +115,7 @@ class StopSignal:
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             if signum == self.notice:  # the host's own way, at once
-                self.previous[signum](signum, frame)  # type: ignore[operator]
+                self.hand_on(frame)
                 return
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
