@@ -102,8 +102,7 @@ def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
 def resumes_after_restart(out_dir: Path, fingerprint: str) -> bool:
     """Whether torchrun restarted this job (--max-restarts), or SLURM or submitit requeued it, over a checkpoint of
     this very run: it then goes on from that checkpoint by itself, as nobody can add resume=true to a command run
-    again for them.
-    Decided by rank 0, so that every process agrees."""
+    again for them. Decided by rank 0, so that every process agrees."""
     if not (who := ranks.restarted_by() or ("requeued by the scheduler" if workspace.requeued(out_dir) else None)):
         return False
     found = workspace.started_fingerprint(out_dir) == fingerprint and (out_dir / LAST_STATE).is_file()
