@@ -188,42 +188,13 @@ def test_a_killed_process_ends_the_job_and_resume_finishes_it_with_another_proce
     assert epochs == list(range(1, 41))
 
 
-@pytest.mark.slow
-def test_sigterm_stops_every_process_at_one_step_with_the_state_saved_and_resume_finishes(cli, tmp_path):
-    # trainer.devices=2: distillctl's own launcher, which passes SIGTERM on to its processes as torchrun does
-    args = [*LONG.split(), "run_dir=runs/stopped", "trainer.devices=2", "trainer.log_every=2"]
+def sigterm_after_first_checkpoint(tmp_path: Path, args: list[str], run_dir: str) -> tuple[int, str]:
+    """Run `distillctl args` and send it SIGTERM, as SLURM does at a time limit, once its first checkpoint is on
+    disk; its exit status and output."""
     job = subprocess.Popen([sys.executable, "-m", "distillctl", *args], cwd=tmp_path, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        state = tmp_path / "runs/stopped/student/last_state.pt"
-        deadline = time.monotonic() + 240
-        while not state.exists():
-            assert time.monotonic() < deadline, "no checkpoint within 4 minutes"
-            time.sleep(0.05)
-        os.kill(job.pid, signal.SIGTERM)  # as SLURM does at a time limit
-        out, _ = job.communicate(timeout=120)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-    assert job.returncode == 143, out
-    assert "stopped by SIGTERM" in out and "with the training state saved" in out and "resume=true" in out
-    history = (tmp_path / "runs/stopped/student/history.jsonl").read_text().splitlines()
-    assert 1 <= len(history) < 40
-    resumed = cli(*args, "resume=true")
-    assert resumed.code == 0, resumed.text
-    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "runs/stopped/student/history.jsonl").read_text().splitlines()]
-    assert epochs == list(range(1, 41))
-
-
-@pytest.mark.slow
-def test_a_job_slurm_requeues_resumes_from_its_checkpoint_by_itself(cli, tmp_path):
-    # Preempted or at its time limit, a job gets SIGTERM and is requeued: the same command runs again, with
-    # SLURM_RESTART_COUNT set, and nobody there to add resume=true.
-    args = [*LONG.split(), "run_dir=runs/requeued"]
-    job = subprocess.Popen([sys.executable, "-m", "distillctl", *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        state = tmp_path / "runs/requeued/student/last_state.pt"
+        state = tmp_path / run_dir / "student/last_state.pt"
         deadline = time.monotonic() + 240
         while not state.exists():
             assert time.monotonic() < deadline, "no checkpoint within 4 minutes"
@@ -233,15 +204,41 @@ def test_a_job_slurm_requeues_resumes_from_its_checkpoint_by_itself(cli, tmp_pat
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
-    assert job.returncode == 143, out
-    stopped_at = len((tmp_path / "runs/requeued/student/history.jsonl").read_text().splitlines())
+    return job.returncode, out
+
+
+def trained_epochs(tmp_path: Path, run_dir: str) -> list[int]:
+    """The epochs in the student's history.jsonl."""
+    return [json.loads(line)["epoch"] for line in (tmp_path / run_dir / "student/history.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_process_at_one_step_with_the_state_saved_and_resume_finishes(cli, tmp_path):
+    # trainer.devices=2: distillctl's own launcher, which passes SIGTERM on to its processes as torchrun does
+    args = [*LONG.split(), "run_dir=runs/stopped", "trainer.devices=2", "trainer.log_every=2"]
+    code, out = sigterm_after_first_checkpoint(tmp_path, args, "runs/stopped")
+    assert code == 143, out
+    assert "stopped by SIGTERM" in out and "with the training state saved" in out and "resume=true" in out
+    assert 1 <= len(trained_epochs(tmp_path, "runs/stopped")) < 40
+    resumed = cli(*args, "resume=true")
+    assert resumed.code == 0, resumed.text
+    assert trained_epochs(tmp_path, "runs/stopped") == list(range(1, 41))
+
+
+@pytest.mark.slow
+def test_a_job_slurm_requeues_resumes_from_its_checkpoint_by_itself(cli, tmp_path):
+    # Preempted or at its time limit, a job gets SIGTERM and is requeued: the same command runs again, with
+    # SLURM_RESTART_COUNT set, and nobody there to add resume=true.
+    args = [*LONG.split(), "run_dir=runs/requeued"]
+    code, out = sigterm_after_first_checkpoint(tmp_path, args, "runs/requeued")
+    assert code == 143, out
+    stopped_at = len(trained_epochs(tmp_path, "runs/requeued"))
     requeued = cli(*args, env={"SLURM_RESTART_COUNT": "1"})
     assert requeued.code == 0, requeued.text
     assert "requeued by SLURM: resuming from the last checkpoint" in requeued.out
     metrics = json.loads((tmp_path / "runs/requeued/student/metrics.json").read_text())
     assert metrics["resumed_from_epoch"] == stopped_at >= 1
-    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "runs/requeued/student/history.jsonl").read_text().splitlines()]
-    assert epochs == list(range(1, 41))
+    assert trained_epochs(tmp_path, "runs/requeued") == list(range(1, 41))
 
 
 @pytest.mark.slow
@@ -304,24 +301,49 @@ def test_a_sweep_on_submitits_local_executor_runs_every_job_as_two_processes(cli
     assert [json.loads(m.read_text())["processes"] for m in found] == [2, 2]
 
 
+def submitit_task(session: int) -> int | None:
+    """The process of the first task of a submitit job started in `session`, if it runs (Linux: read from /proc)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or os.getsid(int(entry.name)) != session:
+                continue
+            if b"submitit.core._submit" in (entry / "cmdline").read_bytes() and b"SUBMITIT_LOCAL_GLOBALID=0" in (entry / "environ").read_bytes():
+                return int(entry.name)
+        except OSError:  # gone meanwhile
+            continue
+    return None
+
+
 @pytest.mark.slow
-def test_submitits_notice_stops_a_job_at_a_step_and_the_requeued_job_resumes_there(cli, tmp_path):
-    # submitit's local executor, as on SLURM: USR2 30 s before the 1-minute limit, then its handler requeues the job.
-    result = cli("distill", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=1", *SMALL,
-                 "trainer.epochs=9", "trainer.max_steps_per_epoch=30", "trainer.batch_size=32", "run_dir=runs/notice")
-    assert result.code == 0, result.text
-    (sweep,) = (tmp_path / "runs/notice/sweep").iterdir()
-    said = "".join(log.read_text() for log in sweep.glob(".submitit/**/*_log.err"))
+@pytest.mark.skipif(sys.platform != "linux", reason="finds submitit's task in /proc")
+def test_submitits_notice_stops_a_job_at_a_step_and_the_requeued_job_resumes_there(tmp_path):
+    # submitit's local executor, as on SLURM: its handler of USR2 (a time limit or preemption ahead) requeues the job.
+    args = ["distill", "-m", "hydra/launcher=submitit_local", *SMALL, "trainer.epochs=10", "trainer.max_steps_per_epoch=30",
+            "trainer.batch_size=32", "run_dir=runs/notice"]
+    sweep = subprocess.Popen([sys.executable, "-m", "distillctl", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list((tmp_path / "runs/notice/sweep").glob("*/*/student/last_state.pt")):
+            assert time.monotonic() < deadline and sweep.poll() is None, "no checkpoint within 4 minutes"
+            time.sleep(0.05)
+        os.kill(submitit_task(sweep.pid), signal.SIGUSR2)  # what SLURM sends hydra.launcher.signal_delay_s ahead
+        out, _ = sweep.communicate(timeout=300)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+    assert sweep.returncode == 0, out
+    (job,) = (tmp_path / "runs/notice/sweep").glob("*/0_")
+    said = "".join(log.read_text() for log in job.parent.glob(".submitit/**/*_log.err"))
     assert "SIGUSR2, the scheduler's notice of a time limit or preemption: stopping after this step" in said
-    (student,) = sweep.glob("*/student")
-    marks = [line for line in (student / "train.log").read_text().splitlines() if line.startswith("# ")]
+    marks = [line for line in (job / "student/train.log").read_text().splitlines() if line.startswith("# ")]
     starts = [int(line.split()[3].split("..")[0]) for line in marks if line.startswith("# student: epochs ")]
     saved = [int(line.split()[3].rstrip(",")) for line in marks if line.startswith("# checkpoint: epoch ")]
     # The requeued job went on where the notice stopped the first: mid-epoch from that step, else after that epoch.
-    assert starts[0] == 1 and starts[1] == (saved[0] if saved else starts[1]) >= 2, marks
-    assert json.loads((student / "metrics.json").read_text())["resumed_from_epoch"] == starts[-1] - 1
-    epochs = [json.loads(line)["epoch"] for line in (student / "history.jsonl").read_text().splitlines()]
-    assert epochs == list(range(1, 10))
+    assert len(starts) == 2 and starts[0] == 1 and starts[1] == (saved[0] if saved else starts[1]) >= 2, marks
+    assert json.loads((job / "student/metrics.json").read_text())["resumed_from_epoch"] == starts[1] - 1
+    epochs = [json.loads(line)["epoch"] for line in (job / "student/history.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 11))
 
 
 @pytest.mark.slow

@@ -63,8 +63,7 @@ def setup(device: torch.device, timeout_s: float) -> torch.device:
         if "MASTER_ADDR" not in os.environ:  # tasks started by srun or submitit, not torchrun: rank 0's host leads
             local = os.environ.get("SUBMITIT_EXECUTOR") == "local"
             os.environ["MASTER_ADDR"] = "127.0.0.1" if local else slurm_first_host()
-            # A port of this job's own: several jobs of a sweep may share a node.
-            os.environ.setdefault("MASTER_PORT", str(20000 + int(hashlib.blake2b((job_id() or "").encode(), digest_size=4).hexdigest(), 16) % 30000))
+            os.environ.setdefault("MASTER_PORT", str(job_port(job_id() or "")))
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=r.rank, world_size=r.world,
                                 timeout=timedelta(seconds=timeout_s), store=attempt_store(r.world, timeout_s))
     return device
@@ -82,6 +81,16 @@ def attempt_store(world: int, timeout_s: float) -> dist.Store | None:
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
                           timeout=timedelta(seconds=timeout_s))
     return dist.PrefixStore(f"distillctl/attempt_{restart}", store)
+
+
+# A port of each job's own (several jobs of a sweep may share a node), below Linux's ephemeral ports (32768-60999):
+# a port the system handed to some connection for the moment would leave rank 0's store unable to listen there.
+JOB_PORTS = range(20000, 32768)
+
+
+def job_port(job: str) -> int:
+    """The port rank 0 of the job named `job` listens on."""
+    return JOB_PORTS[int(hashlib.blake2b(job.encode(), digest_size=4).hexdigest(), 16) % len(JOB_PORTS)]
 
 
 def slurm_first_host() -> str:
