@@ -14,10 +14,10 @@ from typing import Any
 
 from rich.markup import escape
 
-from distillctl import artifacts, files
+from distillctl import artifacts
 from distillctl.console import console
 from distillctl.errors import UserError
-from distillctl.workspace import STARTED_FILE
+from distillctl.workspace import started
 
 # Settings that say how a run is executed or kept, not what it computes.
 HOW_NOT_WHAT = ("resume", "force", "run_dir", "trainer.threads", "trainer.devices", "trainer.log_every",
@@ -28,8 +28,8 @@ SHOWN = 6  # changes listed before "and N more"
 def check(out_dir: Path, last_weights: Path, fingerprint: str, model_name: str, settings: dict[str, Any]) -> None:
     """Refuse to resume `out_dir` into another model; warn when it resumes under other settings than it started with
     (`settings`: this command's resolved config)."""
-    started = files.read_json(out_dir / STARTED_FILE) or {}
-    began = f" (it was started by `{started['command']}`)" if isinstance(started.get("command"), str) else ""
+    record = started(out_dir)
+    began = f" (it was started by `{record['command']}`)" if isinstance(record.get("command"), str) else ""
     if last_weights.is_file():
         try:
             held = artifacts.read_metadata(last_weights).get("model")
@@ -38,9 +38,9 @@ def check(out_dir: Path, last_weights: Path, fingerprint: str, model_name: str, 
         if isinstance(held, str) and held != model_name:
             raise UserError(f"resume=true: {out_dir} holds a run of {held}{began}, and this command builds {model_name}. "
                             f"Resume with {held}, or leave out resume=true to train {model_name} from the start.")
-    if started.get("fingerprint") in (None, fingerprint):
+    if record.get("fingerprint") in (None, fingerprint):
         return
-    listed = changes(started.get("settings"), settings)
+    listed = changes(record.get("settings"), settings)
     console.print(f"[yellow]resume=true continues {out_dir} under settings other than those it started with"
                   f"{': ' + escape(listed) if listed else escape(began)}; its result will differ from a run never stopped[/]")
 

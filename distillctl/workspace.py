@@ -278,9 +278,14 @@ def recorded_fingerprint(stage_dir: Path) -> str | None:
     return metrics.get("fingerprint")
 
 
+def started(stage_dir: Path) -> dict[str, Any]:
+    """What record_start (and note_requeue) noted of the run that last started in stage_dir; {} where nothing did."""
+    return files.read_json(stage_dir / STARTED_FILE) or {}
+
+
 def started_fingerprint(stage_dir: Path) -> str | None:
     """The fingerprint of the run that last started in stage_dir (finished or not)."""
-    return (files.read_json(stage_dir / STARTED_FILE) or {}).get("fingerprint")
+    return started(stage_dir).get("fingerprint")
 
 
 def record_start(stage_dir: Path, fingerprint: str, settings: dict[str, Any] | None = None) -> None:
@@ -292,12 +297,12 @@ def record_start(stage_dir: Path, fingerprint: str, settings: dict[str, Any] | N
 
 def note_requeue(stage_dir: Path) -> None:
     """Note that the scheduler will run the stage's job again (submitit requeued it): its next start resumes."""
-    files.write_json(stage_dir / STARTED_FILE, {**(files.read_json(stage_dir / STARTED_FILE) or {}), "requeued": True})
+    files.write_json(stage_dir / STARTED_FILE, {**started(stage_dir), "requeued": True})
 
 
 def requeued(stage_dir: Path) -> bool:
     """Whether the run that last started in stage_dir was stopped for the scheduler to run it again."""
-    return (files.read_json(stage_dir / STARTED_FILE) or {}).get("requeued") is True
+    return started(stage_dir).get("requeued") is True
 
 
 def save_config(stage_dir: Path, cfg: DictConfig) -> None:

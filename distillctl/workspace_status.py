@@ -20,6 +20,7 @@ from distillctl import files, provenance
 from distillctl.errors import UserError
 from distillctl.model_files import MODEL_STAGES
 from distillctl.workspace import METRICS_FILE, STAGING, STARTED_FILE, finished, lock_file, recorded_fingerprint
+from distillctl.workspace import started as started_record
 
 # Stages in the order a pipeline makes them; a folder of another name is not a stage.
 STAGES = (*MODEL_STAGES, "export", "report")
@@ -49,7 +50,7 @@ def stage_status(workspace: Path, stage: str, outdated: dict[str, str] | None = 
     """The state of workspace/stage, or None where no run of it ever started; `outdated` (provenance.outdated)
     names the stages made from one made again since."""
     folder = workspace / stage
-    started = files.read_json(folder / STARTED_FILE) or {}
+    started = started_record(folder)
     done = finished(folder)
     if not done and not started and not (folder / STAGING).is_dir():
         return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 from distillctl.console import console
 from distillctl.data import folder, images
 from distillctl.errors import UserError
+from distillctl.hub_access import offline
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "sample" / "cifar10"
 
@@ -111,8 +111,7 @@ def read_split_tables(source: Source, split: str) -> dict:
         if isinstance(exc, ValueError) and "split" in str(exc).lower():
             raise UserError(f"data set '{source.spec}' has no split '{split}': {str(exc).rstrip('.')}. Set dataset.train_split / dataset.test_split "
                             "(dataset.test_split=null holds a test split out of the train split).") from None
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
-        reason = "offline mode is on" if offline else f"{type(exc).__name__}: {str(exc).splitlines()[0].rstrip('.') if str(exc) else ''}"
+        reason = "offline mode is on" if offline() else f"{type(exc).__name__}: {str(exc).splitlines()[0].rstrip('.') if str(exc) else ''}"
         if source.local_dir is not None:
             raise UserError(f"could not read the data set in '{source.local_dir}' ({reason}). Is a file corrupt?") from None
         raise UserError(offline_message(source.spec, reason)) from None

@@ -75,10 +75,11 @@ class StopSignal:
                     continue
                 self.previous[signum] = signal.signal(signum, self.note)
             notice = scheduler_notice()
-            if notice is not None and notice not in STOPPING and callable(signal.getsignal(notice)):
+            host = signal.getsignal(notice) if notice is not None and notice not in STOPPING else None
+            if callable(host):
                 # submitit's handler requeues the job and ends the process wherever the notice finds it: it is
                 # handed the notice once the state is saved (__exit__), and the requeued job resumes from there.
-                self.notice, self.host = notice, signal.getsignal(notice)  # type: ignore[assignment]
+                self.notice, self.host = notice, host
                 self.previous[notice] = signal.signal(notice, self.note)
         return self
 
