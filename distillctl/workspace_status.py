@@ -64,10 +64,11 @@ def stage_status(workspace: Path, stage: str, outdated: dict[str, str] | None = 
         status.epochs = str(metrics.get("epochs", "") or "")
         status.finished_at = time.strftime("%Y-%m-%d %H:%M", time.localtime((folder / METRICS_FILE).stat().st_mtime))
     newer = started.get("fingerprint") not in (None, recorded_fingerprint(folder) if done else None)
+    run = last_run(folder)
     if writer_alive(workspace, stage):
-        status.state = "running" + (f" (epoch {progress(folder)})" if progress(folder) else "")
+        status.state = "running" + (f" (epoch {progress(run)})" if progress(run) else "")
     elif newer or not done:  # started and not finished, or results staged and never published
-        reached, saved = progress(folder), saved_step(folder)
+        reached, saved = progress(run), saved_step(run)
         what = f"interrupted in epoch {saved}" if saved else f"interrupted at epoch {reached}" if reached else "interrupted"
         status.state = f"finished; a newer run {what}" if done else what
         if started.get("command"):
@@ -98,16 +99,16 @@ def last_run(folder: Path) -> tuple[str, str]:
     return (tail[headers[-1].end():], headers[-1].group(1)) if headers else (tail, "")
 
 
-def progress(folder: Path) -> str:
-    """`k/N`: the last epoch the last run in the stage's train.log reports finished, or '' when none."""
-    found = EPOCH.findall(last_run(folder)[0])
+def progress(run: tuple[str, str]) -> str:
+    """`k/N`: the last epoch that the last run (`last_run`) reports finished, or '' when none."""
+    found = EPOCH.findall(run[0])
     return f"{found[-1][0]}/{found[-1][1]}" if found else ""
 
 
-def saved_step(folder: Path) -> str:
-    """`e/N at step s (saved)` where the last run saved a checkpoint inside an epoch after its last finished one
-    (trainer.checkpoint_every_steps, or a stop on SIGTERM or Ctrl-C), else ''."""
-    lines, epochs = last_run(folder)
+def saved_step(run: tuple[str, str]) -> str:
+    """`e/N at step s (saved)` where the last run (`last_run`) saved a checkpoint inside an epoch after its last
+    finished one (trainer.checkpoint_every_steps, or a stop on SIGTERM or Ctrl-C), else ''."""
+    lines, epochs = run
     saved = list(SAVED_STEP.finditer(lines))
     if not saved or EPOCH.search(lines, saved[-1].end()):
         return ""

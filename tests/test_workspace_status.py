@@ -155,17 +155,21 @@ def test_runs_refuses_what_it_does_not_take(args, tmp_path, monkeypatch):
 
 
 def test_progress_is_the_last_runs_epoch(tmp_path):
+    def read() -> tuple[str, str]:  # (progress, saved step), from one read of the log as `runs` does
+        run = workspace_status.last_run(tmp_path)
+        return workspace_status.progress(run), workspace_status.saved_step(run)
+
     (tmp_path / "train.log").write_text("# student: epochs 1..3\nstudent epoch 3/3  loss 1.0\n")
-    assert workspace_status.progress(tmp_path) == "3/3"
+    assert read() == ("3/3", "")
     with (tmp_path / "train.log").open("a") as log:  # a newer run that died before its first epoch ended
         log.write("# student: epochs 1..30, 3 steps each\n")
-    assert workspace_status.progress(tmp_path) == "" and workspace_status.saved_step(tmp_path) == ""
+    assert read() == ("", "")
     with (tmp_path / "train.log").open("a") as log:  # a note and a mid-epoch checkpoint are no new run
         log.write("# torch.compile: off on the CPU\nstudent epoch 1/30  loss 2.0\n# checkpoint: epoch 2, step 2\n")
-    assert workspace_status.progress(tmp_path) == "1/30" and workspace_status.saved_step(tmp_path) == "2/30 at step 2 (saved)"
+    assert read() == ("1/30", "2/30 at step 2 (saved)")
     with (tmp_path / "train.log").open("a") as log:
         log.write("student epoch 2/30  loss 1.9\n")  # the epoch ended after it: its own checkpoint is newer
-    assert workspace_status.progress(tmp_path) == "2/30" and workspace_status.saved_step(tmp_path) == ""
+    assert read() == ("2/30", "")
 
 
 def test_a_record_that_is_not_a_json_object_reads_as_no_record(tmp_path):
