@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from distillctl.cifar_zoo import ZOO_NAMES, no_published_weights, no_timm_weights
 from distillctl.disk import check_writable
 from distillctl.errors import UserError
 from distillctl.hub_access import offline, offline_unless_reachable
@@ -25,6 +26,9 @@ NEEDS: dict[str, Callable[[DictConfig, Workspace], object]] = {
 }
 # Commands that never read the data set: its path may be unset or elsewhere.
 WITHOUT_DATASET = {"predict"}
+# Commands that build the student from student.name, and those that may train the teacher from teacher.name.
+BUILDS_STUDENT = {"distill", "pipeline", "reproduce", "search"}
+TRAINS_TEACHER = {"train-teacher", "pipeline", "reproduce", "search"}
 
 
 def check(command: str, cfg: DictConfig) -> None:
@@ -35,6 +39,7 @@ def check(command: str, cfg: DictConfig) -> None:
                 existing_file(f"{role}.{key}", cfg[role][key])
     for i, entry in enumerate(cfg.teachers):
         existing_file(f"teachers[{i}].checkpoint", entry.checkpoint)
+    zoo_weights(command, cfg)
     offline_unless_reachable(cfg, reads_data=command not in WITHOUT_DATASET)  # before a library asks the Hub and waits
     if command not in WITHOUT_DATASET:
         check_dataset(cfg.dataset.path, cfg.dataset.train_split)
@@ -43,6 +48,21 @@ def check(command: str, cfg: DictConfig) -> None:
         require_package("executorch", "quantize=executorch_int8", "executorch")
     if need := NEEDS.get(command):
         need(cfg, Workspace.from_config(cfg))
+
+
+def zoo_weights(command: str, cfg: DictConfig) -> None:
+    """A CIFAR zoo model that the command builds is not asked for published or timm-format weights, which it has
+    none of: refused before the Hub is asked and the data loaded."""
+    published = cfg.teacher.checkpoint == PUBLISHED
+    teacher_trained = command in TRAINS_TEACHER and not cfg.teachers and not cfg.teacher.checkpoint
+    for role, built in (("teacher", published or teacher_trained), ("student", command in BUILDS_STUDENT)):
+        model = cfg[role]
+        if not built or model.name not in ZOO_NAMES:
+            continue
+        if model.pretrained_file:
+            raise UserError(no_timm_weights(role))
+        if model.pretrained or (role == "teacher" and published):
+            raise UserError(no_published_weights(model.name))
 
 
 def predict_inputs(cfg: DictConfig, ws: Workspace) -> None:

@@ -425,6 +425,9 @@ def test_each_command_has_a_help_page_with_this_recipes_values(cli):
         (["train-teacher", "dataset=imagefolder", "dataset.path=./nowhere"], "dataset.path './nowhere' does not exist"),
         (["train-teacher", "recipe=cifar_resnet"], "not in the local Hugging Face cache"),  # offline, Hub id
         (["distill", "logger=wandb", "logger.wandb.mode=onlin"], "is not one of offline, online, disabled"),
+        (["distill", "student.pretrained=true"], "no published pretrained weights exist for the CIFAR model 'resnet8'"),
+        (["train-teacher", "teacher.checkpoint=null", "teacher.pretrained=true"], "CIFAR model 'resnet20'"),
+        (["distill", "recipe=cifar_resnet", "teacher.checkpoint=pretrained"], "CIFAR model 'resnet56'"),
     ],
 )
 def test_mistakes_seen_on_disk_are_refused_before_torch_is_imported(tmp_path, args, expected):

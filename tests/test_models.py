@@ -42,6 +42,29 @@ def test_pretrained_cifar_model_explains_there_are_no_weights():
         create_model("resnet56", num_classes=10, pretrained=True)
 
 
+@pytest.mark.parametrize(
+    "command, overrides, refused",
+    [
+        ("distill", ["teacher.pretrained=true"], False),  # distill loads the bundled teacher: the flag is unused
+        ("pipeline", ["teacher.pretrained=true"], False),  # so does the pipeline, which trains no teacher here
+        ("pipeline", ["teacher.pretrained=true", "teacher.checkpoint=null"], True),
+        ("evaluate", ["student.pretrained=true"], False),  # evaluate builds the student from its own file
+        ("search", ["student.pretrained=true"], True),
+        ("train-teacher", ["teacher.pretrained_file=x.safetensors", "teacher.checkpoint=null"], True),
+    ],
+)
+def test_pretrained_zoo_models_are_refused_only_where_the_command_builds_them(command, overrides, refused):
+    from distillctl import composition, config, preflight
+
+    config.register()
+    cfg = composition.compose_config(composition.prepare_overrides(overrides))
+    if refused:
+        with pytest.raises(UserError, match="CIFAR"):
+            preflight.zoo_weights(command, cfg)
+    else:
+        preflight.zoo_weights(command, cfg)  # returns: nothing refused
+
+
 def test_unreachable_pretrained_weights_name_the_full_keys(monkeypatch, tmp_path):
     # The real online path (timm fetching from the Hub), offline and with an empty cache: one message naming the fix.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

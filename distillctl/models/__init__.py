@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from distillctl.cifar_zoo import ZOO_NAMES, no_timm_weights
 from distillctl.errors import UserError, did_you_mean
 from distillctl.models import zoo
 from distillctl.models.image_size import built_size, size_problem, takes_img_size
@@ -22,8 +23,8 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, role: st
 
     if not timm.is_model(name):
         # Prefer the CIFAR zoo's names: timm's ImageNet ResNets are rarely what a typo meant.
-        hint = did_you_mean(name, zoo.ZOO_NAMES) or did_you_mean(name, timm.list_models())
-        raise UserError(f"unknown model '{name}'.{hint} CIFAR zoo: {', '.join(zoo.ZOO_NAMES)}; any timm model name works too.")
+        hint = did_you_mean(name, ZOO_NAMES) or did_you_mean(name, timm.list_models())
+        raise UserError(f"unknown model '{name}'.{hint} CIFAR zoo: {', '.join(ZOO_NAMES)}; any timm model name works too.")
     if pretrained_file:
         kwargs["pretrained_cfg_overlay"] = {"file": local_weights(pretrained_file, name, key), "custom_load": False}
         pretrained = True
@@ -55,8 +56,8 @@ def local_weights(path: str, name: str, key: str) -> str:
     """The checked path of a local pretrained-weights file for a timm architecture."""
     from pathlib import Path
 
-    if name in zoo.ZOO_NAMES:
-        raise UserError(f"{key}pretrained_file is for timm architectures; for a CIFAR zoo model trained by distillctl use {key}checkpoint=PATH.")
+    if name in ZOO_NAMES:
+        raise UserError(no_timm_weights(key.rstrip(".") or "model"))
     found = Path(path).expanduser()
     if not found.is_file():
         raise UserError(f"{key}pretrained_file '{found}' does not exist.")

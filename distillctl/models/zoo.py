@@ -7,22 +7,10 @@ from collections.abc import Callable
 from timm.models import register_model
 from torch import nn
 
+from distillctl.cifar_zoo import CIFAR_RESNETS, WIDE_RESNETS, no_published_weights
 from distillctl.errors import UserError
 from distillctl.models.cifar_resnet import CifarResNet
 from distillctl.models.wide_resnet import WideResNet
-
-CIFAR_RESNETS = {
-    "resnet8": (8, (16, 16, 32, 64)),
-    "resnet14": (14, (16, 16, 32, 64)),
-    "resnet20": (20, (16, 16, 32, 64)),
-    "resnet32": (32, (16, 16, 32, 64)),
-    "resnet44": (44, (16, 16, 32, 64)),
-    "resnet56": (56, (16, 16, 32, 64)),
-    "resnet110": (110, (16, 16, 32, 64)),
-    "resnet8x4": (8, (32, 64, 128, 256)),
-    "resnet32x4": (32, (32, 64, 128, 256)),
-}
-WIDE_RESNETS = {"wrn_16_1": (16, 1), "wrn_16_2": (16, 2), "wrn_40_1": (40, 1), "wrn_40_2": (40, 2)}
 
 
 def entrypoint(name: str, build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -30,10 +18,7 @@ def entrypoint(name: str, build: Callable[..., nn.Module]) -> Callable[..., nn.M
 
     def create(pretrained: bool = False, num_classes: int = 10, in_chans: int = 3, **kwargs) -> nn.Module:
         if pretrained:
-            raise UserError(
-                f"no published pretrained weights exist for the CIFAR model '{name}'. Train one with "
-                "`distillctl train-teacher`, or load your own with checkpoint=PATH and pretrained=false."
-            )
+            raise UserError(no_published_weights(name))
         # timm passes its pretrained-config plumbing to every entrypoint; these models have none.
         for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
             kwargs.pop(key, None)
@@ -57,5 +42,3 @@ def register() -> None:
     for name, (depth, widen) in WIDE_RESNETS.items():
         register_model(entrypoint(name, lambda depth=depth, widen=widen, **kw: WideResNet(depth, widen, **kw)))
 
-
-ZOO_NAMES = [*CIFAR_RESNETS, *WIDE_RESNETS]
