@@ -8,13 +8,13 @@ import torch
 from omegaconf import OmegaConf
 
 from distillctl import artifacts
+from distillctl.cifar_zoo import ZOO_NAMES
 from distillctl.compress import int8_fx
 from distillctl.compress.channels import macs_and_params, prune_structured
 from distillctl.compress.shapes import layer_shapes
 from distillctl.config import DatasetConfig
 from distillctl.data import eval_batches, load_splits
 from distillctl.models import create_model, load_model
-from distillctl.models.zoo import ZOO_NAMES
 
 DATA = OmegaConf.structured(DatasetConfig)
 EXAMPLE = torch.zeros(1, 3, 32, 32)
