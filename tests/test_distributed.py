@@ -188,9 +188,10 @@ def test_a_killed_process_ends_the_job_and_resume_finishes_it_with_another_proce
     assert epochs == list(range(1, 41))
 
 
-def sigterm_after_first_checkpoint(tmp_path: Path, args: list[str], run_dir: str) -> tuple[int, str]:
-    """Run `distillctl args` and send it SIGTERM, as SLURM does at a time limit, once its first checkpoint is on
-    disk; its exit status and output."""
+def sigterm_after_first_checkpoint(tmp_path: Path, args: list[str], run_dir: str, every_process: bool = False) -> tuple[int, str]:
+    """Run `distillctl args` and send it SIGTERM once its first checkpoint is on disk: the launcher alone (`kill`,
+    `docker stop`), or also each of its training processes (`every_process`), as SLURM does at a time limit; its
+    exit status and output."""
     job = subprocess.Popen([sys.executable, "-m", "distillctl", *args], cwd=tmp_path, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -199,6 +200,9 @@ def sigterm_after_first_checkpoint(tmp_path: Path, args: list[str], run_dir: str
         while not state.exists():
             assert time.monotonic() < deadline, "no checkpoint within 4 minutes"
             time.sleep(0.05)
+        if every_process:
+            for rank in (0, 1):
+                os.kill(rank_pid(run_dir, rank), signal.SIGTERM)  # type: ignore[arg-type]
         os.kill(job.pid, signal.SIGTERM)
         out, _ = job.communicate(timeout=120)
     finally:
@@ -213,12 +217,15 @@ def trained_epochs(tmp_path: Path, run_dir: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_sigterm_stops_every_process_at_one_step_with_the_state_saved_and_resume_finishes(cli, tmp_path):
-    # trainer.devices=2: distillctl's own launcher, which passes SIGTERM on to its processes as torchrun does
+@pytest.mark.parametrize("every_process", [False, True], ids=["to-the-launcher", "to-every-process-as-slurm"])
+def test_sigterm_stops_every_process_at_one_step_with_the_state_saved_and_resume_finishes(cli, tmp_path, every_process):
+    # trainer.devices=2: distillctl's own launcher, which passes SIGTERM on to its processes as torchrun does; sent to
+    # every process, each receives it twice (directly and from the launcher), and the second must not end it unsaved
     args = [*LONG.split(), "run_dir=runs/stopped", "trainer.devices=2", "trainer.log_every=2"]
-    code, out = sigterm_after_first_checkpoint(tmp_path, args, "runs/stopped")
+    code, out = sigterm_after_first_checkpoint(tmp_path, args, "runs/stopped", every_process)
     assert code == 143, out
     assert "stopped by SIGTERM" in out and "with the training state saved" in out and "resume=true" in out
+    assert "Traceback" not in out, out
     assert 1 <= len(trained_epochs(tmp_path, "runs/stopped")) < 40
     resumed = cli(*args, "resume=true")
     assert resumed.code == 0, resumed.text

@@ -1,5 +1,5 @@
-"""StopSignal: a first SIGTERM or Ctrl-C is noted for the loop, a second one stops at once, and a Ctrl-C that the
-process was told to ignore stays ignored."""
+"""StopSignal: a first SIGTERM or Ctrl-C is noted for the loop, a second Ctrl-C stops at once, a second SIGTERM
+changes nothing, and a Ctrl-C that the process was told to ignore stays ignored."""
 
 from __future__ import annotations
 
@@ -25,6 +25,18 @@ def test_a_first_ctrl_c_is_noted_and_said_and_a_second_interrupts_at_once(ctrl_c
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     said = capfd.readouterr().err
     assert "Ctrl-C: stopping after this step with the training state saved (press Ctrl-C again to stop at once)" in said
+
+
+def test_sigterm_again_is_the_same_request_and_ctrl_c_still_stops_at_once(ctrl_c_as_in_a_terminal, capfd):
+    # Under `srun torchrun`, SLURM's SIGTERM reaches each process directly and again through torchrun, a moment apart.
+    with StopSignal() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # without the rule, the process would be dead here, its step unsaved
+        assert stop.received == signal.SIGTERM and stop.due(CPU, collective=False) and stop.cause == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    said = capfd.readouterr().err
+    assert said.count("SIGTERM: stopping after this step with the training state saved\n") == 1
 
 
 def test_a_ctrl_c_the_process_ignores_stays_ignored(ctrl_c_as_in_a_terminal):

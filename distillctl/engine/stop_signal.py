@@ -5,9 +5,12 @@ SLURM sends SIGTERM at a job's time limit and on preemption (SIGKILL follows aft
 do `docker stop`, Kubernetes and torchrun when it stops its workers; a person at a terminal presses Ctrl-C (SIGINT).
 Without a handler the process dies at once and `resume=true` starts again from the last finished epoch: hours of an
 ImageNet epoch lost. With it, the training loop saves a mid-epoch checkpoint after the step it is in and raises
-SignalStop; `resume=true` continues from that step with the batches the run would have seen. A second signal ends the
-process at once, as the first would have without the handler. submitit's notice (USR2 before a time limit) is handed
-to submitit once the state is saved, and SLURM's requeued job resumes by itself (stages/training.py).
+SignalStop; `resume=true` continues from that step with the batches the run would have seen. A second Ctrl-C ends the
+process at once, as the first would have without the handler. A second SIGTERM is the same request again, not a
+hurry: SLURM signals every process of a job step and torchrun passes on what it receives, so each process under
+`srun torchrun` (or trainer.devices) gets the scheduler's SIGTERM twice; whoever means "now" sends SIGKILL (SLURM
+after KillWait, docker and Kubernetes after their grace period). submitit's notice (USR2 before a time limit) is
+handed to submitit once the state is saved, and SLURM's requeued job resumes by itself (stages/training.py).
 """
 
 from __future__ import annotations
@@ -111,21 +114,19 @@ class StopSignal:
         return self.received or signal.SIGTERM
 
     def note(self, signum: int, frame: FrameType | None) -> None:
-        """The handler: note the first signal; a second one ends the process as it would without this handler."""
+        """The handler: note the first signal; a second Ctrl-C or notice ends the process as it would without this
+        handler, and SIGTERM again changes nothing."""
         if self.received is not None:
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
             if signum == self.notice:  # the host's own way, at once
                 self.hand_on(frame)
-                return
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
+            return  # SIGTERM: the same request again, often the launcher passing on the scheduler's
         self.received = signum
         if self.speaks:
             # Written past Python's buffers: the handler may run while the main thread is inside a write to stderr.
-            again = "press Ctrl-C again to stop at once" if signum == signal.SIGINT else "a second signal stops it at once"
-            os.write(2, f"\n{self.cause}: stopping after this step with the training state saved ({again})\n".encode())
+            again = " (press Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
+            os.write(2, f"\n{self.cause}: stopping after this step with the training state saved{again}\n".encode())
 
     def due(self, device: torch.device, collective: bool) -> bool:
         """Whether to stop now. Alone, as soon as the signal came; in a multi-process job only where `collective`
