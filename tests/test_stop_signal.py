@@ -1,10 +1,15 @@
-"""StopSignal: a first SIGTERM or Ctrl-C is noted for the loop, a second Ctrl-C stops at once, a second SIGTERM
-changes nothing, and a Ctrl-C that the process was told to ignore stays ignored."""
+"""StopSignal: a first SIGTERM, Ctrl-C or SIGHUP is noted for the loop, a second Ctrl-C stops at once, a second
+SIGTERM or SIGHUP changes nothing, and a Ctrl-C that the process was told to ignore stays ignored."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import select
 import signal
+import sys
+import time
 
 import pytest
 import torch
@@ -37,6 +42,68 @@ def test_sigterm_again_is_the_same_request_and_ctrl_c_still_stops_at_once(ctrl_c
             os.kill(os.getpid(), signal.SIGINT)
     said = capfd.readouterr().err
     assert said.count("SIGTERM: stopping after this step with the training state saved\n") == 1
+
+
+@pytest.fixture
+def hangup_as_in_a_terminal():
+    """SIGHUP at its default, as for a command typed in a terminal, whatever the tests were started under (nohup)."""
+    host = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGHUP, host)
+
+
+def test_a_hangup_is_noted_once_and_a_write_to_the_gone_terminal_cannot_end_the_run(hangup_as_in_a_terminal, capfd):
+    # capfd: this process's stdout and stderr are files here, which stay; a terminal or a pipe would go to /dev/null
+    with StopSignal() as stop:
+        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signal.SIGHUP)  # the kernel's, then the shell's: one request
+        assert stop.received == signal.SIGHUP and stop.due(CPU, collective=False)
+        assert stop.cause == "SIGHUP (the terminal closed)" and SignalStop("", stop.signum).code == 129
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    assert capfd.readouterr().err.count("SIGHUP (the terminal closed): stopping after this step") == 1
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup's
+    with StopSignal() as stop:
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert stop.received is None
+
+
+@pytest.mark.slow
+def test_a_closed_terminal_stops_training_at_a_step_with_its_state_saved_and_resume_finishes(cli, tmp_path):
+    # A dropped ssh connection: the run is the session leader of a pseudo-terminal whose other end closes, and the
+    # kernel sends it SIGHUP; every write to the terminal fails from then on.
+    import pty
+
+    args = ["distill", "trainer.threads=1", "dataset.test_limit=64", "distill.teacher_cache=off", "trainer.epochs=30",
+            "trainer.max_steps_per_epoch=6", "trainer.batch_size=32", "trainer.log_every=2", "run_dir=runs/hup"]
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: a command typed at that terminal
+        os.chdir(tmp_path)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        os.execv(sys.executable, [sys.executable, "-m", "distillctl", *args])
+    shown = b""
+    try:
+        state, deadline = tmp_path / "runs/hup/student/last_state.pt", time.monotonic() + 240
+        # Read what it shows, as a terminal does, until its first checkpoint is saved and its epoch line shown.
+        while not (state.exists() and b"student epoch 1/30" in shown):
+            assert time.monotonic() < deadline, shown.decode(errors="replace")
+            if select.select([terminal], [], [], 0.05)[0]:
+                shown += os.read(terminal, 65536)
+    finally:
+        os.close(terminal)  # the connection drops
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 129
+    # Nobody saw the message: the run's log keeps it, and `runs` says what continues it.
+    log = (tmp_path / "runs/hup/student/train.log").read_text()
+    stopped = r"^# stopped by SIGHUP \(the terminal closed\) (in epoch \d+ at step \d+ of 6|after epoch \d+ of 30), with the"
+    assert re.search(stopped, log, re.M), log
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "runs/hup/student/history.jsonl").read_text().splitlines()]
+    assert 1 <= len(epochs) < 30
+    status_now = cli("runs", "runs/hup")
+    assert "interrupted" in status_now.out and "resume=true" in status_now.out, status_now.text
+    resumed = cli(*args, "resume=true")
+    assert resumed.code == 0, resumed.text
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "runs/hup/student/history.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 31))
 
 
 def test_a_ctrl_c_the_process_ignores_stays_ignored(ctrl_c_as_in_a_terminal):

@@ -272,7 +272,7 @@ def test_the_image_folder_group_asks_for_its_folder(cli):
 
 
 @pytest.mark.skipif(not hasattr(__import__("signal"), "sigwaitinfo"), reason="macOS and Windows cannot tell a signal's sender")
-def test_a_loader_worker_leaves_ctrl_c_and_a_schedulers_sigterm_to_the_trainer_and_goes_on_its_own(photos):
+def test_a_loader_worker_leaves_ctrl_c_a_hangup_and_a_schedulers_sigterm_to_the_trainer_and_goes_on_its_own(photos):
     import signal
     import subprocess
     import time
@@ -286,6 +286,7 @@ def test_a_loader_worker_leaves_ctrl_c_and_a_schedulers_sigterm_to_the_trainer_a
     (worker,) = batches._workers  # the DataLoader's own record of its processes
     subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # from another process, as SLURM's
     os.kill(worker.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches every process in the foreground
+    os.kill(worker.pid, signal.SIGHUP)  # and so does a shell's SIGHUP when its terminal closes
     time.sleep(0.5)
     assert worker.is_alive() and len(next(batches)[1]) == 8
     os.kill(worker.pid, signal.SIGTERM)  # from the training process: what the DataLoader sends to shut it down

@@ -167,19 +167,21 @@ SENDER_KNOWN = hasattr(signal, "sigwaitinfo")
 
 
 def worker_birth_mask() -> set[signal.Signals]:
-    """The signals a loader worker is born with blocked: Ctrl-C for good (the terminal sends it to every process in
-    the foreground, and the training process stops at a step of its own, then shuts its workers down), and SIGTERM
-    until a thread that knows its sender reads it (leave_sigterm_to_the_trainer)."""
+    """The signals a loader worker is born with blocked: Ctrl-C and SIGHUP for good (a terminal, and a shell whose
+    terminal closed, send them to every process of the foreground job, and the training process stops at a step of
+    its own, then shuts its workers down), and SIGTERM until a thread that knows its sender reads it
+    (leave_sigterm_to_the_trainer)."""
     if not hasattr(signal, "pthread_sigmask"):  # Windows
         return set()
-    return {signal.SIGINT, signal.SIGTERM} if SENDER_KNOWN else {signal.SIGINT}
+    for_good = {signal.SIGINT, signal.SIGHUP}
+    return for_good | {signal.SIGTERM} if SENDER_KNOWN else for_good
 
 
 class WorkerLoader(DataLoader):
-    """A DataLoader whose workers leave Ctrl-C, and a SIGTERM from anyone but the training process, to that process:
-    a terminal and SLURM signal every process of a job, and torch would end the training process for a worker
-    ended by a signal before it saves its state (engine/stop_signal.py). The training process's own SIGTERM, which
-    shuts its workers down, still ends one."""
+    """A DataLoader whose workers leave Ctrl-C, SIGHUP, and a SIGTERM from anyone but the training process, to that
+    process: a terminal and SLURM signal every process of a job, and torch would end the training process for a
+    worker ended by a signal before it saves its state (engine/stop_signal.py). The training process's own SIGTERM,
+    which shuts its workers down, still ends one."""
 
     def __iter__(self):
         blocked = worker_birth_mask() if self.num_workers else set()

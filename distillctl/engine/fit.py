@@ -142,7 +142,7 @@ def fit(
         FeatureTaps(model, student_layers, "the student") as student_taps,
         FeatureTaps(feature_source(teacher), teacher_layers, "the teacher") as teacher_taps,
         TrainingProgress(title, trainer_cfg.epochs, len(batches), start_epoch) as progress,
-        StopSignal() as stop,
+        StopSignal(log) as stop,
     ):
         processes = distributed.world_size()
         batch = trainer_cfg.batch_size
