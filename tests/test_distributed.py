@@ -135,17 +135,17 @@ def torchrun(tmp_path: Path, *args: str) -> subprocess.Popen:
     )
 
 
-def rank_pid(marker: str, rank: int) -> int | None:
-    """The process of `rank` whose command line holds `marker`."""
+def rank_pid(folder: Path, rank: int) -> int | None:
+    """The training process of `rank` that runs in `folder` (a test's own: tests on other workers run alike)."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            cwd = os.readlink(proc / "cwd")
             environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if marker in cmdline and f"RANK={rank}".encode() in environ:
+        if cwd == str(folder.resolve()) and f"RANK={rank}".encode() in environ:
             return int(proc.name)
     return None
 
@@ -157,7 +157,7 @@ def kill_rank_after_first_checkpoint(tmp_path: Path, run_dir: str, rank: int) ->
     while not state.exists():
         assert time.monotonic() < deadline, "no checkpoint within 4 minutes"
         time.sleep(0.05)
-    pid = rank_pid(run_dir, rank)
+    pid = rank_pid(tmp_path, rank)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
 
@@ -202,7 +202,7 @@ def sigterm_after_first_checkpoint(tmp_path: Path, args: list[str], run_dir: str
             time.sleep(0.05)
         if every_process:
             for rank in (0, 1):
-                os.kill(rank_pid(run_dir, rank), signal.SIGTERM)  # type: ignore[arg-type]
+                os.kill(rank_pid(tmp_path, rank), signal.SIGTERM)  # type: ignore[arg-type]
         os.kill(job.pid, signal.SIGTERM)
         out, _ = job.communicate(timeout=120)
     finally:
