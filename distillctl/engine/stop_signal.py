@@ -11,8 +11,8 @@ process at once, as the first would have without the handler. A second SIGTERM i
 hurry: SLURM signals every process of a job step and torchrun passes on what it receives, so each process under
 `srun torchrun` (or trainer.devices) gets the scheduler's SIGTERM twice; whoever means "now" sends SIGKILL (SLURM
 after KillWait, docker and Kubernetes after their grace period). So is a second SIGHUP, which the kernel and the shell
-may both send. submitit's notice (USR2 before a time limit) is
-handed to submitit once the state is saved, and SLURM's requeued job resumes by itself (stages/training.py).
+may both send. submitit's notice (USR2 before a time limit) is handed to submitit once the state is saved, and
+SLURM's requeued job resumes by itself (stages/training.py).
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ class Requeued(SystemExit):
 
 
 class StopSignal:
-    """Within `with`: SIGTERM, Ctrl-C and a scheduler's notice are noted rather than fatal, for the loop to stop at
-    its next step (`due`)."""
+    """Within `with`: SIGTERM, Ctrl-C, SIGHUP and a scheduler's notice are noted rather than fatal, for the loop to
+    stop at its next step (`due`); the SignalStop it then raises is recorded in `log`."""
 
     def __init__(self, log: TextIO | None = None) -> None:
         self.log = log  # where a stop is recorded (train.log): the terminal its message goes to may be gone
