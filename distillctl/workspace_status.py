@@ -30,6 +30,8 @@ EPOCH = re.compile(r" epoch (\d+)/(\d+) ")
 # Each run of a stage starts its train.log lines with this header; a mid-epoch checkpoint leaves the other line.
 RUN_HEADER = re.compile(r"^# .*: epochs \d+\.\.(\d+)", re.M)
 SAVED_STEP = re.compile(r"^# checkpoint: epoch (\d+), step (\d+)$", re.M)
+# What a run stopped by a signal records as it ends (engine/stop_signal.py): the signal, as its message names it.
+STOPPED_BY = re.compile(r"^# stopped by (.+?) (?:in|after) epoch \d+", re.M)
 
 
 @dataclass
@@ -70,6 +72,7 @@ def stage_status(workspace: Path, stage: str, outdated: dict[str, str] | None = 
     elif newer or not done:  # started and not finished, or results staged and never published
         reached, saved = progress(run), saved_step(run)
         what = f"interrupted in epoch {saved}" if saved else f"interrupted at epoch {reached}" if reached else "interrupted"
+        what += f" by {cause}" if (cause := stopped_by(run)) else ""
         status.state = f"finished; a newer run {what}" if done else what
         if started.get("command"):
             status.resume = continuation(workspace, str(started["command"]))
@@ -114,6 +117,13 @@ def saved_step(run: tuple[str, str]) -> str:
         return ""
     epoch, step = saved[-1].groups()
     return f"{epoch}/{epochs or '?'} at step {step} (saved)"
+
+
+def stopped_by(run: tuple[str, str]) -> str:
+    """The signal that stopped the last run (`last_run`) as it records it (Ctrl-C, SIGTERM, ...), or '' where it
+    recorded none (killed, crashed, or still going)."""
+    found = STOPPED_BY.findall(run[0])
+    return found[-1] if found else ""
 
 
 def writer_alive(workspace: Path, stage: str) -> bool:

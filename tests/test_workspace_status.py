@@ -170,6 +170,18 @@ def test_progress_is_the_last_runs_epoch(tmp_path):
     with (tmp_path / "train.log").open("a") as log:
         log.write("student epoch 2/30  loss 1.9\n")  # the epoch ended after it: its own checkpoint is newer
     assert read() == ("2/30", "")
+    assert workspace_status.stopped_by(workspace_status.last_run(tmp_path)) == ""
+
+
+def test_a_run_stopped_by_a_signal_is_listed_with_it(tmp_path):
+    ws = tmp_path / "runs" / "tiny"
+    folder = stage(ws, "student", started="s", epoch="1/30")
+    with (folder / "train.log").open("a") as log:  # as a run whose terminal closed leaves it: nobody saw the message
+        log.write("# checkpoint: epoch 2, step 4\n"
+                  "# stopped by SIGHUP (the terminal closed) in epoch 2 at step 4 of 6, with the training state saved there\n")
+    row = by_stage(tmp_path / "runs")["tiny/student"]
+    assert row.state == "interrupted in epoch 2/3 at step 4 (saved) by SIGHUP (the terminal closed)"
+    assert row.resume == "distillctl distill recipe=tiny resume=true"
 
 
 def test_a_record_that_is_not_a_json_object_reads_as_no_record(tmp_path):
