@@ -99,7 +99,7 @@ def test_a_closed_terminal_stops_training_at_a_step_with_its_state_saved_and_res
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "runs/hup/student/history.jsonl").read_text().splitlines()]
     assert 1 <= len(epochs) < 30
     status_now = cli("runs", "runs/hup")
-    assert "interrupted" in status_now.out and "resume=true" in status_now.out, status_now.text
+    assert "by SIGHUP (the terminal closed)" in status_now.out and "resume=true" in status_now.out, status_now.text
     resumed = cli(*args, "resume=true")
     assert resumed.code == 0, resumed.text
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "runs/hup/student/history.jsonl").read_text().splitlines()]
