@@ -14,7 +14,7 @@ from distillctl.cifar_zoo import ZOO_NAMES, no_published_weights, no_timm_weight
 from distillctl.disk import check_writable
 from distillctl.errors import UserError
 from distillctl.hub_access import offline, offline_unless_reachable
-from distillctl.teacher_files import PUBLISHED, teacher_checkpoints
+from distillctl.teacher_files import PUBLISHED, given_teachers, teacher_checkpoints
 from distillctl.workspace import Workspace
 
 # The finished stage outputs each command starts from (pipeline, reproduce and search train what is missing).
@@ -54,7 +54,7 @@ def zoo_weights(command: str, cfg: DictConfig) -> None:
     """A CIFAR zoo model that the command builds is not asked for published or timm-format weights, which it has
     none of: refused before the Hub is asked and the data loaded."""
     published = cfg.teacher.checkpoint == PUBLISHED
-    teacher_trained = command in TRAINS_TEACHER and not cfg.teachers and not cfg.teacher.checkpoint
+    teacher_trained = command in TRAINS_TEACHER and given_teachers(cfg) is None
     for role, built in (("teacher", published or teacher_trained), ("student", command in BUILDS_STUDENT)):
         model = cfg[role]
         if not built or model.name not in ZOO_NAMES:

@@ -18,6 +18,14 @@ from distillctl.workspace import MODEL_FILE, Workspace
 PUBLISHED = "pretrained"
 
 
+def given_teachers(cfg: DictConfig) -> str | None:
+    """Why the recipe's own teacher is not trained: a teacher given as a file (teacher.checkpoint, or a `teachers`
+    ensemble) is used as it is. None where train-teacher trains it."""
+    if cfg.teachers:
+        return "the `teachers` list gives trained teachers"
+    return f"teacher.checkpoint={cfg.teacher.checkpoint} is used as it is" if cfg.teacher.checkpoint else None
+
+
 def published_weights(teacher: DictConfig) -> Path:
     """The published weights file of the teacher: teacher.pretrained_file when given (offline), else timm's
     model.safetensors fetched from the Hub once into its cache."""

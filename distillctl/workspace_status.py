@@ -67,10 +67,11 @@ def stage_status(workspace: Path, stage: str, outdated: dict[str, str] | None = 
         status.finished_at = time.strftime("%Y-%m-%d %H:%M", time.localtime((folder / METRICS_FILE).stat().st_mtime))
     newer = started.get("fingerprint") not in (None, recorded_fingerprint(folder) if done else None)
     run = last_run(folder)
+    reached = progress(run)
     if writer_alive(workspace, stage):
-        status.state = "running" + (f" (epoch {progress(run)})" if progress(run) else "")
+        status.state = "running" + (f" (epoch {reached})" if reached else "")
     elif newer or not done:  # started and not finished, or results staged and never published
-        reached, saved = progress(run), saved_step(run)
+        saved = saved_step(run)
         what = f"interrupted in epoch {saved}" if saved else f"interrupted at epoch {reached}" if reached else "interrupted"
         what += f" by {cause}" if (cause := stopped_by(run)) else ""
         status.state = f"finished; a newer run {what}" if done else what
@@ -110,7 +111,7 @@ def progress(run: tuple[str, str]) -> str:
 
 def saved_step(run: tuple[str, str]) -> str:
     """`e/N at step s (saved)` where the last run (`last_run`) saved a checkpoint inside an epoch after its last
-    finished one (trainer.checkpoint_every_steps, or a stop on SIGTERM or Ctrl-C), else ''."""
+    finished one (trainer.checkpoint_every_steps, or a stop on a signal), else ''."""
     lines, epochs = run
     saved = list(SAVED_STEP.finditer(lines))
     if not saved or EPOCH.search(lines, saved[-1].end()):

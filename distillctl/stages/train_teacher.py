@@ -10,6 +10,7 @@ from distillctl.models import create_model, pretrained_normalization
 from distillctl.stages.base import Stage
 from distillctl.stages.context import RunContext
 from distillctl.stages.training import TrainingJob, train_and_save
+from distillctl.teacher_files import given_teachers
 from distillctl.workspace import Workspace, fingerprint as config_fingerprint
 
 FOLDER = "teacher"
@@ -20,11 +21,7 @@ def fingerprint(cfg: DictConfig, ws: Workspace) -> str:
     return config_fingerprint(cfg, ["dataset", "teacher", "trainer", "optimizer", "scheduler"], [str(cfg.seed)])
 
 
-def skipped(cfg: DictConfig) -> str | None:
-    """A teacher given as a file (teacher.checkpoint, or a `teachers` ensemble) is used as it is."""
-    if cfg.teachers:
-        return "the `teachers` list gives trained teachers"
-    return f"teacher.checkpoint={cfg.teacher.checkpoint} is used as it is" if cfg.teacher.checkpoint else None
+skipped = given_teachers  # a teacher given as a file is used as it is: nothing to train
 
 
 def run(cfg: DictConfig) -> dict:
