@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
+from distillctl.bounds import Bounds
+from distillctl.config import DatasetConfig
 from distillctl.errors import UserError
+from distillctl.models.metadata import MAX_CLASSES
+
+# The same ranges a run's config holds these to.
+IMAGE_SIZE = next(f for f in dataclasses.fields(DatasetConfig) if f.name == "image_size").metadata["bounds"]
+NUM_CLASSES = Bounds(min=1, max=MAX_CLASSES)
 
 
 def parse(overrides: Sequence[str]) -> dict[str, str]:
@@ -21,6 +29,18 @@ def parse(overrides: Sequence[str]) -> dict[str, str]:
     return options
 
 
+def whole_number(options: dict[str, str], key: str, default: int, bounds: Bounds) -> int:
+    """options[key] as an int within bounds, or a UserError naming the key and its range."""
+    text = options.get(key, str(default))
+    try:
+        value = int(text)
+    except ValueError:
+        raise UserError(f"inspect: {key}={text} is not a whole number.") from None
+    if not bounds.holds(value):
+        raise UserError(f"inspect: {key}={value} must be {bounds}.")
+    return value
+
+
 def run_inspect(overrides: Sequence[str]) -> None:
     """Print every module of the model with its output shape for one image."""
     import torch
@@ -30,18 +50,25 @@ def run_inspect(overrides: Sequence[str]) -> None:
     from distillctl.console import console
     from distillctl.engine.taps import stage_modules
     from distillctl.models import count_parameters, create_model
+    from distillctl.models.image_size import built_size
 
     options = parse(overrides)
-    size = int(options.get("image_size", 32))
-    model = create_model(options["model"], int(options.get("num_classes", 10))).eval()
+    size = whole_number(options, "image_size", 32, IMAGE_SIZE)
+    model = create_model(options["model"], whole_number(options, "num_classes", 10, NUM_CLASSES)).eval()
     shapes: dict[str, tuple] = {}
     hooks = [
         module.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape)) if torch.is_tensor(o) else None)
         for name, module in model.named_modules()
         if name
     ]
-    with torch.inference_mode():
-        model(torch.zeros(1, 3, size, size))
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, size, size))
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        native = built_size(model)
+        fix = f"image_size={native}, the size it was built for" if native and native != size else "a larger image_size="
+        raise UserError(f"'{options['model']}' cannot take {size}x{size} images ({first}): inspect it at {fix}.") from None
     for hook in hooks:
         hook.remove()
     stages = stage_modules(model)

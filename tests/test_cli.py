@@ -305,6 +305,9 @@ def test_inspect_lists_modules_and_shapes(cli):
         (["distill", "recipe=tiny", "teacher.checkpoint=corrupt.safetensors"], "may be corrupt"),
         (["distill", "recipe=tiny", "teacher.checkpoint=pickled.pt"], "could not read checkpoint"),
         (["inspect", "model=resnet21"], "unknown model"),
+        (["inspect", "model=resnet8", "image_size=0"], "image_size=0 must be at least 8"),  # these three were tracebacks
+        (["inspect", "model=resnet8", "num_classes=1e9"], "num_classes=1e9 is not a whole number"),
+        (["inspect", "model=vit_tiny_patch16_224"], "inspect it at image_size=224"),
         (["distill", "recipe=tiny", "loss.terms.kd.temperatur=2"], "Did you mean 'temperature'"),
         (["quantize", "recipe=tiny", "quantize=int4"], "quantize"),
         (["quantize", "recipe=tiny", "quantize.method=int8_statik"], "Did you mean 'int8_static'"),
