@@ -55,7 +55,37 @@ def recipe_node(recipe: recipes.Recipe):
         raise UserError(f"recipe {recipe.path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not OmegaConf.is_dict(node):
         raise UserError(f"recipe {recipe.path} must be a mapping of config keys (trainer: {{epochs: 30}}, ...), not a list.")
+    for key, value in OmegaConf.to_container(node, resolve=False).items():
+        if problem := shape_problem(str(key), value):
+            raise UserError(f"recipe {recipe.path}: {problem}")
     return node
+
+
+def shape_problem(key: str, value: Any) -> str | None:
+    """What is wrong with the kind of value a recipe gives a top-level key, which Hydra would report as a merge
+    error naming neither the key nor the fix; None when the kind fits (the values inside are checked later)."""
+    import dataclasses
+    import typing
+
+    from distillctl.config import Config
+
+    hint = typing.get_type_hints(Config).get(key)
+    if hint is None or (isinstance(value, str) and value.startswith("${")):
+        return None
+    shown = "null" if value is None else repr(value)
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, dict) or (key in MODEL_KEYS and isinstance(value, str)):
+            return None
+        if isinstance(value, str) and (CONFIG_DIR / key).is_dir():
+            return f"'{key}: {value}' picks an option of the {key} config group: write it in the defaults list as `- override /{key}: {value}`."
+        first = dataclasses.fields(hint)[0].name
+        return f"'{key}' must be a mapping of its keys ({key}: {{{first}: ...}}), not {shown}."
+    origin = typing.get_origin(hint)
+    if origin is list and not isinstance(value, list):
+        return f"'{key}' must be a list ({key}: [{{name: ..., checkpoint: ...}}]), not {shown}."
+    if origin is dict and not isinstance(value, dict):
+        return f"'{key}' must be a mapping ({key}: {{student.top1: {{min: 0.5}}}}), not {shown}."
+    return None
 
 
 def nested_thresholds(recipe):
@@ -72,10 +102,15 @@ def nested_thresholds(recipe):
 
 
 def model_defaults_as_names(recipe):
-    """Read `override /teacher: NAME` in a recipe's defaults as `teacher.name: NAME`, as on the command line:
-    models are named, not picked from a config group, so recipes written that way keep working."""
+    """Read `override /teacher: NAME` in a recipe's defaults, and `teacher: NAME` in its body, as `teacher.name:
+    NAME`, as on the command line: models are named, not picked from a config group, so recipes written either
+    way work."""
     from omegaconf import OmegaConf
 
+    for role in MODEL_KEYS:
+        value = recipe.get(role) if OmegaConf.is_dict(recipe) else None
+        if isinstance(value, str) and not OmegaConf.is_interpolation(recipe, role):
+            recipe[role] = {"name": value}
     defaults = recipe.get("defaults") if OmegaConf.is_dict(recipe) else None
     if not defaults:
         return recipe
@@ -272,7 +307,9 @@ def explain_composition_error(exc: BaseException, overrides: Sequence[str]) -> s
         if isinstance(enum_type, type) and issubclass(enum_type, Enum):
             choices = [m.name for m in enum_type]
             return f"{key}={value} is not one of {', '.join(choices)}.{did_you_mean(str(value), choices)}"
-        return f"{key}={value}: {' '.join(str(cause).splitlines()[0].split())}."
+        reason = ' '.join(str(cause).splitlines()[0].split())
+        # Not on the command line: the value is in a recipe file, which Hydra names.
+        return f"{key}={value}: {reason}." if value is not None else f"{source}{key}: {reason}."
     # Hydra appends its search path to some messages: noise for a user who typed an option name.
     message = " ".join(str(exc).split()).split(" Config search path")[0]
     if cause is not None:

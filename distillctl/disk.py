@@ -46,6 +46,8 @@ def check_writable(path: Path, key: str) -> None:
     existing = Path(path).expanduser().absolute()
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{key}: {existing} is a file, not a folder. Pick a folder ({key}=...).")
     if not os.access(existing, os.W_OK):
         reason = "a read-only file system" if read_only(existing) else "not writable by this user"
         raise UserError(f"{key}: {existing} is {reason}. Pick a writable folder ({key}=...).")

@@ -43,6 +43,9 @@ def check(command: str, cfg: DictConfig) -> None:
     offline_unless_reachable(cfg, reads_data=command not in WITHOUT_DATASET)  # before a library asks the Hub and waits
     if command not in WITHOUT_DATASET:
         check_dataset(cfg.dataset.path, cfg.dataset.train_split)
+    if not str(cfg.run_dir).strip():
+        # Path("") is the current folder: the stages would land beside the user's own files.
+        raise UserError("run_dir is empty: give the workspace's folder (run_dir=runs/NAME), or leave it out for runs/<recipe>.")
     check_writable(Path(cfg.run_dir), "run_dir")
     if command in ("quantize", "pipeline") and cfg.quantize.method == "executorch_int8":
         require_package("executorch", "quantize=executorch_int8", "executorch")

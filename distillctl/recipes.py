@@ -50,6 +50,8 @@ def available() -> dict[str, Recipe]:
 
 def resolve(spec: str) -> Recipe:
     """Turn the value of `recipe=` (a name or a path to a YAML file) into a Recipe, or explain what exists."""
+    if not spec.strip():
+        raise UserError(f"recipe= is empty: give a name ({', '.join(available())}) or a path to a YAML recipe.")
     if spec.endswith((".yaml", ".yml")) or "/" in spec:
         path = Path(spec).expanduser()
         if not path.is_file():

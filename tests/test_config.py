@@ -12,11 +12,16 @@ from distillctl import composition, recipes
 from distillctl.errors import UserError
 
 
-def composed(*overrides: str):
-    """The config the CLI would run with, composed in-process."""
+@pytest.fixture(autouse=True)
+def registered_schema() -> None:
+    """The schema registered as the CLI registers it, whichever test of this file a worker runs first."""
     from distillctl import config
 
     config.register()
+
+
+def composed(*overrides: str):
+    """The config the CLI would run with, composed in-process."""
     overrides = composition.prepare_overrides(list(overrides))
     with initialize_config_dir(str(composition.CONFIG_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
@@ -93,6 +98,13 @@ def test_recipe_by_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = composed("recipe=elsewhere/exp.yaml")
     assert cfg.trainer.epochs == 5 and cfg.student.name == "wrn_16_2"
+
+
+def test_a_recipe_names_its_models_as_the_command_line_does(tmp_path, monkeypatch):
+    (tmp_path / "named.yaml").write_text("# @package _global_\nteacher: resnet20\nstudent: resnet8\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = composed("recipe=named.yaml")
+    assert (cfg.teacher.name, cfg.student.name) == ("resnet20", "resnet8") and cfg.teacher.checkpoint is None
 
 
 def test_unknown_recipe_names_the_closest():

@@ -107,6 +107,9 @@ def write_hostile_files(home: Path) -> None:
     (bad / "typo.yaml").write_text("# @package _global_\ntrainer: {epochz: 3}\n")
     (bad / "syntax.yaml").write_text("# @package _global_\ntrainer: {epochs: 3\n")
     (bad / "group.yaml").write_text("# @package _global_\ndefaults:\n  - override /optimizer: adam\n")
+    (bad / "section.yaml").write_text("# @package _global_\ntrainer: 3\n")
+    (bad / "group_in_body.yaml").write_text("# @package _global_\nloss: kd\n")
+    (bad / "value.yaml").write_text("# @package _global_\ntrainer: {epochs: abc}\n")
 
     truncated = bad / "truncated/plain_text"
     truncated.mkdir(parents=True)
@@ -231,7 +234,15 @@ CASES = {
     "recipe not YAML": (["distill", "recipe=bad/syntax.yaml"], "is not valid YAML"),
     "recipe names no such group": (["distill", "recipe=bad/group.yaml"], "adam"),
     "recipe file missing": (["distill", "recipe=bad/none.yaml"], "none.yaml"),
+    # (these three were Hydra's merge errors, naming neither the key nor the recipe's line to fix)
+    "recipe gives a section a number": (["distill", "recipe=bad/section.yaml"], "'trainer' must be a mapping of its keys"),
+    "recipe picks a group in its body": (["distill", "recipe=bad/group_in_body.yaml"], "in the defaults list as `- override /loss: kd`"),
+    "recipe value of the wrong type": (["distill", "recipe=bad/value.yaml"], "in recipe/value: trainer.epochs: Value 'abc'"),
+    # Workspaces ('run_dir=' ran the stages into the current folder)
+    "run_dir empty": (["distill", "recipe=tiny", "run_dir="], "run_dir is empty"),
+    "run_dir inside a file": (["distill", "recipe=tiny", "run_dir=bad/list.yaml/run"], "is a file, not a folder"),
     # Data sets
+    "dataset.path a file": (["train-teacher", "recipe=tiny", "dataset.path=bad/list.yaml", "run_dir=runs/data"], "is a file, not a folder"),
     "truncated parquet": (["train-teacher", "recipe=tiny", "dataset.path=bad/truncated", "run_dir=runs/data"], "Is a file corrupt?"),
     "one class": (["train-teacher", "recipe=tiny", "dataset=imagefolder", "dataset.path=bad/one_class", "run_dir=runs/data"],
                   "a classifier needs at least two"),

@@ -90,3 +90,18 @@ def test_every_key_of_the_options_table_is_in_the_config():
     groups = {p.name for p in composition.CONFIG_DIR.iterdir() if p.is_dir()}
     missing = [k for k in keys if k != "recipe" and k not in groups and not has_key(composed, k)]
     assert not missing, f"options the README names but the config lacks: {missing}"
+
+
+def readme_recipes() -> list[str]:
+    """The README's example recipe files: its YAML code blocks that are Hydra global packages."""
+    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S)
+    return [b for b in blocks if b.startswith("# @package _global_")]
+
+
+@pytest.mark.parametrize("text", readme_recipes(), ids=lambda text: text.splitlines()[1][:40])
+def test_every_readme_recipe_composes(text, tmp_path, monkeypatch):
+    (tmp_path / "example.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    config.register()
+    cfg = composition.compose_config(composition.prepare_overrides(["recipe=example.yaml"]))
+    assert cfg.description and cfg.description in text

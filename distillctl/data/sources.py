@@ -73,6 +73,9 @@ def locate(spec: str, test_size: float = 0.2, train_split: str = "train") -> Sou
                 "or image folder (<class>/*.jpg, or train/<class>/*.jpg and test/<class>/*.jpg). Point it at one of those."
             )
         return Source(spec, path.resolve(), kind, test_size)
+    if path.exists():
+        raise UserError(f"dataset.path '{spec}' is a file, not a folder: point it at the folder that holds the data set "
+                        "(its parquet files or WebDataset shards, or an image folder's root: <class>/*.jpg).")
     looks_local = spec.startswith((".", "/", "~")) or spec.count("/") > 1
     if looks_local:
         raise UserError(f"dataset.path '{spec}' does not exist. Give a local directory or a Hub id such as uoft-cs/cifar10.")
