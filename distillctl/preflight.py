@@ -76,6 +76,11 @@ def predict_inputs(cfg: DictConfig, ws: Workspace) -> None:
         raise UserError("predict needs images: add predict.input=PATH, an image file or a folder of them.")
     if not Path(cfg.predict.input).expanduser().exists():
         raise UserError(f"predict.input '{cfg.predict.input}' does not exist: give an image file or a folder of images.")
+    if cfg.predict.output:  # refused now, not after every image has been run through the model
+        out = Path(cfg.predict.output).expanduser()
+        if out.is_dir():
+            raise UserError(f"predict.output={out} is a folder: give the CSV file's path.")
+        check_writable(out.parent, "predict.output")
     chosen_model(str(cfg.predict.model), cfg, ws)
 
 

@@ -268,6 +268,8 @@ CASES = {
                                                  "untrustworthy metadata (preprocess image_size '1000000')"),
     "predict with class names that do not fit": (["predict", "recipe=tiny", "predict.input=bad/one_class", "predict.model=bad/class_names.safetensors"],
                                                  "untrustworthy metadata (classes is not one short name per class)"),
+    "predict.output inside a file": (["predict", "recipe=tiny", "predict.input=bad/one_class", "predict.output=bad/list.yaml/out.csv"],
+                                     "predict.output: "),
     "predict only broken files": (["predict", "recipe=tiny", "predict.input=bad/broken_photos"], "none of the 2 images under bad/broken_photos"),
     "predict with a foreign file": (["predict", "recipe=tiny", "predict.input=bad/one_class", "predict.model=bad/foreign.safetensors"],
                                     "records no classes or preprocessing"),

@@ -71,6 +71,9 @@ def test_predict_answers_as_evaluate_does_on_the_same_images(pngs, cli, tmp_path
     one = cli("predict", f"predict.input={pngs}", "predict.model=teacher", "predict.topk=1", "predict.output=top1.csv", THREADS)
     assert one.code == 0, one.text
     assert json.loads((tmp_path / "top1.json").read_text())["top1"] == pytest.approx(teacher["top1"], abs=1e-6)
+    # A folder as the CSV is refused before the model runs over the images, not after.
+    folder = cli("predict", f"predict.input={pngs}", "predict.model=teacher", f"predict.output={tmp_path}", THREADS)
+    assert folder.code == 2 and "is a folder: give the CSV file's path" in folder.text and "images prepared" not in folder.out
 
 
 def test_a_streamed_model_sees_photos_as_its_test_split_was_and_bad_files_are_skipped_or_named(photos, cli, tmp_path):
