@@ -170,6 +170,11 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
                 return sweep_objective(stage(cfg))
         except UserError as exc:
             fail(str(exc))
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, SignalStop) or exc.args:
+                raise
+            # Ctrl-C outside a training step (loading data, calibrating, evaluating): say what is saved.
+            raise KeyboardInterrupt(interruption(command, module_name, cfg)) from None
         except Exception as exc:
             from distillctl.disk import explain_write_error
 
@@ -329,9 +334,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not raise again
     except SignalStop as exc:
         fail(f"{exc}: {how_to_continue(command)}.", code=exc.code)
-    except KeyboardInterrupt:  # 128 + SIGINT
-        trains = command in TRAINING_ONLY or command == "pipeline"
-        fail(f"interrupted; the last finished epoch is saved: {how_to_continue(command)}." if trains else "interrupted.", code=130)
+    except KeyboardInterrupt as exc:  # 128 + SIGINT
+        fail(str(exc) or "interrupted.", code=130)
+
+
+def interruption(command: str, module_name: str, cfg) -> str:
+    """What a Ctrl-C outside a training step leaves behind, and what continues from there."""
+    from distillctl.workspace import Workspace
+
+    if command in ("pipeline", "reproduce", "search"):
+        return f"interrupted: {how_to_continue(command)}."
+    module = sys.modules.get(f"distillctl.stages.{module_name}")  # not yet imported: nothing has started
+    stage = getattr(module, "STAGE", None)
+    if stage is None and command in TRAINING_ONLY:
+        return "interrupted before training began: run the same command again to start it."
+    if stage is None or not stage.trains(cfg):
+        return "interrupted; earlier results are as they were."
+    from distillctl.engine.fit import LAST_STATE
+
+    if (Workspace.from_config(cfg).job_dir / stage.folder(cfg) / LAST_STATE).is_file():
+        return f"interrupted; the last saved epoch is kept: {how_to_continue(command)}."
+    return "interrupted before a first epoch was saved: run the same command again to start over."
 
 
 def how_to_continue(command: str) -> str:

@@ -463,19 +463,25 @@ def test_output_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path, args
     assert proc.wait(timeout=120) == 0 and "Traceback" not in err, err
 
 
-@pytest.mark.parametrize("command, said", [
-    ("distill", "error: interrupted; the last finished epoch is saved: run the same command with resume=true to continue."),
-    ("pipeline", "error: interrupted; the last finished epoch is saved: run the same command again to continue (pipeline "
-                 "resumes what was interrupted by itself)."),
-    ("evaluate", "error: interrupted."),  # nothing was training: no epoch to speak of
+@pytest.mark.parametrize("command, saved, said", [
+    # Told to use resume=true with nothing saved, the user met "holds no checkpoint to resume from".
+    ("distill", False, "error: interrupted before a first epoch was saved: run the same command again to start over."),
+    ("distill", True, "error: interrupted; the last saved epoch is kept: run the same command with resume=true to continue."),
+    ("pipeline", False, "error: interrupted: run the same command again to continue (pipeline resumes what was interrupted by itself)."),
+    ("evaluate", False, "error: interrupted; earlier results are as they were."),  # nothing was training: no epoch to speak of
 ])
-def test_ctrl_c_says_what_was_kept_and_what_continues_it(monkeypatch, capsys, command, said):
+def test_ctrl_c_outside_a_training_step_says_what_was_kept_and_what_continues_it(monkeypatch, tmp_path, capsys, command, saved, said):
     from distillctl import cli
 
-    def interrupted(*args):
+    monkeypatch.chdir(tmp_path)
+    if saved:
+        (tmp_path / "runs/quickstart/student").mkdir(parents=True)
+        (tmp_path / "runs/quickstart/student/last_state.pt").write_bytes(b"")
+
+    def interrupted(cfg):  # Ctrl-C while the data loads, after the config and the files were checked
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "run_hydra", interrupted)
+    monkeypatch.setattr(cli, "stage_runner", lambda module: interrupted)
     with pytest.raises(SystemExit) as exited:
-        cli.main([command])
+        cli.main([command, "trainer.threads=1"])
     assert exited.value.code == 130 and " ".join(capsys.readouterr().err.split()) == said
