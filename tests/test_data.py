@@ -39,6 +39,9 @@ def test_limits_and_a_fixed_validation_split():
     # train_limit counts training images; the held-out part (a fraction of them) comes on top
     assert len(a.train.labels) == 1000 and len(a.val.labels) == 200 and len(a.test.labels) == 100
     assert torch.equal(a.val.images, b.val.images)
+    # A fraction of a few images still holds one out: validation picks the best epoch (an empty one was a traceback).
+    few = load_splits(dataset_cfg(train_limit=5, val_size=0.1))
+    assert len(few.train.labels) == 5 and len(few.val.labels) == 1
 
 
 @pytest.mark.skipif(not SHARED_CIFAR.is_dir(), reason="../shared/data/cifar10 is not beside this checkout")

@@ -100,7 +100,8 @@ def holdout(n: int, cfg) -> tuple[torch.Tensor, torch.Tensor]:
     limit = cfg.train_limit
     # A fraction of the images there are to train on: a train_limit above the split's size (a smoke run's 640 on a
     # folder of 64 photos) would otherwise hold out all of them.
-    n_val = int(cfg.val_size) if cfg.val_size >= 1 else round(cfg.val_size * min(limit or n, n))
+    # A fraction holds out at least one image: round(0.1 * 5) would leave validation, which picks the best epoch, empty.
+    n_val = int(cfg.val_size) if cfg.val_size >= 1 else max(1, round(cfg.val_size * min(limit or n, n)))
     if n_val >= n:
         raise UserError(f"dataset.val_size={cfg.val_size} holds out {n_val} of the {n} images of the train split, leaving none "
                         "to train on; lower it.")
