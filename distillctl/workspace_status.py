@@ -56,7 +56,9 @@ def stage_status(workspace: Path, stage: str, outdated: dict[str, str] | None = 
     done = finished(folder)
     if not done and not started and not (folder / STAGING).is_dir():
         return None
-    metrics = (files.read_json(folder / METRICS_FILE) or {}) if done else {}
+    metrics = files.read_json(folder / METRICS_FILE) if done else {}
+    damaged = metrics is None  # cut short or edited by hand: not a newer run, which its missing fingerprint suggests
+    metrics = metrics or {}
     outdated = outdated or {}
     status = StageStatus(str(workspace), stage, f"outdated: {provenance.why(stage, outdated)}" if stage in outdated else "finished")
     if done:
@@ -70,6 +72,8 @@ def stage_status(workspace: Path, stage: str, outdated: dict[str, str] | None = 
     reached = progress(run)
     if writer_alive(workspace, stage):
         status.state = "running" + (f" (epoch {reached})" if reached else "")
+    elif damaged:
+        status.state = f"damaged: {METRICS_FILE} is unreadable; its command with force=true (or pipeline) makes it again"
     elif newer or not done:  # started and not finished, or results staged and never published
         saved = saved_step(run)
         what = f"interrupted in epoch {saved}" if saved else f"interrupted at epoch {reached}" if reached else "interrupted"
@@ -249,7 +253,7 @@ def table_of(rows: list[StageStatus], console: Any) -> None:
         return
     previous = None
     for r in rows:
-        style = "yellow" if "interrupted" in r.state or r.state.startswith("outdated") else "cyan" if r.state.startswith("running") else None
+        style = "yellow" if "interrupted" in r.state or r.state.startswith(("outdated", "damaged")) else "cyan" if r.state.startswith("running") else None
         when = r.finished_at.removeprefix(time.strftime("%Y-"))  # this year's dates without the year: a narrower table
         table.add_row(r.workspace if r.workspace != previous else "", r.stage, r.state, r.model, fmt_top1(r.top1),
                       r.epochs, when, style=style)

@@ -192,4 +192,12 @@ def test_a_record_that_is_not_a_json_object_reads_as_no_record(tmp_path):
     (folder / "started.json").write_text('"text"')
     assert recorded_fingerprint(folder) is None and started_fingerprint(folder) is None
     row = by_stage(tmp_path / "runs")["tiny/student"]
-    assert row.state == "finished" and row.top1 is None
+    assert row.state.startswith("damaged: metrics.json") and row.top1 is None
+
+
+def test_a_stage_whose_metrics_are_cut_short_is_damaged_not_a_newer_interrupted_run(tmp_path):
+    folder = stage(tmp_path / "runs" / "tiny", "student", finished="a", started="a", epoch="3/3")
+    (folder / "metrics.json").write_text('{"fingerprint": "a", "mod')  # its missing fingerprint read as another run's
+    row = by_stage(tmp_path / "runs")["tiny/student"]
+    assert row.state == "damaged: metrics.json is unreadable; its command with force=true (or pipeline) makes it again"
+    assert row.resume == ""
