@@ -12,16 +12,11 @@ from distillctl import composition, recipes
 from distillctl.errors import UserError
 
 
-@pytest.fixture(autouse=True)
-def registered_schema() -> None:
-    """The schema registered as the CLI registers it, whichever test of this file a worker runs first."""
+def composed(*overrides: str):
+    """The config the CLI would run with, composed in-process."""
     from distillctl import config
 
     config.register()
-
-
-def composed(*overrides: str):
-    """The config the CLI would run with, composed in-process."""
     overrides = composition.prepare_overrides(list(overrides))
     with initialize_config_dir(str(composition.CONFIG_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
@@ -66,6 +61,9 @@ def test_label_smoothing_reaches_the_ce_term():
     ],
 )
 def test_typos_are_rejected_with_a_suggestion(override, expected):
+    from distillctl import config
+
+    config.register()  # as the CLI does: it failed when a worker ran this test before any that composes
     with pytest.raises(UserError, match=expected.replace("?", r"\?").replace("(", r"\(")):
         composition.check_composes(composition.resolve_recipe_overrides([override]))
 
