@@ -119,6 +119,10 @@ def write_hostile_files(home: Path) -> None:
     import pyarrow.parquet as pq
 
     images = pq.read_table(SHARED_CIFAR / "plain_text/test-00000-of-00001.parquet").slice(0, 20).column("img").to_pylist()
+    for i, image in enumerate(images[:18]):  # real photos, but of 3 classes where the tiny models know CIFAR's 10
+        folder = bad / "three_classes" / ("cat", "dog", "frog")[i % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.png").write_bytes(image["bytes"])
     for split in ("train", "test"):
         one = bad / f"one_class/{split}/cat"
         one.mkdir(parents=True)
@@ -273,6 +277,12 @@ CASES = {
     "predict only broken files": (["predict", "recipe=tiny", "predict.input=bad/broken_photos"], "none of the 2 images under bad/broken_photos"),
     "predict with a foreign file": (["predict", "recipe=tiny", "predict.input=bad/one_class", "predict.model=bad/foreign.safetensors"],
                                     "records no classes or preprocessing"),
+    # Models and data of other classes (their scores and the distilled logits were silently wrong)
+    "distill from a teacher of other classes": (["distill", "recipe=tiny", "dataset=imagefolder", "dataset.path=bad/three_classes",
+                                                 "dataset.image_size=32", "run_dir=runs/data", f"teacher.checkpoint={TEACHER}"],
+                                                "predicts 10 classes (airplane, automobile, bird, cat, ...) but the data set has 3 (cat, dog, frog)"),
+    "evaluate on other classes": (["evaluate", "recipe=tiny", "dataset=imagefolder", "dataset.path=bad/three_classes",
+                                   "dataset.image_size=32"], "but the data set has 3 (cat, dog, frog)"),
     # Stages out of order
     "prune before distill": (["prune", "recipe=tiny", "run_dir=runs/empty"], "no distilled student"),
     "quantize a missing pruned model": (["quantize", "recipe=tiny", "run_dir=runs/empty", "quantize.source=pruned"], "no pruned model"),

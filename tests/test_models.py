@@ -137,3 +137,18 @@ def test_macs_are_counted_for_models_that_hand_their_class_token_to_a_block(name
     if published:  # CaiT's paper (Touvron et al. 2021, table 3): XXS-24 at 224 px is 2.5 GFLOPs, counted as MACs
         assert gmacs == pytest.approx(published, rel=0.03)
     assert all(p.requires_grad for p in model.parameters())  # training after the count still updates every weight
+
+
+def test_a_model_is_refused_on_a_data_set_of_other_classes():
+    from pathlib import Path
+
+    from distillctl.models.metadata import require_classes
+
+    meta = {"num_classes": 3, "classes": ["cat", "dog", "frog"]}
+    require_classes(meta, ["cat", "dog", "frog"], "student", Path("m.safetensors"))
+    with pytest.raises(UserError, match=r"student in m.safetensors predicts 3 classes \(cat, dog, frog\) but the data set has 2"):
+        require_classes(meta, ["cat", "dog"], "student", Path("m.safetensors"))
+    # The same count in another order: logit 1 would be scored as the data set's 'frog'.
+    with pytest.raises(UserError, match="'dog' where the data set has 'frog', 'frog' where the data set has 'dog'"):
+        require_classes(meta, ["cat", "frog", "dog"], "student", Path("m.safetensors"))
+    require_classes({"num_classes": 3}, ["a", "b", "c"], "teacher", Path("foreign.safetensors"))  # no names: the count is all

@@ -96,3 +96,25 @@ def layout_dtypes(node: Any) -> list[str]:
     if isinstance(node, list):
         return [d for value in node for d in layout_dtypes(value)]
     return []
+
+
+def require_classes(meta: dict[str, Any], classes: list[str], what: str, path: Path) -> None:
+    """Refuse a model whose recorded classes are not the data set's: its logit i would be scored (or distilled)
+    as the data set's class i, and every number after that would be silently wrong."""
+    trained = meta.get("classes") or []
+    count = meta.get("num_classes", len(trained) or len(classes))
+    fix = ("use the data set it was trained on (the dataset overrides of the run that made it), or train one on this "
+           "data set")
+
+    def preview(names: list[str]) -> str:
+        return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+
+    if count != len(classes):
+        shown = f" ({preview(trained)})" if trained else ""
+        raise UserError(f"the {what} in {path} predicts {count} classes{shown} but the data set has {len(classes)} "
+                        f"({preview(classes)}): {fix}.")
+    differ = [(mine, theirs) for mine, theirs in zip(trained, classes) if mine != theirs]
+    if differ:
+        pairs = ", ".join(f"'{mine}' where the data set has '{theirs}'" for mine, theirs in differ[:3])
+        raise UserError(f"the {what} in {path} was trained on other classes than the data set's ({pairs}"
+                        f"{', ...' if len(differ) > 3 else ''}): {fix}.")

@@ -11,19 +11,19 @@ from distillctl.errors import UserError
 from distillctl.models import load_model
 from distillctl.models.ensemble import TeacherEnsemble
 from distillctl.models.image_size import built_size, size_problem
+from distillctl.models.metadata import require_classes
 from distillctl.models.normalization import renormalized
 from distillctl.teacher_files import teacher_checkpoints
 from distillctl.workspace import Workspace
 
 
-def load_teacher(cfg: DictConfig, ws: Workspace, num_classes: int) -> tuple[nn.Module, list[Path]]:
+def load_teacher(cfg: DictConfig, ws: Workspace, classes: list[str]) -> tuple[nn.Module, list[Path]]:
     """The frozen teacher (an ensemble when `teachers` is set) fed images normalized as the run's data set is,
     and where it came from."""
     members, weights, paths = [], [], []
     for path, name, weight in teacher_checkpoints(cfg, ws):
-        model, meta = load_model(path, name, num_classes)
-        if meta["num_classes"] != num_classes:
-            raise UserError(f"the teacher in {path} predicts {meta['num_classes']} classes but the data set has {num_classes}.")
+        model, meta = load_model(path, name, len(classes))
+        require_classes(meta, classes, "teacher", path)
         size = cfg.dataset.image_size
         if problem := size_problem(model, size):
             built = built_size(model)

@@ -18,6 +18,7 @@ from distillctl.evaluation import expectations, measure, plots, report
 from distillctl.evaluation.class_accuracy import ClassAccuracy
 from distillctl.model_files import QUANTIZED, final_of, load_runnable, runtime_of, workspace_models
 from distillctl.models import count_parameters
+from distillctl.models.metadata import require_classes
 from distillctl.models.normalization import stored_normalization
 from distillctl.stages.context import RunContext
 from distillctl.tracking import tracked
@@ -54,6 +55,7 @@ def run(cfg: DictConfig) -> dict:
         console.print(f"evaluating {stage} from {path}")
         # Foreign files without metadata are named by the config section of the model they stand for.
         model, meta = load_runnable(path, cfg["teacher" if stage == "teacher" else "student"].name, ctx.data.num_classes, threads)
+        require_classes(meta, ctx.data.classes, stage, path)
         # Quantized formats run on the CPU kernels they were made for; float models on the run's device.
         quantized = stage in QUANTIZED
         device, precision = (torch.device("cpu"), "fp32") if quantized else (ctx.device, cfg.trainer.precision)

@@ -14,6 +14,7 @@ from distillctl.console import console
 from distillctl.errors import UserError
 from distillctl.losses import build_objective
 from distillctl.models import architecture_metadata, load_model
+from distillctl.models.metadata import require_classes
 from distillctl.models.normalization import stored_normalization
 from distillctl.models.teachers import load_teacher
 from distillctl.provenance import made_from
@@ -45,6 +46,7 @@ def run(cfg: DictConfig) -> dict:
     ctx = RunContext.open(cfg)
     source = student_dir(ctx.workspace) / MODEL_FILE
     model, meta = load_model(source)
+    require_classes(meta, ctx.data.classes, "student", source)
     if cfg.prune.method == "structured":
         return prune_structured_steps(cfg, ctx, model, meta, source)
     mask = sparsity.SparsityMask(model, cfg.prune.sparsity)
@@ -65,7 +67,7 @@ def run(cfg: DictConfig) -> dict:
 def finetune_objective(cfg: DictConfig, ctx: RunContext):
     """The recipe's loss terms, and its teacher when they read one: what fine-tunes a pruned student."""
     objective = build_objective(cfg.loss.terms)
-    return objective, (load_teacher(cfg, ctx.workspace, ctx.data.num_classes)[0] if objective.needs_teacher else None)
+    return objective, (load_teacher(cfg, ctx.workspace, ctx.data.classes)[0] if objective.needs_teacher else None)
 
 
 def prune_structured_steps(cfg: DictConfig, ctx: RunContext, model, meta: dict, source: Path) -> dict:

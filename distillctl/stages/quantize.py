@@ -21,6 +21,7 @@ from distillctl.errors import UserError
 from distillctl.evaluation import measure
 from distillctl.losses import build_objective
 from distillctl.models import architecture_metadata, count_parameters, load_model
+from distillctl.models.metadata import require_classes
 from distillctl.models.normalization import stored_normalization
 from distillctl.models.teachers import load_teacher
 from distillctl.provenance import made_from
@@ -94,6 +95,7 @@ def run(cfg: DictConfig) -> dict:
     ctx = RunContext.open(cfg)
     source = ctx.workspace.final_student(str(cfg.quantize.source)) / MODEL_FILE
     model, meta = load_model(source)
+    require_classes(meta, ctx.data.classes, "model", source)
     model.eval()
     norm = stored_normalization(meta, cfg.dataset.mean, cfg.dataset.std)
     size = cfg.dataset.image_size
@@ -173,7 +175,7 @@ def quantize_after_training(cfg: DictConfig, ctx: RunContext, model: nn.Module, 
 def train_qat(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, quantization: dict, objective, info: dict, fp: str, norm: Normalization) -> dict:
     """Fake-quantized fine-tuning through the one training loop, then conversion to int8."""
     q, size = cfg.quantize, cfg.dataset.image_size
-    teacher = load_teacher(cfg, ctx.workspace, ctx.data.num_classes)[0] if objective.needs_teacher else None
+    teacher = load_teacher(cfg, ctx.workspace, ctx.data.classes)[0] if objective.needs_teacher else None
     prepared = int8_fx.prepare(copy.deepcopy(model), torch.zeros(1, 3, size, size), quantization["backend"], q.per_channel, q.skip, qat=True)
     # Start from calibrated ranges rather than fake-quantizing with placeholders during the first steps.
     int8_fx.calibrate(prepared, calibration_images(cfg, ctx, norm))
