@@ -7,6 +7,7 @@ without importing the CLI.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,9 +68,7 @@ def shape_problem(key: str, value: Any) -> str | None:
     import dataclasses
     import typing
 
-    from distillctl.config import Config
-
-    hint = typing.get_type_hints(Config).get(key)
+    hint = schema_types().get(key)
     if hint is None or (isinstance(value, str) and value.startswith("${")):
         return None
     shown = "null" if value is None else repr(value)
@@ -86,6 +85,16 @@ def shape_problem(key: str, value: Any) -> str | None:
     if origin is dict and not isinstance(value, dict):
         return f"'{key}' must be a mapping ({key}: {{student.top1: {{min: 0.5}}}}), not {shown}."
     return None
+
+
+@functools.cache
+def schema_types() -> dict[str, Any]:
+    """The type of each top-level key of the schema."""
+    import typing
+
+    from distillctl.config import Config
+
+    return typing.get_type_hints(Config)
 
 
 def nested_thresholds(recipe):
@@ -108,9 +117,9 @@ def model_defaults_as_names(recipe):
     from omegaconf import OmegaConf
 
     for role in MODEL_KEYS:
-        value = recipe.get(role) if OmegaConf.is_dict(recipe) else None
-        if isinstance(value, str) and not OmegaConf.is_interpolation(recipe, role):
-            recipe[role] = {"name": value}
+        if OmegaConf.is_dict(recipe) and role in recipe and not OmegaConf.is_interpolation(recipe, role):
+            if isinstance(value := recipe[role], str):
+                recipe[role] = {"name": value}
     defaults = recipe.get("defaults") if OmegaConf.is_dict(recipe) else None
     if not defaults:
         return recipe
