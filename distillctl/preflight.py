@@ -12,7 +12,8 @@ from omegaconf import DictConfig
 
 from distillctl.cifar_zoo import ZOO_NAMES, no_published_weights, no_timm_weights
 from distillctl.disk import check_writable
-from distillctl.errors import UserError
+from distillctl.composition import CONFIG_DIR
+from distillctl.errors import UserError, did_you_mean
 from distillctl.hub_access import offline, offline_unless_reachable
 from distillctl.teacher_files import PUBLISHED, given_teachers, teacher_checkpoints
 from distillctl.workspace import Workspace
@@ -47,6 +48,8 @@ def check(command: str, cfg: DictConfig) -> None:
         # Path("") is the current folder: the stages would land beside the user's own files.
         raise UserError("run_dir is empty: give the workspace's folder (run_dir=runs/NAME), or leave it out for runs/<recipe>.")
     check_writable(Path(cfg.run_dir), "run_dir")
+    if command == "reproduce":
+        baseline_loss(str(cfg.reproduce.baseline_loss))
     if command in ("quantize", "pipeline") and cfg.quantize.method == "executorch_int8":
         require_package("executorch", "quantize=executorch_int8", "executorch")
     if need := NEEDS.get(command):
@@ -66,6 +69,15 @@ def zoo_weights(command: str, cfg: DictConfig) -> None:
             raise UserError(no_timm_weights(role))
         if model.pretrained or (role == "teacher" and published):
             raise UserError(no_published_weights(model.name))
+
+
+def baseline_loss(name: str) -> None:
+    """reproduce.baseline_loss names an option of the loss group: it is composed only after the first seed's
+    teacher and student have trained."""
+    options = sorted(p.stem for p in (CONFIG_DIR / "loss").glob("*.yaml"))
+    if name not in options:
+        raise UserError(f"reproduce.baseline_loss={name} is not an option of the loss group ({', '.join(options)})."
+                        f"{did_you_mean(name, options)}")
 
 
 def predict_inputs(cfg: DictConfig, ws: Workspace) -> None:

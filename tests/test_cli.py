@@ -431,6 +431,8 @@ def test_each_command_has_a_help_page_with_this_recipes_values(cli):
         (["distill", "student.pretrained=true"], "no published pretrained weights exist for the CIFAR model 'resnet8'"),
         (["train-teacher", "teacher.checkpoint=null", "teacher.pretrained=true"], "CIFAR model 'resnet20'"),
         (["distill", "recipe=cifar_resnet", "teacher.checkpoint=pretrained"], "CIFAR model 'resnet56'"),
+        # It was a Hydra traceback after the first seed's teacher and student had trained.
+        (["reproduce", "reproduce.baseline_loss=kdd"], "is not an option of the loss group"),
     ],
 )
 def test_mistakes_seen_on_disk_are_refused_before_torch_is_imported(tmp_path, args, expected):
