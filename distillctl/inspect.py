@@ -50,7 +50,7 @@ def run_inspect(overrides: Sequence[str]) -> None:
     from distillctl.console import console
     from distillctl.engine.taps import stage_modules
     from distillctl.models import count_parameters, create_model
-    from distillctl.models.image_size import built_size
+    from distillctl.models.image_size import built_size, size_problem
 
     options = parse(overrides)
     size = whole_number(options, "image_size", 32, IMAGE_SIZE)
@@ -61,14 +61,10 @@ def run_inspect(overrides: Sequence[str]) -> None:
         for name, module in model.named_modules()
         if name
     ]
-    try:
-        with torch.inference_mode():
-            model(torch.zeros(1, 3, size, size))
-    except (RuntimeError, AssertionError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    if problem := size_problem(model, size):  # its one forward pass also fills `shapes` through the hooks
         native = built_size(model)
         fix = f"image_size={native}, the size it was built for" if native and native != size else "a larger image_size="
-        raise UserError(f"'{options['model']}' cannot take {size}x{size} images ({first}): inspect it at {fix}.") from None
+        raise UserError(f"'{options['model']}' cannot take {size}x{size} images ({problem}): inspect it at {fix}.")
     for hook in hooks:
         hook.remove()
     stages = stage_modules(model)
