@@ -87,6 +87,12 @@ def shape_problem(key: str, value: Any) -> str | None:
     return None
 
 
+def group_choices(group: str) -> list[str]:
+    """The options of a config group as its files name them (Hydra's own listing needs an initialized Hydra of
+    its own, which a running command already has)."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
 @functools.cache
 def schema_types() -> dict[str, Any]:
     """The type of each top-level key of the schema."""

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from distillctl.cifar_zoo import ZOO_NAMES, no_published_weights, no_timm_weights
 from distillctl.disk import check_writable
-from distillctl.composition import CONFIG_DIR
+from distillctl.composition import group_choices
 from distillctl.errors import UserError, did_you_mean
 from distillctl.hub_access import offline, offline_unless_reachable
 from distillctl.teacher_files import PUBLISHED, given_teachers, teacher_checkpoints
@@ -74,7 +74,7 @@ def zoo_weights(command: str, cfg: DictConfig) -> None:
 def baseline_loss(name: str) -> None:
     """reproduce.baseline_loss names an option of the loss group: it is composed only after the first seed's
     teacher and student have trained."""
-    options = sorted(p.stem for p in (CONFIG_DIR / "loss").glob("*.yaml"))
+    options = group_choices("loss")
     if name not in options:
         raise UserError(f"reproduce.baseline_loss={name} is not an option of the loss group ({', '.join(options)})."
                         f"{did_you_mean(name, options)}")

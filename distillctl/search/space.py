@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from distillctl.composition import CONFIG_DIR, override
+from distillctl.composition import group_choices, override
 from distillctl.errors import UserError, did_you_mean
 
 RANGE_KEYS = {"low", "high", "log", "step", "type"}
@@ -89,7 +89,7 @@ def current_value(config: DictConfig, key: str) -> Any:
     term = parent.split(".")[2] if parent.startswith("loss.terms.") else None
     if term is not None and term not in config.loss.terms:
         # A space written for another method (search=kd on an AT recipe): name the terms there are and the spaces
-        spaces = sorted(p.stem for p in (CONFIG_DIR / "search").glob("*.yaml"))
+        spaces = group_choices("search")
         raise UserError(f"search.space: '{key}' searches a '{term}' loss term, and this run's loss has none (its terms: "
                         f"{', '.join(config.loss.terms)}). Pick a space for its method (search={' | '.join(spaces)}) "
                         "or declare your own instead: ~search '++search.space={loss.terms.NAME.weight: {low: 10, high: 1000, log: true}}'.")
