@@ -350,9 +350,9 @@ def interruption(command: str, module_name: str, cfg) -> str:
         return "interrupted before training began: run the same command again to start it."
     if stage is None or not stage.trains(cfg):
         return "interrupted; earlier results are as they were."
-    from distillctl.engine.fit import LAST_STATE
+    from distillctl.engine.fit import has_checkpoint
 
-    if (Workspace.from_config(cfg).job_dir / stage.folder(cfg) / LAST_STATE).is_file():
+    if has_checkpoint(Workspace.from_config(cfg).job_dir / stage.folder(cfg)):
         return f"interrupted; the last saved epoch is kept: {how_to_continue(command)}."
     return "interrupted before a first epoch was saved: run the same command again to start over."
 

@@ -377,9 +377,14 @@ def checkpoint(trainee: Trainee, batches: Batches, out_dir: Path, epoch: int, be
     files.write_text(out_dir / HISTORY, "".join(json.dumps(r) + "\n" for r in history))
 
 
+def has_checkpoint(out_dir: Path) -> bool:
+    """Whether a training run saved an epoch's checkpoint in out_dir, to resume from."""
+    return (out_dir / LAST_STATE).is_file()
+
+
 def check_resumable(out_dir: Path) -> None:
     """Refuse resume=true where no checkpoint was saved."""
-    if not (out_dir / LAST_STATE).is_file():
+    if not has_checkpoint(out_dir):
         raise UserError(f"resume=true but {out_dir} holds no checkpoint to resume from; run without resume=true.")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from distillctl.console import console
-from distillctl.engine.fit import LAST_STATE
+from distillctl.engine.fit import has_checkpoint
 from distillctl.ranks import is_main, ranks
 from distillctl.workspace import Workspace, finished, recorded_fingerprint, started_fingerprint
 
@@ -84,7 +84,7 @@ def plan(stage: Stage, cfg: DictConfig, ws: Workspace, redo: bool) -> str:
         return "skip"
     console.rule(f"{folder} ({ws.job_dir})")
     partial = ws.job_dir / folder
-    if not redo and not finished(partial) and started_fingerprint(partial) == wanted and (partial / LAST_STATE).is_file():
+    if not redo and not finished(partial) and started_fingerprint(partial) == wanted and has_checkpoint(partial):
         console.print(f"resuming the interrupted run in {partial}")
         return "resume"
     return "run"

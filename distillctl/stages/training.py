@@ -16,7 +16,7 @@ from distillctl import artifacts, disk, files, ranks, resumption, workspace
 from distillctl.console import console, print_summary_table
 from distillctl.data import preprocess
 from distillctl.engine import distributed
-from distillctl.engine.fit import BEST, LAST, LAST_STATE, FitResult, Trainee, check_resumable, fit
+from distillctl.engine.fit import BEST, LAST, FitResult, Trainee, check_resumable, fit, has_checkpoint
 from distillctl.engine.mixing import batch_mixer
 from distillctl.engine.optim import build_optimizer, build_schedule
 from distillctl.engine.predict import predict, top5_accuracy, topk_accuracy
@@ -105,7 +105,7 @@ def resumes_after_restart(out_dir: Path, fingerprint: str) -> bool:
     again for them. Decided by rank 0, so that every process agrees."""
     if not (who := ranks.restarted_by() or ("requeued by the scheduler" if workspace.requeued(out_dir) else None)):
         return False
-    found = workspace.started_fingerprint(out_dir) == fingerprint and (out_dir / LAST_STATE).is_file()
+    found = workspace.started_fingerprint(out_dir) == fingerprint and has_checkpoint(out_dir)
     if found:
         console.print(f"{who}: resuming from the last checkpoint in {out_dir}")
     return bool(distributed.broadcast(found))
