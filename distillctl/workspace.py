@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from distillctl import environment, files
 from distillctl.errors import UserError
+from distillctl.execution_settings import canonical
 from distillctl.ranks import is_main
 
 MODEL_FILE, METRICS_FILE, CONFIG_FILE = "model.safetensors", "metrics.json", "config.yaml"
@@ -263,8 +264,9 @@ def finished(stage_dir: Path) -> bool:
 
 
 def fingerprint(cfg: DictConfig, sections: list[str], inputs: list[str] | tuple[str, ...] = ()) -> str:
-    """Hash of the config sections a stage depends on and of its inputs' fingerprints."""
-    chosen = {s: OmegaConf.to_container(cfg[s], resolve=True) for s in sections}
+    """Hash of the config sections a stage depends on (how it executes left out: execution_settings) and of its
+    inputs' fingerprints."""
+    chosen = {s: canonical(s, OmegaConf.to_container(cfg[s], resolve=True)) for s in sections}
     if "dataset" in sections and cfg.dataset.get("train_limit"):
         # train_limit once counted the held-out images too: a run made under that rule trained on other images
         chosen["train_limit_counts"] = "training images"

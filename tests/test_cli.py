@@ -65,11 +65,13 @@ def test_pipeline_writes_every_artifact_and_skips_on_rerun(cli, tiny):
     assert "all 1 expectations met" in first.out
     assert "expect" in (runs / "student" / "config.yaml").read_text()
 
-    again = cli("pipeline", "recipe=tiny")
+    again = cli("pipeline", "recipe=tiny", "trainer.threads=1", "trainer.log_every=5")  # how it runs, not what
     assert again.code == 0 and again.out.count("skip") == 4, again.out
 
     changed = cli("pipeline", "recipe=tiny", "loss.terms.kd.temperature=8")
     assert changed.code == 0 and "skip teacher" in changed.out and "skip student" not in changed.out and "skip int8_static" not in changed.out
+    assert "running student again: runs/tiny/student was made with loss.terms.kd.temperature 4.0 -> 8" in changed.out
+    assert "running int8_static again: it is made from a stage made again just now" in changed.out
     assert json.loads((runs / "pruned" / "metrics.json").read_text())["made_from"] == {"student": json.loads((runs / "student" / "metrics.json").read_text())["fingerprint"]}
 
     # A stage run alone leaves the models made from its old results; evaluate and runs say which, and why.

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from distillctl.resumption import changes
+from distillctl.config_changes import changes
 
 from conftest import TINY
 

@@ -11,8 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
+from test_config import composed
 
 from distillctl import files, workspace
+from distillctl.execution_settings import EXECUTION_ONLY
+from distillctl.stages.base import why_outdated
 
 
 @pytest.mark.slow
@@ -22,7 +26,8 @@ def test_pipeline_resumes_an_interrupted_stage_by_itself(cli, tiny):
     # What a run killed after its last epoch's checkpoint leaves: no model, no metrics.
     (teacher / "metrics.json").unlink()
     (teacher / "model.safetensors").unlink()
-    result = cli("pipeline", "recipe=tiny", "trainer.epochs=2")
+    # Other threads and logging say how it runs, not what it computes: the run is still this one.
+    result = cli("pipeline", "recipe=tiny", "trainer.epochs=2", "trainer.threads=1", "trainer.log_every=2")
     assert result.code == 0, result.text[-3000:]
     assert "resuming the interrupted run" in result.out
     assert json.loads((teacher / "metrics.json").read_text())["resumed_from_epoch"] == 2
@@ -72,6 +77,40 @@ def write_results(folder: Path, tag: str) -> None:
 def results(folder: Path) -> dict[str, str]:
     """The stage's results by name."""
     return {p.name: p.read_text() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_how_a_run_executes_is_not_part_of_what_it_is(tmp_path):
+    sections, inputs = ["dataset", "trainer", "optimizer"], ["0"]
+    made = workspace.fingerprint(composed("recipe=quickstart"), sections, inputs)
+    executed_otherwise = ["trainer.threads=1", "trainer.device=cpu", "trainer.devices=2", "trainer.compile=false",
+                          "trainer.compile_mode=default", "trainer.log_every=7", "trainer.eval_batch_size=64",
+                          "trainer.checkpoint_every_steps=5", "trainer.dist_timeout_s=60", "dataset.workers=0",
+                          f"dataset.cache_dir={tmp_path}"]
+    assert {key.split("=")[0] for key in executed_otherwise} == set(EXECUTION_ONLY)
+    for override in executed_otherwise:
+        assert workspace.fingerprint(composed("recipe=quickstart", override), sections, inputs) == made, override
+    for override in ("trainer.epochs=3", "trainer.precision=bf16", "dataset.hflip=false", "optimizer.lr=0.2"):
+        assert workspace.fingerprint(composed("recipe=quickstart", override), sections, inputs) != made, override
+    # A run made with the defaults keeps the fingerprint it had before these keys were left out: not trained again.
+    cfg = composed("recipe=quickstart")
+    before = {"config": {s: OmegaConf.to_container(cfg[s], resolve=True) for s in sections}, "inputs": inputs}
+    assert made == hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def test_a_stage_made_again_says_what_changed(tmp_path):
+    from distillctl.stages import prune
+
+    cfg = composed("recipe=quickstart", "prune.finetune_epochs=1")
+    done = tmp_path / "pruned"
+    done.mkdir()
+    made_with = ("recipe=quickstart", "run_dir=runs/quickstart")  # the run_dir a run resolves through Hydra
+    workspace.save_config(done, composed(*made_with, "seed=3", "trainer.threads=1", "quantize=int8_qat"))
+    # Only what the stage depends on is named: the thread count is how it ran, quantize comes after it.
+    assert why_outdated(prune.STAGE, cfg, done) == f"{done} was made with prune.finetune_epochs 2 -> 1, seed 3 -> 0"
+    workspace.save_config(done, composed(*made_with, "prune.finetune_epochs=1"))
+    assert "has changed since (an earlier stage was made again" in why_outdated(prune.STAGE, cfg, done)
+    (done / workspace.CONFIG_FILE).write_text("!!python/object:os.system [echo]\n")  # read safely, never run
+    assert why_outdated(prune.STAGE, cfg, done) == f"{done} was made with another config (its config.yaml cannot be read)"
 
 
 def test_results_are_replaced_together_or_not_at_all(tmp_path):

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from rich.markup import escape
+from yaml import YAMLError
 
+from distillctl.config_changes import changes
 from distillctl.console import console
 from distillctl.engine.fit import has_checkpoint
 from distillctl.ranks import is_main, ranks
-from distillctl.workspace import Workspace, finished, recorded_fingerprint, started_fingerprint
+from distillctl.workspace import CONFIG_FILE, Workspace, finished, recorded_fingerprint, started, started_fingerprint
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,8 @@ class Stage:
     name: str
     # The workspace folder the stage writes for this config (quantize writes one per method).
     folder: Callable[[DictConfig], str]
+    # The config sections its result depends on (beside the seed and its inputs).
+    sections: Callable[[DictConfig], list[str]]
     # A digest of the config sections and input artifacts the result depends on; equal digests mean nothing to redo.
     fingerprint: Callable[[DictConfig, Workspace], str]
     run: Callable[[DictConfig], Any]
@@ -87,4 +94,31 @@ def plan(stage: Stage, cfg: DictConfig, ws: Workspace, redo: bool) -> str:
     if not redo and not finished(partial) and started_fingerprint(partial) == wanted and has_checkpoint(partial):
         console.print(f"resuming the interrupted run in {partial}")
         return "resume"
+    if done is not None:
+        why = why_outdated(stage, cfg, done) if not redo else "force=true" if cfg.force else "it is made from a stage made again just now"
+        console.print(f"[yellow]running {folder} again[/]: {escape(why)}")
     return "run"
+
+
+def why_outdated(stage: Stage, cfg: DictConfig, done: Path) -> str:
+    """Why the finished run in `done` is not this config's: the settings it was made with that differ, else its inputs."""
+    keys = ["seed", *stage.sections(cfg)]
+    if (made_with := asked_config(done)) is None:
+        return f"{done} was made with another config (its {CONFIG_FILE} cannot be read)"
+    now = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key] for key in keys}
+    if listed := changes({key: made_with.get(key) for key in keys}, now):
+        return f"{done} was made with {listed}"
+    return f"what {done} was made from has changed since (an earlier stage was made again, or an older distillctl made it)"
+
+
+def asked_config(done: Path) -> dict | None:
+    """The config a finished stage was run with, as the command gave it. A training stage's config.yaml records the
+    trainer its job ran (prune's fine-tuning epochs as trainer.epochs); the settings noted when it started do not."""
+    record = started(done)
+    if record.get("fingerprint") == recorded_fingerprint(done) and isinstance(record.get("settings"), dict):
+        return record["settings"]
+    try:
+        made_with = OmegaConf.to_container(OmegaConf.load(done / CONFIG_FILE), resolve=False)
+    except (OSError, ValueError, YAMLError, OmegaConfBaseException):  # nothing to compare with; it is redone all the same
+        return None
+    return made_with if isinstance(made_with, dict) else None

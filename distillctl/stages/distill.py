@@ -22,13 +22,17 @@ from distillctl.workspace import fingerprint as config_fingerprint
 FOLDER = "student"
 
 
+def sections(cfg: DictConfig) -> list[str]:
+    """The config sections the student depends on."""
+    return ["dataset", "student", "loss", "trainer", "optimizer", "scheduler", "teachers"]
+
+
 def fingerprint(cfg: DictConfig, ws: Workspace) -> str:
     """What the student depends on: its config and the teacher it learns from."""
-    sections = ["dataset", "student", "loss", "trainer", "optimizer", "scheduler", "teachers"]
     try:
         paths = [path for path, _, _ in teacher_checkpoints(cfg, ws)]
     except UserError:
-        return config_fingerprint(cfg, sections, [str(cfg.seed), "no-teacher"])
+        return config_fingerprint(cfg, sections(cfg), [str(cfg.seed), "no-teacher"])
     teacher_ids = []
     for path in paths:
         teacher_id = recorded_fingerprint(path.parent) if path.name == MODEL_FILE else None
@@ -36,7 +40,7 @@ def fingerprint(cfg: DictConfig, ws: Workspace) -> str:
             stat = path.stat()
             teacher_id = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
         teacher_ids.append(teacher_id)
-    return config_fingerprint(cfg, sections, [str(cfg.seed), *teacher_ids])
+    return config_fingerprint(cfg, sections(cfg), [str(cfg.seed), *teacher_ids])
 
 
 def run(cfg: DictConfig) -> dict:
@@ -60,4 +64,4 @@ def run(cfg: DictConfig) -> dict:
     return train_and_save(ctx, job)
 
 
-STAGE = Stage("distill", lambda cfg: FOLDER, fingerprint, run)
+STAGE = Stage("distill", lambda cfg: FOLDER, sections, fingerprint, run)

@@ -32,13 +32,18 @@ def student_dir(ws: Workspace) -> Path:
     return ws.require("student", "distilled student", "distill")
 
 
+def sections(cfg: DictConfig) -> list[str]:
+    """The config sections the pruned model depends on."""
+    return ["dataset", "prune", "loss", "trainer", "optimizer"]
+
+
 def fingerprint(cfg: DictConfig, ws: Workspace) -> str:
     """What the pruned model depends on: the prune settings, fine-tuning set-up and the student."""
     try:
         student_id = recorded_fingerprint(student_dir(ws)) or "unknown"
     except UserError:
         student_id = "no-student"
-    return config_fingerprint(cfg, ["dataset", "prune", "loss", "trainer", "optimizer"], [str(cfg.seed), student_id])
+    return config_fingerprint(cfg, sections(cfg), [str(cfg.seed), student_id])
 
 
 def run(cfg: DictConfig) -> dict:
@@ -118,4 +123,4 @@ def save_without_training(ctx: RunContext, model, meta: dict, extra: dict, fp: s
     return metrics
 
 
-STAGE = Stage("prune", lambda cfg: FOLDER, fingerprint, run, trains=lambda cfg: cfg.prune.finetune_epochs > 0)
+STAGE = Stage("prune", lambda cfg: FOLDER, sections, fingerprint, run, trains=lambda cfg: cfg.prune.finetune_epochs > 0)

@@ -48,16 +48,18 @@ def folder(cfg: DictConfig) -> str:
     return str(cfg.quantize.method)
 
 
+def sections(cfg: DictConfig) -> list[str]:
+    """The config sections the quantized model depends on (QAT trains, so its training set-up too)."""
+    return ["dataset", "quantize", "export", *(["loss", "trainer", "optimizer"] if cfg.quantize.method == "int8_qat" else [])]
+
+
 def fingerprint(cfg: DictConfig, ws: Workspace) -> str:
     """What the quantized model depends on: the quantize (and export) settings, training set-up for QAT, the source."""
     try:
         source_id = recorded_fingerprint(ws.final_student(str(cfg.quantize.source))) or "unknown"
     except UserError:
         source_id = "no-source"
-    sections = ["dataset", "quantize", "export"]
-    if cfg.quantize.method == "int8_qat":
-        sections += ["loss", "trainer", "optimizer"]
-    return config_fingerprint(cfg, sections, [str(cfg.seed), source_id])
+    return config_fingerprint(cfg, sections(cfg), [str(cfg.seed), source_id])
 
 
 def calibration_images(cfg: DictConfig, ctx: RunContext, norm: Normalization) -> Iterator[torch.Tensor]:
@@ -228,4 +230,4 @@ def print_summary(method: str, metrics: dict, out_dir: Path) -> None:
     ])
 
 
-STAGE = Stage("quantize", folder, fingerprint, run, trains=lambda cfg: folder(cfg) == "int8_qat")
+STAGE = Stage("quantize", folder, sections, fingerprint, run, trains=lambda cfg: folder(cfg) == "int8_qat")

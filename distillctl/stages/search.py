@@ -25,6 +25,7 @@ from distillctl.engine.fit import observing_epochs
 from distillctl.environment import cpu_name
 from distillctl.errors import UserError
 from distillctl.evaluation import measure
+from distillctl.execution_settings import keys_of
 from distillctl.losses import build_objective
 from distillctl.models import create_model
 from distillctl.search import best_recipe, summary
@@ -40,8 +41,6 @@ from distillctl.workspace import Workspace, fingerprint, model_file
 
 # Keys of the command line that say where this search runs; trials get their own.
 OWN_KEYS = ("run_dir", "force", "resume", "wait")
-# Trainer keys that change how fast a trial runs, not what it learns: a search may continue with other values.
-SPEED_ONLY = ("threads", "device", "compile", "compile_mode", "log_every", "eval_batch_size", "checkpoint_every_steps")
 # Failed trials in a row (never a good sign) after which the search stops instead of failing every trial.
 MAX_FAILED_IN_A_ROW = 3
 
@@ -82,7 +81,7 @@ def shared_teacher(cfg: DictConfig) -> list[str]:
 
 def setup_identity(cfg: DictConfig, params: list[Param], epochs: int) -> dict[str, Any]:
     """What makes two runs of `search` the same study: the space, the objectives and what a trial trains."""
-    trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in SPEED_ONLY}
+    trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in keys_of("trainer")}
     s = cfg.search
     return {
         "space": [str(p) for p in params],

@@ -16,9 +16,14 @@ from distillctl.workspace import Workspace, fingerprint as config_fingerprint
 FOLDER = "teacher"
 
 
+def sections(cfg: DictConfig) -> list[str]:
+    """The config sections the trained teacher depends on."""
+    return ["dataset", "teacher", "trainer", "optimizer", "scheduler"]
+
+
 def fingerprint(cfg: DictConfig, ws: Workspace) -> str:
     """What the trained teacher depends on."""
-    return config_fingerprint(cfg, ["dataset", "teacher", "trainer", "optimizer", "scheduler"], [str(cfg.seed)])
+    return config_fingerprint(cfg, sections(cfg), [str(cfg.seed)])
 
 
 skipped = given_teachers  # a teacher given as a file is used as it is: nothing to train
@@ -43,4 +48,4 @@ def run(cfg: DictConfig) -> dict:
     return train_and_save(ctx, job)
 
 
-STAGE = Stage("train-teacher", lambda cfg: FOLDER, fingerprint, run, skipped)
+STAGE = Stage("train-teacher", lambda cfg: FOLDER, sections, fingerprint, run, skipped)
