@@ -13,7 +13,7 @@ from typing import Any
 EXECUTION_ONLY: tuple[str, ...] = (
     "trainer.threads", "trainer.device", "trainer.devices", "trainer.compile", "trainer.compile_mode",
     "trainer.log_every", "trainer.eval_batch_size", "trainer.checkpoint_every_steps", "trainer.dist_timeout_s",
-    "dataset.workers", "dataset.cache_dir",
+    "dataset.workers", "dataset.cache_dir", "distill.teacher_cache_dir",
 )
 
 

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from distillctl import environment, files
 from distillctl.errors import UserError
-from distillctl.execution_settings import canonical
+from distillctl.execution_settings import canonical, section_defaults
 from distillctl.ranks import is_main
 
 MODEL_FILE, METRICS_FILE, CONFIG_FILE = "model.safetensors", "metrics.json", "config.yaml"
@@ -28,6 +28,10 @@ SUMMARY_FILE = "summary.csv"
 RESULT_FILES = (MODEL_FILE, ONNX_FILE, PTE_FILE, CONFIG_FILE, SUMMARY_FILE, METRICS_FILE)
 # Where a run writes its results before they replace the stage's; `published` inside lists them once all are written.
 STAGING, PUBLISHED = ".staging", "published.json"
+# Sections that joined stages' fingerprints after runs had recorded theirs: hashed only where they differ from their
+# defaults, so that those runs are still recognized. `distill` (the teacher cache) changes what a run computes where
+# it keeps float16 logits or decides the streaming loader's crops.
+HASHED_WHEN_SET = ("distill",)
 
 # A sweep job started as several processes (trainer.devices > 1) is no Hydra multirun inside them: they learn the
 # job's folder and its sweep's from these, set by the job for its processes.
@@ -267,6 +271,9 @@ def fingerprint(cfg: DictConfig, sections: list[str], inputs: list[str] | tuple[
     """Hash of the config sections a stage depends on (how it executes left out: execution_settings) and of its
     inputs' fingerprints."""
     chosen = {s: canonical(s, OmegaConf.to_container(cfg[s], resolve=True)) for s in sections}
+    for s in HASHED_WHEN_SET:
+        if s in chosen and chosen[s] == canonical(s, section_defaults(s)):
+            del chosen[s]
     if "dataset" in sections and cfg.dataset.get("train_limit"):
         # train_limit once counted the held-out images too: a run made under that rule trained on other images
         chosen["train_limit_counts"] = "training images"

@@ -85,12 +85,16 @@ def test_how_a_run_executes_is_not_part_of_what_it_is(tmp_path):
     executed_otherwise = ["trainer.threads=1", "trainer.device=cpu", "trainer.devices=2", "trainer.compile=false",
                           "trainer.compile_mode=default", "trainer.log_every=7", "trainer.eval_batch_size=64",
                           "trainer.checkpoint_every_steps=5", "trainer.dist_timeout_s=60", "dataset.workers=0",
-                          f"dataset.cache_dir={tmp_path}"]
+                          f"dataset.cache_dir={tmp_path}", f"distill.teacher_cache_dir={tmp_path}"]
     assert {key.split("=")[0] for key in executed_otherwise} == set(EXECUTION_ONLY)
     for override in executed_otherwise:
         assert workspace.fingerprint(composed("recipe=quickstart", override), sections, inputs) == made, override
     for override in ("trainer.epochs=3", "trainer.precision=bf16", "dataset.hflip=false", "optimizer.lr=0.2"):
         assert workspace.fingerprint(composed("recipe=quickstart", override), sections, inputs) != made, override
+    # The teacher cache's settings count where they change the numbers (float16 logits) and not where it is kept.
+    with_cache = [*sections, "distill"]
+    assert workspace.fingerprint(composed("recipe=quickstart", f"distill.teacher_cache_dir={tmp_path}"), with_cache, inputs) == made
+    assert workspace.fingerprint(composed("recipe=quickstart", "distill.teacher_cache_half=true"), with_cache, inputs) != made
     # A run made with the defaults keeps the fingerprint it had before these keys were left out: not trained again.
     cfg = composed("recipe=quickstart")
     before = {"config": {s: OmegaConf.to_container(cfg[s], resolve=True) for s in sections}, "inputs": inputs}

@@ -24,7 +24,7 @@ FOLDER = "student"
 
 def sections(cfg: DictConfig) -> list[str]:
     """The config sections the student depends on."""
-    return ["dataset", "student", "loss", "trainer", "optimizer", "scheduler", "teachers"]
+    return ["dataset", "student", "loss", "trainer", "optimizer", "scheduler", "teachers", "distill"]
 
 
 def fingerprint(cfg: DictConfig, ws: Workspace) -> str:

@@ -34,7 +34,7 @@ def student_dir(ws: Workspace) -> Path:
 
 def sections(cfg: DictConfig) -> list[str]:
     """The config sections the pruned model depends on."""
-    return ["dataset", "prune", "loss", "trainer", "optimizer"]
+    return ["dataset", "prune", "loss", "trainer", "optimizer", "distill"]
 
 
 def fingerprint(cfg: DictConfig, ws: Workspace) -> str:

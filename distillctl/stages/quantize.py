@@ -50,7 +50,7 @@ def folder(cfg: DictConfig) -> str:
 
 def sections(cfg: DictConfig) -> list[str]:
     """The config sections the quantized model depends on (QAT trains, so its training set-up too)."""
-    return ["dataset", "quantize", "export", *(["loss", "trainer", "optimizer"] if cfg.quantize.method == "int8_qat" else [])]
+    return ["dataset", "quantize", "export", *(["loss", "trainer", "optimizer", "distill"] if cfg.quantize.method == "int8_qat" else [])]
 
 
 def fingerprint(cfg: DictConfig, ws: Workspace) -> str:
