@@ -69,10 +69,17 @@ def shape_problem(key: str, value: Any) -> str | None:
     import typing
 
     hint = schema_types().get(key)
-    if hint is None or (isinstance(value, str) and value.startswith("${")):
+    interpolated = isinstance(value, str) and value.startswith("${")
+    if hint is None or (interpolated and not dataclasses.is_dataclass(hint)):
         return None
     shown = "null" if value is None else repr(value)
     if dataclasses.is_dataclass(hint):
+        if interpolated:  # the schema types each section: an interpolated one cannot be checked, and Hydra refuses it
+            first = dataclasses.fields(hint)[0].name
+            source = re.fullmatch(r"\$\{([\w.]+)\}", value)
+            example = f"'${{{source.group(1)}.{first}}}'" if source else "..."
+            return (f"'{key}: {value}' cannot set a whole section by interpolation: interpolate its keys one by one "
+                    f"({key}: {{{first}: {example}}}).")
         if isinstance(value, dict) or (key in MODEL_KEYS and isinstance(value, str)):
             return None
         if isinstance(value, str) and (CONFIG_DIR / key).is_dir():

@@ -109,6 +109,7 @@ def write_hostile_files(home: Path) -> None:
     (bad / "group.yaml").write_text("# @package _global_\ndefaults:\n  - override /optimizer: adam\n")
     (bad / "section.yaml").write_text("# @package _global_\ntrainer: 3\n")
     (bad / "group_in_body.yaml").write_text("# @package _global_\nloss: kd\n")
+    (bad / "interpolated_section.yaml").write_text("# @package _global_\nteacher: ${student}\n")
     (bad / "value.yaml").write_text("# @package _global_\ntrainer: {epochs: abc}\n")
 
     truncated = bad / "truncated/plain_text"
@@ -238,9 +239,11 @@ CASES = {
     "recipe not YAML": (["distill", "recipe=bad/syntax.yaml"], "is not valid YAML"),
     "recipe names no such group": (["distill", "recipe=bad/group.yaml"], "adam"),
     "recipe file missing": (["distill", "recipe=bad/none.yaml"], "none.yaml"),
-    # (these three were Hydra's merge errors, naming neither the key nor the recipe's line to fix)
+    # (these four were Hydra's merge errors, naming neither the key nor the recipe's line to fix)
     "recipe gives a section a number": (["distill", "recipe=bad/section.yaml"], "'trainer' must be a mapping of its keys"),
     "recipe picks a group in its body": (["distill", "recipe=bad/group_in_body.yaml"], "in the defaults list as `- override /loss: kd`"),
+    "recipe interpolates a section": (["distill", "recipe=bad/interpolated_section.yaml"],
+                                      "'teacher: ${student}' cannot set a whole section by interpolation: interpolate its keys one by one (teacher: {name: '${student.name}'})"),
     "recipe value of the wrong type": (["distill", "recipe=bad/value.yaml"], "in recipe/value: trainer.epochs: Value 'abc'"),
     # Workspaces ('run_dir=' ran the stages into the current folder)
     "run_dir empty": (["distill", "recipe=tiny", "run_dir="], "run_dir is empty"),
