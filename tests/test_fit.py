@@ -249,6 +249,23 @@ def test_a_run_killed_between_its_checkpoints_two_files_resumes_to_the_same_weig
         assert torch.equal(value, resumed.model.state_dict()[key]), key
 
 
+def test_a_device_that_is_not_there_is_one_line_before_anything_loads(monkeypatch):
+    from distillctl.engine.device import pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    for spec, said in [("tpu", "is not a device distillctl trains on"), ("meta", "is not a device distillctl trains on")]:
+        with pytest.raises(UserError, match=said):
+            pick_device(spec)
+    # (a traceback from deep in torch before: 'PyTorch is not linked with support for mps devices')
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(UserError, match="has no MPS"):
+        pick_device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(UserError, match=r"trainer.device=cuda:2 but this machine shows 2 CUDA device\(s\), cuda:0 to cuda:1"):
+        pick_device("cuda:2")
+
+
 def test_compiling_on_the_cpu_is_warned_about_and_auto_leaves_it_off():
     from omegaconf import OmegaConf
 

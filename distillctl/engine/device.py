@@ -17,9 +17,18 @@ def pick_device(spec: str) -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"trainer.device={spec} is not a device distillctl trains on: use auto, cpu, cuda, cuda:N or mps.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"trainer.device={spec} but no CUDA device is visible. Use trainer.device=auto or cpu.")
+    if device.type == "cuda" and device.index is not None and device.index >= (count := torch.cuda.device_count()):
+        raise UserError(f"trainer.device={spec} but this machine shows {count} CUDA device(s), cuda:0 to cuda:{count - 1}.")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"trainer.device={spec} but this machine has no MPS (Apple GPU) device. Use trainer.device=auto or cpu.")
     return device
 
 
