@@ -108,6 +108,9 @@ def test_a_stage_made_again_says_what_changed(tmp_path):
     done = tmp_path / "pruned"
     done.mkdir()
     made_with = ("recipe=quickstart", "run_dir=runs/quickstart")  # the run_dir a run resolves through Hydra
+    (done / workspace.METRICS_FILE).write_text("{not json")
+    assert why_outdated(prune.STAGE, cfg, done) == f"{done}/metrics.json is damaged or records no fingerprint"
+    (done / workspace.METRICS_FILE).write_text('{"fingerprint": "made-before"}')
     workspace.save_config(done, composed(*made_with, "seed=3", "trainer.threads=1", "quantize=int8_qat"))
     # Only what the stage depends on is named: the thread count is how it ran, quantize comes after it.
     assert why_outdated(prune.STAGE, cfg, done) == f"{done} was made with prune.finetune_epochs 2 -> 1, seed 3 -> 0"

@@ -17,7 +17,7 @@ from distillctl.config_changes import changes
 from distillctl.console import console
 from distillctl.engine.fit import has_checkpoint
 from distillctl.ranks import is_main, ranks
-from distillctl.workspace import CONFIG_FILE, Workspace, finished, recorded_fingerprint, started, started_fingerprint
+from distillctl.workspace import CONFIG_FILE, METRICS_FILE, Workspace, finished, recorded_fingerprint, started, started_fingerprint
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,8 @@ def plan(stage: Stage, cfg: DictConfig, ws: Workspace, redo: bool) -> str:
 def why_outdated(stage: Stage, cfg: DictConfig, done: Path) -> str:
     """Why the finished run in `done` is not this config's: the settings it was made with that differ, else its inputs."""
     keys = ["seed", *stage.sections(cfg)]
+    if recorded_fingerprint(done) is None:
+        return f"{done / METRICS_FILE} is damaged or records no fingerprint"
     if (made_with := asked_config(done)) is None:
         return f"{done} was made with another config (its {CONFIG_FILE} cannot be read)"
     now = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key] for key in keys}
