@@ -15,6 +15,7 @@ from typing import Any
 
 from distillctl import recipes
 from distillctl.errors import UserError, did_you_mean
+from distillctl.execution_settings import RUN_CONTROL
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_RECIPE = "quickstart"  # as chosen in configs/config.yaml
@@ -200,7 +201,7 @@ def check_sweep_dir(overrides: Sequence[str], user_args: Sequence[str]) -> None:
 
 
 # Keys that say where and how a run goes, never what it computes: never part of a sweep job's folder name.
-BOOKKEEPING_KEYS = frozenset({"recipe", "run_dir", "force", "resume", "wait"})
+BOOKKEEPING_KEYS = frozenset({"recipe", *RUN_CONTROL})
 
 
 def fixed_keys(overrides: Sequence[str]) -> list[str]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from distillctl.execution_settings import EXECUTION_ONLY
+from distillctl.execution_settings import EXECUTION_ONLY, RUN_CONTROL
 
 # Settings that say how a run is executed or kept, not what it computes.
-HOW_NOT_WHAT = ("resume", "force", "run_dir", "wait", "logger.", *EXECUTION_ONLY)
+HOW_NOT_WHAT = (*RUN_CONTROL, "logger.", *EXECUTION_ONLY)
 SHOWN = 6  # changes listed before "and N more"
 
 

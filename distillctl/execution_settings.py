@@ -1,4 +1,5 @@
-"""The settings that say how a run executes or where it keeps caches, not what it computes.
+"""The settings that say how a run executes, where it keeps caches and what a command does with the runs already
+there, never what a run computes.
 
 A finished run made under other values of these is still the run a config asks for: `pipeline` keeps it (a GPU
 teacher is not trained again because `trainer.threads=4` was added to the command), `resume=true` continues it
@@ -9,6 +10,10 @@ from __future__ import annotations
 
 from functools import cache
 from typing import Any
+
+# Top-level keys that say where a command writes and what it does with the runs already there: never part of what a
+# run computes, a sweep job's folder name, a search trial or a recipe a search writes.
+RUN_CONTROL: tuple[str, ...] = ("run_dir", "force", "resume", "wait")
 
 EXECUTION_ONLY: tuple[str, ...] = (
     "trainer.threads", "trainer.device", "trainer.devices", "trainer.compile", "trainer.compile_mode",

@@ -11,9 +11,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from distillctl import files, recipes
+from distillctl.execution_settings import RUN_CONTROL
 
 # Keys a search's command line sets that say where and how it ran, not what a trial trained.
-NOT_COPIED = ("recipe", "run_dir", "search", "force", "resume", "wait", "hydra")
+NOT_COPIED = ("recipe", *RUN_CONTROL, "search", "hydra")
 
 
 def recipe_body(config_groups: set[str], overrides: Sequence[str], values: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:

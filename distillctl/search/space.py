@@ -12,10 +12,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from distillctl.composition import group_choices, override
 from distillctl.errors import UserError, did_you_mean
+from distillctl.execution_settings import RUN_CONTROL
 
 RANGE_KEYS = {"low", "high", "log", "step", "type"}
 # Keys a search may not vary: where runs go, what they must reach, and the teacher every trial shares.
-FIXED_PREFIXES = ("search", "run_dir", "force", "resume", "wait", "hydra", "expect", "smoke_expect", "reproduce", "teacher", "teachers")
+FIXED_PREFIXES = (*RUN_CONTROL, "search", "hydra", "expect", "smoke_expect", "reproduce", "teacher", "teachers")
 
 
 @dataclass(frozen=True)

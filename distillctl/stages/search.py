@@ -25,7 +25,7 @@ from distillctl.engine.fit import observing_epochs
 from distillctl.environment import cpu_name
 from distillctl.errors import UserError
 from distillctl.evaluation import measure
-from distillctl.execution_settings import keys_of
+from distillctl.execution_settings import RUN_CONTROL, keys_of
 from distillctl.losses import build_objective
 from distillctl.models import create_model
 from distillctl.search import best_recipe, summary
@@ -39,8 +39,6 @@ from distillctl.stages.base import bring_up_to_date
 from distillctl.stages.context import cached_splits
 from distillctl.workspace import Workspace, fingerprint, model_file
 
-# Keys of the command line that say where this search runs; trials get their own.
-OWN_KEYS = ("run_dir", "force", "resume", "wait")
 # Failed trials in a row (never a good sign) after which the search stops instead of failing every trial.
 MAX_FAILED_IN_A_ROW = 3
 
@@ -54,7 +52,7 @@ def command_line() -> tuple[str, list[str]]:
     from hydra.core.hydra_config import HydraConfig
 
     hydra_cfg = HydraConfig.get()
-    kept = [o for o in hydra_cfg.overrides.task if override_key(o) not in OWN_KEYS]
+    kept = [o for o in hydra_cfg.overrides.task if override_key(o) not in RUN_CONTROL]  # trials get their own
     return hydra_cfg.runtime.choices.get("recipe", "recipe"), kept
 
 
