@@ -50,9 +50,9 @@ HELP: dict[str, CommandHelp] = {
         "distillctl predict recipe=quickstart predict.input=photos/ predict.model=int8_static"),
     "pipeline": CommandHelp(
         "Runs train-teacher, distill, prune, quantize and evaluate in order; a stage whose config and inputs are "
-        "unchanged is skipped, an interrupted one resumes.",
-        ("teacher.name", "student.name", "loss.terms", "trainer.epochs", "prune.method", "quantize.method", "force", "logger",
-         "trainer.devices"),
+        "unchanged is skipped (dry_run=true lists what would run, and why), an interrupted one resumes.",
+        ("teacher.name", "student.name", "loss.terms", "trainer.epochs", "prune.method", "quantize.method", "force", "dry_run",
+         "logger", "trainer.devices"),
         "distillctl pipeline recipe=quickstart"),
     "reproduce": CommandHelp(
         "Trains the teacher, the student and the same student without a teacher for each seed; reports mean ± std "

@@ -71,8 +71,15 @@ def test_pipeline_writes_every_artifact_and_skips_on_rerun(cli, tiny):
     changed = cli("pipeline", "recipe=tiny", "loss.terms.kd.temperature=8")
     assert changed.code == 0 and "skip teacher" in changed.out and "skip student" not in changed.out and "skip int8_static" not in changed.out
     assert "running student again: runs/tiny/student was made with loss.terms.kd.temperature 4.0 -> 8" in changed.out
-    assert "running int8_static again: it is made from a stage made again just now" in changed.out
-    assert json.loads((runs / "pruned" / "metrics.json").read_text())["made_from"] == {"student": json.loads((runs / "student" / "metrics.json").read_text())["fingerprint"]}
+    assert "running int8_static again: a stage before it is made again in this run" in changed.out
+    made = {stage: json.loads((runs / stage / "metrics.json").read_text())["fingerprint"] for stage in ("student", "pruned")}
+    assert json.loads((runs / "pruned" / "metrics.json").read_text())["made_from"] == {"student": made["student"]}
+
+    # A dry run names what would be trained, and why, before a GPU hour is spent on it.
+    planned = cli("pipeline", "recipe=tiny", "loss.terms.kd.temperature=2", "dry_run=true", env={"COLUMNS": "250"})
+    assert planned.code == 0, planned.text
+    assert "loss.terms.kd.temperature 8.0 -> 2" in planned.out and "a stage before it is made again in this run" in planned.out
+    assert json.loads((runs / "student" / "metrics.json").read_text())["fingerprint"] == made["student"]
 
     # A stage run alone leaves the models made from its old results; evaluate and runs say which, and why.
     assert cli("distill", "recipe=tiny", "seed=1").code == 0
@@ -86,6 +93,18 @@ def test_pipeline_writes_every_artifact_and_skips_on_rerun(cli, tiny):
 
     forced = cli("pipeline", "recipe=tiny", "force=true")
     assert forced.code == 0 and "skip" not in forced.out and "outdated" not in forced.out
+
+
+def test_a_dry_run_says_what_pipeline_would_do_and_writes_nothing(cli, tmp_path):
+    planned = cli("pipeline", "recipe=quickstart", "dry_run=true", env={"COLUMNS": "250"})
+    assert planned.code == 0, planned.text
+    rows = {line.split("│")[1].strip(): line for line in planned.out.splitlines() if line.count("│") == 4}
+    assert "skip" in rows["train-teacher"] and "is used as it is" in rows["train-teacher"]
+    assert all("│ run " in rows[stage] for stage in ("student", "pruned", "int8_static", "evaluate")), rows
+    assert "not made yet" in rows["student"]
+    assert not (tmp_path / "runs").exists()
+    # Only pipeline plans; a stage command does what it is told.
+    assert "dry_run=true is read by pipeline only" in one_error_line(cli("distill", "recipe=quickstart", "dry_run=true"))
 
 
 @pytest.mark.slow
@@ -187,11 +206,11 @@ def test_a_sweeps_job_folders_are_named_after_the_swept_values_alone():
     args = with_sweep_dir(["-m", "~expect", "+expect.teacher.top1.min=0.5", "seed=0,1", "recipe=quickstart"])
     assert "hydra.sweep.dir=runs/quickstart/sweep/${now:%Y-%m-%d_%H-%M-%S}" in args
     # Hydra compares bare keys: `+`/`~` overrides are left out like any other fixed one.
-    assert "hydra.job.config.override_dirname.exclude_keys=[expect,expect.teacher.top1.min,force,recipe,resume,run_dir,wait]" in args
+    assert "hydra.job.config.override_dirname.exclude_keys=[dry_run,expect,expect.teacher.top1.min,force,recipe,resume,run_dir,wait]" in args
     # A swept recipe names the jobs, and their folders go under runs/sweeps/.
     compared = with_sweep_dir(["-m", "recipe=cifar_at,cifar_dkd"])
     assert "hydra.sweep.dir=runs/sweeps/sweep/${now:%Y-%m-%d_%H-%M-%S}" in compared
-    assert "hydra.job.config.override_dirname.exclude_keys=[force,resume,run_dir,wait]" in compared
+    assert "hydra.job.config.override_dirname.exclude_keys=[dry_run,force,resume,run_dir,wait]" in compared
 
 
 def test_a_sweep_runs_every_job_when_one_fails_and_ends_with_its_exit_code(cli, tmp_path):

@@ -74,30 +74,48 @@ def bring_up_to_date(stage: Stage, cfg: DictConfig, ws: Workspace, redo: bool = 
     return True
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What bring_up_to_date does with a stage, and why."""
+
+    action: str  # skip, link (take a finished twin's results), resume or run
+    name: str  # the stage's folder, or its command where it has nothing to do
+    why: str = ""  # empty for a first run
+    source: Path | None = None  # the twin to link
+
+
 def plan(stage: Stage, cfg: DictConfig, ws: Workspace, redo: bool) -> str:
     """What bring_up_to_date does with the stage: skip, resume or run (and the log says why)."""
+    chosen = decide(stage, cfg, ws, redo)
+    if chosen.action in ("skip", "link"):
+        console.print(f"[green]skip[/] {chosen.name}: {escape(chosen.why)}")
+        if chosen.source is not None:
+            ws.adopt(chosen.name, chosen.source)
+        return "skip"
+    console.rule(f"{chosen.name} ({ws.job_dir})")
+    if chosen.why:
+        console.print(escape(chosen.why) if chosen.action == "resume" else f"[yellow]running {chosen.name} again[/]: {escape(chosen.why)}")
+    return chosen.action
+
+
+def decide(stage: Stage, cfg: DictConfig, ws: Workspace, redo: bool) -> Plan:
+    """What bring_up_to_date would do with the stage, and why, with nothing changed (pipeline dry_run=true)."""
     folder = stage.folder(cfg)
     if reason := stage.skipped(cfg):
-        console.print(f"[green]skip[/] {stage.name}: {reason}")
-        return "skip"
+        return Plan("skip", stage.name, reason)
     wanted = stage.fingerprint(cfg, ws)
     done = ws.find(folder)
     if not redo and done is not None and recorded_fingerprint(done) == wanted:
-        console.print(f"[green]skip[/] {folder}: {done} is up to date with this config (force=true redoes it)")
-        return "skip"
+        return Plan("skip", folder, f"{done} is up to date with this config (force=true redoes it)")
     if not redo and (twin := ws.twin(folder, wanted)) is not None:
-        console.print(f"[green]skip[/] {folder}: another job of this sweep finished it with this config ({twin}): linked, not rerun")
-        ws.adopt(folder, twin)
-        return "skip"
-    console.rule(f"{folder} ({ws.job_dir})")
+        return Plan("link", folder, f"another job of this sweep finished it with this config ({twin}): linked, not rerun", twin)
     partial = ws.job_dir / folder
     if not redo and not finished(partial) and started_fingerprint(partial) == wanted and has_checkpoint(partial):
-        console.print(f"resuming the interrupted run in {partial}")
-        return "resume"
-    if done is not None:
-        why = why_outdated(stage, cfg, done) if not redo else "force=true" if cfg.force else "it is made from a stage made again just now"
-        console.print(f"[yellow]running {folder} again[/]: {escape(why)}")
-    return "run"
+        return Plan("resume", folder, f"resuming the interrupted run in {partial}")
+    if done is None:
+        return Plan("run", folder)
+    why = why_outdated(stage, cfg, done) if not redo else "force=true" if cfg.force else "a stage before it is made again in this run"
+    return Plan("run", folder, why)
 
 
 def why_outdated(stage: Stage, cfg: DictConfig, done: Path) -> str:

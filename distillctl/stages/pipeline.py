@@ -7,10 +7,12 @@ borrows nothing else from them.
 from __future__ import annotations
 
 from omegaconf import DictConfig
+from rich.markup import escape
+from rich.table import Table
 
 from distillctl.console import console
 from distillctl.stages import distill, evaluate, prune, quantize, train_teacher
-from distillctl.stages.base import Stage, bring_up_to_date, on_rank_zero
+from distillctl.stages.base import Stage, bring_up_to_date, decide, on_rank_zero
 from distillctl.workspace import Workspace
 
 # Training stages in order; evaluate always runs last (it is the recipe's pass/fail gate).
@@ -21,6 +23,9 @@ def run(cfg: DictConfig) -> dict:
     """Run or skip each training stage, then evaluate; return the distilled student's metrics (what a Hydra
     sweeper over pipelines optimizes)."""
     ws = Workspace.from_config(cfg)
+    if cfg.dry_run:
+        show_plan(cfg, ws)
+        return {}
     redo = bool(cfg.force)
     for stage in TRAINING_STAGES:
         # Anything after a redone stage depends on it, so it is redone too.
@@ -28,3 +33,17 @@ def run(cfg: DictConfig) -> dict:
     console.rule("evaluate")
     on_rank_zero(evaluate.run, cfg)  # in a multi-process job: rank 0 alone
     return ws.metrics(distill.FOLDER)
+
+
+def show_plan(cfg: DictConfig, ws: Workspace) -> None:
+    """What run would do with each stage, and why, as a table; nothing is trained or written."""
+    table = Table(title=f"pipeline dry run: {ws.job_dir}", title_justify="left")
+    for column in ("stage", "would", "why"):
+        table.add_column(column)
+    redo = bool(cfg.force)
+    for stage in TRAINING_STAGES:
+        chosen = decide(stage, cfg, ws, redo)
+        redo = redo or chosen.action in ("run", "resume")
+        table.add_row(chosen.name, chosen.action, escape(chosen.why or "not made yet"))
+    table.add_row("evaluate", "run", "always: it is the recipe's pass/fail gate")
+    console.print(table)
