@@ -167,7 +167,31 @@ def model_shorthand(overrides: Sequence[str]) -> list[str]:
 
 def prepare_overrides(overrides: Sequence[str]) -> list[str]:
     """The overrides Hydra composes: recipes registered and resolved, model shorthands expanded."""
+    for override in overrides:
+        key, sep, value = override.lstrip("+").partition("=")
+        if sep and value.strip() == "{}" and (kind := merged_into(key)):
+            fix = (f"Set them one by one ({key}.NAME=VALUE)" if kind == "section" else f"Drop one with '~{key}.NAME'"
+                   if "." in key else f"Drop them all with '~{key}', or one with '~{key}.NAME'")  # (~expect works)
+            raise UserError(f"'{override}' changes nothing: a mapping given on the command line is merged into {key}, "
+                            f"which keeps its keys. {fix}.")
     return model_shorthand(resolve_recipe_overrides(overrides))
+
+
+def merged_into(key: str) -> str | None:
+    """What the schema types `key` as where it is always there, so that an override's mapping is merged into it: a
+    `section` (trainer) or a `mapping` (loss.terms, a model's kwargs); None otherwise (an optional section such as
+    logger.tensorboard is set by a mapping)."""
+    import dataclasses
+    import typing
+
+    from distillctl.config import Config
+
+    hint: Any = Config
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(hint) or part not in (hints := typing.get_type_hints(hint)):
+            return None
+        hint = hints[part]
+    return "section" if dataclasses.is_dataclass(hint) else "mapping" if typing.get_origin(hint) is dict else None
 
 
 def with_sweep_dir(overrides: list[str]) -> list[str]:

@@ -185,3 +185,12 @@ def test_a_setting_only_another_method_reads_is_named_with_the_method_that_reads
         "quantize.qat_lr is read by quantize=int8_qat only, and this run uses quantize=onnx_int8: add quantize=int8_qat, or leave quantize.qat_lr out",
     ]
     assert unread("distill", cfg, ["prune.steps=2"]) == []  # distill does not prune: nothing it would ignore
+
+
+def test_an_empty_mapping_is_refused_only_where_it_would_merge_into_one():
+    assert composition.merged_into("loss.terms") == "mapping" and composition.merged_into("student.kwargs") == "mapping"
+    assert composition.merged_into("trainer") == "section"
+    # An optional section is switched on by a mapping, and a plain value is no mapping at all.
+    assert composition.merged_into("logger.tensorboard") is None and composition.merged_into("trainer.epochs") is None
+    assert composition.merged_into("trainer.no_such_key") is None
+    assert composition.prepare_overrides(["logger.tensorboard={}"]) == ["logger.tensorboard={}"]

@@ -201,6 +201,10 @@ CASES = {
     "num_classes argument": (["distill", "recipe=tiny", "+student.kwargs.num_classes=7"], "student.kwargs.num_classes is set by distillctl"),
     "path argument": (["distill", "recipe=tiny", "+teacher.kwargs.checkpoint_path=/etc/passwd"], "teacher.kwargs.checkpoint_path: constructor arguments shape"),
     "huge argument": (["distill", "recipe=tiny", "+student.kwargs.depth=100000000"], "student.kwargs.depth=100000000"),
+    # A mapping on the command line merges into the one there: `{}` looked like it emptied it and changed nothing.
+    "emptied loss terms": (["distill", "recipe=tiny", "loss.terms={}"], "'loss.terms={}' changes nothing: a mapping given on the command line is merged into loss.terms, which keeps its keys. Drop one with '~loss.terms.NAME'."),
+    "emptied expectations": (["evaluate", "recipe=tiny", "expect={}"], "Drop them all with '~expect', or one with '~expect.NAME'."),
+    "emptied section": (["distill", "recipe=tiny", "trainer={}"], "Set them one by one (trainer.NAME=VALUE)."),
     "argument without +": (["distill", "recipe=tiny", "student.kwargs.drop_rate=0.1"], "add it with +student.kwargs.drop_rate=0.1"),
     "argument the model lacks": (["distill", "recipe=tiny", "+student.kwargs.wings=2"], "model 'resnet8' does not take these options"),
     "missing label column": (["distill", "recipe=tiny", "dataset.label_column=nolabel"], "dataset.label_column=nolabel: the data set has no such column"),
