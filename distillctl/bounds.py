@@ -39,11 +39,16 @@ class Bounds:
         )
 
     def __str__(self) -> str:
-        parts = [f"at least {self.min:g}" if self.min is not None else None,
-                 f"more than {self.above:g}" if self.above is not None else None,
-                 f"at most {self.max:g}" if self.max is not None else None,
-                 f"less than {self.below:g}" if self.below is not None else None]
+        parts = [f"at least {shown(self.min)}" if self.min is not None else None,
+                 f"more than {shown(self.above)}" if self.above is not None else None,
+                 f"at most {shown(self.max)}" if self.max is not None else None,
+                 f"less than {shown(self.below)}" if self.below is not None else None]
         return " and ".join(p for p in parts if p)
+
+
+def shown(limit: float) -> str:
+    """A bound as a user types it: integers in full (a seed's 4294967295, not 4.29497e+09)."""
+    return str(limit) if isinstance(limit, int) else f"{limit:g}"
 
 
 def bounded(default: Any, *, min: float | None = None, max: float | None = None,

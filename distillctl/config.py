@@ -371,6 +371,9 @@ class LoggerConfig:
     wandb: Optional[WandbLogger] = None
 
 
+SEED_MAX = 2**32 - 1
+
+
 @dataclass
 class ReproduceConfig:
     """`distillctl reproduce`: the teacher, the recipe's student and the same student without a teacher, per seed."""
@@ -400,7 +403,8 @@ class Config:
 
     description: str = ""
     run_dir: str = "runs/${hydra:runtime.choices.recipe}"
-    seed: int = 0
+    # What every random generator starts from; numpy's (Optuna's samplers) take 0 to 2**32 - 1.
+    seed: int = bounded(0, min=0, max=SEED_MAX)
     force: bool = False
     resume: bool = False
     # A stage another run is writing: wait for that run to end instead of refusing (exit 2).

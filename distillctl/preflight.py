@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from distillctl.cifar_zoo import ZOO_NAMES, no_published_weights, no_timm_weights
 from distillctl.disk import check_writable
 from distillctl.composition import group_choices
+from distillctl.config import SEED_MAX
 from distillctl.errors import UserError, did_you_mean
 from distillctl.hub_access import offline, offline_unless_reachable
 from distillctl.teacher_files import PUBLISHED, given_teachers, teacher_checkpoints
@@ -53,6 +54,7 @@ def check(command: str, cfg: DictConfig) -> None:
                         f"run; {command} runs what it is asked to.")
     if command == "reproduce":
         baseline_loss(str(cfg.reproduce.baseline_loss))
+        reproduce_seeds(list(cfg.reproduce.seeds))
     if command in ("quantize", "pipeline") and cfg.quantize.method == "executorch_int8":
         require_package("executorch", "quantize=executorch_int8", "executorch")
     if need := NEEDS.get(command):
@@ -72,6 +74,12 @@ def zoo_weights(command: str, cfg: DictConfig) -> None:
             raise UserError(no_timm_weights(role))
         if model.pretrained or (role == "teacher" and published):
             raise UserError(no_published_weights(model.name))
+
+
+def reproduce_seeds(seeds: list[int]) -> None:
+    """reproduce.seeds holds distinct seeds that every random generator takes."""
+    if not seeds or len(set(seeds)) != len(seeds) or not all(0 <= seed <= SEED_MAX for seed in seeds):
+        raise UserError(f"reproduce.seeds={seeds}: give one or more distinct seeds from 0 to {SEED_MAX}, e.g. reproduce.seeds=[0,1,2].")
 
 
 def baseline_loss(name: str) -> None:

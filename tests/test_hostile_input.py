@@ -188,6 +188,9 @@ CASES = {
     "tiny images": (["distill", "recipe=tiny", "dataset.image_size=3"], "dataset.image_size=3 is out of range"),
     "no threads": (["distill", "recipe=tiny", "trainer.threads=0"], "trainer.threads=0 is out of range"),
     "all smoothing": (["distill", "recipe=tiny", "trainer.label_smoothing=1"], "(from ${trainer.label_smoothing}) is out of range"),
+    # (a traceback from torch.manual_seed before; a negative seed failed only in a search's sampler)
+    "seed past 64 bits": (["distill", "recipe=tiny", "seed=1180591620717411303424"], "seed=1180591620717411303424 is out of range: it must be at least 0 and at most 4294967295"),
+    "negative seed to reproduce": (["reproduce", "recipe=tiny", "reproduce.seeds=[0,-3]"], "give one or more distinct seeds from 0 to 4294967295"),
     "negative limit": (["distill", "recipe=tiny", "dataset.test_limit=-5"], "dataset.test_limit=-5 is out of range"),
     "prune past the model": (["prune", "recipe=tiny", "prune.target_macs_ratio=1.5"], "prune.target_macs_ratio=1.5 is out of range"),
     # A setting only another method reads would be ignored, and the run would do something else than asked.

@@ -95,9 +95,7 @@ def run_seed(overrides: list[str], root: Path, seed: int, baseline_loss: str) ->
 
 def run(cfg: DictConfig) -> dict:
     """Run every seed, write runs/<recipe>/reproduce/results.{json,md}, exit 1 when an expectation fails."""
-    seeds = list(cfg.reproduce.seeds)
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise UserError(f"reproduce.seeds={seeds}: give one or more distinct seeds, e.g. reproduce.seeds=[0,1,2].")
+    seeds = list(cfg.reproduce.seeds)  # checked by preflight.reproduce_seeds
     recipe, overrides = command_line()
     # In a sweep (`reproduce -m recipe=cifar_at,cifar_dkd`) each job's seeds go in the job's own folder.
     root = Workspace.from_config(cfg).job_dir / "reproduce"
