@@ -107,6 +107,12 @@ def test_a_dry_run_says_what_pipeline_would_do_and_writes_nothing(cli, tmp_path)
     assert "dry_run=true is read by pipeline only" in one_error_line(cli("distill", "recipe=quickstart", "dry_run=true"))
 
 
+def test_a_batch_larger_than_the_training_set_is_said(cli, tiny):
+    result = cli("train-teacher", "recipe=tiny", "dataset.train_limit=20", "trainer.batch_size=64", "trainer.threads=1")
+    assert result.code == 0, result.text
+    assert "warning: trainer.batch_size=64 is more than the 20 training images: each epoch is one step on all of them" in result.out
+
+
 @pytest.mark.slow
 def test_a_missed_expectation_exits_1_with_what_fell_short(cli, tiny):
     assert cli("pipeline", "recipe=tiny").code == 0

@@ -138,6 +138,9 @@ def train_tracked(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Tra
         trainer.batch_size, mean, std, device, cfg.seed, trainer.channels_last, trainer.max_steps_per_epoch,
         shard=(distributed.rank(), processes),
     )
+    if main and trainer.batch_size > len(data.train):
+        console.print(f"[yellow]warning: trainer.batch_size={trainer.batch_size} is more than the {len(data.train):,} "
+                      f"training images: each epoch is one step on all of them[/]")
 
     def split_batches(split, on: torch.device = device, size: int = trainer.eval_batch_size):
         return split.eval_batches(size, mean, std, on, trainer.channels_last)
