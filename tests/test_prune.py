@@ -88,6 +88,12 @@ def test_round_to_keeps_every_pruned_width_a_multiple_of_it():
     assert all(block.mlp.fc1.out_features % 16 == 0 and block.mlp.fc1.out_features < 768 for block in pruned.blocks)
 
 
+def test_a_round_to_as_wide_as_the_layers_is_named_as_what_stops_pruning():
+    # Before: "ask for prune.target_macs_ratio=1.00 or more", a value that is refused.
+    with pytest.raises(UserError, match="could not remove a single channel with prune.round_to=64: every pruned layer keeps a multiple of 64"):
+        prune_structured(create_model("resnet8", 10).eval(), EXAMPLE, 0.5, None, "l1", False, round_to=64)
+
+
 @pytest.mark.parametrize(("head_ratio", "heads"), [(0.34, 2), (0.5, 2), (0.7, 1), (0.9, 1)])  # of 3: round, 1 kept
 def test_a_vits_attention_heads_go_whole_with_head_ratio_and_the_file_records_how_many(tmp_path, head_ratio, heads):
     model = create_model("vit_tiny_patch16_224", 10, img_size=32).eval()  # 3 heads of 64 channels per block

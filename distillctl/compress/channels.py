@@ -343,6 +343,10 @@ def reach(model: nn.Module, example: torch.Tensor, base_macs: int, whole: list[s
                    "layer's), 0.67 (two thirds)." if not head_ratio and head_counts(model) else "")
         if careful:
             further += " The layers coupled to a split of channels stayed whole (see the note above)."
+        if lowest >= 1.0 and round_to:  # (asking for a ratio of 1 or more, as below, would be no answer)
+            raise UserError(f"structured pruning could not remove a single channel with prune.round_to={round_to}: every "
+                            f"pruned layer keeps a multiple of {round_to} channels, and this {type(model).__name__}'s "
+                            f"layers are too narrow for that; lower prune.round_to or leave it out.{further}")
         raise UserError(f"could not bring the MACs under {target_macs_ratio:.0%} of the model's: the least structured pruning "
                         f"reached is {lowest:.1%}, so ask for prune.target_macs_ratio={math.ceil(lowest * 100) / 100:.2f} or more.{further}")
     return best, best_macs
