@@ -50,8 +50,9 @@ TOOLS = {
 TOOL_USAGE = {
     "recipes": ["distillctl recipes [--json]",
                 "A table on a terminal; piped, one tab-separated line per recipe (name, description, file)."],
-    "inspect": ["distillctl inspect model=NAME [num_classes=10] [image_size=32]",
-                "The stage column gives the names feature terms may use for a model's stages (-1: the last)."],
+    "inspect": ["distillctl inspect model=NAME|FILE.safetensors [num_classes=10] [image_size=32]",
+                "The stage column gives the names feature terms may use for a model's stages (-1: the last).\n"
+                "A model file written by distillctl is shown with its own layer widths (what pruning left)."],
     "runs": ["distillctl runs [FOLDER] [--json]",
              "FOLDER defaults to runs/; a reproduce, search or sweep folder lists its own workspaces in full."],
     "completion": ["distillctl completion bash|zsh|fish",

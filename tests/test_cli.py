@@ -17,7 +17,7 @@ from conftest import SHARED_CIFAR, TINY
 import distillctl
 from distillctl.cli import TOOLS
 from distillctl.compress.sparsity import weight_sparsity
-from distillctl.models import load_model
+from distillctl.models import create_model, load_model
 
 
 def one_error_line(result) -> str:
@@ -318,6 +318,24 @@ def test_inspect_lists_modules_and_shapes(cli):
     assert result.code == 0 and "layer3.0.conv1" in result.out and "1x64x8x8" in result.out
     vit = cli("inspect", "model=vit_tiny_patch16_224", "image_size=224")  # the head counts prune.head_ratio works on
     assert vit.code == 0 and vit.out.count("Attention (3 heads)") == 12
+
+
+def test_inspect_shows_what_pruning_left_of_a_model_file(cli, tmp_path):
+    from distillctl import artifacts
+    from distillctl.compress.channels import prune_structured
+    from distillctl.compress.shapes import layer_shapes
+
+    pruned, _, _ = prune_structured(create_model("resnet8", 10).eval(), torch.randn(1, 3, 32, 32), 0.5, None, "l1", False)
+    path = tmp_path / "pruned.safetensors"
+    artifacts.save_weights(path, pruned, {"model": "resnet8", "num_classes": 10, "shapes": layer_shapes(pruned),
+                                          "preprocess": {"image_size": 32, "resize": "square", "crop_pct": 0.875, "interpolation": "bilinear"}})
+    result = cli("inspect", "model=pruned.safetensors")  # (in tmp_path)
+    assert result.code == 0, result.text
+    assert "resnet8 in pruned.safetensors" in result.out
+    width = pruned.conv1.out_channels  # fewer than resnet8's 16, as the file's shapes say
+    assert width < 16 and f"1x{width}x32x32" in result.out
+    assert "leave out num_classes=" in one_error_line(cli("inspect", "model=pruned.safetensors", "num_classes=3"))
+    assert "inspect reads the .safetensors files distillctl writes" in one_error_line(cli("inspect", "model=model.onnx"))
 
 
 @pytest.mark.parametrize(
