@@ -228,3 +228,24 @@ def test_a_search_killed_mid_trial_continues_without_losing_or_repeating_a_trial
     assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 3
     history = (log.parent / "history.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in history] == [1, 2, 3, 4]  # no epoch trained twice
+
+
+def test_a_study_is_the_same_under_other_threads_or_devices_and_keeps_the_identity_it_had():
+    from test_config import composed
+
+    from distillctl.stages.search import setup_identity
+
+    base = setup_identity(composed("recipe=quickstart", "search=kd"), [], 2)
+    for executed_otherwise in ("trainer.threads=1", "trainer.devices=2", "trainer.log_every=3", "dataset.workers=0"):
+        assert setup_identity(composed("recipe=quickstart", "search=kd", executed_otherwise), [], 2) == base, executed_otherwise
+    assert setup_identity(composed("recipe=quickstart", "search=kd", "trainer.epochs=3"), [], 2) != base
+    # The identity studies made before execution_settings recorded (their trainer without its speed keys): they are
+    # continued, not refused.
+    import hashlib
+
+    cfg = composed("recipe=quickstart", "search=kd")
+    speed = ("threads", "device", "compile", "compile_mode", "log_every", "eval_batch_size", "checkpoint_every_steps")
+    trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in speed}
+    sections = {s: OmegaConf.to_container(cfg[s], resolve=True) for s in ["dataset", "student", "loss", "optimizer", "scheduler", "teacher", "teachers"]}
+    before = json.dumps({"config": sections, "inputs": [str(cfg.seed), str(sorted(trainer.items()))]}, sort_keys=True, default=str)
+    assert base["config"] == hashlib.sha256(before.encode()).hexdigest()[:16]

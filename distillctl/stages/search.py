@@ -25,7 +25,7 @@ from distillctl.engine.fit import observing_epochs
 from distillctl.environment import cpu_name
 from distillctl.errors import UserError
 from distillctl.evaluation import measure
-from distillctl.execution_settings import RUN_CONTROL, keys_of
+from distillctl.execution_settings import RUN_CONTROL, canonical
 from distillctl.losses import build_objective
 from distillctl.models import create_model
 from distillctl.search import best_recipe, summary
@@ -39,6 +39,8 @@ from distillctl.stages.base import bring_up_to_date
 from distillctl.stages.context import cached_splits
 from distillctl.workspace import Workspace, fingerprint, model_file
 
+# The trainer keys a study's identity has left out from the start (how fast a trial runs, not what it learns).
+IDENTITY_LEFT_OUT = ("threads", "device", "compile", "compile_mode", "log_every", "eval_batch_size", "checkpoint_every_steps")
 # Failed trials in a row (never a good sign) after which the search stops instead of failing every trial.
 MAX_FAILED_IN_A_ROW = 3
 
@@ -79,7 +81,10 @@ def shared_teacher(cfg: DictConfig) -> list[str]:
 
 def setup_identity(cfg: DictConfig, params: list[Param], epochs: int) -> dict[str, Any]:
     """What makes two runs of `search` the same study: the space, the objectives and what a trial trains."""
-    trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in keys_of("trainer")}
+    # How trials execute is left out (at its defaults), so a search goes on under other threads or devices. The keys
+    # studies made before execution_settings never held stay out altogether, so that those studies are still found.
+    trainer = {k: v for k, v in canonical("trainer", OmegaConf.to_container(cfg.trainer, resolve=True)).items()
+               if k not in IDENTITY_LEFT_OUT}
     s = cfg.search
     return {
         "space": [str(p) for p in params],
