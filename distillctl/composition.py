@@ -166,12 +166,17 @@ def model_shorthand(overrides: Sequence[str]) -> list[str]:
 
 
 def prepare_overrides(overrides: Sequence[str]) -> list[str]:
-    """The overrides Hydra composes: recipes registered and resolved, model shorthands expanded."""
+    """The overrides Hydra composes: recipes registered and resolved, model shorthands expanded, and an empty
+    mapping that would change nothing refused."""
     for override in overrides:
         key, sep, value = override.lstrip("+").partition("=")
         if sep and value.strip() == "{}" and (kind := merged_into(key)):
-            fix = (f"Set them one by one ({key}.NAME=VALUE)" if kind == "section" else f"Drop one with '~{key}.NAME'"
-                   if "." in key else f"Drop them all with '~{key}', or one with '~{key}.NAME'")  # (~expect works)
+            if kind == "section":
+                fix = f"Set them one by one ({key}.NAME=VALUE)"
+            elif "." in key:
+                fix = f"Drop one with '~{key}.NAME'"
+            else:  # a top-level mapping (expect) can go whole
+                fix = f"Drop them all with '~{key}', or one with '~{key}.NAME'"
             raise UserError(f"'{override}' changes nothing: a mapping given on the command line is merged into {key}, "
                             f"which keeps its keys. {fix}.")
     return model_shorthand(resolve_recipe_overrides(overrides))
