@@ -59,7 +59,7 @@ HELP: dict[str, CommandHelp] = {
         "and the gain, and exits 1 when the recipe's expect: fails on the means. Methods side by side: "
         "`reproduce -m recipe=cifar_resnet,cifar_at,cifar_dkd` ends with one table (each seed's teacher and baseline "
         "trained once).",
-        ("reproduce.seeds", "reproduce.baseline_loss", "trainer.epochs", "expect"),
+        ("reproduce.seeds", "reproduce.baseline_loss", "trainer.epochs", "expect", "dry_run"),
         "distillctl reproduce recipe=quickstart 'reproduce.seeds=[0,1]'"),
     "search": CommandHelp(
         "Optuna search over search.space: each trial distills with drawn values from one shared teacher, scored on "

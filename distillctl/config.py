@@ -409,7 +409,7 @@ class Config:
     resume: bool = False
     # A stage another run is writing: wait for that run to end instead of refusing (exit 2).
     wait: bool = False
-    # pipeline: say what each stage would do (skip, resume, run) and why, and train or write nothing.
+    # pipeline, reproduce: say what each stage would do (skip, resume, run) and why, and train or write nothing.
     dry_run: bool = False
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     teacher: ModelConfig = field(default_factory=lambda: ModelConfig(name="resnet56"))

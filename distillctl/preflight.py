@@ -49,9 +49,9 @@ def check(command: str, cfg: DictConfig) -> None:
         # Path("") is the current folder: the stages would land beside the user's own files.
         raise UserError("run_dir is empty: give the workspace's folder (run_dir=runs/NAME), or leave it out for runs/<recipe>.")
     check_writable(Path(cfg.run_dir), "run_dir")
-    if cfg.get("dry_run") and command != "pipeline":
-        raise UserError(f"dry_run=true is read by pipeline only: `distillctl pipeline ... dry_run=true` shows what it would "
-                        f"run; {command} runs what it is asked to.")
+    if cfg.get("dry_run") and command not in ("pipeline", "reproduce"):
+        raise UserError(f"dry_run=true is read by pipeline and reproduce only: `distillctl pipeline ... dry_run=true` shows "
+                        f"what it would run; {command} runs what it is asked to.")
     if command == "reproduce":
         baseline_loss(str(cfg.reproduce.baseline_loss))
         reproduce_seeds(list(cfg.reproduce.seeds))

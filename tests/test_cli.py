@@ -103,8 +103,15 @@ def test_a_dry_run_says_what_pipeline_would_do_and_writes_nothing(cli, tmp_path)
     assert all("│ run " in rows[stage] for stage in ("student", "pruned", "int8_static", "evaluate")), rows
     assert "not made yet" in rows["student"]
     assert not (tmp_path / "runs").exists()
-    # Only pipeline plans; a stage command does what it is told.
-    assert "dry_run=true is read by pipeline only" in one_error_line(cli("distill", "recipe=quickstart", "dry_run=true"))
+    # Only the commands that chain stages plan; a stage command does what it is told.
+    assert "dry_run=true is read by pipeline and reproduce only" in one_error_line(cli("distill", "recipe=quickstart", "dry_run=true"))
+    seeds = cli("reproduce", "recipe=quickstart", "reproduce.seeds=[0,1]", "dry_run=true", env={"COLUMNS": "250"})
+    assert seeds.code == 0, seeds.text
+    rows = [line for line in seeds.out.splitlines() if line.count("│") == 5]
+    assert [row.split("│")[1].strip() for row in rows] == ["seed 0", "seed 0", "seed 0 baseline (loss=ce)", "seed 1", "seed 1",
+                                                         "seed 1 baseline (loss=ce)"]
+    assert all("│ run " in row and "not made yet" in row for row in rows if "│ student " in row)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_batch_larger_than_the_training_set_is_said(cli, tiny):

@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.markup import escape
+from rich.table import Table
 from yaml import YAMLError
 
 from distillctl.config_changes import changes
@@ -93,8 +94,10 @@ def plan(stage: Stage, cfg: DictConfig, ws: Workspace, redo: bool) -> str:
             ws.adopt(chosen.name, chosen.source)
         return "skip"
     console.rule(f"{chosen.name} ({ws.job_dir})")
-    if chosen.why:
-        console.print(escape(chosen.why) if chosen.action == "resume" else f"[yellow]running {chosen.name} again[/]: {escape(chosen.why)}")
+    if chosen.action == "resume":
+        console.print(escape(chosen.why))
+    elif chosen.why:
+        console.print(f"[yellow]running {chosen.name} again[/]: {escape(chosen.why)}")
     return chosen.action
 
 
@@ -114,8 +117,19 @@ def decide(stage: Stage, cfg: DictConfig, ws: Workspace, redo: bool) -> Plan:
         return Plan("resume", folder, f"resuming the interrupted run in {partial}")
     if done is None:
         return Plan("run", folder)
-    why = why_outdated(stage, cfg, done) if not redo else "force=true" if cfg.force else "a stage before it is made again in this run"
-    return Plan("run", folder, why)
+    if not redo:
+        return Plan("run", folder, why_outdated(stage, cfg, done))
+    return Plan("run", folder, "force=true" if cfg.force else "a stage before it is made again in this run")
+
+
+def print_plans(title: str, plans: list[tuple[str, Plan]], labelled: str = "") -> None:
+    """A dry run's table: what each stage would do, and why; `labelled` names a first column of the rows' labels."""
+    table = Table(title=title, title_justify="left")
+    for column in ([labelled] if labelled else []) + ["stage", "would", "why"]:
+        table.add_column(column)
+    for label, chosen in plans:
+        table.add_row(*([label] if labelled else []), chosen.name, chosen.action, escape(chosen.why or "not made yet"))
+    console.print(table)
 
 
 def why_outdated(stage: Stage, cfg: DictConfig, done: Path) -> str:

@@ -7,12 +7,10 @@ borrows nothing else from them.
 from __future__ import annotations
 
 from omegaconf import DictConfig
-from rich.markup import escape
-from rich.table import Table
 
 from distillctl.console import console
 from distillctl.stages import distill, evaluate, prune, quantize, train_teacher
-from distillctl.stages.base import Stage, bring_up_to_date, decide, on_rank_zero
+from distillctl.stages.base import Plan, Stage, bring_up_to_date, decide, on_rank_zero, print_plans
 from distillctl.workspace import Workspace
 
 # Training stages in order; evaluate always runs last (it is the recipe's pass/fail gate).
@@ -37,13 +35,10 @@ def run(cfg: DictConfig) -> dict:
 
 def show_plan(cfg: DictConfig, ws: Workspace) -> None:
     """What run would do with each stage, and why, as a table; nothing is trained or written."""
-    table = Table(title=f"pipeline dry run: {ws.job_dir}", title_justify="left")
-    for column in ("stage", "would", "why"):
-        table.add_column(column)
-    redo = bool(cfg.force)
+    plans, redo = [], bool(cfg.force)
     for stage in TRAINING_STAGES:
         chosen = decide(stage, cfg, ws, redo)
         redo = redo or chosen.action in ("run", "resume")
-        table.add_row(chosen.name, chosen.action, escape(chosen.why or "not made yet"))
-    table.add_row("evaluate", "run", "always: it is the recipe's pass/fail gate")
-    console.print(table)
+        plans.append(("", chosen))
+    plans.append(("", Plan("run", "evaluate", "always: it is the recipe's pass/fail gate")))
+    print_plans(f"pipeline dry run: {ws.job_dir}", plans)

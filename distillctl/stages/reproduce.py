@@ -22,7 +22,7 @@ from distillctl.errors import UserError
 from distillctl.evaluation import expectations, report, seed_results
 from distillctl.models.teachers import load_teacher
 from distillctl.stages import distill, train_teacher
-from distillctl.stages.base import bring_up_to_date, on_rank_zero
+from distillctl.stages.base import Plan, bring_up_to_date, decide, on_rank_zero, print_plans
 from distillctl.stages.context import RunContext
 from distillctl.workspace import METRICS_FILE, Workspace
 
@@ -93,12 +93,27 @@ def run_seed(overrides: list[str], root: Path, seed: int, baseline_loss: str) ->
     return cfg, ws, baseline_ws
 
 
+def seed_plans(overrides: list[str], root: Path, seed: int, baseline_loss: str) -> list[tuple[str, Plan]]:
+    """What run_seed would do with the seed's teacher, student and baseline, and why, with nothing changed."""
+    cfg = compose_run(overrides, seed, root / f"seed-{seed}")
+    ws = Workspace.from_config(cfg)
+    teacher = decide(train_teacher.STAGE, cfg, ws, bool(cfg.force))
+    student = decide(distill.STAGE, cfg, ws, bool(cfg.force) or teacher.action in ("run", "resume"))
+    baseline_cfg = compose_run(overrides, seed, root / f"seed-{seed}-baseline", loss=baseline_loss)
+    baseline = decide(distill.STAGE, baseline_cfg, Workspace.from_config(baseline_cfg), bool(baseline_cfg.force))
+    return [(f"seed {seed}", teacher), (f"seed {seed}", student), (f"seed {seed} baseline (loss={baseline_loss})", baseline)]
+
+
 def run(cfg: DictConfig) -> dict:
     """Run every seed, write runs/<recipe>/reproduce/results.{json,md}, exit 1 when an expectation fails."""
     seeds = list(cfg.reproduce.seeds)  # checked by preflight.reproduce_seeds
     recipe, overrides = command_line()
     # In a sweep (`reproduce -m recipe=cifar_at,cifar_dkd`) each job's seeds go in the job's own folder.
     root = Workspace.from_config(cfg).job_dir / "reproduce"
+    if cfg.dry_run:
+        plans = [row for seed in seeds for row in seed_plans(overrides, root, seed, cfg.reproduce.baseline_loss)]
+        print_plans(f"reproduce dry run: {root}", plans, "run")
+        return {}
     runs = [run_seed(overrides, root, seed, cfg.reproduce.baseline_loss) for seed in seeds]
     rows, checked = on_rank_zero(lambda _: summarize(cfg, recipe, overrides, root, seeds, runs), cfg)
     report.enforce(checked, " (on the means over seeds)")
