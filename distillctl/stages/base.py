@@ -113,13 +113,18 @@ def decide(stage: Stage, cfg: DictConfig, ws: Workspace, redo: bool) -> Plan:
     if not redo and (twin := ws.twin(folder, wanted)) is not None:
         return Plan("link", folder, f"another job of this sweep finished it with this config ({twin}): linked, not rerun", twin)
     partial = ws.job_dir / folder
-    if not redo and not finished(partial) and started_fingerprint(partial) == wanted and has_checkpoint(partial):
+    if not redo and not finished(partial) and holds_checkpoint_of(partial, wanted):
         return Plan("resume", folder, f"resuming the interrupted run in {partial}")
     if done is None:
         return Plan("run", folder)
     if not redo:
         return Plan("run", folder, why_outdated(stage, cfg, done))
     return Plan("run", folder, "force=true" if cfg.force else "a stage before it is made again in this run")
+
+
+def holds_checkpoint_of(folder: Path, fingerprint: str) -> bool:
+    """Whether `folder` holds a saved epoch of the run with this fingerprint, which a rerun may resume."""
+    return started_fingerprint(folder) == fingerprint and has_checkpoint(folder)
 
 
 def print_plans(title: str, plans: list[tuple[str, Plan]], labelled: str = "") -> None:

@@ -16,7 +16,7 @@ from distillctl import artifacts, disk, files, ranks, resumption, workspace
 from distillctl.console import console, print_summary_table
 from distillctl.data import preprocess
 from distillctl.engine import distributed
-from distillctl.engine.fit import BEST, LAST, FitResult, Trainee, check_resumable, fit, has_checkpoint
+from distillctl.engine.fit import BEST, LAST, FitResult, Trainee, check_resumable, fit
 from distillctl.engine.mixing import batch_mixer
 from distillctl.engine.optim import build_optimizer, build_schedule
 from distillctl.engine.predict import predict, top5_accuracy, topk_accuracy
@@ -25,6 +25,7 @@ from distillctl.engine.teacher_cache import CacheSettings, open_cache
 from distillctl.errors import UserError
 from distillctl.losses import Objective
 from distillctl.models import count_parameters, model_metadata
+from distillctl.stages.base import holds_checkpoint_of
 from distillctl.stages.context import RunContext
 from distillctl.tracking import NO_TRACKER, Tracker, summary_csv, tracked
 
@@ -105,7 +106,7 @@ def resumes_after_restart(out_dir: Path, fingerprint: str) -> bool:
     again for them. Decided by rank 0, so that every process agrees."""
     if not (who := ranks.restarted_by() or ("requeued by the scheduler" if workspace.requeued(out_dir) else None)):
         return False
-    found = workspace.started_fingerprint(out_dir) == fingerprint and has_checkpoint(out_dir)
+    found = holds_checkpoint_of(out_dir, fingerprint)
     if found:
         console.print(f"{who}: resuming from the last checkpoint in {out_dir}")
     return bool(distributed.broadcast(found))
