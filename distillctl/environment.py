@@ -98,6 +98,11 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def threads_phrase(threads: int) -> str:
+    """'1 thread' or 'N threads', for the line beside a timing."""
+    return f"{threads} thread{'' if threads == 1 else 's'}"
+
+
 def summary(environment: dict[str, Any]) -> str:
     """One line for report.md: the code and the libraries."""
     libraries = ", ".join(f"{name} {environment[name]}" for name in ("torch", "timm", "python") if name in environment)

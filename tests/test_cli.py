@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import pickle
 import subprocess
 import sys
@@ -62,11 +63,12 @@ def test_pipeline_writes_every_artifact_and_skips_on_rerun(cli, tiny):
     assert min(float(row["student"]) for row in per_class) == pytest.approx(report["models"]["student"]["worst_class_top1"], abs=1e-4)
     assert "## Top-1 per class" in md
     assert "- command: `distillctl pipeline recipe=tiny`" in md and f"torch {torch.__version__}" in md
-    assert "all 1 expectations met" in first.out
+    assert "the 1 expectation met" in first.out
     assert "expect" in (runs / "student" / "config.yaml").read_text()
 
     again = cli("pipeline", "recipe=tiny", "trainer.threads=1", "trainer.log_every=5")  # how it runs, not what
     assert again.code == 0 and again.out.count("skip") == 4, again.out
+    assert re.search(r"CPU timings on 1 thread *$", again.out, re.M), again.out
 
     changed = cli("pipeline", "recipe=tiny", "loss.terms.kd.temperature=8")
     assert changed.code == 0 and "skip teacher" in changed.out and "skip student" not in changed.out and "skip int8_static" not in changed.out

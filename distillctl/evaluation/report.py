@@ -10,7 +10,7 @@ from rich.table import Table
 
 from distillctl import files, provenance
 from distillctl.console import console
-from distillctl.environment import summary
+from distillctl.environment import summary, threads_phrase
 from distillctl.evaluation.class_accuracy import ClassAccuracy
 from distillctl.model_files import QUANTIZED
 
@@ -73,7 +73,7 @@ def markdown(results: dict[str, dict[str, Any]], context: dict[str, Any], figure
         f"- test images: {context['test_images']} ({context['dataset']})",
         "- latency: median of 100 batch-1 forwards after 20 warm-up; throughput: median of 7 batch-256 forwards;",
         "  torch models run as frozen TorchScript traces, ONNX models in ONNX Runtime, all on the CPU",
-        f"- CPU: {context['cpu']}, {context['threads']} threads (OpenMP wait policy: {context.get('omp_wait_policy', 'default')}); torch {context['torch']}",
+        f"- CPU: {context['cpu']}, {threads_phrase(context['threads'])} (OpenMP wait policy: {context.get('omp_wait_policy', 'default')}); torch {context['torch']}",
         f"- measured {context['date']}",
     ]
     if "environment" in context:
@@ -141,4 +141,5 @@ def enforce(checked: list[dict[str, Any]], basis: str = "", quantized_with: str 
         print_misses(misses, quantized_with)
         raise SystemExit(1)
     if checked:
-        console.print(f"[green]all {len(checked)} expectations met{basis}[/]")
+        met = "the 1 expectation met" if len(checked) == 1 else f"all {len(checked)} expectations met"
+        console.print(f"[green]{met}{basis}[/]")

@@ -12,7 +12,7 @@ from distillctl import environment, files, provenance
 from distillctl.compress.sparsity import weight_sparsity
 from distillctl.console import console
 from distillctl.engine.predict import predict, top5_accuracy, topk_accuracy
-from distillctl.environment import cpu_name
+from distillctl.environment import cpu_name, threads_phrase
 from distillctl.errors import UserError
 from distillctl.evaluation import expectations, measure, plots, report
 from distillctl.evaluation.class_accuracy import ClassAccuracy
@@ -105,7 +105,7 @@ def run(cfg: DictConfig) -> dict:
         report.write(report_dir, results, context, checked, figures, by_class, final)
         tracker.log({f"{stage}/{key}": value for stage, row in results.items() for key, value in row.items()}, 0)
         tracker.artifacts([report_dir / METRICS_FILE, report_dir / "report.md", report_dir / report.PER_CLASS, *figures])
-    report.print_table(results, f"{context['recipe']}: {len(ctx.data.test)} test images, CPU timings on {threads} threads")
+    report.print_table(results, f"{context['recipe']}: {len(ctx.data.test)} test images, CPU timings on {threads_phrase(threads)}")
     report.print_outdated(context["outdated"])
     report.print_drops(by_class, final)
     console.print(f"report: {report_dir / 'report.md'}")

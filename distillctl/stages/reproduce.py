@@ -17,7 +17,7 @@ from distillctl.composition import override, override_key
 from distillctl.console import console
 from distillctl.engine.device import device_name, pick_device
 from distillctl.engine.predict import predict, topk_accuracy
-from distillctl.environment import cpu_name
+from distillctl.environment import cpu_name, threads_phrase
 from distillctl.errors import UserError
 from distillctl.evaluation import expectations, report, seed_results
 from distillctl.models.teachers import load_teacher
@@ -139,7 +139,7 @@ def summarize(cfg: DictConfig, recipe: str, overrides: list[str], root: Path, se
         "teacher": f"{cfg.teacher.name}" + (f" ({cfg.teacher.checkpoint})" if cfg.teacher.checkpoint else ", trained per seed"),
         "student": f"{cfg.student.name}, loss terms {', '.join(sorted(cfg.loss.terms))}; baseline loss={cfg.reproduce.baseline_loss}",
         "torch": torch.__version__,
-        "device": device_name(device) or f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)",
+        "device": device_name(device) or f"cpu ({cpu_name()}, {threads_phrase(torch.get_num_threads())})",
         "software": environment.summary(environment.describe()),
     }
     seed_results.write(root, rows, seeds, context, checked)

@@ -22,7 +22,7 @@ from distillctl.composition import CONFIG_DIR, explain_composition_error, overri
 from distillctl.config import PrunerName
 from distillctl.console import console
 from distillctl.engine.fit import observing_epochs
-from distillctl.environment import cpu_name
+from distillctl.environment import cpu_name, threads_phrase
 from distillctl.errors import UserError
 from distillctl.evaluation import measure
 from distillctl.execution_settings import RUN_CONTROL, canonical
@@ -258,7 +258,7 @@ def write_report(cfg: DictConfig, study: optuna.Study, recipe: str, base: list[s
         "objectives": "max validation top-1" + (f", min {s.minimize}" if s.minimize else ""),
         "budgets": ", ".join(f"{k}={v:g}" for k, v in (("max_latency_ms", s.max_latency_ms), ("max_macs", s.max_macs)) if v is not None) or "none",
         # Sleeping OpenMP threads (distillctl's default for search) add wake-up time to batch-1 latencies.
-        "latency measured on": f"{cpu_name()}, {cfg.trainer.threads or torch.get_num_threads()} threads, "
+        "latency measured on": f"{cpu_name()}, {threads_phrase(cfg.trainer.threads or torch.get_num_threads())}, "
                                f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, torch {torch.__version__}",
         "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
