@@ -50,6 +50,7 @@ MODELS = [
     ("convnext_atto", "ConvNeXt", {}), ("inception_next_atto", "InceptionNeXt", {}), ("poolformerv2_s12", "PoolFormerV2", {}),
     ("repvgg_a0", "RepVGG", {}), ("vgg11_bn", "VGG", {}), ("xception41", "Xception", {}), ("inception_v3", "Inception-v3", {}),
     ("hrnet_w18_small", "HRNet", {}), ("ese_vovnet19b_dw", "VoVNet", {}), ("nf_resnet26", "NF-ResNet", {}),
+    ("nf_regnet_b0", "NF-RegNet", {}), ("dm_nfnet_f0", "NFNet", {}), ("resnetv2_50x1_bit", "BiT (ResNetV2)", {}),
     ("deit_tiny_patch16_224", "ViT / DeiT", SIZED), ("pit_ti_224", "PiT", SIZED), ("cait_xxs24_224", "CaiT", SIZED),
     ("swin_tiny_patch4_window7_224", "Swin", {"img_size": SIZE, "window_size": 2}), ("mvitv2_tiny", "MViTv2", SIZED),
     ("coat_lite_tiny", "CoaT", SIZED), ("twins_svt_small", "Twins", SIZED), ("xcit_nano_12_p16_224", "XCiT", SIZED),

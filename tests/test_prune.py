@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from timm.layers import ScaledStdConv2d
+from timm.layers import ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
 from torch import nn
 
 from distillctl import artifacts
@@ -178,12 +178,21 @@ def test_recorded_norm_and_parameter_shapes_that_are_not_a_pruned_architecture_a
         apply_shapes(Scaled(), {"norm": {"type": "GroupNorm", "features": 6}})
 
 
-class Standardized(nn.Module):
-    """NF-ResNet's weight-standardized conv: a conv with a gain of its own, which the saved shapes cannot resize."""
+class GainedConv(nn.Conv2d):
+    """A conv of a kind the saved shapes do not know, with a parameter of its own."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gain = nn.Parameter(torch.ones(self.out_channels, 1, 1, 1))
+
+    def forward(self, x):
+        return self._conv_forward(x, self.weight * self.gain, self.bias)
+
+
+class Gained(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.conv = ScaledStdConv2d(3, 16, 3)
+        self.conv = GainedConv(3, 16, 3)
         self.fc = nn.Linear(16, 10)
 
     def forward(self, x):
@@ -191,10 +200,54 @@ class Standardized(nn.Module):
 
 
 def test_a_layer_structured_pruning_cannot_save_is_refused_before_work():
-    with pytest.raises(UserError, match=r"parameter 'conv.weight' \(in a ScaledStdConv2d\).*prune=unstructured"):
-        prune_structured(Standardized(), EXAMPLE, 0.5, None, "l1", False)
-    SparsityMask(model := Standardized(), 0.5)  # the way out works
+    with pytest.raises(UserError, match=r"parameter 'conv.weight' \(in a GainedConv\).*prune=unstructured"):
+        prune_structured(Gained(), EXAMPLE, 0.5, None, "l1", False)
+    SparsityMask(model := Gained(), 0.5)  # the way out works
     assert weight_sparsity(model) == pytest.approx(0.5, abs=0.01)
+
+
+class WeightStandardized(nn.Module):
+    """Each of timm's weight-standardized convs (BiT, NF-ResNet, NFNet): 'same'-padded ones stride over an odd size,
+    and a residual couples two of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = StdConv2d(3, 16, 3)
+        self.down = StdConv2dSame(16, 32, 3, stride=2)
+        self.body = ScaledStdConv2d(32, 32, 3, gamma=1.7)
+        self.deep = ScaledStdConv2dSame(32, 48, 3, stride=2, gamma=1.7)
+        self.fc = nn.Linear(48, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.down(torch.relu(self.stem(x))))
+        x = x + torch.relu(self.body(x))
+        return self.fc(torch.relu(self.deep(x)).mean((2, 3)))
+
+
+def test_weight_standardized_convs_are_pruned_with_their_gains_and_rebuilt_from_the_saved_shapes():
+    """Before, every channel group reached a gain torch-pruning does not cut, and NF-ResNets were refused."""
+    torch.manual_seed(0)
+    model = WeightStandardized().eval()
+    with torch.no_grad():
+        for conv in (model.body, model.deep):
+            conv.gain.uniform_(0.5, 2.0)  # a gain of each channel's own, to find the channels kept
+    example = torch.zeros(1, 3, 31, 31)
+    pruned, macs_ratio, params_ratio = prune_structured(model, example, 0.5, None, "l2", False)
+    assert 0.47 <= macs_ratio <= 0.5 and params_ratio < 0.6
+    assert [type(m) for m in pruned.modules()] == [type(m) for m in model.modules()]  # each conv of its kind again
+    for name in ("body", "deep"):
+        before, after = getattr(model, name), getattr(pruned, name)
+        assert after.out_channels < before.out_channels and after.gain.shape == (after.out_channels, 1, 1, 1)
+        kept = [int((before.gain.flatten() == gain).nonzero()) for gain in after.gain.flatten()]
+        assert torch.equal(after.bias, before.bias[kept])  # each channel kept with its own gain and bias
+        # The scale follows the fan-in as the layer sets it: gamma / sqrt(fan-in).
+        assert after.scale == pytest.approx(1.7 * after.weight[0].numel() ** -0.5)
+    x = torch.randn(2, 3, 31, 31)
+    rebuilt = apply_shapes(WeightStandardized(), layer_shapes(pruned))
+    rebuilt.load_state_dict(pruned.state_dict())
+    with torch.inference_mode():
+        assert torch.equal(rebuilt.eval()(x), pruned(x))
+    assert len(model.deep.gain) == 48  # the model given is left as it was
 
 
 class SlicedResidual(nn.Module):

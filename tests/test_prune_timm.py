@@ -35,6 +35,9 @@ SIZE = 64  # the smallest size every model here takes (MobileViT's 2x2 patches, 
 # with compress/saved_sizes.py, and failed to build its graph before. MaxViT's attention reshapes ran away until
 # torch-pruning read their sizes there too. gMLP's channels all pass a LayerNorm, which the saved shapes now record;
 # Swin's residual stream is pruned where torch-pruning follows it, and left whole (its patch merging) where it does not.
+# NF-ResNet's weight-standardized convs carry a gain per channel, which torch-pruning does not cut: they are pruned
+# as a plain conv and a per-channel scale (compress/standardized_convs.py), and were refused before. The TensorFlow
+# ports' 'same'-padded convs (tf_*) were left whole, as the saved shapes could not rebuild them: they are resized now.
 PRUNABLE = {
     "mobilenetv3_small_050": None,
     "mobilenetv4_conv_small": None,
@@ -62,6 +65,8 @@ PRUNABLE = {
     "maxvit_nano_rw_256": None,
     "gmlp_s16_224": None,
     "swin_tiny_patch4_window7_224": None,
+    "nf_resnet26": None,
+    "tf_mobilenetv3_small_100": None,
 }
 # RexNet's sliced residuals send 7 of its channel groups' searches on without end (compress/group_search.py): the
 # first is stopped after 2 minutes, then each group is searched alone and one past 10 s is left whole. Cut here to

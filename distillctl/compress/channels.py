@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from distillctl.compress import group_search
+from distillctl.compress import group_search, standardized_convs
 from distillctl.compress.group_search import groups_by_root, searches_bounded
 from distillctl.compress.runaway import RanAway, bounded
 from distillctl.compress.saved_sizes import reshapes_read, sizes_read
@@ -127,10 +127,10 @@ def prune_heads(model: nn.Module, example: torch.Tensor, ratio: float, importanc
 
 def unsaveable(member: object, owners: dict[int, nn.Module], strict: bool = False) -> bool:
     """Whether a member of a channel group is left whole: one the saved format (compress/shapes.py) cannot record at
-    a new size (a layer of a kind it does not know, such as NF-ResNet's standardized conv, or a bare parameter of
-    one; `owners`: each bare parameter's module), or a split of channels into attention heads (whole heads go in
-    prune_heads instead). With `strict`, a layer or group norm and a bare parameter as well: the residual stream of
-    a transformer, which torch-pruning's graph does not follow through every layer (Swin's patch merging)."""
+    a new size (a layer of a kind it does not know, or a bare parameter of one; `owners`: each bare parameter's
+    module), or a split of channels into attention heads (whole heads go in prune_heads instead). With `strict`, a
+    layer or group norm and a bare parameter as well: the residual stream of a transformer, which torch-pruning's
+    graph does not follow through every layer (Swin's patch merging)."""
     import torch_pruning as tp
 
     from distillctl.compress.shapes import shape_of
@@ -197,8 +197,9 @@ def whole_layers(model: nn.Module, example: torch.Tensor, splits: bool = False, 
         where = f"{name}.{own}" if name else own
         raise UserError(
             f"parameter '{where}' (in a {type(module).__name__}) is one structured pruning cannot resize and save "
-            "(supported: Conv2d, Linear, batch, layer and group norms, other layers' bare parameters), and every channel "
-            "group reaches such a layer. Use prune=unstructured for this model."
+            "(supported: Conv2d and timm's 'same'-padded and weight-standardized convs, Linear, batch, layer and group "
+            "norms, other layers' bare parameters), and every channel group reaches such a layer. Use "
+            "prune=unstructured for this model."
         )
     return [names[m] for m in kept]
 
@@ -242,10 +243,16 @@ def prune_structured(
     pruned group keeps a multiple of that many channels. Returns (model, MACs ratio, parameter ratio), both against
     `model`."""
     importance(importance_kind)  # reject a bad name before any work
+    flat, standardized = standardized_convs.plain(model)
     # The graph work needs a few copies of the model; torch-pruning running away needs everything there is.
     with bounded(max(2 * 2**30, 20 * weight_bytes(model)), RUNAWAY.format(model=type(model).__name__)):
-        return prune_to_target(model, example, target_macs_ratio, channel_ratio, importance_kind, global_pruning,
-                               tolerance, head_ratio, round_to)
+        pruned, macs_ratio, params_ratio = prune_to_target(flat, example, target_macs_ratio, channel_ratio, importance_kind,
+                                                           global_pruning, tolerance, head_ratio, round_to)
+    if not standardized:
+        return pruned, macs_ratio, params_ratio
+    pruned = standardized_convs.restored(pruned, standardized)
+    (macs, params), (base_macs, base_params) = macs_and_params(pruned, example), macs_and_params(model, example)
+    return pruned, macs / base_macs, params / base_params
 
 
 def prune_to_target(model: nn.Module, example: torch.Tensor, target_macs_ratio: float | None, channel_ratio: float | None,

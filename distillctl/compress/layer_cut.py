@@ -1,7 +1,11 @@
 """Keeping some outputs or inputs of a linear, conv or norm layer, in place: what removing attention heads
-(bias_attention.py) and rebuilding a pruned model's norms (shapes.py) both do to a layer."""
+(bias_attention.py) and rebuilding a pruned model's norms (shapes.py) both do to a layer; and resizing a conv in
+place, for the kinds whose constructor does not rebuild them as they were (timm's 'same'-padded and
+weight-standardized convs)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -38,3 +42,19 @@ def cut(layer: nn.Module, dim: int, index: torch.Tensor) -> None:
         layer.bias = nn.Parameter(layer.bias.data[index].clone())
     attribute = ("out_features", "in_features") if isinstance(layer, nn.Linear) else ("out_channels", "in_channels")
     setattr(layer, attribute[dim], len(index))
+
+
+def resize_conv(conv: nn.Conv2d, in_channels: int, out_channels: int, groups: int) -> nn.Conv2d:
+    """`conv` itself with new channel counts and empty tensors of their sizes (filled afterwards); a weight-standardized
+    conv's gain per channel as well, and its scale set for the new fan-in as it was for the old (gamma / sqrt(fan-in),
+    which keeps its output's variance as NF-ResNets set it)."""
+    fan_in = conv.weight[0].numel()
+    conv.in_channels, conv.out_channels, conv.groups = in_channels, out_channels, groups
+    like = {"dtype": conv.weight.dtype, "device": conv.weight.device}
+    conv.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *conv.kernel_size, **like))
+    if conv.bias is not None:
+        conv.bias = nn.Parameter(torch.empty(out_channels, **like))
+    if isinstance(getattr(conv, "gain", None), nn.Parameter):
+        conv.gain = nn.Parameter(torch.empty(out_channels, 1, 1, 1, **like))
+        conv.scale = conv.scale * math.sqrt(fan_in / conv.weight[0].numel())
+    return conv

@@ -12,24 +12,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from distillctl.compress import bias_attention
-from distillctl.compress.layer_cut import cut, size
+from distillctl.compress import bias_attention, standardized_convs
+from distillctl.compress.layer_cut import cut, resize_conv, size
 from distillctl.errors import UserError
 
 
 # Norm layers resized in place (their tensors cut), so a subclass keeps what it adds: timm's BatchNormAct2d its
 # activation. BatchNorm1d is the norm of LeViT's linear layers and of some classifier heads (RepViT). Conv and linear
-# layers are rebuilt, so only the subclasses that take their constructor's arguments are (not timm's Conv2dSame,
-# whose padding is its own).
+# layers are rebuilt, so only the subclasses that take their constructor's arguments are; timm's 'same'-padded convs
+# (whose padding is their own) and weight-standardized convs (compress/standardized_convs.py) are resized in place.
 # timm's Linear only adds a dtype cast for scripting, and is built like nn.Linear.
 NORMS: dict[str, type] = {"BatchNorm2d": nn.BatchNorm2d, "BatchNorm1d": nn.BatchNorm1d}
 LINEARS: tuple[type, ...] = (nn.Linear,)
+CONVS_IN_PLACE: tuple[type, ...] = standardized_convs.STANDARDIZED
 ATTENTION: type | None = None  # timm's multi-head self-attention (ViT, DeiT, ...): its heads can be removed whole
 try:
-    from timm.layers import Attention as ATTENTION, BatchNormAct2d, Linear as TimmLinear
+    from timm.layers import Attention as ATTENTION, BatchNormAct2d, Conv2dSame, Linear as TimmLinear
 
     NORMS["BatchNormAct2d"] = BatchNormAct2d
     LINEARS += (TimmLinear,)
+    CONVS_IN_PLACE += (Conv2dSame,)
 except ImportError:  # an older timm: its models simply cannot be pruned structurally
     pass
 
@@ -52,8 +54,8 @@ def shape_of(module: nn.Module) -> dict[str, Any] | None:
     parameters of any other module (params_of); None for a module none of these describe."""
     if head_prunable(module):
         return {"type": "Attention", "heads": module.num_heads}
-    if type(module) is nn.Conv2d:
-        return {"type": "Conv2d", "in": module.in_channels, "out": module.out_channels, "groups": module.groups}
+    if type(module) is nn.Conv2d or type(module) in CONVS_IN_PLACE:
+        return {"type": type(module).__name__, "in": module.in_channels, "out": module.out_channels, "groups": module.groups}
     if NORMS.get(type(module).__name__) is type(module):
         return {"type": type(module).__name__, "features": module.num_features}
     if type(module) in LINEARS:
@@ -97,6 +99,8 @@ def layer_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 def resized(module: nn.Module, shape: dict[str, Any]) -> nn.Module:
     """A copy of `module`'s kind and hyper-parameters at the recorded size (weights are loaded afterwards)."""
+    if type(module) in CONVS_IN_PLACE:
+        return resize_conv(module, shape["in"], shape["out"], shape["groups"])
     if shape["type"] == "Conv2d":
         return nn.Conv2d(shape["in"], shape["out"], module.kernel_size, module.stride, module.padding, module.dilation, shape["groups"], module.bias is not None)
     if "features" in shape:
