@@ -23,6 +23,13 @@ def test_sparsity_is_shown_only_when_some_model_has_zeros():
     assert "| 50% |" in report.markdown(dense | {"pruned": ROW | {"sparsity": 0.5}}, CONTEXT)
 
 
+def test_a_student_larger_than_its_teacher_shows_how_much_not_0_0x():
+    results = {"teacher": ROW, "student": ROW | {"smaller_than_teacher": 0.0087, "faster_than_teacher": 0.24},
+               "pruned": ROW | {"smaller_than_teacher": 6.93, "faster_than_teacher": 3.5}}
+    md = report.markdown(results, CONTEXT)
+    assert "| 0.0087x | 0.24x |" in md and "| 6.9x | 3.5x |" in md and "0.0x" not in md
+
+
 def test_the_two_plots_are_written_and_referenced(tmp_path):
     results = {"student": ROW, "int8_static": ROW | {"size_mb": 0.09, "latency_ms": 0.2, "top1": 0.49}}
     figures = plots.draw(tmp_path, results, "r")

@@ -16,6 +16,12 @@ from distillctl.model_files import QUANTIZED
 
 PER_CLASS = "per_class.csv"
 
+def times(value: float) -> str:
+    """A ratio to the teacher: one decimal, or two significant digits under 1 (a student larger than its teacher),
+    where one decimal would print 0.0x."""
+    return f"{value:.1f}x" if value >= 1 else f"{value:.2g}x"
+
+
 # (key, header, format) for each column of the table and of report.md.
 COLUMNS = [
     ("top1", "top-1", "{:.2%}"),
@@ -27,8 +33,8 @@ COLUMNS = [
     ("sparsity", "zeros", "{:.0%}"),
     ("latency_ms", "latency b1 (ms)", "{:.2f}"),
     ("throughput", "b256 (img/s)", "{:,.0f}"),
-    ("smaller_than_teacher", "x smaller", "{:.1f}x"),
-    ("faster_than_teacher", "x faster b1", "{:.1f}x"),
+    ("smaller_than_teacher", "x smaller", times),
+    ("faster_than_teacher", "x faster b1", times),
     ("runtime", "runtime", "{}"),
 ]
 SCALE = {"params": 1e-6, "macs": 1e-6}
@@ -39,7 +45,8 @@ def cell(key: str, value: Any) -> str:
     if value is None:
         return "-"
     fmt = dict((k, f) for k, _, f in COLUMNS)[key]
-    return fmt.format(value * SCALE[key] if key in SCALE else value)
+    value = value * SCALE[key] if key in SCALE else value
+    return fmt(value) if callable(fmt) else fmt.format(value)
 
 
 def columns(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
