@@ -107,8 +107,9 @@ def prune_one(name: str, kwargs: dict, size: int, head_ratio: float = 0.0) -> di
                                                       "shapes": layer_shapes(pruned)})
         images = torch.randn(2, 3, size, size)
         with torch.inference_mode():
-            same = torch.allclose(load_model(path)[0].eval()(images), pruned(images), atol=1e-4)
-    return {"macs": macs, "params": params, "same_after_reload": same, "seconds": seconds}
+            logits = pruned(images)
+            same = torch.allclose(load_model(path)[0].eval()(images), logits, atol=1e-4)
+    return {"macs": macs, "params": params, "same_after_reload": same, "classes": logits.shape[-1], "seconds": seconds}
 
 
 def in_subprocess(name: str, kwargs: dict, threads: int, head_ratio: float = 0.0) -> dict:
@@ -137,6 +138,7 @@ def row(family: str, name: str, result: dict) -> str:
     else:
         said = f"{result['macs']:.0%} of its MACs, {result['params']:.0%} of its parameters"
         said += "" if result["same_after_reload"] else "; RELOADED OUTPUTS DIFFER"
+        said += "" if result.get("classes", 10) == 10 else f"; CLASSES CUT TO {result['classes']}"
     if result["careful"] and ("macs" in result or said.startswith("floor")):
         stream = ", and its residual stream," if result.get("stream") else ""
         said += f" (layers coupled to a split of channels{stream} left whole)"
@@ -186,7 +188,8 @@ def main() -> None:
         f"Measured {' to '.join(dict.fromkeys([dates[0], dates[-1]]))} with `python benchmarks/prune_families.py` "
         f"(torch-pruning 1.6.1; every model's result in docs/figures/{RESULTS.name}): one untrained model of each timm "
         f"family pruned to half its MACs by `prune_structured`, as `distillctl prune` does, at {SIZE} px (Inception-v3: "
-        f"{LARGER['inception_v3']}), saved and reloaded with the same outputs. {reached} of {families} reach the target; "
+        f"{LARGER['inception_v3']}), saved and reloaded with the same outputs and its 10 classes. {reached} of {families} "
+        "reach the target; "
         "the others end with the refusal named, in one line that names `prune=unstructured` (which works for every "
         f"model). The last row{'s' if len(HEADS) > 1 else ''} removed that share of each attention layer's heads first. "
         f"Seconds on {' or '.join(map(str, threads))} thread{'' if threads == [1] else 's'} of this 2-core CPU.",

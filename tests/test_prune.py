@@ -10,6 +10,7 @@ from timm.layers import ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv
 from torch import nn
 
 from distillctl import artifacts
+from distillctl.compress import standardized_convs
 from distillctl.compress.channels import macs_and_params, prune_structured
 from distillctl.compress.sparsity import SparsityMask, weight_sparsity
 from distillctl.compress.shapes import apply_shapes, layer_shapes
@@ -178,6 +179,32 @@ def test_recorded_norm_and_parameter_shapes_that_are_not_a_pruned_architecture_a
         apply_shapes(Scaled(), {"norm": {"type": "GroupNorm", "features": 6}})
 
 
+class ConvHead(nn.Module):
+    """A classifier that is a 1x1 conv, as timm's ResNetV2 and DLA have, named by get_classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3),
+                                      nn.BatchNorm2d(32), nn.ReLU())
+        self.fc = nn.Conv2d(32, 10, 1)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3), keepdim=True)).flatten(1)
+
+
+def test_a_classifier_that_is_a_conv_keeps_every_class(monkeypatch):
+    """Only a final Linear was left whole before: ResNetV2, BiT and DLA came out of pruning with fewer classes."""
+    pruned = prune_structured(ConvHead(), EXAMPLE, None, 0.5, "l1", False)[0]
+    assert pruned.fc.out_channels == 10 and pruned(EXAMPLE).shape == (1, 10) and pruned.fc.in_channels < 32
+    # A classifier still not found is refused, not saved with fewer classes.
+    monkeypatch.delattr(ConvHead, "get_classifier")
+    with pytest.raises(UserError, match=r"changed this ConvHead's output from \[1, 10\] to \[1, \d\]: .*prune=unstructured"):
+        prune_structured(ConvHead(), EXAMPLE, None, 0.5, "l1", False)
+
+
 class GainedConv(nn.Conv2d):
     """A conv of a kind the saved shapes do not know, with a parameter of its own."""
 
@@ -248,6 +275,20 @@ def test_weight_standardized_convs_are_pruned_with_their_gains_and_rebuilt_from_
     with torch.inference_mode():
         assert torch.equal(rebuilt.eval()(x), pruned(x))
     assert len(model.deep.gain) == 48  # the model given is left as it was
+
+
+def test_standardized_convs_fold_into_plain_convs_with_the_same_outputs():
+    """What ONNX and ExecuTorch export: the weight each conv computes, computed once."""
+    torch.manual_seed(0)
+    model = WeightStandardized().eval()
+    with torch.no_grad():
+        for conv in (model.body, model.deep):
+            conv.gain.uniform_(0.5, 2.0)
+    flat = standardized_convs.folded(model)
+    assert not any(standardized_convs.is_one(m) for m in flat.modules()) and standardized_convs.is_one(model.body)
+    x = torch.randn(2, 3, 31, 31)
+    with torch.inference_mode():
+        assert torch.allclose(flat(x), model(x), atol=1e-6)
 
 
 class SlicedResidual(nn.Module):

@@ -38,6 +38,7 @@ SIZE = 64  # the smallest size every model here takes (MobileViT's 2x2 patches, 
 # NF-ResNet's weight-standardized convs carry a gain per channel, which torch-pruning does not cut: they are pruned
 # as a plain conv and a per-channel scale (compress/standardized_convs.py), and were refused before. The TensorFlow
 # ports' 'same'-padded convs (tf_*) were left whole, as the saved shapes could not rebuild them: they are resized now.
+# DLA's classifier is a 1x1 conv, which pruning cut to fewer classes while only a final Linear was left whole.
 PRUNABLE = {
     "mobilenetv3_small_050": None,
     "mobilenetv4_conv_small": None,
@@ -67,6 +68,7 @@ PRUNABLE = {
     "swin_tiny_patch4_window7_224": None,
     "nf_resnet26": None,
     "tf_mobilenetv3_small_100": None,
+    "dla34": None,
 }
 # RexNet's sliced residuals send 7 of its channel groups' searches on without end (compress/group_search.py): the
 # first is stopped after 2 minutes, then each group is searched alone and one past 10 s is left whole. Cut here to

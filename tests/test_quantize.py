@@ -12,7 +12,7 @@ from distillctl.compress import int8_fx, onnx_export
 from distillctl.config import BUNDLED_WEIGHTS, DatasetConfig
 from distillctl.data import Batches, eval_batches, load_splits
 from distillctl.errors import UserError
-from distillctl.models import load_model
+from distillctl.models import create_model, load_model
 
 DATA = OmegaConf.structured(DatasetConfig)
 META = {"model": "resnet20", "num_classes": 10, "kwargs": {}}
@@ -126,6 +126,30 @@ def test_onnx_export_matches_pytorch_and_onnx_int8_agrees(trained, data, tmp_pat
     full_path = tmp_path / "int8-full.onnx"
     onnx_export.quantize_int8(float_path, full_path, calibration_batches, per_channel=True, reduce_range=False)
     assert int8_weight_range(full_path) >= 127
+
+
+@pytest.mark.slow
+def test_bit_exports_with_its_weights_standardized_once_and_quantizes_for_onnx_runtime(data, tmp_path, monkeypatch):
+    """ONNX Runtime's quantizer refused BiT: torch's exporter writes equal constants once (its group norms' unit
+    scales), and a weight shared by several nodes is one it does not quantize. A small ResNetV2 of the same layers
+    exports no such sharing, so the test takes BiT itself."""
+    import onnx
+
+    torch.manual_seed(0)
+    model = create_model("resnetv2_50x1_bit", 10).eval()
+    float_path, int8_path = tmp_path / "model.onnx", tmp_path / "int8.onnx"
+    onnx_export.export(model, float_path, 32, 18, META)
+    # The weights are standardized once, at export, not at every forward of the deployed model.
+    assert "BatchNormalization" not in {node.op_type for node in onnx.load(str(float_path)).graph.node}
+    images = split_images(data)[:64]
+    with torch.inference_mode():
+        torch_logits = model(images)
+    assert torch.allclose(onnx_export.OnnxClassifier(float_path, 2)(images), torch_logits, atol=1e-4, rtol=1e-3)
+    onnx_export.quantize_int8(float_path, int8_path, calibration(data, 1), per_channel=True, reduce_range=True)
+    assert onnx_export.OnnxClassifier(int8_path, 2)(images).shape == (64, 10)
+    monkeypatch.setattr(onnx_export, "unshared", lambda source, scratch: source)  # as before
+    with pytest.raises(UserError, match=r"quantizer could not quantize this model \(ValueError: .*shared.*quantize=int8_static"):
+        onnx_export.quantize_int8(float_path, tmp_path / "again.onnx", calibration(data, 1), per_channel=True, reduce_range=True)
 
 
 def int8_weight_range(path) -> int:

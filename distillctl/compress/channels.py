@@ -74,9 +74,12 @@ def importance(kind: str):
 
 
 def classifier(model: nn.Module) -> list[nn.Module]:
-    """The layers left whole: the final Linear (its outputs are the classes)."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linears[-1:]
+    """The layers left whole, as their outputs are the classes: the conv or linear layers of a timm model's
+    classifier (ResNetV2's and DLA's are 1x1 convs, a distilled DeiT's are two), or else the final Linear."""
+    heads = model.get_classifier() if callable(getattr(model, "get_classifier", None)) else None
+    heads = [h for h in (heads if isinstance(heads, tuple) else (heads,)) if isinstance(h, nn.Module)]
+    layers = [m for head in heads for m in head.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return layers or [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
 
 
 def head_counts(model: nn.Module) -> dict[str, int]:
@@ -248,11 +251,25 @@ def prune_structured(
     with bounded(max(2 * 2**30, 20 * weight_bytes(model)), RUNAWAY.format(model=type(model).__name__)):
         pruned, macs_ratio, params_ratio = prune_to_target(flat, example, target_macs_ratio, channel_ratio, importance_kind,
                                                            global_pruning, tolerance, head_ratio, round_to)
-    if not standardized:
-        return pruned, macs_ratio, params_ratio
-    pruned = standardized_convs.restored(pruned, standardized)
-    (macs, params), (base_macs, base_params) = macs_and_params(pruned, example), macs_and_params(model, example)
-    return pruned, macs / base_macs, params / base_params
+    if standardized:
+        pruned = standardized_convs.restored(pruned, standardized)
+        (macs, params), (base_macs, base_params) = macs_and_params(pruned, example), macs_and_params(model, example)
+        macs_ratio, params_ratio = macs / base_macs, params / base_params
+    if (before := output_shape(model, example)) != (after := output_shape(pruned, example)):
+        # A classifier not found (classifier()) is pruned like any layer: its classes would be cut without a word.
+        raise UserError(f"structured pruning changed this {type(model).__name__}'s output from {list(before)} to "
+                        f"{list(after)}: its classifier is neither timm's get_classifier() nor a final Linear, so it was "
+                        "pruned too. Use prune=unstructured for this model.")
+    return pruned, macs_ratio, params_ratio
+
+
+def output_shape(model: nn.Module, example: torch.Tensor) -> torch.Size:
+    """The shape of `model`'s output for `example` in eval mode (its mode is left as it was)."""
+    was_training = model.training
+    with torch.inference_mode():
+        shape = model.eval()(example).shape
+    model.train(was_training)
+    return shape
 
 
 def prune_to_target(model: nn.Module, example: torch.Tensor, target_macs_ratio: float | None, channel_ratio: float | None,

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from distillctl import files
+from distillctl.compress import standardized_convs
 from distillctl.errors import UserError
 from distillctl.preflight import require_package
 
@@ -68,7 +69,7 @@ def export_int8(model: nn.Module, path: Path, image_size: int, batches: Iterable
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
         try:
-            graph = torch.export.export(model.cpu().eval(), example).module()
+            graph = torch.export.export(standardized_convs.folded(model.cpu().eval()), example).module()
         except Exception as exc:  # torch.export raises many error types for untraceable code
             raise UserError(f"torch.export could not capture this model for ExecuTorch ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:200]}). Use quantize=onnx_int8 or quantize=int8_static.") from None

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from distillctl import files
+from distillctl.compress import standardized_convs
 from distillctl.errors import UserError
 
 INPUT, OUTPUT = "images", "logits"
@@ -28,7 +29,7 @@ def export(model: nn.Module, path: Path, image_size: int, opset: int, metadata: 
     """Write `model` (float, eval mode) as ONNX with a dynamic batch size and distillctl's metadata."""
     import onnx
 
-    model = model.cpu().eval()
+    model = standardized_convs.folded(model.cpu().eval())
     example = torch.zeros(2, 3, image_size, image_size)
     batch = torch.export.Dim("batch", min=1, max=65536)
     try:
@@ -91,6 +92,7 @@ def quantize_int8(float_path: Path, out_path: Path, batches: Iterable[torch.Tens
         # when its symbolic shape inference cannot finish, it saves the unfinished model (~13 MB for
         # EfficientFormerV2) into the working directory, which is the user's.
         with tempfile.TemporaryDirectory(prefix="distillctl-onnx-") as scratch, contextlib.chdir(scratch):
+            source = unshared(source, Path(scratch) / "unshared.onnx")
             try:
                 quant_pre_process(str(source), str(prepared))
             except Exception:
@@ -98,12 +100,44 @@ def quantize_int8(float_path: Path, out_path: Path, batches: Iterable[torch.Tens
                 # EfficientFormerV2's attention. ONNX's own shape inference knows every size of an image
                 # classifier's graph, which is all the quantizer needs.
                 quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        files.atomic_write(out_path, lambda tmp: quantize_static(
-            str(prepared), str(tmp), Reader(batches), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range,
-        ))
+        try:
+            files.atomic_write(out_path, lambda tmp: quantize_static(
+                str(prepared), str(tmp), Reader(batches), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range,
+            ))
+        except (ValueError, RuntimeError, KeyError, AssertionError, NotImplementedError) as exc:
+            # What ONNX Runtime's quantizer raises on a graph it does not handle, after the export itself worked.
+            raise UserError(f"ONNX Runtime's quantizer could not quantize this model ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200] if str(exc) else 'no message'}). Use quantize=int8_static, "
+                            "quantize=executorch_int8 or quantize=fp16.") from None
     finally:
         prepared.unlink(missing_ok=True)
+
+
+def unshared(source: Path, scratch: Path) -> Path:
+    """`source`, or a copy at `scratch` in which each constant tensor feeds one node: torch's exporter writes equal
+    constants once (the unit scale of every GroupNorm of a width, in BiT), and ONNX Runtime's quantizer refuses a
+    weight that several nodes share ("shared mode is not supported for weight")."""
+    import onnx
+
+    proto = onnx.load(str(source))
+    constants = {tensor.name: tensor for tensor in proto.graph.initializer}
+    seen: set[str] = set()
+    copies = 0
+    for node in proto.graph.node:
+        for position, name in enumerate(node.input):
+            if name not in constants:
+                continue
+            if name in seen:
+                copies += 1
+                duplicate = proto.graph.initializer.add()
+                duplicate.CopyFrom(constants[name])
+                duplicate.name = node.input[position] = f"{name}__use{copies}"
+            seen.add(name)
+    if not copies:
+        return source
+    onnx.save(proto, str(scratch))
+    return scratch
 
 
 class OnnxClassifier(nn.Module):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from distillctl.compress.layer_cut import resize_conv
@@ -46,13 +47,42 @@ def plain(model: nn.Module) -> tuple[nn.Module, dict[str, nn.Module]]:
     return copied, originals
 
 
-def stand_in(conv: nn.Module) -> nn.Module:
-    """The plain conv of `conv`'s own weight (padding as it pads), followed by its gain as a per-channel scale in
-    the scaled kind; the tensors are `conv`'s own."""
+def folded(model: nn.Module) -> nn.Module:
+    """A copy of `model` with each standardized conv replaced by the plain conv of the weight it computes: the same
+    outputs, without standardizing the weights again at every forward (what an exported model runs; ONNX Runtime's
+    quantizer refuses the standardization on a weight). `model` itself when it has none."""
+    names = [name for name, module in model.named_modules() if is_one(module)]
+    if not names:
+        return model
+    copied = copy.deepcopy(model)
+    for name in names:
+        conv = copied.get_submodule(name)
+        with torch.no_grad():
+            replace(copied, name, plain_conv(conv, nn.Parameter(standardized_weight(conv))))
+    return copied
+
+
+def standardized_weight(conv: nn.Module) -> torch.Tensor:
+    """The weight `conv` convolves with, as its forward computes it (timm's std_conv.py)."""
+    gain = (conv.gain * conv.scale).reshape(-1) if hasattr(conv, "gain") else None
+    return F.batch_norm(conv.weight.reshape(1, conv.out_channels, -1), None, None, weight=gain, training=True,
+                        momentum=0.0, eps=conv.eps).reshape_as(conv.weight)
+
+
+def plain_conv(conv: nn.Module, weight: nn.Parameter) -> nn.Conv2d:
+    """A plain conv of `conv`'s sizes, strides and padding (timm's 'same' kind for a 'same'-padded one), with
+    `weight` and `conv`'s bias."""
     kind, padding = (Conv2dSame, 0) if getattr(conv, "same_pad", False) else (nn.Conv2d, conv.padding)
     flat = kind(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding, conv.dilation, conv.groups,
                 conv.bias is not None)
-    flat.weight, flat.bias = conv.weight, conv.bias
+    flat.weight, flat.bias = weight, conv.bias
+    return flat
+
+
+def stand_in(conv: nn.Module) -> nn.Module:
+    """The plain conv of `conv`'s own weight, followed by its gain as a per-channel scale in the scaled kind; the
+    tensors are `conv`'s own."""
+    flat = plain_conv(conv, conv.weight)
     if not hasattr(conv, "gain"):
         return flat
     scale = nn.BatchNorm2d(conv.out_channels, eps=0.0)
