@@ -49,8 +49,8 @@ def plain(model: nn.Module) -> tuple[nn.Module, dict[str, nn.Module]]:
 
 def folded(model: nn.Module) -> nn.Module:
     """A copy of `model` with each standardized conv replaced by the plain conv of the weight it computes: the same
-    outputs, without standardizing the weights again at every forward (what an exported model runs; ONNX Runtime's
-    quantizer refuses the standardization on a weight). `model` itself when it has none."""
+    outputs, without standardizing the weights again at every forward (what an exported model should run). `model`
+    itself when it has none."""
     names = [name for name, module in model.named_modules() if is_one(module)]
     if not names:
         return model
