@@ -42,7 +42,7 @@ def test_reproduce_runs_every_seed_writes_results_and_skips_on_rerun(cli, tiny):
     assert [e["metric"] for e in results["expectations"]] == ["student.top1"]
     md = (out / "results.md").read_text()
     assert "| gain (student - baseline) |" in md and "distillctl reproduce recipe=tiny" in md
-    assert "test top-1 over 2 seeds" in first.out and "expectations met" in first.out
+    assert "test top-1 over 2 seeds" in first.out and "the 1 expectation met (on the means over seeds)" in first.out
 
     again = cli("reproduce", "recipe=tiny", SEEDS)
     assert again.code == 0 and again.out.count("is up to date") == 6, again.out
