@@ -145,8 +145,7 @@ def apply_shapes(model: nn.Module, shapes: dict[str, dict[str, Any]]) -> nn.Modu
             raise UserError(f"the checkpoint's layer '{name}' records {shape}, which is not a pruned {original}; refusing to build it.")
         replacement = resized(modules[name], shape)
         if replacement is not modules[name]:  # a conv or linear layer built anew (the rest are resized in place)
-            parent_name, _, child = name.rpartition(".")
-            setattr(modules[parent_name] if parent_name else model, child, replacement)
+            model.set_submodule(name, replacement)
     for name, module in model.named_modules():  # heads and groups must fit the channels, or the first forward fails
         if head_prunable(module) and not heads_fit(module):
             rows, out = bias_attention.projections(module) if bias_attention.is_one(module) else ([module.qkv], module.proj)

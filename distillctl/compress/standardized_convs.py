@@ -43,7 +43,7 @@ def plain(model: nn.Module) -> tuple[nn.Module, dict[str, nn.Module]]:
         return model, {}
     copied = copy.deepcopy(model)
     for name in originals:
-        replace(copied, name, stand_in(copied.get_submodule(name)))
+        copied.set_submodule(name, stand_in(copied.get_submodule(name)))
     return copied, originals
 
 
@@ -58,7 +58,7 @@ def folded(model: nn.Module) -> nn.Module:
     for name in names:
         conv = copied.get_submodule(name)
         with torch.no_grad():
-            replace(copied, name, plain_conv(conv, nn.Parameter(standardized_weight(conv))))
+            copied.set_submodule(name, plain_conv(conv, nn.Parameter(standardized_weight(conv))))
     return copied
 
 
@@ -102,11 +102,6 @@ def restored(pruned: nn.Module, originals: dict[str, nn.Module]) -> nn.Module:
         conv.weight, conv.bias = flat.weight, flat.bias
         if scale is not None:
             conv.gain = nn.Parameter(scale.weight.detach().reshape(-1, 1, 1, 1).clone())
-        replace(pruned, name, conv)
+        pruned.set_submodule(name, conv)
     return pruned
 
-
-def replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    """Put `module` at `name` in `model`."""
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
