@@ -1,6 +1,7 @@
 """What the CLI checks before it imports torch or loads data: everything that needs only the config and the file
-system (weights files, where the data set is, the stage outputs a command builds on). Such a mistake then answers
-in about two seconds instead of after the torch import and the data load."""
+system (weights files, where the data set is, the stage outputs a command builds on), and model names (timm's
+registry, and torch with it, for a name outside the CIFAR zoo). Such a mistake then answers in seconds instead of
+after the data load."""
 
 from __future__ import annotations
 
@@ -28,9 +29,11 @@ NEEDS: dict[str, Callable[[DictConfig, Workspace], object]] = {
 }
 # Commands that never read the data set: its path may be unset or elsewhere.
 WITHOUT_DATASET = {"predict"}
-# Commands that build the student from student.name, and those that may train the teacher from teacher.name.
+# Commands that build the student from student.name, those that may train the teacher from teacher.name, and those
+# that build the teacher (or each of `teachers`) from its name, to train it or to load its weights.
 BUILDS_STUDENT = {"distill", "pipeline", "reproduce", "search"}
 TRAINS_TEACHER = {"train-teacher", "pipeline", "reproduce", "search"}
+BUILDS_TEACHER = TRAINS_TEACHER | {"distill"}
 
 
 def check(command: str, cfg: DictConfig) -> None:
@@ -42,6 +45,7 @@ def check(command: str, cfg: DictConfig) -> None:
     for i, entry in enumerate(cfg.teachers):
         existing_file(f"teachers[{i}].checkpoint", entry.checkpoint)
     zoo_weights(command, cfg)
+    model_names(command, cfg)
     offline_unless_reachable(cfg, reads_data=command not in WITHOUT_DATASET)  # before a library asks the Hub and waits
     if command not in WITHOUT_DATASET:
         check_dataset(cfg.dataset.path, cfg.dataset.train_split)
@@ -74,6 +78,19 @@ def zoo_weights(command: str, cfg: DictConfig) -> None:
             raise UserError(no_timm_weights(role))
         if model.pretrained or (role == "teacher" and published):
             raise UserError(no_published_weights(model.name))
+
+
+def model_names(command: str, cfg: DictConfig) -> None:
+    """A model name timm does not know is refused before the data load, which can take minutes on a large folder.
+    Only a name outside the CIFAR zoo asks timm's registry, which imports torch: the stage would import it next."""
+    names = [str(cfg.student.name)] if command in BUILDS_STUDENT else []
+    if command in BUILDS_TEACHER:
+        names += [str(entry.name) for entry in cfg.teachers] or [str(cfg.teacher.name)]
+    if any(name not in ZOO_NAMES for name in names):
+        from distillctl.models import check_model_name
+
+        for name in names:
+            check_model_name(name)
 
 
 def reproduce_seeds(seeds: list[int]) -> None:

@@ -21,10 +21,7 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, role: st
     key = f"{role}." if role else ""
     import timm
 
-    if not timm.is_model(name):
-        # Prefer the CIFAR zoo's names: timm's ImageNet ResNets are rarely what a typo meant.
-        hint = did_you_mean(name, ZOO_NAMES) or did_you_mean(name, timm.list_models())
-        raise UserError(f"unknown model '{name}'.{hint} CIFAR zoo: {', '.join(ZOO_NAMES)}; any timm model name works too.")
+    check_model_name(name)
     if pretrained_file:
         kwargs["pretrained_cfg_overlay"] = {"file": local_weights(pretrained_file, name, key), "custom_load": False}
         pretrained = True
@@ -50,6 +47,16 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, role: st
         fixes += [f"set dataset.image_size={native}"] if native and native != image_size else ["pick another model"]
         raise UserError(f"{role or 'model'} '{name}' cannot take {image_size}x{image_size} images ({problem}): {', or '.join(fixes)}.")
     return model
+
+
+def check_model_name(name: str) -> None:
+    """Refuse a name that timm's registry (the CIFAR zoo's included) does not hold, naming the closest ones."""
+    import timm
+
+    if not timm.is_model(name):
+        # Prefer the CIFAR zoo's names: timm's ImageNet ResNets are rarely what a typo meant.
+        hint = did_you_mean(name, ZOO_NAMES) or did_you_mean(name, timm.list_models())
+        raise UserError(f"unknown model '{name}'.{hint} CIFAR zoo: {', '.join(ZOO_NAMES)}; any timm model name works too.")
 
 
 def local_weights(path: str, name: str, key: str) -> str:

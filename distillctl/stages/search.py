@@ -27,7 +27,7 @@ from distillctl.errors import UserError
 from distillctl.evaluation import measure
 from distillctl.execution_settings import RUN_CONTROL, canonical
 from distillctl.losses import build_objective
-from distillctl.models import create_model
+from distillctl.models import check_model_name, create_model
 from distillctl.search import best_recipe, summary
 from distillctl.search.space import Param, check_space, current_value, parse_space
 from distillctl.search.study import (
@@ -198,7 +198,7 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"search continues the study in {Path(cfg.run_dir) / 'search'}; to start over, delete that folder or give run_dir=...")
     recipe, base = command_line()
     params = parse_space(s.space, cfg)
-    check_space(params, cfg, lambda extra: compose_run([*base, *extra]), check_config)
+    check_space(params, cfg, lambda extra: compose_run([*base, *extra]), check_trial)
     root = Workspace.from_config(cfg).job_dir / "search"  # in a sweep, the job's own study
     root.mkdir(parents=True, exist_ok=True)
     epochs = s.epochs or cfg.trainer.epochs
@@ -240,6 +240,12 @@ def run(cfg: DictConfig) -> dict:
     return write_report(cfg, study, recipe, base, root, teacher, epochs)
 
 
+
+
+def check_trial(candidate: DictConfig) -> None:
+    """What every trial's config must pass before the first trains: values in bounds, a student timm can build."""
+    check_config(candidate)
+    check_model_name(str(candidate.student.name))
 def write_report(cfg: DictConfig, study: optuna.Study, recipe: str, base: list[str], root: Path,
                  teacher: list[str], epochs: int) -> dict:
     """results.{json,md}, search.png and best.yaml (plus one recipe per Pareto trial in a two-objective search)."""
