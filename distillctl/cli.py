@@ -121,7 +121,7 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
         raise UserError('tab completion comes from `distillctl completion bash` (or zsh, fish): add '
                         '`eval "$(distillctl completion bash)"` to ~/.bashrc.')
     if not any(o in ("--help", "-h", "--hydra-help") for o in overrides):
-        check_composes(overrides)  # --cfg too: a bad override is one line, not Hydra's message and hint
+        check_composes(overrides, is_multirun(overrides))  # --cfg too: a bad override is one line, not Hydra's message
         if is_multirun(overrides):
             check_sweep_dir(overrides, user_args)
     module_name = COMMANDS[command][0]

@@ -76,14 +76,15 @@ def render(command: str, overrides: Sequence[str]) -> str:
     import yaml
     from omegaconf import OmegaConf
 
-    from distillctl.composition import CONFIG_DIR, DEFAULT_RECIPE, check_composes, compose_config, prepare_overrides
+    from distillctl.composition import CONFIG_DIR, DEFAULT_RECIPE, check_composes, compose_config, first_job, prepare_overrides
     from distillctl.config import register
 
     page = HELP[command]
     register()
     given = prepare_overrides([o for o in overrides if "=" in o and not o.startswith("-")])
-    check_composes(given)  # a typo in the overrides is one line naming the fix, as without --help
-    cfg = compose_config(given)
+    sweeping = any(o in ("-m", "--multirun") for o in overrides)
+    check_composes(given, sweeping)  # a typo in the overrides is one line naming the fix, as without --help
+    cfg = compose_config(first_job(given))  # a sweep's help shows its first job's values
     recipe = next((o.split("=", 1)[1] for o in overrides if o.startswith("recipe=")), DEFAULT_RECIPE)
     width = max(map(len, page.options))
     values = []

@@ -275,18 +275,16 @@ def config_overrides(overrides: Sequence[str]) -> list[str]:
             if not o.startswith("hydra.") and not o.startswith("-") and (i not in values or "=" in o)]
 
 
-def check_composes(overrides: Sequence[str]) -> None:
-    """Compose the config once before Hydra runs, so a bad override ends in one line naming the fix."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+def check_composes(overrides: Sequence[str], sweeping: bool = False) -> None:
+    """Compose the config once before Hydra runs, so a bad override ends in one line naming the fix; several values
+    of a key (`loss=kd,at`) are refused unless `sweeping` (-m)."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     plain = config_overrides(overrides)
     first = plain
     try:
-        parsed = OverridesParser.create().parse_overrides(plain)
-        # A sweep is checked with one of its values: composition is the same for every value.
-        first = [f"{o.get_key_element()}={sample_value(o)}" if o.is_sweep_override() else o.input_line for o in parsed]
+        first = first_job(plain, sweeping)  # composition is the same for every value of a sweep
         compose_config(first)
     except (HydraException, OmegaConfBaseException) as exc:
         raise UserError(explain_composition_error(exc, first)) from None
@@ -294,6 +292,20 @@ def check_composes(overrides: Sequence[str]) -> None:
         nulled = [o.split("=", 1)[0] for o in first if o.endswith("=null") and not o.startswith(("+", "~"))]
         hint = f" To drop a config group's choice, delete it: ~{nulled[0]}." if nulled else ""
         raise UserError(f"{' '.join(str(exc).split())}.{hint}") from None
+
+
+def first_job(overrides: Sequence[str], sweeping: bool = True) -> list[str]:
+    """The overrides of a sweep's first job: each swept key at its first value. Without `sweeping`, a key given
+    several values is refused, naming -m."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    if not sweeping and (swept := next((o for o in parsed if o.is_sweep_override()), None)):
+        # Hydra's own answer is a numbered list of three readings on five lines, with exit 1.
+        line = swept.input_line
+        raise UserError(f"{line} gives several values: add -m to run one job for each (`-m {line}`), or write a list "
+                        f"as [a,b] or a string as '...' in quotes.")
+    return [f"{o.get_key_element()}={sample_value(o)}" if o.is_sweep_override() else o.input_line for o in parsed]
 
 
 def sample_value(override) -> str:

@@ -353,6 +353,10 @@ def test_inspect_shows_what_pruning_left_of_a_model_file(cli, tmp_path):
         (["distill", "recipe=nope"], "unknown recipe 'nope'"),
         (["distill", "trainer.epochz=3"], "Did you mean 'epochs'?"),
         (["train-teacher", "recipe=tiny", "teacher.name=resnet21"], "Did you mean 'resnet20'"),
+        # a model name is checked before the data set is looked for and loaded
+        (["distill", "recipe=tiny", "student=mobilenetv3_smal_050", "dataset.path=./nowhere"], "Did you mean 'mobilenetv3_small_050'"),
+        (["distill", "loss=kd,at"], "loss=kd,at gives several values: add -m to run one job for each"),  # Hydra's 5 lines
+        (["distill", "--help", "seed=0,1"], "seed=0,1 gives several values"),
         (["train-teacher", "recipe=tiny", "dataset.path=./nowhere"], "does not exist"),
         (["train-teacher", "recipe=tiny", "dataset.path=uoft-cs/cifar10"], "point dataset.path at local files"),
         (["distill", "recipe=tiny", "teacher.checkpoint=missing.safetensors"], "does not exist"),
@@ -469,6 +473,8 @@ def test_each_command_has_a_help_page_with_this_recipes_values(cli):
     assert other.code == 0 and "values for recipe=cifar_resnet" in other.out and "loss.terms.kd.temperature" in other.out
     typo = cli("distill", "trainer.epochz=3", "--help")
     assert typo.code == 2 and "Did you mean 'epochs'" in typo.err
+    sweep = cli("distill", "-m", "trainer.epochs=7,9", "--help")  # was Hydra's five-line message: the first job's values
+    assert sweep.code == 0 and "values for recipe=quickstart" in sweep.out and "trainer.epochs" in sweep.out
 
 
 @pytest.mark.parametrize(

@@ -120,10 +120,13 @@ def test_the_bundled_student_space_builds_every_student():
 
 def test_hydra_sweepers_get_an_interval_checked_and_an_objective_back():
     config.register()
-    check_composes(prepare_overrides(["loss.terms.kd.temperature=interval(1,8)", "trainer.batch_size=choice(32,64)",
-                                      "optimizer.lr=tag(log,interval(0.01,0.1))"]))
+    swept = prepare_overrides(["loss.terms.kd.temperature=interval(1,8)", "trainer.batch_size=choice(32,64)",
+                               "optimizer.lr=tag(log,interval(0.01,0.1))"])
+    check_composes(swept, sweeping=True)
+    with pytest.raises(UserError, match=r"interval\(1,8\) gives several values: add -m"):
+        check_composes(swept)
     with pytest.raises(UserError, match="unknown config key 'loss.terms.kd.temprature'"):
-        check_composes(prepare_overrides(["loss.terms.kd.temprature=interval(1,8)"]))
+        check_composes(prepare_overrides(["loss.terms.kd.temprature=interval(1,8)"]), sweeping=True)
     assert sweep_objective({"best_val_top1": 0.42, "test_top1": 0.9}) == 0.42
     assert sweep_objective({"top1": 0.9}) is None and sweep_objective(None) is None
 
@@ -134,6 +137,7 @@ def test_a_bad_space_fails_before_any_trial(cli, tiny):
         ("++search.space={loss.terms.kd.temperature: {low: 0, high: 8}}", "with loss.terms.kd.temperature=0.0: loss.terms.kd.temperature=0.0"),
         ("++search.space={student.name: {choices: []}}", "choices must be a non-empty list"),
         ("++search.space={loss.terms.kd.temprature: {low: 1, high: 8}}", "Did you mean 'temperature'"),
+        ("++search.space={student.name: {choices: [resnet8, mobilenetv3_smal_050]}}", "Did you mean 'mobilenetv3_small_050'"),
     ]:
         bad = cli("search", *SEARCH, space)
         assert bad.code == 2 and message in bad.err and bad.err.count("error:") == 1, bad.text[-2000:]
