@@ -13,6 +13,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from distillctl.checkpoint_layouts import SAFE_GLOBALS, weights_entry, without_prefix
 from distillctl.errors import UserError
 from distillctl.files import atomic_write
 
@@ -87,10 +88,9 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path))
         else:
-            with warnings.catch_warnings():  # torch warns about pickle protocols before refusing anyway
-                warnings.simplefilter("ignore")
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state) if isinstance(state, dict) else state
+            with warnings.catch_warnings(), torch.serialization.safe_globals(SAFE_GLOBALS):
+                warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing anyway
+                state = weights_entry(torch.load(path, map_location="cpu", weights_only=True))
     except pickle.UnpicklingError:
         raise UserError(
             f"could not read checkpoint '{path}': it holds pickled Python objects, which are never loaded. "
@@ -102,9 +102,10 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def fit_state(model: nn.Module, state: dict[str, Any], path: Path) -> None:
-    """model.load_state_dict(state), with a mismatch explained in one line naming the file."""
+    """model.load_state_dict(state), from under a wrapper's key prefix if need be, with a mismatch explained in one
+    line naming the file."""
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(without_prefix(state, model.state_dict().keys()))
     except RuntimeError as exc:
         first = " ".join(few_keys(line.strip()) for line in str(exc).splitlines()[1:3])
         raise UserError(f"checkpoint '{path}' does not fit this model ({first}). Check the model name.") from None

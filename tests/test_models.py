@@ -87,6 +87,57 @@ def test_a_foreign_safetensors_file_with_plain_string_metadata_loads(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
 
 
+def training_script_checkpoints(state: dict) -> dict[str, object]:
+    """The same weights as other training scripts save them."""
+    import argparse
+
+    args = argparse.Namespace(model="resnet8", lr=0.1, epochs=[1, 2], amp=None)  # their command-line arguments
+    prefixed = lambda prefix: {prefix + key: value for key, value in state.items()}  # noqa: E731
+    return {
+        "timm train.py": {"epoch": 3, "arch": "resnet8", "state_dict": state, "version": 2, "args": args},
+        "torchvision references": {"model": state, "optimizer": {}, "epoch": 3, "args": args},
+        "PyTorch tutorial": {"epoch": 3, "model_state_dict": state, "loss": 0.5},
+        "DDP": prefixed("module."),
+        "torch.compile": prefixed("_orig_mod."),
+        # a LightningModule's checkpoint: the network under its attribute, beside the module's other parts
+        "Lightning": {"state_dict": {**prefixed("model."), "criterion.weight": torch.ones(10)}, "global_step": 7},
+    }
+
+
+def test_a_teacher_saved_by_another_training_script_loads_as_it_is(tmp_path):
+    from distillctl import artifacts
+
+    model = create_model("resnet8", num_classes=10).eval()
+    for layout, checkpoint in training_script_checkpoints(model.state_dict()).items():
+        path = tmp_path / "teacher.pth"
+        torch.save(checkpoint, path)
+        loaded = create_model("resnet8", num_classes=10).eval()
+        artifacts.load_weights(path, loaded)
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values())), layout
+
+
+def test_a_checkpoints_arguments_are_read_without_running_code_and_a_partial_prefix_does_not_fit(tmp_path):
+    import argparse
+    import os
+
+    from distillctl import artifacts
+
+    class Payload:  # unpickling this would run code
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'PWNED'}",))
+
+    model = create_model("resnet8", num_classes=10)
+    torch.save({"state_dict": model.state_dict(), "args": argparse.Namespace(hook=Payload())}, tmp_path / "hostile.pth")
+    with pytest.raises(UserError, match="pickled Python objects, which are never loaded"):
+        artifacts.load_weights(tmp_path / "hostile.pth", model)
+    assert not (tmp_path / "PWNED").exists()
+    # Under `module.` but one tensor short: not taken for this model, and the mismatch is named as before.
+    state = {f"module.{key}": value for key, value in model.state_dict().items() if key != "fc.bias"}
+    torch.save(state, tmp_path / "short.pth")
+    with pytest.raises(UserError, match="does not fit this model"):
+        artifacts.load_weights(tmp_path / "short.pth", model)
+
+
 def crafted(tmp_path, **metadata):
     """A real resnet8 weights file whose metadata says whatever an attacker wants."""
     from distillctl import artifacts
