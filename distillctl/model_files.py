@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 QUANTIZED = [str(m) for m in QuantizeMethod]
 # Stages whose model is evaluated, in table order; the teacher first so agreement can refer to it.
 MODEL_STAGES = ["teacher", "student", "pruned", *QUANTIZED]
-MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".onnx", ".pte")
+MODEL_SUFFIXES = (".safetensors", ".onnx", ".pte")
+# Checkpoints of torch training scripts: weights without the class names and preprocessing that predict needs.
+TORCH_CHECKPOINTS = (".pt", ".pth", ".tar", ".ckpt", ".bin")
 
 
 def workspace_models(cfg: DictConfig, ws: Workspace) -> dict[str, Path]:
@@ -67,6 +69,10 @@ def chosen_model(choice: str, cfg: DictConfig, ws: Workspace) -> tuple[str, Path
     path = Path(choice).expanduser()
     if path.is_file() and path.suffix in MODEL_SUFFIXES:
         return path.stem, path
+    if path.is_file() and path.suffix in TORCH_CHECKPOINTS:
+        raise UserError(f"predict.model={choice} is a torch checkpoint, which records no class names or preprocessing: predict runs "
+                        "the .safetensors files distillctl's stages write and their .onnx and .pte exports. To test these weights, "
+                        f"evaluate them as teacher.checkpoint={choice} teacher.name=MODEL.")
     if path.is_file():
         raise UserError(f"predict.model={choice} is not a model file: distillctl runs .safetensors, .onnx and .pte files.")
     raise UserError(f"predict.model={choice} is neither a model of the workspace ({', '.join(['auto', *MODEL_STAGES])}) "

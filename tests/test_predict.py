@@ -182,3 +182,16 @@ def test_predicting_on_the_training_folder_is_flagged_and_on_its_test_split_not(
     alone = OmegaConf.create({"path": str(classes_alone), "train_split": "train"})
     assert holds_training_images(classes_alone / "cat", alone)  # a class folder mixes training and test photos
     assert not holds_training_images(split, OmegaConf.create({"path": "embedded", "train_split": "train"}))
+
+
+def test_a_torch_checkpoint_as_the_model_is_refused_naming_what_reads_it(tmp_path):
+    # It was opened as safetensors ("header too large; it may be corrupt"), though it records no classes anyway.
+    import torch
+
+    from distillctl.errors import UserError
+    from distillctl.model_files import chosen_model
+
+    for name in ("teacher.pth", "checkpoint.pth.tar", "last.ckpt"):
+        torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, tmp_path / name)
+        with pytest.raises(UserError, match=rf"is a torch checkpoint, .* evaluate them as teacher.checkpoint=.*{name} teacher.name=MODEL"):
+            chosen_model(str(tmp_path / name), None, None)
