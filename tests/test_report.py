@@ -21,6 +21,8 @@ def test_sparsity_is_shown_only_when_some_model_has_zeros():
     dense = {"student": ROW, "int8_static": ROW | {"sparsity": None, "runtime": "onnxruntime"}}
     assert "zeros" not in report.markdown(dense, CONTEXT)
     assert "| 50% |" in report.markdown(dense | {"pruned": ROW | {"sparsity": 0.5}}, CONTEXT)
+    # Two weights of a trained ResNet-50 that ended at exactly zero (8.5e-8 of them) made a column of 0%.
+    assert "zeros" not in report.markdown(dense | {"teacher": ROW | {"sparsity": 8.5e-8}}, CONTEXT)
 
 
 def test_a_student_larger_than_its_teacher_shows_how_much_not_0_0x():

@@ -38,6 +38,7 @@ COLUMNS = [
     ("runtime", "runtime", "{}"),
 ]
 SCALE = {"params": 1e-6, "macs": 1e-6}
+MEANT_SPARSITY = 0.01
 
 
 def cell(key: str, value: Any) -> str:
@@ -50,8 +51,9 @@ def cell(key: str, value: Any) -> str:
 
 
 def columns(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """The columns worth showing: sparsity only when some model has zeroed weights."""
-    return [c for c in COLUMNS if c[0] != "sparsity" or any(row.get("sparsity") for row in results.values())]
+    """The columns worth showing: sparsity only when some model has zeroed weights on purpose (1% or more: training
+    leaves a few weights of a large model at exactly zero, which made a column of 0%)."""
+    return [c for c in COLUMNS if c[0] != "sparsity" or any((row.get("sparsity") or 0) >= MEANT_SPARSITY for row in results.values())]
 
 
 def print_table(results: dict[str, dict[str, Any]], title: str) -> None:
