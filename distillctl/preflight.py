@@ -45,8 +45,9 @@ def check(command: str, cfg: DictConfig) -> None:
     for i, entry in enumerate(cfg.teachers):
         existing_file(f"teachers[{i}].checkpoint", entry.checkpoint)
     zoo_weights(command, cfg)
+    # Before anything imports the Hub's libraries (timm does), which read their offline mode once, when imported.
+    offline_unless_reachable(cfg, reads_data=command not in WITHOUT_DATASET)
     model_names(command, cfg)
-    offline_unless_reachable(cfg, reads_data=command not in WITHOUT_DATASET)  # before a library asks the Hub and waits
     if command not in WITHOUT_DATASET:
         check_dataset(cfg.dataset.path, cfg.dataset.train_split)
     if not str(cfg.run_dir).strip():
