@@ -193,6 +193,35 @@ def corrupted_copy(tmp_path, rows: int, broken: list[int]):
     return tmp_path
 
 
+def test_iphone_heic_photos_are_read_with_pillow_heif_and_named_when_nothing_reads_them(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from distillctl.data import folder, photo_formats
+    from distillctl.data.images import open_rgb
+
+    from conftest import write_photo_folder
+
+    assert photo_formats.register_plugins()  # pillow-heif: `pip install -e '.[test]'` installs it (the heic extra)
+    root = write_photo_folder(tmp_path / "photos", {"": 40}, size=(48, 48))
+    jpegs = sorted(root.rglob("*.jpg"))
+    for jpg in jpegs[1::2]:  # every other photo as an iPhone saves it
+        Image.open(jpg).save(jpg.with_suffix(".HEIC"), quality=95)
+        jpg.unlink()
+    (jpegs[0].parent / "IMG_0001.CR2").write_bytes(b"II*\x00raw")  # a camera's raw file
+    data = load_splits(dataset_cfg(path=str(root), image_column="image", val_size=4, cache_dir=str(tmp_path / "cache")))
+    assert len(data.train.labels) + len(data.val.labels) + len(data.test.labels) == 40  # the 20 HEIC photos too
+    out = capsys.readouterr().out
+    assert "photos left out, in a format nothing here reads: 1 .cr2" in out and ".heic" not in out
+    heic = next(root.rglob("*.HEIC"))
+    decoded = np.asarray(open_rgb({"path": str(heic), "bytes": None}), dtype=np.float32)
+    assert decoded.shape == (48, 48, 3) and 20 < decoded.mean() < 235  # a picture, not a blank
+    # Where pillow-heif is not installed they were left out without a word, as a stray text file is.
+    note = photo_formats.left_out_note(root, folder.image_suffixes() - {".heic", ".heif", ".hif"})
+    assert "20 .heic, 1 .cr2 under" in note and "pip install 'distillctl[heic]'" in note and "convert them to JPEG" in note
+    assert photo_formats.left_out_note(tmp_path / "cache", folder.image_suffixes()) is None
+
+
 def test_a_few_undecodable_images_are_skipped_and_reported(tmp_path, capsys):
     data = load_splits(dataset_cfg(path=str(corrupted_copy(tmp_path, 200, [3])), val_size=20))
     assert len(data.train.labels) + len(data.val.labels) == 199

@@ -27,9 +27,13 @@ SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid",
 
 @lru_cache(maxsize=1)
 def image_suffixes() -> frozenset[str]:
-    """File endings PIL can open (.jpg, .png, .webp, ...); anything else in a class folder is ignored."""
+    """File endings PIL can open (.jpg, .png, .webp, ..., .heic with pillow-heif); anything else in a class folder
+    is ignored."""
     from PIL import Image
 
+    from distillctl.data.photo_formats import register_plugins
+
+    register_plugins()
     return frozenset(Image.registered_extensions())
 
 

@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from distillctl.data.folder import images_under
+from distillctl.data.folder import image_suffixes, images_under
+from distillctl.data.photo_formats import left_out_note
 from distillctl.errors import UserError
 
 
@@ -48,7 +49,9 @@ def list_images(spec: str, classes: list[str]) -> ImageFiles:
         raise UserError(f"predict.input '{spec}' does not exist: give an image file or a folder of images.")
     paths = sorted(images_under(root))
     if not paths:
-        raise UserError(f"no images under '{spec}' (looked for .jpg, .png, .webp and the other formats PIL reads).")
+        left_out = left_out_note(root, image_suffixes())
+        raise UserError(f"no images under '{spec}' (looked for .jpg, .png, .webp and the other formats PIL reads)"
+                        + (f"; {left_out.removeprefix('note: ')}." if left_out else "."))
     index = {name: i for i, name in enumerate(classes)}
     folders = [Path(os.path.relpath(p, root)).parts for p in paths]
     if all(len(parts) > 1 and parts[0] in index for parts in folders):

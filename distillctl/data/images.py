@@ -7,9 +7,12 @@ import io
 import numpy as np
 from PIL import Image, ImageOps
 
+from distillctl.data.photo_formats import register_plugins
+
 
 def open_rgb(item: dict) -> Image.Image:
     """Decode a `datasets` image cell ({"bytes": ..., "path": ...}); raises on a corrupt or truncated file."""
+    register_plugins()  # in each process that decodes: loader workers start without the parent's plugins
     data = item.get("bytes")
     image = Image.open(io.BytesIO(data) if data else item["path"])
     image.load()  # decode now, so a truncated file fails here rather than inside a transform

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from distillctl.console import console
-from distillctl.data import folder, sources
+from distillctl.data import folder, photo_formats, sources
 from distillctl.data.batches import TensorSplit
 from distillctl.data.stream import StreamSettings, StreamSplit, default_workers
 from distillctl.disk import write_failure
@@ -70,9 +70,10 @@ def load_splits(cfg) -> DataSplits:
     test_split = "test" if cfg.test_split is None and source.builder == folder.CLASS_FOLDERS else cfg.test_split
     if source.builder is not None:
         for note in (folder.layout_note(source.local_dir, source.builder, test_split, cfg.test_size),
-                     folder.empty_classes_note(source.local_dir, source.builder)):
+                     folder.empty_classes_note(source.local_dir, source.builder),
+                     photo_formats.left_out_note(source.local_dir, folder.image_suffixes())):
             if note:
-                console.print(note)
+                console.print(note, markup=False)  # folder names and `distillctl[heic]` are text, not rich markup
     if cfg.loader == "stream" or (cfg.loader == "auto" and not resident_cache_hit(source, cfg) and too_big(source, cfg)):
         train, test, classes = streamed(source, cfg, test_split)
         kind = "stream"
@@ -184,8 +185,9 @@ def resident(source: sources.Source, cfg, test_split: str | None) -> tuple[Tenso
 
 
 def decode_settings(cfg, split: str) -> str:
-    """What the decoded cache depends on besides the files. v2: centre squares (aspect kept) rather than squashed."""
-    return f"v2|{cfg.image_column}|{cfg.label_column}|{cfg.image_size}|{split}"
+    """What the decoded cache depends on besides the files. v2: centre squares (aspect kept) rather than squashed;
+    `heic` once pillow-heif reads the HEIC photos that were left out before."""
+    return f"v2|{cfg.image_column}|{cfg.label_column}|{cfg.image_size}|{split}" + ("|heic" if photo_formats.register_plugins() else "")
 
 
 def resident_cache_hit(source: sources.Source, cfg) -> bool:

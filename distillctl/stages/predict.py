@@ -21,7 +21,9 @@ from distillctl import artifacts, files, provenance
 from distillctl.console import CountProgress, console, print_summary_table
 from distillctl.data import preprocess
 from distillctl.data.batches import normalizer
+from distillctl.data.folder import image_suffixes
 from distillctl.data.image_files import ImageFiles, PathCells, list_images
+from distillctl.data.photo_formats import left_out_note
 from distillctl.data.stream import EpochOrder, StreamSettings, StreamSplit, default_workers
 from distillctl.engine.device import autocast, pick_device
 from distillctl.errors import UserError
@@ -50,6 +52,9 @@ def run(cfg: DictConfig) -> dict:
     runtime = file_runtime(model) or f"torch on {device.type}"
     count = f"{len(images.paths):,} image{'s' if len(images.paths) != 1 else ''}"
     console.print(f"predict: {count} from {cfg.predict.input}" + (", labelled by their folders" if images.labelled else ""))
+    source = Path(str(cfg.predict.input)).expanduser()
+    if source.is_dir() and (note := left_out_note(source, image_suffixes())):
+        console.print(note, markup=False)
     if images.labelled and holds_training_images(Path(str(cfg.predict.input)), cfg.dataset):
         console.print(f"[yellow]note:[/] {cfg.predict.input} holds images the model trained on (dataset.path={cfg.dataset.path}): "
                       "its accuracy here overstates the accuracy on new photos, which `distillctl evaluate` measures on the test split")
