@@ -58,7 +58,8 @@ def test_every_readme_command_composes(command, cli):
         assert recipe.endswith("search/best.yaml")
         return
     config.register()
-    composition.check_composes(composition.prepare_overrides([o for o in overrides if not o.startswith("-")]))
+    composition.check_composes(composition.prepare_overrides([o for o in overrides if not o.startswith("-")]),
+                               sweeping=composition.is_multirun(overrides))
 
 
 def table_keys() -> list[str]:
