@@ -187,7 +187,8 @@ def resident(source: sources.Source, cfg, test_split: str | None) -> tuple[Tenso
 def decode_settings(cfg, split: str) -> str:
     """What the decoded cache depends on besides the files. v2: centre squares (aspect kept) rather than squashed;
     `heic` once pillow-heif reads the HEIC photos that were left out before."""
-    return f"v2|{cfg.image_column}|{cfg.label_column}|{cfg.image_size}|{split}" + ("|heic" if photo_formats.register_plugins() else "")
+    plugins = "|heic" if photo_formats.register_plugins() else ""
+    return f"v2|{cfg.image_column}|{cfg.label_column}|{cfg.image_size}|{split}{plugins}"
 
 
 def resident_cache_hit(source: sources.Source, cfg) -> bool:
