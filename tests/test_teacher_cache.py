@@ -156,3 +156,10 @@ def test_distill_with_a_filled_cache_never_runs_the_teacher_and_says_so(cli, tin
     off = cli("distill", *small, "distill.teacher_cache=off", "force=true")
     assert off.code == 0 and "teacher cache" not in off.out
     assert json.loads((tiny / "runs/tiny/student/metrics.json").read_text())["teacher_cache"] is None
+
+
+def test_the_summary_says_what_share_the_cache_saved_and_that_a_first_run_fills_it():
+    from distillctl.stages.training import teacher_share
+
+    assert teacher_share(0.25) == "25% of images (the rest from its cache)"
+    assert teacher_share(1.0) == "every image (filling its logit cache)"  # was "100% of images (the rest from its cache)"

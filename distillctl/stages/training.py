@@ -250,6 +250,13 @@ def print_summary(stage: str, metrics: dict, result: FitResult, out_dir: Path) -
         ("epochs", f"{result.epochs}" + (f" (resumed after {result.resumed_from})" if result.resumed_from else "")),
         ("time", f"{result.seconds:.1f} s"),
         ("throughput", f"{result.images_per_s:,.0f} img/s"),
-        *([("teacher ran on", f"{result.teacher_share:.0%} of images (the rest from its cache)")] if result.teacher_share is not None else []),
+        *([("teacher ran on", teacher_share(result.teacher_share))] if result.teacher_share is not None else []),
         ("artifacts", str(out_dir)),
     ])
+
+
+def teacher_share(share: float) -> str:
+    """How much of the teacher's work its logit cache saved, for the summary table."""
+    if share >= 1:  # a first run with this teacher: "(the rest from its cache)" with no rest
+        return "every image (filling its logit cache)"
+    return f"{share:.0%} of images (the rest from its cache)"
