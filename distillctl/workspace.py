@@ -297,11 +297,12 @@ def started_fingerprint(stage_dir: Path) -> str | None:
     return started(stage_dir).get("fingerprint")
 
 
-def record_start(stage_dir: Path, fingerprint: str, settings: dict[str, Any] | None = None) -> None:
+def record_start(stage_dir: Path, fingerprint: str, settings: dict[str, Any] | None = None, data: str | None = None) -> None:
     """Note which config is training in stage_dir, so an interrupted run is resumed only with the same one, the
-    command that started it, which `distillctl runs` gives to continue it, and its resolved `settings`, which a
-    resume under others is compared with (resumption.check)."""
-    files.write_json(stage_dir / STARTED_FILE, {"fingerprint": fingerprint, "command": environment.command(), "settings": settings})
+    command that started it, which `distillctl runs` gives to continue it, its resolved `settings`, which a
+    resume under others is compared with (resumption.check), and the stamp of the data set's files it trains on."""
+    files.write_json(stage_dir / STARTED_FILE, {"fingerprint": fingerprint, "command": environment.command(), "settings": settings,
+                                                **({"data": data} if data else {})})
 
 
 def note_requeue(stage_dir: Path) -> None:

@@ -97,6 +97,29 @@ def test_pipeline_writes_every_artifact_and_skips_on_rerun(cli, tiny):
     assert forced.code == 0 and "skip" not in forced.out and "outdated" not in forced.out
 
 
+@pytest.mark.slow
+def test_a_pipeline_runs_again_after_photos_are_added_but_not_after_they_are_copied(cli, tiny):
+    # A stage was up to date with its config whatever happened to the photos: new ones were never trained on.
+    import shutil
+
+    from conftest import write_photo_folder
+
+    write_photo_folder(tiny / "shot", {"": 60}, size=(40, 40))
+    run = ["pipeline", "recipe=tiny", "dataset=imagefolder", "dataset.path=photos", "dataset.image_size=32", "trainer.threads=1"]
+    shutil.copytree(tiny / "shot", tiny / "photos")
+    assert cli(*run).code == 0
+    shutil.rmtree(tiny / "photos")
+    shutil.copytree(tiny / "shot", tiny / "photos", copy_function=shutil.copyfile)  # to another disk: new times
+    (tiny / "photos" / ".DS_Store").write_bytes(b"Finder")
+    copied = cli(*run, "dry_run=true", env={"COLUMNS": "250"})
+    assert copied.code == 0 and copied.out.count("is up to date with this config") == 4, copied.out
+    one = next((tiny / "photos").rglob("*.jpg"))
+    shutil.copyfile(one, one.with_name("new_photo.jpg"))
+    added = cli(*run, "dry_run=true", env={"COLUMNS": "250"})
+    assert "the files of dataset.path=photos changed since runs/tiny/teacher was made" in added.out, added.out
+    assert added.out.count("a stage before it is made again in this run") == 3
+
+
 def test_a_dry_run_says_what_pipeline_would_do_and_writes_nothing(cli, tmp_path):
     planned = cli("pipeline", "recipe=quickstart", "dry_run=true", env={"COLUMNS": "250"})
     assert planned.code == 0, planned.text

@@ -16,6 +16,7 @@ from yaml import YAMLError
 
 from distillctl.config_changes import changes
 from distillctl.console import console
+from distillctl.data.content_stamp import dataset_stamp
 from distillctl.engine.fit import has_checkpoint
 from distillctl.ranks import is_main, ranks
 from distillctl.workspace import CONFIG_FILE, METRICS_FILE, Workspace, finished, recorded_fingerprint, started, started_fingerprint
@@ -109,6 +110,9 @@ def decide(stage: Stage, cfg: DictConfig, ws: Workspace, redo: bool) -> Plan:
     wanted = stage.fingerprint(cfg, ws)
     done = ws.find(folder)
     if not redo and done is not None and recorded_fingerprint(done) == wanted:
+        if (trained_on := started(done).get("data")) is not None and trained_on != dataset_stamp(cfg.dataset):
+            return Plan("run", folder, f"the files of dataset.path={cfg.dataset.path} changed since {done} was made (added, removed, "
+                                       "moved to another class or edited)")
         return Plan("skip", folder, f"{done} is up to date with this config (force=true redoes it)")
     if not redo and (twin := ws.twin(folder, wanted)) is not None:
         return Plan("link", folder, f"another job of this sweep finished it with this config ({twin}): linked, not rerun", twin)

@@ -15,6 +15,7 @@ from torch import nn
 from distillctl import artifacts, disk, files, ranks, resumption, workspace
 from distillctl.console import console, print_summary_table
 from distillctl.data import preprocess
+from distillctl.data.content_stamp import dataset_stamp
 from distillctl.engine import distributed
 from distillctl.engine.fit import BEST, LAST, FitResult, Trainee, check_resumable, fit
 from distillctl.engine.mixing import batch_mixer
@@ -87,7 +88,7 @@ def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
         check_resumable(out_dir)
         resumption.check(out_dir, out_dir / LAST, job.fingerprint, job.model_name, settings)
     if main:
-        workspace.record_start(out_dir, job.fingerprint, settings)
+        workspace.record_start(out_dir, job.fingerprint, settings, dataset_stamp(ctx.cfg.dataset))
     distributed.barrier()  # rank 0 has created and claimed the folder
     try:
         if not main:
