@@ -240,12 +240,12 @@ def run(cfg: DictConfig) -> dict:
     return write_report(cfg, study, recipe, base, root, teacher, epochs)
 
 
-
-
 def check_trial(candidate: DictConfig) -> None:
     """What every trial's config must pass before the first trains: values in bounds, a student timm can build."""
     check_config(candidate)
     check_model_name(str(candidate.student.name))
+
+
 def write_report(cfg: DictConfig, study: optuna.Study, recipe: str, base: list[str], root: Path,
                  teacher: list[str], epochs: int) -> dict:
     """results.{json,md}, search.png and best.yaml (plus one recipe per Pareto trial in a two-objective search)."""
