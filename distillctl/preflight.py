@@ -17,7 +17,7 @@ from distillctl.composition import group_choices
 from distillctl.config import SEED_MAX
 from distillctl.errors import UserError, did_you_mean
 from distillctl.hub_access import offline, offline_unless_reachable
-from distillctl.teacher_files import PUBLISHED, given_teachers, teacher_checkpoints
+from distillctl.teacher_files import PUBLISHED, given_teachers, published_weights, teacher_checkpoints
 from distillctl.workspace import Workspace
 
 # The finished stage outputs each command starts from (pipeline, reproduce and search train what is missing).
@@ -48,6 +48,7 @@ def check(command: str, cfg: DictConfig) -> None:
     # Before anything imports the Hub's libraries (timm does), which read their offline mode once, when imported.
     offline_unless_reachable(cfg, reads_data=command not in WITHOUT_DATASET)
     model_names(command, cfg)
+    published_weights_at_hand(command, cfg)
     if command not in WITHOUT_DATASET:
         check_dataset(cfg.dataset.path, cfg.dataset.train_split)
     if not str(cfg.run_dir).strip():
@@ -92,6 +93,20 @@ def model_names(command: str, cfg: DictConfig) -> None:
 
         for name in names:
             check_model_name(name)
+
+
+def published_weights_at_hand(command: str, cfg: DictConfig) -> None:
+    """Weights the command fetches from the Hub exist, and are in the local cache when the Hub is offline: the
+    stage would learn otherwise only after the data load."""
+    trains_teacher = command in TRAINS_TEACHER and given_teachers(cfg) is None
+    for role, built in (("teacher", trains_teacher), ("student", command in BUILDS_STUDENT)):
+        model = cfg[role]
+        if built and model.pretrained and not model.pretrained_file and model.name not in ZOO_NAMES:
+            from distillctl.models.published_weights import check_published
+
+            check_published(str(model.name), role)
+    if cfg.teacher.checkpoint == PUBLISHED and not cfg.teachers and command in BUILDS_TEACHER:
+        published_weights(cfg.teacher)
 
 
 def reproduce_seeds(seeds: list[int]) -> None:

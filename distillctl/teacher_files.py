@@ -45,6 +45,12 @@ def published_weights(teacher: DictConfig) -> Path:
     try:
         return Path(hf_hub_download(hub_id, "model.safetensors"))
     except Exception as exc:  # offline, unreachable, or no such file: all mean "give the file yourself"
+        from distillctl.hub_access import offline
+
+        if offline():
+            raise UserError(f"teacher.checkpoint=pretrained: {hub_id}'s model.safetensors is not in the local cache, and the "
+                            f"Hub is offline. Fetch it once with network (`hf download {hub_id} model.safetensors` fills the "
+                            "same cache), or give teacher.pretrained_file=PATH.") from None
         raise UserError(f"teacher.checkpoint=pretrained: could not fetch {hub_id} from the Hub ({type(exc).__name__}); offline? "
                         f"Download its model.safetensors once and set teacher.pretrained_file=PATH.") from None
 

@@ -69,7 +69,7 @@ def test_unreachable_pretrained_weights_name_the_full_keys(monkeypatch, tmp_path
     # The real online path (timm fetching from the Hub), offline and with an empty cache: one message naming the fix.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    with pytest.raises(UserError, match=r"Set teacher\.pretrained=false, or teacher\.pretrained_file=PATH"):
+    with pytest.raises(UserError, match=r"^teacher\.pretrained=true: .*`hf download .*, or give teacher\.pretrained_file=PATH"):
         create_model("mobilenetv3_small_050", num_classes=10, pretrained=True, role="teacher")
 
 

@@ -8,6 +8,7 @@ from distillctl.cifar_zoo import ZOO_NAMES, no_timm_weights
 from distillctl.errors import UserError, did_you_mean
 from distillctl.models import zoo
 from distillctl.models.image_size import built_size, size_problem, takes_img_size
+from distillctl.models.published_weights import check_published
 
 zoo.register()
 
@@ -37,6 +38,7 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, role: st
             raise UserError(f"{key}pretrained_file={pretrained_file} does not hold weights for '{name}' ({first}).") from None
         if not pretrained:
             raise
+        check_published(name, role or "model")  # names the cause where it can: no weights published, or offline
         raise UserError(
             f"could not fetch pretrained weights for '{name}' ({type(exc).__name__}); offline? Set {key}pretrained=false, "
             f"or {key}pretrained_file=PATH to load timm weights from a local file."
@@ -57,6 +59,13 @@ def check_model_name(name: str) -> None:
         # Prefer the CIFAR zoo's names: timm's ImageNet ResNets are rarely what a typo meant.
         hint = did_you_mean(name, ZOO_NAMES) or did_you_mean(name, timm.list_models())
         raise UserError(f"unknown model '{name}'.{hint} CIFAR zoo: {', '.join(ZOO_NAMES)}; any timm model name works too.")
+    try:
+        timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # timm.is_model looks at the architecture only; the stage would fail on the tag later
+        architecture, _, tag = name.partition(".")
+        tags = [found.partition(".")[2] for found in timm.list_pretrained(f"{architecture}.*")]
+        listed = f"Its tags: {', '.join(tags)}." if tags else "It has none: leave the tag out."
+        raise UserError(f"model '{name}': timm has no tag '{tag}' for {architecture}.{did_you_mean(tag, tags)} {listed}") from None
 
 
 def local_weights(path: str, name: str, key: str) -> str:
