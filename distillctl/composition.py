@@ -179,7 +179,26 @@ def prepare_overrides(overrides: Sequence[str]) -> list[str]:
                 fix = f"Drop them all with '~{key}', or one with '~{key}.NAME'"
             raise UserError(f"'{override}' changes nothing: a mapping given on the command line is merged into {key}, "
                             f"which keeps its keys. {fix}.")
+    single_options(overrides)
     return model_shorthand(resolve_recipe_overrides(overrides))
+
+
+# The config groups that take several options at once (`logger=[tensorboard,mlflow]`); every other one picks one.
+SEVERAL_OPTIONS = {"logger"}
+
+
+def single_options(overrides: Sequence[str]) -> None:
+    """Refuse a list of options for a group that picks one: Hydra would merge `optimizer=[sgd,adamw]` into one
+    optimizer, and for `loss=[kd,at]` stop at the ce term both bring, with a message about its defaults list."""
+    groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()} - SEVERAL_OPTIONS - {"hydra"} | {"recipe", *MODEL_KEYS}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        options = value[1:-1].split(",") if value.startswith("[") and value.endswith("]") else []
+        if key.lstrip("+") in groups and len(options) > 1:
+            fix = ("; kd_at is KD with attention transfer, and a term joins a method with loss=kd "
+                   "+loss/terms@loss.terms.at=attention" if key == "loss" else "")
+            raise UserError(f"{override}: {key} takes one option{fix}. To run one job for each, add -m and write "
+                            f"{key}={','.join(o.strip() for o in options)}.")
 
 
 def merged_into(key: str) -> str | None:

@@ -380,6 +380,10 @@ def test_inspect_shows_what_pruning_left_of_a_model_file(cli, tmp_path):
         (["distill", "recipe=tiny", "student=mobilenetv3_smal_050", "dataset.path=./nowhere"], "Did you mean 'mobilenetv3_small_050'"),
         (["distill", "loss=kd,at"], "loss=kd,at gives several values: add -m to run one job for each"),  # Hydra's 5 lines
         (["distill", "--help", "seed=0,1"], "seed=0,1 gives several values"),
+        # Hydra stopped at the ce term both options bring, and merged two optimizers into one without a word
+        (["distill", "loss=[kd,at]"], "loss takes one option; kd_at is KD with attention transfer"),
+        (["distill", "optimizer=[sgd,adamw]"], "optimizer takes one option. To run one job for each, add -m"),
+        (["train-teacher", "recipe=tiny", "teacher.name=resnet18.a1_in1"], "no tag 'a1_in1' for resnet18. Did you mean 'a1_in1k'"),
         (["train-teacher", "recipe=tiny", "dataset.path=./nowhere"], "does not exist"),
         (["train-teacher", "recipe=tiny", "dataset.path=uoft-cs/cifar10"], "point dataset.path at local files"),
         (["distill", "recipe=tiny", "teacher.checkpoint=missing.safetensors"], "does not exist"),
