@@ -213,6 +213,21 @@ def test_stray_files_and_empty_class_folders_are_ignored_and_the_empty_ones_name
     assert "note: class folders without images are left out: train/empty" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("loader", ["resident", "stream"])
+def test_classes_without_a_test_image_are_named(tmp_path, capsys, loader):
+    # class folders alone: a class of one photo keeps it for training, so nothing of it is tested
+    for name, count in (("cat", 5), ("dog", 5), ("emu", 1)):
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            Image.new("RGB", (8, 8), (50 * i, 0, 0)).save(tmp_path / name / f"{i}.png")
+    data = load_splits(dataset_cfg(path=str(tmp_path), loader=loader, val_size=1, image_size=8))
+    assert 2 not in data.test.labels.tolist()
+    assert "note: 1 class has no test image, so test accuracy says nothing about it: emu." in capsys.readouterr().out
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "emu" / "1.png")  # a second photo: one of the two is tested
+    load_splits(dataset_cfg(path=str(tmp_path), loader=loader, val_size=1, image_size=8))
+    assert "no test image" not in capsys.readouterr().out
+
+
 def test_through_the_cli_a_bad_photo_is_named_or_skipped_and_counted(photos, tmp_path, cli):
     import json
     import shutil

@@ -86,6 +86,8 @@ def load_splits(cfg) -> DataSplits:
         console.print(f"data: dataset.test_split=null: {cfg.test_size:.0%} of each class of '{cfg.train_split}' held out as the "
                       "test split (dataset.test_size), the same images on every run")
     check_classes(train.labels, test.labels, classes)
+    if note := untested_note(test.labels, classes):
+        console.print(note, markup=False)
     train_idx, val_idx = holdout(len(train), cfg)
     if cfg.test_limit:
         test = test.subset(torch.arange(min(cfg.test_limit, len(test))))
@@ -127,6 +129,17 @@ def stratified_holdout(labels: torch.Tensor, share: float) -> tuple[torch.Tensor
     kept = torch.ones(len(labels), dtype=torch.bool)
     kept[tested] = False
     return tested, kept.nonzero().flatten()
+
+
+def untested_note(test_labels: torch.Tensor, classes: list[str]) -> str | None:
+    """A line for the log naming classes without a test image (a class of one photo, or none of it in test/): the
+    student is trained on them, and its test accuracy says nothing about them."""
+    untested = sorted(set(range(len(classes))) - set(test_labels.tolist()))
+    if not untested:
+        return None
+    shown = ", ".join(classes[i] for i in untested[:5]) + (f" and {len(untested) - 5} more" if len(untested) > 5 else "")
+    return (f"note: {len(untested)} class{'es have' if len(untested) > 1 else ' has'} no test image, so test accuracy says "
+            f"nothing about {'them' if len(untested) > 1 else 'it'}: {shown}. Add photos (two or more per class) to test them.")
 
 
 def check_classes(train_labels: torch.Tensor, test_labels: torch.Tensor, classes: list[str]) -> None:
