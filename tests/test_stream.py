@@ -228,6 +228,16 @@ def test_classes_without_a_test_image_are_named(tmp_path, capsys, loader):
     assert "no test image" not in capsys.readouterr().out
 
 
+def test_validation_never_takes_the_last_training_photos_of_a_class(tmp_path):
+    for name, count in (("cat", 12), ("dog", 12), ("emu", 1)):  # emu's one photo is trained on, not tested
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(tmp_path / name / f"{i}.png")
+    for val_size in range(1, 20):  # whichever images the seeded draw picks, emu's stays in training
+        data = load_splits(dataset_cfg(path=str(tmp_path), loader="resident", val_size=val_size, image_size=8))
+        assert 2 in data.train.labels.tolist() and len(data.val) >= val_size - 1 and len(data.val) > 0
+
+
 def test_through_the_cli_a_bad_photo_is_named_or_skipped_and_counted(photos, tmp_path, cli):
     import json
     import shutil

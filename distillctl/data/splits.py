@@ -89,6 +89,8 @@ def load_splits(cfg) -> DataSplits:
     if note := untested_note(test.labels, classes):
         console.print(note, markup=False)
     train_idx, val_idx = holdout(len(train), cfg)
+    if cfg.train_limit is None:  # a limit samples on purpose (a smoke run), and moving images back would exceed it
+        train_idx, val_idx = keep_every_class(train_idx, val_idx, train.labels)
     if cfg.test_limit:
         test = test.subset(torch.arange(min(cfg.test_limit, len(test))))
     console.print(f"data: {len(train_idx):,} training, {len(val_idx):,} validation (held out of '{cfg.train_split}'), "
@@ -113,6 +115,18 @@ def holdout(n: int, cfg) -> tuple[torch.Tensor, torch.Tensor]:
         console.print(f"[yellow]note:[/] dataset.train_limit={limit}, but the train split has {n} images and {n_val} are "
                       f"held out for validation (dataset.val_size): training on {len(train)}")
     return train, order[:n_val]
+
+
+def keep_every_class(train_idx: torch.Tensor, val_idx: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation draw without the images of a class it would leave nothing of to train on (a class of one or
+    two photos in a user's folder): those go back to training, which validation cannot stand in for."""
+    lost = set(labels[val_idx].tolist()) - set(labels[train_idx].tolist())
+    if not lost or len(val_idx) == 0:
+        return train_idx, val_idx
+    back = torch.isin(labels[val_idx], torch.tensor(sorted(lost)))
+    if back.all():  # nothing would be left to pick the best epoch on: keep the draw as it is
+        return train_idx, val_idx
+    return torch.cat([train_idx, val_idx[back]]), val_idx[~back]
 
 
 def stratified_holdout(labels: torch.Tensor, share: float) -> tuple[torch.Tensor, torch.Tensor]:
