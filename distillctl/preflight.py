@@ -98,15 +98,27 @@ def model_names(command: str, cfg: DictConfig) -> None:
 def published_weights_at_hand(command: str, cfg: DictConfig) -> None:
     """Weights the command fetches from the Hub exist, and are in the local cache when the Hub is offline: the
     stage would learn otherwise only after the data load."""
+    from distillctl.models.published_weights import check_published
+
     trains_teacher = command in TRAINS_TEACHER and given_teachers(cfg) is None
+    problems = []
     for role, built in (("teacher", trains_teacher), ("student", command in BUILDS_STUDENT)):
         model = cfg[role]
         if built and model.pretrained and not model.pretrained_file and model.name not in ZOO_NAMES:
-            from distillctl.models.published_weights import check_published
-
-            check_published(str(model.name), role)
+            problems += refusals(check_published, str(model.name), role)
     if cfg.teacher.checkpoint == PUBLISHED and not cfg.teachers and command in BUILDS_TEACHER:
-        published_weights(cfg.teacher)
+        problems += refusals(published_weights, cfg.teacher)
+    if problems:  # all at once, so that an offline user fetches the teacher's and the student's in one go
+        raise UserError(" ".join(problems))
+
+
+def refusals(check: Callable[..., object], *args: object) -> list[str]:
+    """The message of the UserError that `check(*args)` raises, as a list of one; empty when it passes."""
+    try:
+        check(*args)
+    except UserError as exc:
+        return [str(exc)]
+    return []
 
 
 def reproduce_seeds(seeds: list[int]) -> None:

@@ -89,3 +89,11 @@ def test_the_preflight_asks_for_the_weights_only_where_the_command_fetches_them(
             preflight.published_weights_at_hand(command, cfg)
     else:
         preflight.published_weights_at_hand(command, cfg)
+
+
+def test_every_missing_weights_file_is_named_at_once(offline_caches):
+    # the recipe fine-tunes an ImageNet teacher and distills an ImageNet student: an offline user fetches both in one go
+    config.register()
+    cfg = composition.compose_config(composition.prepare_overrides(["recipe=edge_mobilenet"]))
+    with pytest.raises(UserError, match=r"^teacher\.pretrained=true: .*'resnet50'.* student\.pretrained=true: .*'mobilenetv3_large_100'"):
+        preflight.published_weights_at_hand("pipeline", cfg)
