@@ -48,9 +48,9 @@ def check(command: str, cfg: DictConfig) -> None:
     # Before anything imports the Hub's libraries (timm does), which read their offline mode once, when imported.
     offline_unless_reachable(cfg, reads_data=command not in WITHOUT_DATASET)
     model_names(command, cfg)
-    published_weights_at_hand(command, cfg)
     if command not in WITHOUT_DATASET:
         check_dataset(cfg.dataset.path, cfg.dataset.train_split)
+    published_weights_at_hand(command, cfg)
     if not str(cfg.run_dir).strip():
         # Path("") is the current folder: the stages would land beside the user's own files.
         raise UserError("run_dir is empty: give the workspace's folder (run_dir=runs/NAME), or leave it out for runs/<recipe>.")

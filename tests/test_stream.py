@@ -238,6 +238,24 @@ def test_validation_never_takes_the_last_training_photos_of_a_class(tmp_path):
         assert 2 in data.train.labels.tolist() and len(data.val) >= val_size - 1 and len(data.val) > 0
 
 
+@pytest.mark.parametrize("loader", ["resident", "stream"])
+def test_no_training_batch_leaves_batchnorm_one_image(photos, loader):
+    # 97 training photos at batch 32: the last batch of one failed in BatchNorm ("Expected more than 1 value per channel")
+    data = load_splits(dataset_cfg(path=photos, loader=loader, image_size=16, val_size=23))
+    assert len(data.train) == 97
+    norm = torch.nn.BatchNorm2d(3).train()
+    sizes = [len(norm(x)) for x, _ in data.train.train_batches(32, MEAN, STD, CPU, seed=0)]
+    assert sizes == [32, 32, 32]  # a different photo sits out each epoch: the shuffle differs
+
+
+def test_a_last_batch_of_one_image_per_process_is_left_out_of_the_pass():
+    from distillctl.data.batches import steps_per_pass
+
+    assert [steps_per_pass(n, 32, None) for n in (1, 32, 33, 34, 64, 65)] == [1, 1, 1, 2, 2, 2]
+    # two processes: a last batch of 2 gives each one image, of 3 one of them two (local_part wraps around)
+    assert [steps_per_pass(n, 32, None, world=2) for n in (65, 66, 67)] == [2, 2, 3]
+
+
 def test_through_the_cli_a_bad_photo_is_named_or_skipped_and_counted(photos, tmp_path, cli):
     import json
     import shutil

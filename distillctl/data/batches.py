@@ -29,9 +29,13 @@ def local_part(n: int, rank: int, world: int) -> torch.Tensor:
     return (rank * size + torch.arange(size)) % n
 
 
-def steps_per_pass(images: int, batch_size: int, max_steps: int | None) -> int:
-    """Batches in one pass over `images` (the last one may be short), capped at max_steps."""
+def steps_per_pass(images: int, batch_size: int, max_steps: int | None, world: int = 1) -> int:
+    """Batches in one pass over `images` (the last one may be short), capped at max_steps. A last batch that would
+    give each of the `world` processes one image is left out of the pass: BatchNorm cannot train on one (a folder of
+    33 photos at batch 32), and the shuffle leaves out another image each epoch."""
     steps = -(-images // batch_size)
+    if steps > 1 and 0 < images % batch_size <= world:
+        steps -= 1
     return min(steps, max_steps) if max_steps else steps
 
 
@@ -68,7 +72,7 @@ class Batches:
         self.device = device
         self.scale, self.shift = normalizer(mean, std, device)
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.steps = steps_per_pass(len(labels), batch_size, max_steps)
+        self.steps = steps_per_pass(len(labels), batch_size, max_steps, shard[1])
         # The RNG state a pass starts from, and how far into it we are: a mid-epoch checkpoint saves both, and a
         # resumed pass replays the skipped steps' draws so that the rest of the epoch is what it would have been.
         self.pass_state = self.generator.get_state()

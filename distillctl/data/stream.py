@@ -282,7 +282,7 @@ class StreamBatches:
 
     def __init__(self, split: StreamSplit, batch_size: int, mean, std, device: torch.device, seed: int,
                  channels_last: bool, max_steps: int | None, shard: tuple[int, int] = (0, 1)) -> None:
-        self.steps = steps_per_pass(len(split), batch_size, max_steps)
+        self.steps = steps_per_pass(len(split), batch_size, max_steps, shard[1])
         self.batch_size, self.step, self.resume_step = batch_size, 0, 0
         self.order = EpochOrder(split.rows, seed, limit=self.steps * batch_size, batch=batch_size, shard=shard)
         self.split, self.device, self.channels_last = split, device, channels_last

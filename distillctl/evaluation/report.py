@@ -117,7 +117,7 @@ def print_drops(by_class: ClassAccuracy, final: str, shown: int = 3) -> None:
     """One line under the table: the classes `final` loses most against the teacher, when it loses any."""
     drops = by_class.drops(final, count=shown)
     if drops:
-        listed = ", ".join(f"{name} {ref:.0%} -> {own:.0%} ({n} images)" for name, n, ref, own in drops)
+        listed = ", ".join(f"{name} {ref:.0%} -> {own:.0%} ({n} image{'s' if n != 1 else ''})" for name, n, ref, own in drops)
         console.print(f"largest per-class drops, {final} against the teacher: {listed} (report: {PER_CLASS})")
 
 
