@@ -192,9 +192,9 @@ def single_options(overrides: Sequence[str]) -> None:
     optimizer, and for `loss=[kd,at]` stop at the ce term both bring, with a message about its defaults list."""
     groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()} - SEVERAL_OPTIONS - {"hydra"} | {"recipe", *MODEL_KEYS}
     for override in overrides:
-        key, _, value = override.partition("=")
+        key, _, value = override.lstrip("+").partition("=")
         options = value[1:-1].split(",") if value.startswith("[") and value.endswith("]") else []
-        if key.lstrip("+") in groups and len(options) > 1:
+        if key in groups and len(options) > 1:
             fix = ("; kd_at is KD with attention transfer, and a term joins a method with loss=kd "
                    "+loss/terms@loss.terms.at=attention" if key == "loss" else "")
             raise UserError(f"{override}: {key} takes one option{fix}. To run one job for each, add -m and write "

@@ -98,13 +98,13 @@ def model_names(command: str, cfg: DictConfig) -> None:
 def published_weights_at_hand(command: str, cfg: DictConfig) -> None:
     """Weights the command fetches from the Hub exist, and are in the local cache when the Hub is offline: the
     stage would learn otherwise only after the data load."""
-    from distillctl.models.published_weights import check_published
-
     trains_teacher = command in TRAINS_TEACHER and given_teachers(cfg) is None
     problems = []
     for role, built in (("teacher", trains_teacher), ("student", command in BUILDS_STUDENT)):
         model = cfg[role]
         if built and model.pretrained and not model.pretrained_file and model.name not in ZOO_NAMES:
+            from distillctl.models.published_weights import check_published  # imports torch, as timm does
+
             problems += refusals(check_published, str(model.name), role)
     if cfg.teacher.checkpoint == PUBLISHED and not cfg.teachers and command in BUILDS_TEACHER:
         problems += refusals(published_weights, cfg.teacher)
