@@ -153,7 +153,8 @@ def untested_note(test_labels: torch.Tensor, classes: list[str]) -> str | None:
         return None
     shown = ", ".join(classes[i] for i in untested[:5]) + (f" and {len(untested) - 5} more" if len(untested) > 5 else "")
     return (f"note: {len(untested)} class{'es have' if len(untested) > 1 else ' has'} no test image, so test accuracy says "
-            f"nothing about {'them' if len(untested) > 1 else 'it'}: {shown}. Add photos (two or more per class) to test them.")
+            f"nothing about {'them' if len(untested) > 1 else 'it'}: {shown}. Test photos go in test/<class>/, or a folder of "
+            "class folders holds one out of a class of two or more.")
 
 
 def check_classes(train_labels: torch.Tensor, test_labels: torch.Tensor, classes: list[str]) -> None:
