@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from distillctl.errors import first_few
 from distillctl.execution_settings import EXECUTION_ONLY, RUN_CONTROL
 
 # Settings that say how a run is executed or kept, not what it computes.
@@ -19,9 +20,7 @@ def changes(before: Any, after: Any) -> str:
     old, new = flat(before), flat(after)
     differ = [key for key in sorted(old.keys() | new.keys())
               if old.get(key) != new.get(key) and not key.startswith(HOW_NOT_WHAT)]
-    shown = [f"{key} {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}" for key in differ[:SHOWN]]
-    more = f" and {len(differ) - SHOWN} more" if len(differ) > SHOWN else ""
-    return ", ".join(shown) + more
+    return first_few([f"{key} {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}" for key in differ], SHOWN)
 
 
 def flat(tree: dict, prefix: str = "") -> dict[str, str]:

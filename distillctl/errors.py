@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 class UserError(Exception):
@@ -17,6 +17,11 @@ def closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
     near = difflib.get_close_matches(word, list(choices), n=3 * n, cutoff=0.5)
     ranked = sorted(near, key=lambda c: (-round(difflib.SequenceMatcher(None, word, c).ratio(), 3), -len(os.path.commonprefix([word, c]))))
     return ranked[:n]
+
+
+def first_few(items: Sequence[str], shown: int) -> str:
+    """The first `shown` items, comma-separated, and how many more there are: `a, b, c and 4 more`."""
+    return ", ".join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from distillctl.errors import UserError
+from distillctl.errors import UserError, first_few
 
 BACKENDS = ("x86", "fbgemm", "qnnpack")
 ARM = ("arm64", "aarch64")
@@ -75,11 +75,10 @@ def check_supported(model: nn.Module, skip: Iterable[str]) -> None:
             unsupported.append((name, type(module).__name__))
     if unsupported:
         # All of them at once: a ViT has a GELU per block, and one name per run would take a run per block.
-        shown = ", ".join(f"'{name}' ({kind})" for name, kind in unsupported[:3])
-        more = f" and {len(unsupported) - 3} more" if len(unsupported) > 3 else ""
+        shown = first_few([f"'{name}' ({kind})" for name, kind in unsupported], 3)
         names = ",".join(name for name, _ in unsupported)
         raise UserError(
-            f"{len(unsupported)} layer{'s' if len(unsupported) > 1 else ''} {shown}{more} ha{'ve' if len(unsupported) > 1 else 's'} "
+            f"{len(unsupported)} layer{'s' if len(unsupported) > 1 else ''} {shown} ha{'ve' if len(unsupported) > 1 else 's'} "
             f"no int8 kernel in torch's x86 backend. Use quantize=onnx_int8 (ONNX Runtime has int8 kernels around them) or "
             f"quantize=fp16, or keep them in float with quantize.skip=[{names}]."
         )

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
-from distillctl.errors import UserError
+from distillctl.errors import UserError, first_few
 
 SPLIT_FOLDERS, CLASS_FOLDERS = "imagefolder", "classfolders"
 # Folders that hold a test split under another name (ImageNet's layout is train/ and val/).
@@ -142,7 +142,7 @@ def empty_classes_note(root: Path, kind: str) -> str | None:
         empty = [f"{s.name}/{c.name}" for s in subfolders(root) for c in subfolders(s) if not has_images(c)]
     if not empty:
         return None
-    shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+    shown = first_few(empty, 5)
     return f"note: class folders without images are left out: {shown}"
 
 

@@ -17,7 +17,7 @@ from distillctl.data import folder, photo_formats, sources
 from distillctl.data.batches import TensorSplit
 from distillctl.data.stream import StreamSettings, StreamSplit, default_workers
 from distillctl.disk import write_failure
-from distillctl.errors import UserError
+from distillctl.errors import UserError, first_few
 from distillctl.files import atomic_write
 
 # The validation split is drawn with its own fixed seed so that teacher, student and every seed of a
@@ -121,7 +121,7 @@ def keep_every_class(train_idx: torch.Tensor, val_idx: torch.Tensor, labels: tor
     """The validation draw without the images of a class it would leave nothing of to train on (a class of one or
     two photos in a user's folder): those go back to training, which validation cannot stand in for."""
     lost = set(labels[val_idx].tolist()) - set(labels[train_idx].tolist())
-    if not lost or len(val_idx) == 0:
+    if not lost:
         return train_idx, val_idx
     back = torch.isin(labels[val_idx], torch.tensor(sorted(lost)))
     if back.all():  # nothing would be left to pick the best epoch on: keep the draw as it is
@@ -151,7 +151,7 @@ def untested_note(test_labels: torch.Tensor, classes: list[str]) -> str | None:
     untested = sorted(set(range(len(classes))) - set(test_labels.tolist()))
     if not untested:
         return None
-    shown = ", ".join(classes[i] for i in untested[:5]) + (f" and {len(untested) - 5} more" if len(untested) > 5 else "")
+    shown = first_few([classes[i] for i in untested], 5)
     return (f"note: {len(untested)} class{'es have' if len(untested) > 1 else ' has'} no test image, so test accuracy says "
             f"nothing about {'them' if len(untested) > 1 else 'it'}: {shown}. Test photos go in test/<class>/, or a folder of "
             "class folders holds one out of a class of two or more.")
