@@ -50,16 +50,17 @@ HELP: dict[str, CommandHelp] = {
         "distillctl predict recipe=quickstart predict.input=photos/ predict.model=int8_static"),
     "pipeline": CommandHelp(
         "Runs train-teacher, distill, prune, quantize and evaluate in order; a stage whose config and inputs are "
-        "unchanged is skipped (dry_run=true lists what would run, and why), an interrupted one resumes.",
+        "unchanged is skipped (dry_run=true lists what would run, and why), one another workspace finished with the "
+        "same config and data is linked from it (reuse=false trains it here), an interrupted one resumes.",
         ("teacher.name", "student.name", "loss.terms", "trainer.epochs", "prune.method", "quantize.method", "force", "dry_run",
-         "logger", "trainer.devices"),
+         "reuse", "logger", "trainer.devices"),
         "distillctl pipeline recipe=quickstart"),
     "reproduce": CommandHelp(
         "Trains the teacher, the student and the same student without a teacher for each seed; reports mean ± std "
         "and the gain, and exits 1 when the recipe's expect: fails on the means. Methods side by side: "
-        "`reproduce -m recipe=cifar_resnet,cifar_at,cifar_dkd` ends with one table (each seed's teacher and baseline "
-        "trained once).",
-        ("reproduce.seeds", "reproduce.baseline_loss", "trainer.epochs", "expect", "dry_run"),
+        "`reproduce -m recipe=cifar_resnet,cifar_at,cifar_dkd` ends with one table; each seed's teacher and baseline "
+        "train once, in a sweep or not (reuse=false trains them again).",
+        ("reproduce.seeds", "reproduce.baseline_loss", "trainer.epochs", "expect", "dry_run", "reuse"),
         "distillctl reproduce recipe=quickstart 'reproduce.seeds=[0,1]'"),
     "search": CommandHelp(
         "Optuna search over search.space: each trial distills with drawn values from one shared teacher, scored on "

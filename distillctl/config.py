@@ -409,6 +409,10 @@ class Config:
     resume: bool = False
     # A stage another run is writing: wait for that run to end instead of refusing (exit 2).
     wait: bool = False
+    # pipeline, reproduce, search: a stage that another workspace beside this one (runs/<other recipe>, its
+    # reproduce seeds, another job of the sweep) finished with this very config, inputs and data is linked from there
+    # rather than trained again; false trains it here.
+    reuse: bool = True
     # pipeline, reproduce: say what each stage would do (skip, resume, run) and why, and train or write nothing.
     dry_run: bool = False
     dataset: DatasetConfig = field(default_factory=DatasetConfig)

@@ -13,7 +13,7 @@ from typing import Any
 
 # Top-level keys that say where a command writes and what it does with the runs already there: never part of what a
 # run computes, a sweep job's folder name, a search trial or a recipe a search writes.
-RUN_CONTROL: tuple[str, ...] = ("run_dir", "force", "resume", "wait", "dry_run")
+RUN_CONTROL: tuple[str, ...] = ("run_dir", "force", "resume", "wait", "reuse", "dry_run")
 
 EXECUTION_ONLY: tuple[str, ...] = (
     "trainer.threads", "trainer.device", "trainer.devices", "trainer.compile", "trainer.compile_mode",

@@ -10,12 +10,22 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from distillctl.errors import UserError
-from distillctl.workspace import MODEL_FILE, Workspace
+from distillctl.workspace import MODEL_FILE, Workspace, fingerprint
 
 
 # teacher.checkpoint=pretrained: timm's published weights for teacher.name, used as they are (head included), as a
 # published ImageNet teacher is in the ImageNet benchmarks; no train-teacher stage.
 PUBLISHED = "pretrained"
+
+
+def trained_teacher_sections(cfg: DictConfig) -> list[str]:
+    """The config sections a teacher that train-teacher trains depends on (beside the seed)."""
+    return ["dataset", "teacher", "trainer", "optimizer", "scheduler"]
+
+
+def trained_teacher_fingerprint(cfg: DictConfig) -> str:
+    """What a teacher that train-teacher trains depends on."""
+    return fingerprint(cfg, trained_teacher_sections(cfg), [str(cfg.seed)])
 
 
 def given_teachers(cfg: DictConfig) -> str | None:
@@ -70,11 +80,24 @@ def teacher_checkpoint(cfg: DictConfig, ws: Workspace) -> Path:
         from hydra.core.hydra_config import HydraConfig
 
         recipe = HydraConfig.get().runtime.choices.get("recipe", "NAME") if HydraConfig.initialized() else "NAME"
+        if (kin := same_teacher_beside(cfg, ws)) is not None:
+            raise UserError(f"no trained teacher in {ws.root / 'teacher'}, but {kin} holds this very teacher (the same config "
+                            f"and data): add teacher.checkpoint={kin / MODEL_FILE}, or run `distillctl pipeline "
+                            f"recipe={recipe}` (same overrides), which links it into {ws.root}.")
         raise UserError(
             f"no trained teacher in {ws.root / 'teacher'}. Train one with `distillctl train-teacher recipe={recipe}` "
             "(same overrides), or point teacher.checkpoint=PATH at a weights file."
         )
     return found / MODEL_FILE
+
+
+def same_teacher_beside(cfg: DictConfig, ws: Workspace) -> Path | None:
+    """A teacher that another workspace beside this one trained with this config and data (Workspace.neighbour)."""
+    if not cfg.get("reuse", True):
+        return None
+    from distillctl.data.content_stamp import dataset_stamp  # lists the data set's files: only once a teacher is missing
+
+    return ws.neighbour("teacher", trained_teacher_fingerprint(cfg), dataset_stamp(cfg.dataset))
 
 
 def teacher_checkpoints(cfg: DictConfig, ws: Workspace) -> list[tuple[Path, str, float]]:

@@ -33,6 +33,9 @@ STAGING, PUBLISHED = ".staging", "published.json"
 # it keeps float16 logits or decides the streaming loader's crops.
 HASHED_WHEN_SET = ("distill",)
 
+# Folders of a workspace that hold workspaces of their own: reproduce's seeds, search's trials, a sweep's jobs.
+NESTED = ("reproduce", "search", "sweep")
+
 # A sweep job started as several processes (trainer.devices > 1) is no Hydra multirun inside them: they learn the
 # job's folder and its sweep's from these, set by the job for its processes.
 JOB_DIR_ENV, SWEEP_DIR_ENV = "DISTILLCTL_SWEEP_JOB_DIR", "DISTILLCTL_SWEEP_DIR"
@@ -51,6 +54,8 @@ class Workspace:
         self.job_dir = job_dir or root
         self.wait = wait  # for a stage another run writes: wait for it to end instead of refusing
         self.sweep_dir = sweep_dir  # the sweep this job belongs to, whose other jobs may hold the same runs
+        # Stage -> the run a dry run would link it from: the stages after it are planned as if it were linked.
+        self.planned: dict[str, Path] = {}
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "Workspace":
@@ -114,7 +119,7 @@ class Workspace:
                     settle(base / stage)
             if finished(base / stage):
                 return base / stage
-        return None
+        return self.planned.get(stage)
 
     def metrics(self, stage: str) -> dict[str, Any]:
         """The metrics.json of the finished `stage` (see find), or {} when there is none."""
@@ -146,9 +151,27 @@ class Workspace:
                 return candidate
         return None
 
+    def neighbour(self, stage: str, wanted: str, data: str | None) -> Path | None:
+        """A finished run of `stage` with fingerprint `wanted`, trained on data of stamp `data`, in a workspace beside
+        this one (runs/<other recipe>/) or a seed `reproduce` made in one: the run this job would make. Methods
+        compared on one teacher train it once, whichever recipe and command trains it first."""
+        top = self.root.parent.parent if self.root.parent.name in NESTED else self.root
+        own = (self.job_dir / stage).resolve()
+        try:
+            workspaces = sorted(p for p in top.parent.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:  # an unreadable folder beside it holds nothing to take
+            return None
+        for workspace in workspaces:
+            for candidate in (workspace / stage, *sorted(workspace.glob(f"reproduce/*/{stage}"))):
+                if (candidate.resolve() != own and finished(candidate) and not (candidate / STAGING).exists()
+                        and recorded_fingerprint(candidate) == wanted and started(candidate).get("data") == data):
+                    return candidate
+        return None
+
     def adopt(self, stage: str, source: Path) -> Path:
-        """Publish a twin's results as this job's `stage`. Hard links where the file system allows (a published
-        file is only ever replaced, never changed in place, so the two folders cannot drift), else copies."""
+        """Publish the results of a run of the same config elsewhere (twin, neighbour) as this job's `stage`. Hard
+        links where the file system allows (a published file is only ever replaced, never changed in place, so the two
+        folders cannot drift), else copies."""
         out = self.output(stage)
         staged = staging(out)
         for name in RESULT_FILES:
@@ -158,6 +181,8 @@ class Workspace:
                 except OSError:
                     shutil.copy2(source / name, staged / name)
         publish(out)
+        if (source / STARTED_FILE).is_file():  # the data stamp a later pipeline compares: a copy, as it is rewritten in place
+            shutil.copy2(source / STARTED_FILE, out / STARTED_FILE)
         return out
 
     def require(self, stage: str, what: str, command: str) -> Path:

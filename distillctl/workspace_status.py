@@ -19,13 +19,11 @@ from typing import Any
 from distillctl import files, provenance
 from distillctl.errors import UserError
 from distillctl.model_files import MODEL_STAGES
-from distillctl.workspace import METRICS_FILE, STAGING, STARTED_FILE, finished, lock_file, recorded_fingerprint
+from distillctl.workspace import METRICS_FILE, NESTED, STAGING, STARTED_FILE, finished, lock_file, recorded_fingerprint
 from distillctl.workspace import started as started_record
 
 # Stages in the order a pipeline makes them; a folder of another name is not a stage.
 STAGES = (*MODEL_STAGES, "export", "report")
-# Folders of workspaces made inside a workspace, summed up unless asked for.
-NESTED = ("reproduce", "search", "sweep")
 EPOCH = re.compile(r" epoch (\d+)/(\d+) ")
 # Each run of a stage starts its train.log lines with this header; a mid-epoch checkpoint leaves the other line.
 RUN_HEADER = re.compile(r"^# .*: epochs \d+\.\.(\d+)", re.M)

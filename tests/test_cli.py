@@ -244,11 +244,11 @@ def test_a_sweeps_job_folders_are_named_after_the_swept_values_alone():
     args = with_sweep_dir(["-m", "~expect", "+expect.teacher.top1.min=0.5", "seed=0,1", "recipe=quickstart"])
     assert "hydra.sweep.dir=runs/quickstart/sweep/${now:%Y-%m-%d_%H-%M-%S}" in args
     # Hydra compares bare keys: `+`/`~` overrides are left out like any other fixed one.
-    assert "hydra.job.config.override_dirname.exclude_keys=[dry_run,expect,expect.teacher.top1.min,force,recipe,resume,run_dir,wait]" in args
+    assert "hydra.job.config.override_dirname.exclude_keys=[dry_run,expect,expect.teacher.top1.min,force,recipe,resume,reuse,run_dir,wait]" in args
     # A swept recipe names the jobs, and their folders go under runs/sweeps/.
     compared = with_sweep_dir(["-m", "recipe=cifar_at,cifar_dkd"])
     assert "hydra.sweep.dir=runs/sweeps/sweep/${now:%Y-%m-%d_%H-%M-%S}" in compared
-    assert "hydra.job.config.override_dirname.exclude_keys=[dry_run,force,resume,run_dir,wait]" in compared
+    assert "hydra.job.config.override_dirname.exclude_keys=[dry_run,force,resume,reuse,run_dir,wait]" in compared
 
 
 def test_a_sweep_runs_every_job_when_one_fails_and_ends_with_its_exit_code(cli, tmp_path):

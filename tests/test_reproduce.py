@@ -50,6 +50,29 @@ def test_reproduce_runs_every_seed_writes_results_and_skips_on_rerun(cli, tiny):
 
 
 @pytest.mark.slow
+def test_runs_finished_in_another_workspace_are_linked_not_trained_again(cli, tiny):
+    assert cli("pipeline", "recipe=tiny").code == 0
+    runs = tiny / "runs"
+    # reproduce's seed 0 is the pipeline's run: its teacher and student are taken, only the baseline is trained.
+    seeds = cli("reproduce", "recipe=tiny", "reproduce.seeds=[0]")
+    assert seeds.code == 0, seeds.text[-3000:]
+    assert seeds.out.count("runs/tiny/teacher was made with this very config") == 1, seeds.out
+    for stage in ("teacher", "student"):
+        linked = runs / f"tiny/reproduce/seed-0/{stage}/model.safetensors"
+        assert linked.stat().st_ino == (runs / f"tiny/{stage}/model.safetensors").stat().st_ino, stage
+    assert (runs / "tiny/reproduce/seed-0-baseline/student/train.log").is_file()
+    # Another method in its own workspace: the teacher is shared, the student is its own.
+    hot = cli("pipeline", "recipe=tiny", "loss.terms.kd.temperature=8", "run_dir=runs/hot")
+    assert hot.code == 0, hot.text[-3000:]
+    assert (runs / "hot/teacher/model.safetensors").stat().st_ino == (runs / "tiny/teacher/model.safetensors").stat().st_ino
+    assert (runs / "hot/student/model.safetensors").read_bytes() != (runs / "tiny/student/model.safetensors").read_bytes()
+    # reuse=false trains it here.
+    own = cli("pipeline", "recipe=tiny", "run_dir=runs/own", "reuse=false")
+    assert own.code == 0 and "linked" not in own.out, own.text[-3000:]
+    assert (runs / "own/teacher/model.safetensors").stat().st_ino != (runs / "tiny/teacher/model.safetensors").stat().st_ino
+
+
+@pytest.mark.slow
 def test_reproduce_exits_1_when_the_gain_falls_short(cli, tiny):
     missed = cli("reproduce", "recipe=tiny", "reproduce.seeds=[0]", "+expect.gain.top1.min=0.5")
     assert missed.code == 1, missed.text[-3000:]

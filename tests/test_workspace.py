@@ -166,6 +166,64 @@ def test_a_sweep_job_takes_a_finished_twin_from_another_job(tmp_path):
     assert (adopted / workspace.MODEL_FILE).read_text() == "weights"
 
 
+def test_a_run_finished_in_a_workspace_beside_this_one_is_found_with_its_data(tmp_path):
+    runs = tmp_path / "runs"
+    for place, data in (("cifar_resnet/teacher", "stamp"), ("cifar_at/reproduce/seed-0/teacher", "stamp"),
+                        ("cifar_fitnet/teacher", "older photos")):
+        finished_stage(runs / place, "abc")
+        files.write_json(runs / place / workspace.STARTED_FILE, {"fingerprint": "abc", "data": data})
+    found = workspace.Workspace(runs / "cifar_dkd").neighbour("teacher", "abc", "stamp")
+    assert found == runs / "cifar_at/reproduce/seed-0/teacher"  # the first in name order holding this run
+    # A seed reproduce makes looks beside the recipe's workspace, not beside its own seeds alone.
+    assert workspace.Workspace(runs / "cifar_dkd/reproduce/seed-0").neighbour("teacher", "abc", "stamp") == found
+    # Another config, data set's files or stage is another run; a folder is never its own neighbour.
+    assert workspace.Workspace(runs / "cifar_dkd").neighbour("teacher", "other config", "stamp") is None
+    assert workspace.Workspace(runs / "cifar_dkd").neighbour("teacher", "abc", "new photos") is None
+    assert workspace.Workspace(runs / "cifar_dkd").neighbour("student", "abc", "stamp") is None
+    assert workspace.Workspace(runs / "cifar_fitnet").neighbour("teacher", "abc", "older photos") is None
+    # Results being published are not taken half-way.
+    workspace.staging(found)
+    assert workspace.Workspace(runs / "cifar_dkd").neighbour("teacher", "abc", "stamp") == runs / "cifar_resnet/teacher"
+    # The linked folder keeps the data stamp, which a later pipeline compares with the files then.
+    ws = workspace.Workspace(runs / "cifar_dkd")
+    adopted = ws.adopt("teacher", runs / "cifar_resnet/teacher")
+    assert workspace.started(adopted)["data"] == "stamp"
+
+
+def test_a_pipeline_links_a_teacher_trained_beside_it_and_the_dry_run_says_so(tmp_path, monkeypatch, capsys):
+    from distillctl.data.content_stamp import dataset_stamp
+    from distillctl.errors import UserError
+    from distillctl.stages import distill, pipeline, train_teacher
+    from distillctl.stages.base import decide
+    from distillctl.teacher_files import teacher_checkpoint, trained_teacher_fingerprint
+
+    monkeypatch.chdir(tmp_path)
+    first = composed("recipe=quickstart", "teacher.checkpoint=null", "run_dir=runs/quickstart")
+    stamp = dataset_stamp(first.dataset)
+    finished_stage(tmp_path / "runs/quickstart/teacher", trained_teacher_fingerprint(first))
+    files.write_json(tmp_path / "runs/quickstart/teacher" / workspace.STARTED_FILE, {"data": stamp})
+    # Another method, the same teacher: cifar_dkd after cifar_resnet.
+    other = composed("recipe=quickstart", "teacher.checkpoint=null", "loss=dkd", "run_dir=runs/dkd")
+    plan = decide(train_teacher.STAGE, other, workspace.Workspace.from_config(other), False)
+    assert (plan.action, plan.source) == ("link", Path("runs/quickstart/teacher"))
+    assert "this very config, inputs and data" in plan.why and "reuse=false" in plan.why
+    with pytest.raises(UserError, match=r"runs/quickstart/teacher holds this very teacher .* "
+                                        r"teacher\.checkpoint=runs/quickstart/teacher/model\.safetensors"):
+        teacher_checkpoint(other, workspace.Workspace.from_config(other))  # `distill` alone names it
+    # A dry run plans the student from the teacher it would link: here a DKD student trained beside it too.
+    planned = workspace.Workspace.from_config(other)
+    planned.planned["teacher"] = Path("runs/quickstart/teacher")
+    finished_stage(tmp_path / "runs/quickstart-dkd/student", distill.fingerprint(other, planned))
+    files.write_json(tmp_path / "runs/quickstart-dkd/student" / workspace.STARTED_FILE, {"data": stamp})
+    capsys.readouterr()
+    pipeline.show_plan(other, workspace.Workspace.from_config(other))
+    rows = [line.split("│")[1:3] for line in capsys.readouterr().out.splitlines() if line.count("│") > 3]
+    assert [[cell.strip() for cell in row] for row in rows[:3]] == [["teacher", "link"], ["student", "link"], ["pruned", "run"]]
+    for declined in ("reuse=false", "trainer.epochs=3"):
+        cfg = composed("recipe=quickstart", "teacher.checkpoint=null", "loss=dkd", "run_dir=runs/dkd", declined)
+        assert decide(train_teacher.STAGE, cfg, workspace.Workspace.from_config(cfg), False).action == "run", declined
+
+
 def test_a_staging_folder_of_a_live_writer_is_left_alone(tmp_path):
     stage = tmp_path / "student"
     write_results(stage, "old")
@@ -217,7 +275,8 @@ def test_kill_9_at_random_points_then_rerun_gives_the_same_weights(tmp_path):
     assert straight.returncode == 0, straight.stderr[-2000:]
     draw, kills, log = random.Random(17), 0, []
     for attempt in range(12):
-        proc = subprocess.Popen([*args, "run_dir=runs/killed"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+        # reuse=false: linking the straight run's stages, which have this config, would test nothing.
+        proc = subprocess.Popen([*args, "run_dir=runs/killed", "reuse=false"], cwd=tmp_path, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
         delay = draw.uniform(3, 8) if attempt < 8 else 600  # the last tries finish the pipeline
         try:

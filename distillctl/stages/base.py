@@ -114,8 +114,11 @@ def decide(stage: Stage, cfg: DictConfig, ws: Workspace, redo: bool) -> Plan:
             return Plan("run", folder, f"the files of dataset.path={cfg.dataset.path} changed since {done} was made (added, removed, "
                                        "moved to another class or edited)")
         return Plan("skip", folder, f"{done} is up to date with this config (force=true redoes it)")
-    if not redo and (twin := ws.twin(folder, wanted)) is not None:
+    if not redo and cfg.reuse and (twin := ws.twin(folder, wanted)) is not None:
         return Plan("link", folder, f"another job of this sweep finished it with this config ({twin}): linked, not rerun", twin)
+    if not redo and cfg.reuse and (kin := ws.neighbour(folder, wanted, dataset_stamp(cfg.dataset))) is not None:
+        return Plan("link", folder, f"{kin} was made with this very config, inputs and data: linked, not made again "
+                                    "(reuse=false makes it here)", kin)
     partial = ws.job_dir / folder
     if not redo and not finished(partial) and holds_checkpoint_of(partial, wanted):
         return Plan("resume", folder, f"resuming the interrupted run in {partial}")

@@ -39,6 +39,8 @@ def show_plan(cfg: DictConfig, ws: Workspace) -> None:
     for stage in TRAINING_STAGES:
         chosen = decide(stage, cfg, ws, redo)
         redo = redo or chosen.action in ("run", "resume")
+        if chosen.action == "link":
+            ws.planned[chosen.name] = chosen.source
         plans.append(("", chosen))
     plans.append(("", Plan("run", "evaluate", "always: it is the recipe's pass/fail gate")))
     print_plans(f"pipeline dry run: {ws.job_dir}", plans)

@@ -98,6 +98,8 @@ def seed_plans(overrides: list[str], root: Path, seed: int, baseline_loss: str) 
     cfg = compose_run(overrides, seed, root / f"seed-{seed}")
     ws = Workspace.from_config(cfg)
     teacher = decide(train_teacher.STAGE, cfg, ws, bool(cfg.force))
+    if teacher.action == "link":
+        ws.planned[teacher.name] = teacher.source
     student = decide(distill.STAGE, cfg, ws, bool(cfg.force) or teacher.action in ("run", "resume"))
     baseline_cfg = compose_run(overrides, seed, root / f"seed-{seed}-baseline", loss=baseline_loss)
     baseline = decide(distill.STAGE, baseline_cfg, Workspace.from_config(baseline_cfg), bool(baseline_cfg.force))

@@ -10,20 +10,15 @@ from distillctl.models import create_model, pretrained_normalization
 from distillctl.stages.base import Stage
 from distillctl.stages.context import RunContext
 from distillctl.stages.training import TrainingJob, train_and_save
-from distillctl.teacher_files import given_teachers
-from distillctl.workspace import Workspace, fingerprint as config_fingerprint
+from distillctl.teacher_files import given_teachers, trained_teacher_fingerprint, trained_teacher_sections
+from distillctl.workspace import Workspace
 
 FOLDER = "teacher"
 
 
-def sections(cfg: DictConfig) -> list[str]:
-    """The config sections the trained teacher depends on."""
-    return ["dataset", "teacher", "trainer", "optimizer", "scheduler"]
-
-
 def fingerprint(cfg: DictConfig, ws: Workspace) -> str:
     """What the trained teacher depends on."""
-    return config_fingerprint(cfg, sections(cfg), [str(cfg.seed)])
+    return trained_teacher_fingerprint(cfg)
 
 
 skipped = given_teachers  # a teacher given as a file is used as it is: nothing to train
@@ -48,4 +43,4 @@ def run(cfg: DictConfig) -> dict:
     return train_and_save(ctx, job)
 
 
-STAGE = Stage("train-teacher", lambda cfg: FOLDER, sections, fingerprint, run, skipped)
+STAGE = Stage("train-teacher", lambda cfg: FOLDER, trained_teacher_sections, fingerprint, run, skipped)
