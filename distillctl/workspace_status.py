@@ -178,20 +178,44 @@ def nested_summary(workspace: Path) -> list[str]:
     reproduce = workspace / "reproduce"
     if reproduce.is_dir():
         seeds = sorted(p.name for p in reproduce.iterdir() if p.name.startswith("seed-") and not p.name.endswith("-baseline"))
-        results = "results.md" if (reproduce / "results.md").is_file() else "no results yet"
-        lines.append(f"{reproduce}: {len(seeds)} seeds, {results}")
+        lines.append(f"{reproduce}: {plural(len(seeds), 'seed')}, {reproduce_results(reproduce)}")
     search = workspace / "search"
     if search.is_dir():
         trials = [p for p in search.glob("trial-*") if p.is_dir()]
         best = "best.yaml" if (search / "best.yaml").is_file() else "no best.yaml yet"
-        lines.append(f"{search}: {len(trials)} trials, {best}")
+        lines.append(f"{search}: {plural(len(trials), 'trial')}, {best}")
     sweeps = workspace / "sweep"
     if sweeps.is_dir():
         for sweep in sorted(p for p in sweeps.iterdir() if p.is_dir()):
             jobs = [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]
             failed = sum((job / "failed.json").is_file() for job in jobs)
-            lines.append(f"{sweep}: {len(jobs)} jobs" + (f", {failed} failed" if failed else ""))
+            lines.append(f"{sweep}: {plural(len(jobs), 'job')}" + (f", {failed} failed" if failed else ""))
     return [f"{line} (list them: distillctl runs {line.split(':')[0]})" for line in lines]
+
+
+def reproduce_results(folder: Path) -> str:
+    """What a reproduce folder's results.json says in a few words: the means over seeds of the student, the baseline
+    and the gain, and whether the expectations held; methods run one by one compare at a glance."""
+    results = files.read_json(folder / "results.json")
+    rows = results.get("rows") if results else None
+    if not isinstance(rows, dict):
+        return "no results yet"
+    said = []
+    for name, label in (("student", "student"), ("baseline", "no teacher"), ("gain", "gain")):
+        row = rows.get(name)
+        if isinstance(row, dict) and isinstance(row.get("mean"), (int, float)) and isinstance(row.get("std"), (int, float)):
+            mean = f"{100 * row['mean']:+.2f}" if name == "gain" else f"{100 * row['mean']:.2f}%"
+            said.append(f"{label} {mean} ± {100 * row['std']:.2f}")
+    checked = [e for e in results.get("expectations") or [] if isinstance(e, dict)]
+    missed = sum(e.get("ok") is False for e in checked)
+    if checked:
+        said.append(f"{missed} of {plural(len(checked), 'expectation')} missed" if missed else "expectations met")
+    return ", ".join(said + ["results.md"])
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 seed`, `3 seeds`."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def collect(root: Path) -> tuple[list[StageStatus], list[str]]:
@@ -230,7 +254,8 @@ def show(args: list[str]) -> None:
         for note in notes:
             print(note)
         return
-    table_of(rows, console)
+    if rows or not notes:
+        table_of(rows, console)
     for note in notes:
         console.print(note, highlight=False, soft_wrap=True)
     for r in rows:

@@ -116,16 +116,53 @@ def test_nested_workspaces_are_summed_up_then_listed_when_asked(tmp_path):
     (ws / "sweep" / "2026-12-05_01-00-00" / "1_seed=1" / "failed.json").write_text("{}")
     rows, notes = workspace_status.collect(tmp_path / "runs")
     assert [r.workspace for r in rows] == [str(ws)]
-    assert notes == [f"{ws / 'reproduce'}: 1 seeds, no results yet (list them: distillctl runs {ws / 'reproduce'})",
+    assert notes == [f"{ws / 'reproduce'}: 1 seed, no results yet (list them: distillctl runs {ws / 'reproduce'})",
                      f"{ws / 'sweep' / '2026-12-05_01-00-00'}: 2 jobs, 1 failed "
                      f"(list them: distillctl runs {ws / 'sweep' / '2026-12-05_01-00-00'})"]
     assert len(workspace_status.collect(ws / "reproduce")[0]) == 2
     # a workspace where only reproduce ran (no stage of its own) still gets its line
     stage(tmp_path / "runs" / "other" / "reproduce" / "seed-0", "student", finished="a")
-    assert f"{tmp_path / 'runs' / 'other' / 'reproduce'}: 1 seeds" in " ".join(workspace_status.collect(tmp_path / "runs")[1])
+    assert f"{tmp_path / 'runs' / 'other' / 'reproduce'}: 1 seed," in " ".join(workspace_status.collect(tmp_path / "runs")[1])
     swept = workspace_status.collect(ws / "sweep" / "2026-12-05_01-00-00")[0]
     # a sweep job is continued by the sweep on its own folder, not by the job's command alone
     assert swept[0].resume == f"the sweep's command again, with hydra.sweep.dir={ws / 'sweep' / '2026-12-05_01-00-00'}"
+
+
+def test_a_reproduce_folder_is_summed_up_with_its_means_over_seeds(tmp_path):
+    from distillctl import files
+
+    ws = tmp_path / "runs" / "cifar_dkd"
+    for seed in (0, 1, 2):
+        stage(ws / "reproduce" / f"seed-{seed}", "student", finished="a")
+    rows = {"student": {"mean": 0.7512, "std": 0.004}, "baseline": {"mean": 0.7233, "std": 0.0061},
+            "gain": {"mean": 0.0279, "std": 0.0032}}
+    expectations = [{"metric": "student.top1", "ok": True}, {"metric": "gain.top1", "ok": False}]
+    files.write_json(ws / "reproduce" / "results.json", {"rows": rows, "expectations": expectations})
+    notes = workspace_status.collect(tmp_path / "runs")[1]
+    assert notes == [f"{ws / 'reproduce'}: 3 seeds, student 75.12% ± 0.40, no teacher 72.33% ± 0.61, gain +2.79 ± 0.32, "
+                     f"1 of 2 expectations missed, results.md (list them: distillctl runs {ws / 'reproduce'})"]
+    # A results.json edited into something else is read as no results, not as a crash.
+    (ws / "reproduce" / "results.json").write_text('{"rows": [1, 2]}')
+    assert "3 seeds, no results yet" in workspace_status.collect(tmp_path / "runs")[1][0]
+
+
+def test_on_a_terminal_a_folder_holding_only_reproduce_runs_is_not_called_empty(tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from distillctl import console
+
+    def shown() -> str:
+        screen = Console(file=io.StringIO(), force_terminal=True, width=250)
+        monkeypatch.setattr(console, "console", screen)
+        workspace_status.show([str(tmp_path / "runs")])
+        return screen.file.getvalue()
+
+    (tmp_path / "runs").mkdir()
+    assert "no runs here yet" in shown()
+    stage(tmp_path / "runs" / "cifar_dkd" / "reproduce" / "seed-0", "student", finished="a")
+    assert "no runs here yet" not in (said := shown()) and "cifar_dkd/reproduce: 1 seed, no results yet" in said
 
 
 def test_the_command_prints_lines_when_piped_json_when_asked_and_one_error_for_no_folder(cli, tmp_path):
