@@ -182,8 +182,7 @@ def nested_summary(workspace: Path) -> list[str]:
     search = workspace / "search"
     if search.is_dir():
         trials = [p for p in search.glob("trial-*") if p.is_dir()]
-        best = "best.yaml" if (search / "best.yaml").is_file() else "no best.yaml yet"
-        lines.append(f"{search}: {plural(len(trials), 'trial')}, {best}")
+        lines.append(f"{search}: {plural(len(trials), 'trial')}, {search_results(search)}")
     sweeps = workspace / "sweep"
     if sweeps.is_dir():
         for sweep in sorted(p for p in sweeps.iterdir() if p.is_dir()):
@@ -211,6 +210,17 @@ def reproduce_results(folder: Path) -> str:
     if checked:
         said.append(f"{missed} of {plural(len(checked), 'expectation')} missed" if missed else "expectations met")
     return ", ".join(said + ["results.md"])
+
+
+def search_results(folder: Path) -> str:
+    """The best trial a search's results.json names, with its validation top-1, and best.yaml when written."""
+    if not (folder / "best.yaml").is_file():
+        return "no best.yaml yet"
+    best = (files.read_json(folder / "results.json") or {}).get("best")
+    if not isinstance(best, dict) or not isinstance(best.get("val_top1"), (int, float)):
+        return "best.yaml"
+    own = " (the recipe's own values)" if best.get("recipe_default") is True else ""
+    return f"best trial {best.get('number')}: {100 * best['val_top1']:.2f}% validation top-1{own}, best.yaml"
 
 
 def plural(count: int, noun: str) -> str:

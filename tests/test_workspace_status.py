@@ -128,7 +128,7 @@ def test_nested_workspaces_are_summed_up_then_listed_when_asked(tmp_path):
     assert swept[0].resume == f"the sweep's command again, with hydra.sweep.dir={ws / 'sweep' / '2026-12-05_01-00-00'}"
 
 
-def test_a_reproduce_folder_is_summed_up_with_its_means_over_seeds(tmp_path):
+def test_reproduce_and_search_folders_are_summed_up_with_their_results(tmp_path):
     from distillctl import files
 
     ws = tmp_path / "runs" / "cifar_dkd"
@@ -144,6 +144,12 @@ def test_a_reproduce_folder_is_summed_up_with_its_means_over_seeds(tmp_path):
     # A results.json edited into something else is read as no results, not as a crash.
     (ws / "reproduce" / "results.json").write_text('{"rows": [1, 2]}')
     assert "3 seeds, no results yet" in workspace_status.collect(tmp_path / "runs")[1][0]
+    # A search names its best trial.
+    stage(ws / "search" / "trial-0003", "student", finished="a")
+    (ws / "search" / "best.yaml").write_text("loss: {}")
+    files.write_json(ws / "search" / "results.json", {"best": {"number": 3, "val_top1": 0.8125, "recipe_default": False}})
+    assert workspace_status.collect(tmp_path / "runs")[1][1] == (
+        f"{ws / 'search'}: 1 trial, best trial 3: 81.25% validation top-1, best.yaml (list them: distillctl runs {ws / 'search'})")
 
 
 def test_on_a_terminal_a_folder_holding_only_reproduce_runs_is_not_called_empty(tmp_path, monkeypatch):
