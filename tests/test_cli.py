@@ -476,6 +476,15 @@ def test_multi_teacher_distillation(cli, tiny):
     assert metrics["teacher"].count("model.safetensors") == 2
 
 
+def test_distill_names_the_teacher_it_learns_from_and_the_model_its_file_holds(cli, tmp_path):
+    # The quickstart's bundled file holds a ResNet-20; a teacher.name typed for another model does not change that.
+    result = cli("distill", "teacher.name=resnet56", "trainer.epochs=1", "trainer.threads=1", "dataset.train_limit=64",
+                 "dataset.val_size=16", "dataset.test_limit=50", "distill.teacher_cache=off", "~expect")
+    assert result.code == 0, result.text
+    assert ("teacher: resnet20 from " in result.out and "resnet20_cifar10.safetensors (teacher.name says resnet56: "
+            "the file's own model is used)" in " ".join(result.out.split())), result.out
+
+
 @pytest.mark.slow
 def test_logs_without_a_terminal_show_progress_within_an_epoch(cli, tiny):
     result = cli("train-teacher", "recipe=tiny")  # the recipe logs every step; a subprocess has no terminal

@@ -7,12 +7,14 @@ from pathlib import Path
 from omegaconf import DictConfig
 from torch import nn
 
+from distillctl.console import console
 from distillctl.errors import UserError
 from distillctl.models import load_model
 from distillctl.models.ensemble import TeacherEnsemble
 from distillctl.models.image_size import built_size, size_problem
 from distillctl.models.metadata import require_classes
 from distillctl.models.normalization import renormalized
+from distillctl.ranks import is_main
 from distillctl.teacher_files import teacher_checkpoints
 from distillctl.workspace import Workspace
 
@@ -29,6 +31,9 @@ def load_teacher(cfg: DictConfig, ws: Workspace, classes: list[str]) -> tuple[nn
             built = built_size(model)
             native = f"set dataset.image_size={built}, or " if built not in (None, size) else ""
             raise UserError(f"the teacher in {path} cannot take {size}x{size} images ({problem}): {native}train a teacher for {size} px.")
+        if is_main():  # which weights a run learns from, in its log: a teacher may come from a file or another workspace
+            named = f" ({'teachers[].name' if cfg.teachers else 'teacher.name'} says {name}: the file's own model is used)" if meta["model"] != name else ""
+            console.print(f"teacher: {meta['model']} from {path}{named}", highlight=False, soft_wrap=True)
         members.append(renormalized(model, meta, cfg.dataset.mean, cfg.dataset.std))
         weights.append(weight)
         paths.append(path)
