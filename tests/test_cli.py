@@ -474,6 +474,12 @@ def test_multi_teacher_distillation(cli, tiny):
     assert result.code == 0, result.text
     metrics = json.loads((tiny / "runs/ensemble/student/metrics.json").read_text())
     assert metrics["teacher"].count("model.safetensors") == 2
+    # The report's teacher is the ensemble the student learned from (this workspace trained no teacher of its own).
+    report = cli("evaluate", "recipe=tiny", teachers, "run_dir=runs/ensemble")
+    assert report.code == 0, report.text
+    teacher = json.loads((tiny / "runs/ensemble/report/metrics.json").read_text())["models"]["teacher"]
+    assert teacher["arch"] == "resnet8 + resnet8" and teacher["path"] == f"{ckpt}, {ckpt}", teacher
+    assert teacher["size_mb"] == pytest.approx(2 * ckpt.stat().st_size / 1e6)
 
 
 def test_distill_names_the_teacher_it_learns_from_and_the_model_its_file_holds(cli, tmp_path):

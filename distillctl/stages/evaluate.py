@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from distillctl import environment, files, provenance
+from distillctl.artifacts import read_metadata
 from distillctl.compress.sparsity import weight_sparsity
 from distillctl.console import console
 from distillctl.engine.predict import predict, top5_accuracy, topk_accuracy
@@ -20,6 +21,7 @@ from distillctl.model_files import QUANTIZED, final_of, load_runnable, runtime_o
 from distillctl.models import count_parameters
 from distillctl.models.metadata import require_classes
 from distillctl.models.normalization import stored_normalization
+from distillctl.models.teachers import load_teacher
 from distillctl.stages.context import RunContext
 from distillctl.tracking import tracked
 from distillctl.workspace import METRICS_FILE
@@ -42,20 +44,36 @@ def add_teacher_ratios(results: dict[str, dict]) -> None:
         row["faster_than_teacher"] = teacher["latency_ms"] / late if late and teacher.get("latency_ms") else None
 
 
+def teacher_ensemble(cfg: DictConfig, ctx: RunContext) -> tuple[torch.nn.Module, dict, list[Path]]:
+    """The `teachers` ensemble as one model, as distill ran it (fed the data set's normalization), its metadata and
+    its members' files: agreement is measured against what the student learned from."""
+    console.print(f"evaluating the teacher ensemble of {len(cfg.teachers)} (teachers)")
+    model, paths = load_teacher(cfg, ctx.workspace, ctx.data.classes)
+    names = [str(read_metadata(path).get("model", entry.name) if path.suffix == ".safetensors" else entry.name)
+             for path, entry in zip(paths, cfg.teachers)]
+    return model, {"model": " + ".join(names)}, paths
+
+
 def run(cfg: DictConfig) -> dict:
     """Evaluate, write the report, and exit 1 when the recipe's expectations are not met."""
     ctx = RunContext.open(cfg)
     found = workspace_models(cfg, ctx.workspace)
+    if cfg.teachers:  # the ensemble the student learned from is its teacher, not teacher.checkpoint's file
+        found = {"teacher": Path(cfg.teachers[0].checkpoint), **{s: p for s, p in found.items() if s != "teacher"}}
     if not found:
         raise UserError(f"nothing to evaluate in {ctx.workspace.root}: run `distillctl pipeline` (or train-teacher and distill) with the same recipe first.")
     threads = cfg.trainer.threads or torch.get_num_threads()
     results, predictions = {}, {}
     by_class = ClassAccuracy.empty(ctx.data.classes, ctx.data.test.labels)
     for stage, path in found.items():
-        console.print(f"evaluating {stage} from {path}")
-        # Foreign files without metadata are named by the config section of the model they stand for.
-        model, meta = load_runnable(path, cfg["teacher" if stage == "teacher" else "student"].name, ctx.data.num_classes, threads)
-        require_classes(meta, ctx.data.classes, stage, path)
+        if stage == "teacher" and cfg.teachers:
+            model, meta, sources = teacher_ensemble(cfg, ctx)
+        else:
+            console.print(f"evaluating {stage} from {path}")
+            # Foreign files without metadata are named by the config section of the model they stand for.
+            model, meta = load_runnable(path, cfg["teacher" if stage == "teacher" else "student"].name, ctx.data.num_classes, threads)
+            require_classes(meta, ctx.data.classes, stage, path)
+            sources = [path]
         # Quantized formats run on the CPU kernels they were made for; float models on the run's device.
         quantized = stage in QUANTIZED
         device, precision = (torch.device("cpu"), "fp32") if quantized else (ctx.device, cfg.trainer.precision)
@@ -69,7 +87,7 @@ def run(cfg: DictConfig) -> dict:
         timed, runtime = runtime_of(model, cfg.dataset.image_size)
         results[stage] = {
             "arch": meta.get("model", "?"),
-            "path": str(path),
+            "path": ", ".join(map(str, sources)),
             "top1": topk_accuracy(logits, labels, 1),
             "top5": top5_accuracy(logits, labels),
             "worst_class_top1": by_class.add(stage, pred, labels),
@@ -78,7 +96,7 @@ def run(cfg: DictConfig) -> dict:
             "agreement_with_student": agreement(pred, predictions.get("student")),
             "params": recorded.get("params") if quantized else count_parameters(model),
             "macs": recorded.get("macs") if quantized else measure.macs(model.cpu(), cfg.dataset.image_size),
-            "size_mb": path.stat().st_size / 1e6,
+            "size_mb": sum(source.stat().st_size for source in sources) / 1e6,
             "sparsity": None if quantized else weight_sparsity(model),
             "runtime": runtime,
             **measure.speed(timed, cfg.dataset.image_size, threads),
