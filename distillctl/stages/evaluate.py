@@ -23,6 +23,7 @@ from distillctl.models.metadata import require_classes
 from distillctl.models.normalization import stored_normalization
 from distillctl.models.teachers import load_teacher
 from distillctl.stages.context import RunContext
+from distillctl.teacher_files import teacher_checkpoints
 from distillctl.tracking import tracked
 from distillctl.workspace import METRICS_FILE
 
@@ -59,7 +60,7 @@ def run(cfg: DictConfig) -> dict:
     ctx = RunContext.open(cfg)
     found = workspace_models(cfg, ctx.workspace)
     if cfg.teachers:  # the ensemble the student learned from is its teacher, not teacher.checkpoint's file
-        found = {"teacher": Path(cfg.teachers[0].checkpoint), **{s: p for s, p in found.items() if s != "teacher"}}
+        found = {"teacher": teacher_checkpoints(cfg, ctx.workspace)[0][0], **{s: p for s, p in found.items() if s != "teacher"}}
     if not found:
         raise UserError(f"nothing to evaluate in {ctx.workspace.root}: run `distillctl pipeline` (or train-teacher and distill) with the same recipe first.")
     threads = cfg.trainer.threads or torch.get_num_threads()
