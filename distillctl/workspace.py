@@ -153,14 +153,21 @@ class Workspace:
 
     def neighbour(self, stage: str, wanted: str, data: str | None) -> Path | None:
         """A finished run of `stage` with fingerprint `wanted`, trained on data of stamp `data`, in a workspace beside
-        this one (runs/<other recipe>/) or a seed `reproduce` made in one: the run this job would make. Methods
-        compared on one teacher train it once, whichever recipe and command trains it first."""
+        this one (runs/<other recipe>/) or a seed `reproduce` made in one, for a sweep's job also beside the sweep's
+        workspace: the run this job would make. Methods compared on one teacher train it once, whichever recipe and
+        command trains it first."""
         top = self.root.parent.parent if self.root.parent.name in NESTED else self.root
+        folders = [top.parent]
+        if self.sweep_dir is not None and self.sweep_dir.parent.name == "sweep":
+            # A sweep's runs (runs/<recipe>/sweep/<time>/<job>/...) find those made outside it, under runs/.
+            folders.append(self.sweep_dir.parent.parent.parent)
         own = (self.job_dir / stage).resolve()
-        try:
-            workspaces = sorted(p for p in top.parent.iterdir() if p.is_dir() and not p.name.startswith("."))
-        except OSError:  # an unreadable folder beside it holds nothing to take
-            return None
+        workspaces = []
+        for folder in dict.fromkeys(folders):
+            try:
+                workspaces += sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+            except OSError:  # an unreadable folder holds nothing to take
+                continue
         for workspace in workspaces:
             for candidate in (workspace / stage, *sorted(workspace.glob(f"reproduce/*/{stage}"))):
                 if (candidate.resolve() != own and finished(candidate) and not (candidate / STAGING).exists()

@@ -181,6 +181,10 @@ def test_a_run_finished_in_a_workspace_beside_this_one_is_found_with_its_data(tm
     assert workspace.Workspace(runs / "cifar_dkd").neighbour("teacher", "abc", "new photos") is None
     assert workspace.Workspace(runs / "cifar_dkd").neighbour("student", "abc", "stamp") is None
     assert workspace.Workspace(runs / "cifar_fitnet").neighbour("teacher", "abc", "older photos") is None
+    # A reproduce sweep's seed finds the runs made outside the sweep, under runs/.
+    sweep = runs / "sweeps/sweep/2026-12-07_08-00-00"
+    in_sweep = workspace.Workspace(sweep / "1_recipe=cifar_dkd/reproduce/seed-0", sweep_dir=sweep)
+    assert in_sweep.neighbour("teacher", "abc", "stamp") == found
     # Results being published are not taken half-way.
     workspace.staging(found)
     assert workspace.Workspace(runs / "cifar_dkd").neighbour("teacher", "abc", "stamp") == runs / "cifar_resnet/teacher"
