@@ -147,7 +147,7 @@ class Workspace:
             return None
         for other in sorted(p for p in sweep.iterdir() if p.is_dir() and p.name != job):
             candidate = other.joinpath(*inside, stage)
-            if finished(candidate) and not (candidate / STAGING).exists() and recorded_fingerprint(candidate) == wanted:
+            if reusable(candidate, wanted):
                 return candidate
         return None
 
@@ -170,8 +170,7 @@ class Workspace:
                 continue
         for workspace in workspaces:
             for candidate in (workspace / stage, *sorted(workspace.glob(f"reproduce/*/{stage}"))):
-                if (candidate.resolve() != own and finished(candidate) and not (candidate / STAGING).exists()
-                        and recorded_fingerprint(candidate) == wanted and started(candidate).get("data") == data):
+                if candidate.resolve() != own and reusable(candidate, wanted) and started(candidate).get("data") == data:
                     return candidate
         return None
 
@@ -297,6 +296,11 @@ def model_file(stage_dir: Path) -> Path | None:
 def finished(stage_dir: Path) -> bool:
     """A stage is finished when its model and its metrics (written last) are both there."""
     return model_file(stage_dir) is not None and (stage_dir / METRICS_FILE).is_file()
+
+
+def reusable(stage_dir: Path, wanted: str) -> bool:
+    """Whether `stage_dir` is a finished run, not being rewritten, of fingerprint `wanted`: one this job may link."""
+    return finished(stage_dir) and not (stage_dir / STAGING).exists() and recorded_fingerprint(stage_dir) == wanted
 
 
 def fingerprint(cfg: DictConfig, sections: list[str], inputs: list[str] | tuple[str, ...] = ()) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 from omegaconf import DictConfig
 from torch import nn
@@ -19,10 +20,18 @@ from distillctl.teacher_files import teacher_checkpoints
 from distillctl.workspace import Workspace
 
 
-def load_teacher(cfg: DictConfig, ws: Workspace, classes: list[str]) -> tuple[nn.Module, list[Path]]:
+class Teacher(NamedTuple):
+    """A loaded teacher: the model to run, and the file and architecture of each member."""
+
+    model: nn.Module
+    paths: list[Path]
+    names: list[str]
+
+
+def load_teacher(cfg: DictConfig, ws: Workspace, classes: list[str]) -> Teacher:
     """The frozen teacher (an ensemble when `teachers` is set) fed images normalized as the run's data set is,
     and where it came from."""
-    members, weights, paths = [], [], []
+    members, weights, paths, names = [], [], [], []
     for path, name, weight in teacher_checkpoints(cfg, ws):
         model, meta = load_model(path, name, len(classes))
         require_classes(meta, classes, "teacher", path)
@@ -37,4 +46,5 @@ def load_teacher(cfg: DictConfig, ws: Workspace, classes: list[str]) -> tuple[nn
         members.append(renormalized(model, meta, cfg.dataset.mean, cfg.dataset.std))
         weights.append(weight)
         paths.append(path)
-    return (members[0] if len(members) == 1 else TeacherEnsemble(members, weights)), paths
+        names.append(str(meta["model"]))
+    return Teacher(members[0] if len(members) == 1 else TeacherEnsemble(members, weights), paths, names)

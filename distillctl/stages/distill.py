@@ -49,7 +49,7 @@ def run(cfg: DictConfig) -> dict:
     objective = build_objective(cfg.loss.terms)
     teacher, teacher_paths = None, []
     if objective.needs_teacher:
-        teacher, teacher_paths = load_teacher(cfg, ctx.workspace, ctx.data.classes)
+        teacher, teacher_paths, _ = load_teacher(cfg, ctx.workspace, ctx.data.classes)
     s = cfg.student
     student = create_model(s.name, ctx.data.num_classes, s.pretrained, role="student", pretrained_file=s.pretrained_file,
                            image_size=cfg.dataset.image_size, **s.kwargs)

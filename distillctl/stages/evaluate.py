@@ -9,7 +9,6 @@ import torch
 from omegaconf import DictConfig
 
 from distillctl import environment, files, provenance
-from distillctl.artifacts import read_metadata
 from distillctl.compress.sparsity import weight_sparsity
 from distillctl.console import console
 from distillctl.engine.predict import predict, top5_accuracy, topk_accuracy
@@ -49,10 +48,8 @@ def teacher_ensemble(cfg: DictConfig, ctx: RunContext) -> tuple[torch.nn.Module,
     """The `teachers` ensemble as one model, as distill ran it (fed the data set's normalization), its metadata and
     its members' files: agreement is measured against what the student learned from."""
     console.print(f"evaluating the teacher ensemble of {len(cfg.teachers)} (teachers)")
-    model, paths = load_teacher(cfg, ctx.workspace, ctx.data.classes)
-    names = [str(read_metadata(path).get("model", entry.name) if path.suffix == ".safetensors" else entry.name)
-             for path, entry in zip(paths, cfg.teachers)]
-    return model, {"model": " + ".join(names)}, paths
+    teacher = load_teacher(cfg, ctx.workspace, ctx.data.classes)
+    return teacher.model, {"model": " + ".join(teacher.names)}, teacher.paths
 
 
 def run(cfg: DictConfig) -> dict:

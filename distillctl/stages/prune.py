@@ -72,7 +72,7 @@ def run(cfg: DictConfig) -> dict:
 def finetune_objective(cfg: DictConfig, ctx: RunContext):
     """The recipe's loss terms, and its teacher when they read one: what fine-tunes a pruned student."""
     objective = build_objective(cfg.loss.terms)
-    return objective, (load_teacher(cfg, ctx.workspace, ctx.data.classes)[0] if objective.needs_teacher else None)
+    return objective, (load_teacher(cfg, ctx.workspace, ctx.data.classes).model if objective.needs_teacher else None)
 
 
 def prune_structured_steps(cfg: DictConfig, ctx: RunContext, model, meta: dict, source: Path) -> dict:

@@ -177,7 +177,7 @@ def quantize_after_training(cfg: DictConfig, ctx: RunContext, model: nn.Module, 
 def train_qat(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, quantization: dict, objective, info: dict, fp: str, norm: Normalization) -> dict:
     """Fake-quantized fine-tuning through the one training loop, then conversion to int8."""
     q, size = cfg.quantize, cfg.dataset.image_size
-    teacher = load_teacher(cfg, ctx.workspace, ctx.data.classes)[0] if objective.needs_teacher else None
+    teacher = load_teacher(cfg, ctx.workspace, ctx.data.classes).model if objective.needs_teacher else None
     prepared = int8_fx.prepare(copy.deepcopy(model), torch.zeros(1, 3, size, size), quantization["backend"], q.per_channel, q.skip, qat=True)
     # Start from calibrated ranges rather than fake-quantizing with placeholders during the first steps.
     int8_fx.calibrate(prepared, calibration_images(cfg, ctx, norm))

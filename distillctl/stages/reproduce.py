@@ -72,7 +72,7 @@ def recorded_top1(ws: Workspace, folder: str) -> float:
 def given_teacher_top1(cfg: DictConfig) -> float:
     """Test top-1 of a teacher given as a file (teacher.checkpoint or a `teachers` ensemble)."""
     ctx = RunContext.open(cfg)
-    teacher, _ = load_teacher(cfg, ctx.workspace, ctx.data.classes)
+    teacher = load_teacher(cfg, ctx.workspace, ctx.data.classes).model
     batches = ctx.data.test.eval_batches(cfg.trainer.eval_batch_size, cfg.dataset.mean, cfg.dataset.std, ctx.device)
     logits, labels = predict(teacher.to(ctx.device), batches, ctx.device, cfg.trainer.precision)
     return topk_accuracy(logits, labels, 1)
