@@ -8,6 +8,7 @@ without importing the CLI.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -180,7 +181,23 @@ def prepare_overrides(overrides: Sequence[str]) -> list[str]:
             raise UserError(f"'{override}' changes nothing: a mapping given on the command line is merged into {key}, "
                             f"which keeps its keys. {fix}.")
     single_options(overrides)
-    return model_shorthand(resolve_recipe_overrides(overrides))
+    return model_shorthand(resolve_recipe_overrides(home_expanded(overrides)))
+
+
+# A home folder at the start of a value, or of one in a sweep's or list's commas: `~`, `~/x`, `~user/x`.
+HOME = re.compile(r"(?<![^,\[])~[\w.-]*(?=[/,\]]|$)")
+
+
+def home_expanded(overrides: Sequence[str]) -> list[str]:
+    """`dataset.path=~/photos` with the home folder written out, as a shell does for `VAR=~/x` but not for a key
+    with a dot in it; Hydra's grammar refuses an unquoted `~` with a lexer error."""
+    expanded = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and not key.startswith("~"):  # `~key=value` deletes key, a Hydra override of its own
+            override = key + sep + HOME.sub(lambda m: os.path.expanduser(m.group()), value)
+        expanded.append(override)
+    return expanded
 
 
 # The config groups that take several options at once (`logger=[tensorboard,mlflow]`); every other one picks one.

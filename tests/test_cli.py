@@ -429,6 +429,18 @@ def test_a_broken_recipe_file_matters_only_to_the_recipes_that_use_it(cli, tiny)
     assert "Did you mean 'cifar_resnet'" in one_error_line(cli("distill", "recipe=typo"))
 
 
+def test_a_path_under_the_home_folder_is_written_as_in_a_shell(cli, tmp_path):
+    # bash leaves `dataset.path=~/photos` alone (a dot is not allowed in a variable's name) and Hydra's grammar
+    # refused the `~` with a lexer error.
+    home = tmp_path / "home"
+    (home / "photos").mkdir(parents=True)
+    shown = cli("distill", "dataset.path=~/photos", "teacher.checkpoint=~/t.safetensors", "--cfg", "job", env={"HOME": str(home)})
+    assert shown.code == 0, shown.text
+    assert f"path: {home}/photos" in shown.out and f"checkpoint: {home}/t.safetensors" in shown.out
+    missing = one_error_line(cli("pipeline", "dataset=imagefolder", "dataset.path=~/elsewhere", env={"HOME": str(home)}))
+    assert f"'{home}/elsewhere' does not exist" in missing
+
+
 @pytest.mark.slow
 def test_every_method_recipe_trains_a_few_steps(cli, tmp_path):
     small = ["dataset=embedded", *TINY, "dataset.test_limit=100"]
