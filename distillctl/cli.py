@@ -21,7 +21,7 @@ from distillctl.composition import (
     with_sweep_dir,
 )
 from distillctl.engine.stop_signal import Requeued, SignalStop
-from distillctl.errors import UserError, closest
+from distillctl.errors import Failed, UserError, closest
 from distillctl.ranks import first_to_say, ranks
 
 # Command -> (stage module under distillctl.stages, one-line help). Modules are imported only when run.
@@ -144,7 +144,7 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
                 raise
             # One job's missed expectation or refused value must not cost the jobs after it: the sweep goes on,
             # and its summary names the failed jobs and exits with their code.
-            sweep_summary.record_failure(job, int(exc.code) if isinstance(exc.code, int) else 1)
+            sweep_summary.record_failure(job, int(exc.code) if isinstance(exc.code, int) else 1, getattr(exc, "reason", None))
             return None
 
     def run_task(cfg) -> float | None:
@@ -262,7 +262,7 @@ def fail(message: str, code: int = 2) -> None:
     if first_to_say(message):  # an error every process of a multi-process job meets is printed once
         where = f" (process {ranks().rank} of {ranks().world})" if ranks().world > 1 else ""
         err_console.print(f"[bold red]error{where}:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise SystemExit(code)
+    raise Failed(message, code)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -10,6 +10,14 @@ class UserError(Exception):
     """A problem with the user's input (config, files, names) rather than a bug: no traceback is shown."""
 
 
+class Failed(SystemExit):
+    """An exit that has printed why: the reason is kept, for a sweep's end to name each failed job's."""
+
+    def __init__(self, reason: str, code: int) -> None:
+        super().__init__(code)
+        self.reason = reason
+
+
 def closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """The up-to-n choices that look most like `word`, best first; ties go to the longer shared prefix."""
     import os.path

@@ -9,6 +9,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+from rich.markup import escape
 from rich.table import Table
 
 from distillctl import files
@@ -51,7 +52,9 @@ class SweepSummary(Callback):
         for summary in summaries:
             console.print(summary.table())
         failed = failures(sweep_dir)
-        lines = [f"- {job}: exit {code} ({FAILURE_MEANING.get(code, 'failed')})" for job, code in failed.items()]
+        # Each job's own error: in a sweep of dozens, the line it printed has long scrolled away.
+        lines = [f"- {job}: exit {code}" + (f": {error}" if error else f" ({FAILURE_MEANING.get(code, 'failed')})")
+                 for job, (code, error) in failed.items()]
         if summaries or failed:
             failed_md = ["## failed jobs", "", *lines, ""] if failed else []
             files.write_text(sweep_dir / "summary.md", "\n".join([*(s.markdown() for s in summaries), *failed_md]))
@@ -59,8 +62,8 @@ class SweepSummary(Callback):
         else:  # nothing to tabulate: an earlier run's summary of this folder is out of date
             (sweep_dir / "summary.md").unlink(missing_ok=True)
         if failed:
-            console.print(f"[red]{len(failed)} job(s) of the sweep failed[/] (each said why above):\n" + "\n".join(lines))
-            raise SystemExit(max(failed.values()))
+            console.print(f"[red]{len(failed)} job(s) of the sweep failed[/]:\n" + escape("\n".join(lines)), highlight=False)
+            raise SystemExit(max(code for code, _ in failed.values()))
 
 
 # A failed job's exit code, kept in its folder: the sweep's other jobs still run, and its end says which failed.
@@ -68,9 +71,9 @@ FAILED_FILE = "failed.json"
 FAILURE_MEANING = {1: "an expectation was not met", 2: "refused: a value or a file to fix"}
 
 
-def record_failure(job_dir: Path, code: int) -> None:
-    """Note that the job in job_dir failed with this exit code."""
-    files.write_json(job_dir / FAILED_FILE, {"exit": code})
+def record_failure(job_dir: Path, code: int, error: str | None = None) -> None:
+    """Note that the job in job_dir failed with this exit code (and the error it printed, when it printed one)."""
+    files.write_json(job_dir / FAILED_FILE, {"exit": code, "error": error})
 
 
 def clear_failure(job_dir: Path) -> None:
@@ -78,12 +81,13 @@ def clear_failure(job_dir: Path) -> None:
     (job_dir / FAILED_FILE).unlink(missing_ok=True)
 
 
-def failures(sweep_dir: Path) -> dict[str, int]:
-    """{job: exit code} of the sweep's failed jobs."""
+def failures(sweep_dir: Path) -> dict[str, tuple[int, str | None]]:
+    """{job: (exit code, its error or None)} of the sweep's failed jobs."""
     found = {}
     for path in sorted(sweep_dir.glob(f"*/{FAILED_FILE}")):
-        code = (files.read_json(path) or {}).get("exit")
-        found[path.parent.name] = code if isinstance(code, int) and code > 0 else 1
+        record = files.read_json(path) or {}
+        code, error = record.get("exit"), record.get("error")
+        found[path.parent.name] = (code if isinstance(code, int) and code > 0 else 1, error if isinstance(error, str) else None)
     return found
 
 

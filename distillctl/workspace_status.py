@@ -1,5 +1,5 @@
-"""`distillctl runs [PATH]`: every workspace under a folder (default `runs/`), each stage finished, running or
-interrupted, with its test top-1 and what continues an interrupted one.
+"""`distillctl runs [PATH]`: every workspace under a folder (default `runs/`), each stage finished, running,
+interrupted or failed (and why), with its test top-1 and what continues an interrupted one.
 
 Read from the files the stages leave (metrics.json, started.json, train.log, the stage locks), without torch or Hydra,
 so it answers at once however much has been trained. Workspaces that `reproduce`, `search` and `-m` sweeps make inside
@@ -30,6 +30,8 @@ RUN_HEADER = re.compile(r"^# .*: epochs \d+\.\.(\d+)", re.M)
 SAVED_STEP = re.compile(r"^# checkpoint: epoch (\d+), step (\d+)$", re.M)
 # What a run stopped by a signal records as it ends (engine/stop_signal.py): the signal, as its message names it.
 STOPPED_BY = re.compile(r"^# stopped by (.+?) (?:in|after) epoch \d+", re.M)
+# What a run that met an error records as it ends (engine/fit.py): the error, whose first sentence says what happened.
+FAILED = re.compile(r"^# failed: (.+?)(?:\. |\.?$)", re.M)
 
 
 @dataclass
@@ -38,7 +40,7 @@ class StageStatus:
 
     workspace: str
     stage: str
-    state: str  # finished | running | interrupted | finished, newer run interrupted | ...
+    state: str  # finished | running | interrupted | failed: why | finished, newer run interrupted | ...
     model: str = ""
     top1: float | None = None
     epochs: str = ""
@@ -72,6 +74,8 @@ def stage_status(workspace: Path, stage: str, outdated: dict[str, str] | None = 
         status.state = "running" + (f" (epoch {reached})" if reached else "")
     elif damaged:
         status.state = f"damaged: {METRICS_FILE} is unreadable; its command with force=true (or pipeline) makes it again"
+    elif (newer or not done) and (error := failed_with(run)):
+        status.state = f"finished; a newer run failed: {error}" if done else f"failed: {error}"
     elif newer or not done:  # started and not finished, or results staged and never published
         saved = saved_step(run)
         what = f"interrupted in epoch {saved}" if saved else f"interrupted at epoch {reached}" if reached else "interrupted"
@@ -126,6 +130,12 @@ def stopped_by(run: tuple[str, str]) -> str:
     """The signal that stopped the last run (`last_run`) as it records it (Ctrl-C, SIGTERM, ...), or '' where it
     recorded none (killed, crashed, or still going)."""
     found = STOPPED_BY.findall(run[0])
+    return found[-1] if found else ""
+
+
+def failed_with(run: tuple[str, str]) -> str:
+    """The first sentence of the error the last run (`last_run`) stopped on, or '' where it recorded none."""
+    found = FAILED.findall(run[0])
     return found[-1] if found else ""
 
 

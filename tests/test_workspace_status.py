@@ -227,6 +227,18 @@ def test_a_run_stopped_by_a_signal_is_listed_with_it(tmp_path):
     assert row.resume == "distillctl distill recipe=tiny resume=true"
 
 
+def test_a_run_that_failed_says_why_and_offers_no_resume(tmp_path):
+    ws = tmp_path / "runs" / "tiny"
+    for name, finished in (("student", None), ("pruned", "p")):
+        folder = stage(ws, name, finished=finished, started="s", epoch="1/3")
+        with (folder / "train.log").open("a") as log:  # as engine/fit.py leaves it; resuming would diverge again
+            log.write("# failed: the loss became nan in epoch 2 (by step 36): training diverged. Lower the learning rate.\n")
+    rows = by_stage(tmp_path / "runs")
+    assert rows["tiny/student"].state == "failed: the loss became nan in epoch 2 (by step 36): training diverged"
+    assert rows["tiny/pruned"].state == "finished; a newer run failed: the loss became nan in epoch 2 (by step 36): training diverged"
+    assert rows["tiny/student"].resume == rows["tiny/pruned"].resume == ""
+
+
 def test_a_record_that_is_not_a_json_object_reads_as_no_record(tmp_path):
     from distillctl.workspace import recorded_fingerprint, started_fingerprint
 

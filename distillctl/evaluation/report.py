@@ -11,6 +11,7 @@ from rich.table import Table
 from distillctl import files, provenance
 from distillctl.console import console
 from distillctl.environment import summary, threads_phrase
+from distillctl.errors import Failed
 from distillctl.evaluation.class_accuracy import ClassAccuracy
 from distillctl.model_files import QUANTIZED
 
@@ -148,7 +149,9 @@ def enforce(checked: list[dict[str, Any]], basis: str = "", quantized_with: str 
     misses = [row for row in checked if not row["ok"]]
     if misses:
         print_misses(misses, quantized_with)
-        raise SystemExit(1)
+        shortfalls = ", ".join(f"{row['metric']} {'missing' if row['value'] is None else format(row['value'], '.4g')} "
+                               f"({row['bound']} {row['limit']:.4g})" for row in misses)
+        raise Failed(f"expectations not met: {shortfalls}", 1)
     if checked:
         met = "the 1 expectation met" if len(checked) == 1 else f"all {len(checked)} expectations met"
         console.print(f"[green]{met}{basis}[/]")
