@@ -427,10 +427,12 @@ def explain_composition_error(exc: BaseException, overrides: Sequence[str]) -> s
         message += ("" if message.endswith(".") else ".") + did_you_mean(name, options)
         if group == "recipe" and not listed:
             message += f" Recipes: {', '.join(options)}."
-    if any(override_key(o).startswith("search.space") for o in overrides):
-        # Hydra's advice (+search.space=...) fails too: a space's keys are new entries of a dict.
-        message += (" To add entries to the search space use ++search.space='{key: {low: 1, high: 8}}' "
-                    "(after search=NAME, or alone), or declare search.space in a recipe.")
+    space = next((o for o in overrides if override_key(o).startswith("search.space")), None)
+    if space and "search.space" in message:
+        # Hydra's own advice (+search.space=...) fails too: a space's keys are new entries of a dict.
+        return (f"{source}{space}: a search space's keys are new entries, which key=value cannot add: "
+                "++search.space='{optimizer.lr: {low: 0.01, high: 0.2, log: true}}' adds to the chosen space "
+                "(~search first to search only yours), or declare search.space in a recipe.")
     return message
 
 

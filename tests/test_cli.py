@@ -442,6 +442,15 @@ def test_a_path_under_the_home_folder_is_written_as_in_a_shell(cli, tmp_path):
     assert f"'{home}/elsewhere' does not exist" in missing
 
 
+def test_setting_a_search_space_without_plus_names_the_override_that_adds_to_it(cli):
+    # Hydra's own advice (+search.space=...) came first, in a message of three sentences that disagreed.
+    line = one_error_line(cli("search", "search.space={optimizer.lr:{low:0.01,high:1}}", "--cfg", "job"))
+    assert "key=value cannot add: ++search.space='{optimizer.lr:" in line and "Could not override" not in line
+    # An unrelated mistake beside a valid ++search.space keeps its own message.
+    other = one_error_line(cli("search", "++search.space={optimizer.lr:{low:0.01,high:1}}", "loss=kdd", "--cfg", "job"))
+    assert "Did you mean 'kd'" in other and "search space" not in other
+
+
 @pytest.mark.slow
 def test_every_method_recipe_trains_a_few_steps(cli, tmp_path):
     small = ["dataset=embedded", *TINY, "dataset.test_limit=100"]
