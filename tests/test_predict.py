@@ -76,6 +76,28 @@ def test_predict_answers_as_evaluate_does_on_the_same_images(pngs, cli, tmp_path
     assert folder.code == 2 and "is a folder: give the CSV file's path" in folder.text and "images prepared" not in folder.out
 
 
+def test_images_in_a_folder_named_after_no_class_are_predicted_and_left_out_of_the_score(pngs, cli, tmp_path):
+    # A test folder with a class the model never learned scored nothing at all: one stray folder unlabelled them all.
+    mixed = tmp_path / "mixed"
+    shutil.copytree(pngs, mixed)
+    (mixed / "zebra").mkdir()
+    for photo in sorted((pngs / "horse").iterdir())[:3]:
+        shutil.copy(photo, mixed / "zebra" / photo.name)
+    shutil.copy(sorted((pngs / "cat").iterdir())[0], mixed / "loose.png")
+    run = ["predict", "predict.model=teacher", THREADS]
+    assert cli(*run, f"predict.input={pngs}", "predict.output=all.csv").code == 0
+    result = cli(*run, f"predict.input={mixed}", "predict.output=mixed.csv")
+    assert result.code == 0, result.text
+    said = " ".join(result.out.split())  # lines wrap at the console's width
+    assert "200 labelled by their folders and scored, 4 in the folder itself, zebra/ (not named after one of the model's 10 classes)" in said
+    labelled, summary = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("all", "mixed"))
+    assert (summary["images"], summary["scored_images"], summary["unlabelled_folders"]) == (204, 200, [".", "zebra"])
+    assert (summary["top1"], summary["top5"]) == (labelled["top1"], labelled["top5"])  # the same 200 images scored
+    rows = {Path(r["path"]).relative_to(mixed).parts[0]: r for r in read_csv(tmp_path / "mixed.csv")}
+    assert rows["zebra"]["label"] == rows["zebra"]["correct"] == rows["loose.png"]["label"] == ""
+    assert rows["cat"]["label"] == "cat" and "top-1 (200 labelled)" in said
+
+
 def test_a_streamed_model_sees_photos_as_its_test_split_was_and_bad_files_are_skipped_or_named(photos, cli, tmp_path):
     from distillctl.artifacts import read_metadata
 

@@ -1,10 +1,10 @@
-"""Photos handed to `distillctl predict`: one file, or every image under a folder, labelled when the folder's
-subfolders are named after the model's classes (a test folder laid out like a training one)."""
+"""Photos handed to `distillctl predict`: one file, or every image under a folder, labelled by the subfolder they sit
+in where it is named after one of the model's classes (a test folder laid out like a training one)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from distillctl.data.folder import image_suffixes, images_under
@@ -18,11 +18,17 @@ class ImageFiles:
 
     paths: list[str]
     labels: list[int]
+    unlabelled_folders: list[str] = field(default_factory=list)  # of a labelled folder: subfolders not named after a class
 
     @property
     def labelled(self) -> bool:
-        """Whether every image sits in a folder named after a class."""
-        return bool(self.labels) and min(self.labels) >= 0
+        """Whether any image sits in a folder named after a class: those are scored."""
+        return any(label >= 0 for label in self.labels)
+
+    @property
+    def scored(self) -> int:
+        """How many images have a label."""
+        return sum(label >= 0 for label in self.labels)
 
 
 class PathCells:
@@ -40,8 +46,8 @@ class PathCells:
 
 
 def list_images(spec: str, classes: list[str]) -> ImageFiles:
-    """The image files `spec` names (a file, or a folder searched recursively), labelled by their first-level
-    subfolder when every one of them is in a folder named after one of `classes`."""
+    """The image files `spec` names (a file, or a folder searched recursively), each labelled by its first-level
+    subfolder where that is named after one of `classes`."""
     root = Path(spec).expanduser()
     if root.is_file():
         return ImageFiles([str(root)], [-1])
@@ -54,6 +60,9 @@ def list_images(spec: str, classes: list[str]) -> ImageFiles:
                         + (f"; {left_out.removeprefix('note: ')}." if left_out else "."))
     index = {name: i for i, name in enumerate(classes)}
     folders = [Path(os.path.relpath(p, root)).parts for p in paths]
-    if all(len(parts) > 1 and parts[0] in index for parts in folders):
-        return ImageFiles(paths, [index[parts[0]] for parts in folders])
-    return ImageFiles(paths, [-1] * len(paths))
+    # A test folder with a class the model never learned (zebra/ beside cat/ and dog/): the others are still scored.
+    labels = [index[parts[0]] if len(parts) > 1 and parts[0] in index else -1 for parts in folders]
+    if all(label < 0 for label in labels):
+        return ImageFiles(paths, labels)
+    others = sorted({parts[0] if len(parts) > 1 else "." for parts, label in zip(folders, labels) if label < 0})
+    return ImageFiles(paths, labels, others)

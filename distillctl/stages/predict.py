@@ -26,7 +26,7 @@ from distillctl.data.image_files import ImageFiles, PathCells, list_images
 from distillctl.data.photo_formats import left_out_note
 from distillctl.data.stream import EpochOrder, StreamSettings, StreamSplit, default_workers
 from distillctl.engine.device import autocast, pick_device
-from distillctl.errors import UserError
+from distillctl.errors import UserError, first_few
 from distillctl.model_files import MODEL_STAGES, chosen_model, file_runtime, is_quantized, load_runnable
 from distillctl.models.normalization import stored_normalization
 from distillctl.workspace import METRICS_FILE, Workspace
@@ -51,7 +51,7 @@ def run(cfg: DictConfig) -> dict:
     precision = "fp32" if quantized else str(cfg.trainer.precision)
     runtime = file_runtime(model) or f"torch on {device.type}"
     count = f"{len(images.paths):,} image{'s' if len(images.paths) != 1 else ''}"
-    console.print(f"predict: {count} from {cfg.predict.input}" + (", labelled by their folders" if images.labelled else ""))
+    console.print(f"predict: {count} from {cfg.predict.input}{labelling(images, len(classes))}")
     source = Path(str(cfg.predict.input)).expanduser()
     if source.is_dir() and (note := left_out_note(source, image_suffixes())):
         console.print(note, markup=False)
@@ -67,7 +67,7 @@ def run(cfg: DictConfig) -> dict:
     split = photo_split(images, pre, cfg)
     loader = split.loader(EpochOrder(split.rows, None), cfg.trainer.eval_batch_size, False, device)
     scale, shift = normalizer(mean, std, device)
-    tally = Tally(k, images.labelled)
+    tally = Tally(k)
     shown: list[tuple[str, str, float, str | None]] = []
     start = time.perf_counter()
 
@@ -84,11 +84,11 @@ def run(cfg: DictConfig) -> dict:
                 probs, top = torch.softmax(model(x).float(), dim=1).topk(k, dim=1)
                 probs, top, y = probs.cpu().tolist(), top.cpu().tolist(), y.cpu().tolist()
                 for row, p, t, label in zip(rows, probs, top, y):
-                    labelled = [classes[label], int(t[0] == label)] if images.labelled else []
+                    labelled = ([classes[label], int(t[0] == label)] if label >= 0 else ["", ""]) if images.labelled else []
                     writer.writerow([images.paths[row], *[v for c, q in zip(t, p) for v in (classes[c], f"{q:.4f}")], *labelled])
                     tally.add(t, label)
                     if len(shown) < SHOWN:
-                        shown.append((images.paths[row], classes[t[0]], p[0], classes[label] if images.labelled else None))
+                        shown.append((images.paths[row], classes[t[0]], p[0], classes[label] if label >= 0 else None))
                 progress.advance(len(rows))
         if tally.images == 0:  # raised inside the write, so that no CSV of a header alone replaces the last one
             raise UserError(f"none of the {len(images.paths)} images under {cfg.predict.input} could be decoded "
@@ -102,7 +102,8 @@ def run(cfg: DictConfig) -> dict:
     summary = {
         "model": name, "file": str(path), "runtime": runtime, "input": str(cfg.predict.input), "images": tally.images,
         "skipped_images": len(split.problems), "skipped_files": sorted(split.problems)[:MAX_LISTED_PROBLEMS],
-        "labelled": images.labelled, "top1": tally.accuracy(1), **({f"top{k}": tally.accuracy(k)} if k > 1 else {}),
+        "labelled": images.labelled, "scored_images": tally.scored, "unlabelled_folders": images.unlabelled_folders,
+        "top1": tally.accuracy(1), **({f"top{k}": tally.accuracy(k)} if k > 1 else {}),
         "predicted_classes": {classes[c]: n for c, n in tally.predicted.most_common()},
         "preprocess": pre, "preprocess_from": pre_source, "mean": mean, "std": std,
         "seconds": round(seconds, 2), "images_per_s": round(tally.images / seconds, 1), "csv": str(out),
@@ -113,27 +114,41 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
-class Tally:
-    """Counts kept while predictions stream past: images, labels found first and among the top k, and how often each
-    class is predicted."""
+def labelling(images: ImageFiles, classes: int) -> str:
+    """What the log says of the images' labels: none, all from their folders, or some and which folders give none."""
+    if not images.labelled:
+        return ""
+    if not images.unlabelled_folders:
+        return ", labelled by their folders"
+    folders = first_few([f"{name}/" if name != "." else "the folder itself" for name in images.unlabelled_folders], 3)
+    rest = len(images.paths) - images.scored
+    return (f"; {images.scored:,} labelled by their folders and scored, {rest:,} in {folders} (not named after one of the "
+            f"model's {classes} classes) predicted only")
 
-    def __init__(self, k: int, labelled: bool) -> None:
-        self.k, self.labelled = k, labelled
-        self.images = self.first = self.among_top = 0
+
+class Tally:
+    """Counts kept while predictions stream past: images, labelled images with their label first and among the top k,
+    and how often each class is predicted."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.images = self.scored = self.first = self.among_top = 0
         self.predicted: Counter = Counter()
 
     def add(self, top: list[int], label: int) -> None:
-        """One image's top classes, best first, and its label (-1: none)."""
+        """One image's top classes, best first, and its label (-1: none, and not scored)."""
         self.images += 1
         self.predicted[top[0]] += 1
-        self.first += int(top[0] == label)
-        self.among_top += int(label in top)
+        if label >= 0:
+            self.scored += 1
+            self.first += int(top[0] == label)
+            self.among_top += int(label in top)
 
     def accuracy(self, k: int) -> float | None:
-        """Share of the images whose label is among the top k (1 or the tally's k); None when they have no labels."""
-        if not (self.labelled and self.images):
+        """Share of the labelled images whose label is among the top k (1 or the tally's k); None without any."""
+        if not self.scored:
             return None
-        return (self.first if k == 1 else self.among_top) / self.images
+        return (self.first if k == 1 else self.among_top) / self.scored
 
 
 def open_model(path: Path) -> tuple[torch.nn.Module, dict, list[str]]:
@@ -191,7 +206,7 @@ def print_predictions(shown: list[tuple[str, str, float, str | None]], total: in
     for column in ("image", "class", "probability", *(["label"] if labelled else [])):
         table.add_column(column, justify="right" if column == "probability" else "left", overflow="fold")
     for image, predicted, prob, label in shown:
-        table.add_row(image, predicted, f"{prob:.1%}", *([label] if labelled else []))
+        table.add_row(image, predicted, f"{prob:.1%}", *([label or "-"] if labelled else []))
     console.print(table)
 
 
@@ -199,10 +214,11 @@ def print_summary(summary: dict, classes: list[str], k: int) -> None:
     """The closing table: how many, how well (when labelled), how fast, and where the CSV is."""
     common = ", ".join(f"{c} {n / summary['images']:.0%}" for c, n in list(summary["predicted_classes"].items())[:5])
     rows = [("images", f"{summary['images']:,}"), ("skipped (cannot decode)", f"{summary['skipped_images']:,}")]
-    if summary["labelled"]:
-        rows.append(("top-1", f"{summary['top1']:.2%}"))
+    if summary["top1"] is not None:
+        of = f" ({summary['scored_images']:,} labelled)" if summary["scored_images"] < summary["images"] else ""
+        rows.append((f"top-1{of}", f"{summary['top1']:.2%}"))
         if k > 1:
-            rows.append((f"top-{k}", f"{summary[f'top{k}']:.2%}"))
+            rows.append((f"top-{k}{of}", f"{summary[f'top{k}']:.2%}"))
     rows += [("most predicted", common), ("throughput", f"{summary['images_per_s']:,.0f} img/s ({summary['runtime']})"),
              ("predictions", summary["csv"]), ("summary", str(Path(summary["csv"]).with_suffix(".json")))]
     print_summary_table(f"predict: {summary['model']} ({len(classes)} classes)", rows)
