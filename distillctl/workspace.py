@@ -346,6 +346,12 @@ def note_requeue(stage_dir: Path) -> None:
     files.write_json(stage_dir / STARTED_FILE, {**started(stage_dir), "requeued": True})
 
 
+def note_failure(stage_dir: Path, error: str) -> None:
+    """Note the error the run that last started in stage_dir stopped on (a diverged loss, a refused layer), for
+    `distillctl runs` to say why it ended rather than call it interrupted; the next start forgets it."""
+    files.write_json(stage_dir / STARTED_FILE, {**started(stage_dir), "failed": " ".join(error.split())})
+
+
 def requeued(stage_dir: Path) -> bool:
     """Whether the run that last started in stage_dir was stopped for the scheduler to run it again."""
     return started(stage_dir).get("requeued") is True

@@ -30,8 +30,6 @@ RUN_HEADER = re.compile(r"^# .*: epochs \d+\.\.(\d+)", re.M)
 SAVED_STEP = re.compile(r"^# checkpoint: epoch (\d+), step (\d+)$", re.M)
 # What a run stopped by a signal records as it ends (engine/stop_signal.py): the signal, as its message names it.
 STOPPED_BY = re.compile(r"^# stopped by (.+?) (?:in|after) epoch \d+", re.M)
-# What a run that met an error records as it ends (engine/fit.py): the error, whose first sentence says what happened.
-FAILED = re.compile(r"^# failed: (.+?)(?:\. |\.?$)", re.M)
 
 
 @dataclass
@@ -74,7 +72,7 @@ def stage_status(workspace: Path, stage: str, outdated: dict[str, str] | None = 
         status.state = "running" + (f" (epoch {reached})" if reached else "")
     elif damaged:
         status.state = f"damaged: {METRICS_FILE} is unreadable; its command with force=true (or pipeline) makes it again"
-    elif (newer or not done) and (error := failed_with(run)):
+    elif error := first_sentence(started.get("failed")):  # the last run stopped on an error (workspace.note_failure)
         status.state = f"finished; a newer run failed: {error}" if done else f"failed: {error}"
     elif newer or not done:  # started and not finished, or results staged and never published
         saved = saved_step(run)
@@ -133,10 +131,9 @@ def stopped_by(run: tuple[str, str]) -> str:
     return found[-1] if found else ""
 
 
-def failed_with(run: tuple[str, str]) -> str:
-    """The first sentence of the error the last run (`last_run`) stopped on, or '' where it recorded none."""
-    found = FAILED.findall(run[0])
-    return found[-1] if found else ""
+def first_sentence(error: object) -> str:
+    """What an error says happened, without the advice after it; '' for none."""
+    return str(error).split(". ")[0].rstrip(".") if isinstance(error, str) else ""
 
 
 def writer_alive(workspace: Path, stage: str) -> bool:

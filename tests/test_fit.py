@@ -293,8 +293,6 @@ def test_a_non_finite_loss_stops_the_run_or_skips_its_step(tmp_path, on_nan):
         with pytest.raises(UserError, match="the loss became inf in epoch 1 .by step 2.: training diverged"):
             fit(trainee, batches, no_validation, trainer, tmp_path, "t", teacher=teacher)
         assert not (tmp_path / "last_state.pt").exists()  # nothing of the diverged epoch was saved
-        # recorded for `distillctl runs`, which read a diverged run as an interrupted one and offered resume=true
-        assert "\n# failed: the loss became inf in epoch 1 (by step 2): training diverged." in (tmp_path / "train.log").read_text()
         return
     result = fit(trainee, batches, no_validation, trainer, tmp_path, "t", teacher=teacher)
     assert result.history[0]["skipped_steps"] == 1 and math.isfinite(result.history[0]["loss"])

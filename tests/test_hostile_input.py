@@ -311,6 +311,9 @@ def test_a_diverging_run_stops_and_keeps_the_results(home):
     line = assert_refused(home, ["distill", "recipe=tiny", "force=true", "loss.terms.kd.weight=1e39", "trainer.threads=1"],
                           "the loss became inf in epoch 1 (by step 1): training diverged", results_only=True)
     assert "Lower the learning rate" in line
+    # `distillctl runs` says so, where it said "interrupted" and offered resume=true, which diverges again
+    listed = run_cli(home, "runs").stdout
+    assert "student\tfinished; a newer run failed: the loss became inf in epoch 1 (by step 1): training diverged\t" in listed
 
 
 @contextlib.contextmanager

@@ -228,14 +228,16 @@ def test_a_run_stopped_by_a_signal_is_listed_with_it(tmp_path):
 
 
 def test_a_run_that_failed_says_why_and_offers_no_resume(tmp_path):
+    from distillctl.workspace import note_failure
+
     ws = tmp_path / "runs" / "tiny"
-    for name, finished in (("student", None), ("pruned", "p")):
+    for name, finished in (("student", None), ("pruned", "p"), ("teacher", "s")):
         folder = stage(ws, name, finished=finished, started="s", epoch="1/3")
-        with (folder / "train.log").open("a") as log:  # as engine/fit.py leaves it; resuming would diverge again
-            log.write("# failed: the loss became nan in epoch 2 (by step 36): training diverged. Lower the learning rate.\n")
+        note_failure(folder, "the loss became nan in epoch 2 (by step 36): training diverged. Lower the\nlearning rate.")
     rows = by_stage(tmp_path / "runs")
     assert rows["tiny/student"].state == "failed: the loss became nan in epoch 2 (by step 36): training diverged"
-    assert rows["tiny/pruned"].state == "finished; a newer run failed: the loss became nan in epoch 2 (by step 36): training diverged"
+    # a newer run of other settings, or of the same ones (force=true), failed beside the finished results
+    assert rows["tiny/pruned"].state == rows["tiny/teacher"].state == "finished; a newer run failed: the loss became nan in epoch 2 (by step 36): training diverged"
     assert rows["tiny/student"].resume == rows["tiny/pruned"].resume == ""
 
 

@@ -143,7 +143,6 @@ def fit(
         FeatureTaps(feature_source(teacher), teacher_layers, "the teacher") as teacher_taps,
         TrainingProgress(title, trainer_cfg.epochs, len(batches), start_epoch) as progress,
         StopSignal(log) as stop,
-        failure_noted(log),
     ):
         processes = distributed.world_size()
         batch = trainer_cfg.batch_size
@@ -218,18 +217,6 @@ def fit(
         ran, seen = distributed.sum_across([torch.tensor(float(n), device=batches.device) for n in (cached.teacher_images, cached.images)])
         share = ran.item() / max(seen.item(), 1)
     return FitResult(best_val, best_epoch, trainer_cfg.epochs, seconds, images_seen / max(seconds, 1e-9), history, start_epoch - 1, startup, share)
-
-
-@contextmanager
-def failure_noted(log) -> Iterator[None]:
-    """Record in train.log the error a run stopped on (a diverged loss): `distillctl runs` then says why the run
-    ended, rather than calling it interrupted and offering resume=true, which would diverge again."""
-    try:
-        yield
-    except UserError as exc:
-        log.write(f"# failed: {exc}\n")
-        log.flush()
-        raise
 
 
 def run_epoch(step: Callable, batches: Batches, epoch: int, log_every: int, progress: TrainingProgress,

@@ -99,6 +99,10 @@ def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
         if main:  # the scheduler runs this job again, with nobody to add resume=true: it resumes by itself
             workspace.note_requeue(out_dir)
         raise
+    except UserError as exc:
+        if main:
+            workspace.note_failure(out_dir, str(exc))
+        raise
 
 
 def resumes_after_restart(out_dir: Path, fingerprint: str) -> bool:
