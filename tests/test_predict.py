@@ -135,16 +135,17 @@ def test_a_streamed_model_sees_photos_as_its_test_split_was_and_bad_files_are_sk
     assert "label" not in row and list(row)[-2:] == ["class_3", "prob_3"]
 
 
-def readme_application_code() -> str:
-    """The README's Python block for applications."""
+def readme_application_code(runtime: str = "onnxruntime") -> str:
+    """The README's Python block for applications that run the model in `runtime` (onnxruntime or torch)."""
     text = (REPO / "README.md").read_text()
-    section = text[text.index("## Using the distilled model"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    section = text[text.index("## Using the distilled model"):text.index("## Distillation methods")]
+    return next(code for code in re.findall(r"```python\n(.*?)```", section, re.S) if f"import {runtime}" in code)
 
 
-def run_readme_code(onnx_file: Path, photo: Path) -> str:
-    """What the README's application code prints for one photo."""
-    code = readme_application_code().replace("runs/quickstart/export/model.onnx", str(onnx_file)).replace("photo.jpg", str(photo))
+def run_readme_code(model_file: Path, photo: Path, runtime: str = "onnxruntime") -> str:
+    """What the README's application code for `runtime` prints for one photo."""
+    placeholder = {"onnxruntime": "runs/quickstart/export/model.onnx", "torch": "runs/quickstart/pruned/model.safetensors"}[runtime]
+    code = readme_application_code(runtime).replace(placeholder, str(model_file)).replace("photo.jpg", str(photo))
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         exec(compile(code, "README.md", "exec"), {})
@@ -165,6 +166,22 @@ def test_the_readme_application_code_gives_predicts_answers(photos, cli, tmp_pat
     rows = read_csv(tmp_path / "runs/quickstart/predict/teacher.csv")
     assert len(rows) == 40
     assert [run_readme_code(onnx_file, Path(r["path"])) for r in rows] == [r["class_1"] for r in rows]
+
+
+@pytest.mark.slow
+def test_the_readme_pytorch_code_gives_predicts_answers_for_float_and_int8_models(photos, cli, tmp_path):
+    run = [f"dataset.path={photos}", "dataset.image_size=32", "trainer.epochs=1", "trainer.batch_size=32", "dataset.val_size=10",
+           "teacher=resnet8", "teacher.checkpoint=null", "quantize.source=student", "quantize.calibration_batches=1", THREADS,
+           "run_dir=runs/app"]
+    for stage in ("train-teacher", "distill", "quantize"):
+        made = cli(stage, *run)
+        assert made.code == 0, made.text
+    for stage in ("student", "int8_static"):
+        model_file = tmp_path / "runs/app" / stage / "model.safetensors"
+        result = cli("predict", f"predict.input={photos / 'test'}", f"predict.model={model_file}", "predict.output=p.csv", THREADS)
+        assert result.code == 0, result.text
+        rows = read_csv(tmp_path / "p.csv")
+        assert len(rows) == 40 and [run_readme_code(model_file, Path(r["path"]), "torch") for r in rows] == [r["class_1"] for r in rows]
 
 
 @pytest.mark.parametrize("pre", [
