@@ -64,6 +64,15 @@ def read_metadata(path: Path) -> dict[str, Any]:
         raise UserError(f"'{path}' is not a readable safetensors checkpoint ({exc}); it may be corrupt. Re-run the stage that wrote it.") from None
 
 
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of each tensor a safetensors file holds, read from its header alone."""
+    try:
+        with safe_open(str(path), "pt") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except (OSError, SafetensorError) as exc:
+        raise UserError(f"'{path}' is not a readable safetensors checkpoint ({exc}); it may be corrupt. Re-run the stage that wrote it.") from None
+
+
 def json_or_text(value: str) -> Any:
     """A metadata value decoded from JSON, or the string itself (foreign files store plain strings: format=pt)."""
     try:

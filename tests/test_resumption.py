@@ -39,3 +39,28 @@ def test_a_resume_into_another_model_is_refused_and_one_under_other_settings_say
     assert other_batch.code == 0, other_batch.text
     said = " ".join(other_batch.out.split())  # as a log has it, however the console wrapped it
     assert "under settings other than those it started with: trainer.batch_size 32 -> 64, trainer.epochs 2 -> 3;" in said
+
+
+def test_a_resume_into_other_layer_sizes_is_refused_with_what_changed(tmp_path):
+    # `prune resume=true prune.target_macs_ratio=0.4` over a run pruned to 0.5 failed loading the state, with torch's
+    # size-mismatch text, after recording itself as the folder's run.
+    from torch import nn
+
+    from distillctl import artifacts, workspace
+    from distillctl.errors import UserError
+    from distillctl.resumption import check
+
+    def widths(channels: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, channels, 3), nn.BatchNorm2d(channels))
+
+    last = tmp_path / "last.safetensors"
+    artifacts.save_weights(last, widths(11), {"model": "resnet8"})
+    workspace.record_start(tmp_path, "a", {"prune": {"target_macs_ratio": 0.5}})
+    record = (tmp_path / "started.json").read_text()
+    shapes = {name: tuple(p.shape) for name, p in widths(10).named_parameters()}
+    with pytest.raises(UserError, match=r"holds a resnet8 with other layer sizes than this command builds \(0\.weight: "
+                                        r"\[11, 3, 3, 3\] there, \[10, 3, 3, 3\] here; changed: prune\.target_macs_ratio 0\.5 -> 0\.4\)"):
+        check(tmp_path, last, "b", "resnet8", {"prune": {"target_macs_ratio": 0.4}}, shapes)
+    assert (tmp_path / "started.json").read_text() == record
+    check(tmp_path, last, "a", "resnet8", {"prune": {"target_macs_ratio": 0.5}},  # the same sizes resume
+          {name: tuple(p.shape) for name, p in widths(11).named_parameters()})

@@ -86,7 +86,9 @@ def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
     settings = OmegaConf.to_container(ctx.cfg, resolve=True)
     if resume:  # before the folder records this run as started: a refused resume leaves the record of the one it found
         check_resumable(out_dir)
-        resumption.check(out_dir, out_dir / LAST, job.fingerprint, job.model_name, settings)
+        # Parameters only: a QAT model's observer buffers change shape once they have seen data.
+        shapes = {name: tuple(p.shape) for name, p in job.model.named_parameters()}
+        resumption.check(out_dir, out_dir / LAST, job.fingerprint, job.model_name, settings, shapes)
     if main:
         workspace.record_start(out_dir, job.fingerprint, settings, dataset_stamp(ctx.cfg.dataset))
     distributed.barrier()  # rank 0 has created and claimed the folder
