@@ -30,6 +30,11 @@ def test_a_resume_into_another_model_is_refused_and_one_under_other_settings_say
     assert cli(*run).code == 0
     started = tmp_path / "runs/r/teacher/started.json"
     record = json.loads(started.read_text())
+    # A finished run resumed with its own config has nothing to do: it ran no epoch and recorded 0 s and 0 img/s.
+    metrics = (tmp_path / "runs/r/teacher/metrics.json").read_bytes()
+    again = cli(*run, "resume=true")
+    assert again.code == 0 and "nothing to resume: runs/r/teacher finished every epoch with this config" in " ".join(again.out.split())
+    assert (tmp_path / "runs/r/teacher/metrics.json").read_bytes() == metrics
     other_model = cli(*run, "teacher=resnet14", "resume=true")
     assert other_model.code == 2
     assert "holds a run of resnet8" in other_model.err and "this command builds resnet14" in other_model.err
