@@ -1,4 +1,5 @@
-"""The one exception type for mistakes a user can fix: the CLI prints its message and exits 2."""
+"""The exception for mistakes a user can fix (UserError: the CLI prints its message and exits 2), the exit that
+has said why (Failed), and the suggestions their messages make."""
 
 from __future__ import annotations
 

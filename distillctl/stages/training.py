@@ -84,8 +84,8 @@ def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
         disk.check_free_space(out_dir, 5 * weights + 10 * disk.MB, f"training {job.folder}")
     resume = bool(ctx.cfg.resume) or resumes_after_restart(out_dir, job.fingerprint)
     if resume and job.publish and workspace.finished(out_dir) and workspace.recorded_fingerprint(out_dir) == job.fingerprint:
-        # Resuming would run no epoch and overwrite the run's time and throughput with nothing. (A job its stage
-        # publishes, QAT's, finishes its results after this returns: it runs its no epochs.)
+        # Resuming would run no epoch and overwrite the run's time and throughput with nothing. QAT's job is left to
+        # go through (publish=False): its stage makes the int8 results from what this returns.
         console.print(f"nothing to resume: {out_dir} finished every epoch with this config; its results stand "
                       "(leave out resume=true to train it again)")
         return files.read_json(out_dir / workspace.METRICS_FILE) or {}
