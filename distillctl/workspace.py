@@ -299,7 +299,8 @@ def finished(stage_dir: Path) -> bool:
 
 
 def reusable(stage_dir: Path, wanted: str) -> bool:
-    """Whether `stage_dir` is a finished run, not being rewritten, of fingerprint `wanted`: one this job may link."""
+    """Whether `stage_dir` is a finished run, not being rewritten, of fingerprint `wanted`: one a job may link, or
+    take as its own."""
     return finished(stage_dir) and not (stage_dir / STAGING).exists() and recorded_fingerprint(stage_dir) == wanted
 
 

@@ -83,7 +83,7 @@ def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
         weights = sum(t.numel() * t.element_size() for t in job.model.state_dict().values())
         disk.check_free_space(out_dir, 5 * weights + 10 * disk.MB, f"training {job.folder}")
     resume = bool(ctx.cfg.resume) or resumes_after_restart(out_dir, job.fingerprint)
-    if resume and job.publish and workspace.finished(out_dir) and workspace.recorded_fingerprint(out_dir) == job.fingerprint:
+    if resume and job.publish and workspace.reusable(out_dir, job.fingerprint):
         # Resuming would run no epoch and overwrite the run's time and throughput with nothing. QAT's job is left to
         # go through (publish=False): its stage makes the int8 results from what this returns.
         console.print(f"nothing to resume: {out_dir} finished every epoch with this config; its results stand "
