@@ -487,6 +487,30 @@ def test_every_method_recipe_trains_a_few_steps(cli, tmp_path):
         assert not any("regressor" in k for k in f.keys())  # term parameters never reach the exported student
 
 
+def test_a_teacher_whose_classes_are_in_another_order_is_flagged_before_training(cli, tiny):
+    """A plain state dict records no class names: one trained with the classes in another order loads, and only its
+    accuracy on the validation split gives it away."""
+    from safetensors.torch import load_file
+
+    from distillctl.config import bundled_weights
+    from distillctl.console import console
+    from distillctl.stages.training import report_teacher
+
+    state = load_file(bundled_weights("resnet20_cifar10.safetensors"))  # 88% on the sample's validation split
+    state["fc.weight"], state["fc.bias"] = state["fc.weight"].roll(1, 0), state["fc.bias"].roll(1, 0)
+    torch.save(state, tiny / "shuffled.pth")
+    result = cli("distill", "recipe=tiny", "teacher=resnet20", "teacher.checkpoint=shuffled.pth", "trainer.threads=1")
+    assert result.code == 0, result.text
+    top1 = json.loads((tiny / "runs/tiny/student/metrics.json").read_text())["teacher_val_top1"]
+    out = " ".join(result.out.split())
+    assert top1 < 0.2 and f"teacher: {top1:.2%} top-1 on the validation split" in out
+    assert "warning: the teacher is near chance (10.0% for 10 classes)" in out
+    assert "in this order (airplane, automobile, bird, cat, ...)" in out
+    with console.capture() as shown:
+        report_teacher(0.88, ["airplane", "automobile"] * 5)
+    assert shown.get().strip() == "teacher: 88.00% top-1 on the validation split"
+
+
 @pytest.mark.slow
 def test_multi_teacher_distillation(cli, tiny):
     assert cli("train-teacher", "recipe=tiny").code == 0

@@ -177,6 +177,11 @@ def train_tracked(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Tra
         logits, labels = distributed.gather_cat(*predict(m, split_batches(val_share), device, trainer.precision))
         return topk_accuracy(logits, labels, 1)
 
+    teacher_top1 = None
+    if teacher is not None:  # cheap beside training, and the one sign of a teacher whose outputs mean other classes
+        teacher_top1 = validate(teacher)
+        if main:
+            report_teacher(teacher_top1, data.classes)
     mixer = batch_mixer(cfg.dataset.mixup_alpha, cfg.dataset.cutmix_alpha, data.num_classes, objective)
     cache = None
     if mixer is not None and teacher is not None and cache_settings(cfg, trainer).mode != "off":
@@ -199,13 +204,14 @@ def train_tracked(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Tra
     skipped = int(distributed.sum_across([torch.tensor(float(data.skipped_images), device=device)])[0].item())
     metrics = None
     if main:
-        metrics = save_results(ctx, job, out_dir, tracker, model, test, result, params, skipped, len(batches), trainer, split_batches, cache)
+        metrics = save_results(ctx, job, out_dir, tracker, model, test, result, params, skipped, len(batches), trainer, split_batches, cache,
+                               teacher_top1)
     return distributed.broadcast(metrics)
 
 
 def save_results(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Tracker, model: nn.Module,
                  test: tuple[torch.Tensor, torch.Tensor] | None, result: FitResult, params: int, skipped: int,
-                 steps: int, trainer: DictConfig, split_batches, cache) -> dict:
+                 steps: int, trainer: DictConfig, split_batches, cache, teacher_top1: float | None = None) -> dict:
     """Stage the config, model, metrics and summary of a finished run (rank 0) and publish them."""
     cfg, data = ctx.cfg, ctx.data
     # The results go to a staging folder and replace the stage's together: a run that fails before the end leaves
@@ -227,6 +233,7 @@ def save_results(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Trac
         "test_top1": topk_accuracy(logits, labels, 1),
         "test_top5": top5_accuracy(logits, labels),
         "best_val_top1": result.best_val_top1,
+        "teacher_val_top1": teacher_top1,
         "best_epoch": result.best_epoch,
         "epochs": result.epochs,
         "resumed_from_epoch": result.resumed_from,
@@ -259,6 +266,7 @@ def print_summary(stage: str, metrics: dict, result: FitResult, out_dir: Path) -
         ("test top-1", f"{metrics['test_top1']:.2%}"),
         ("test top-5", "-" if metrics["test_top5"] is None else f"{metrics['test_top5']:.2%}"),
         ("best val top-1", f"{result.best_val_top1:.2%} (epoch {result.best_epoch})"),
+        *([("teacher val top-1", f"{metrics['teacher_val_top1']:.2%}")] if metrics.get("teacher_val_top1") is not None else []),
         ("parameters", f"{metrics['params'] / 1e6:.3f} M"),
         ("epochs", f"{result.epochs}" + (f" (resumed after {result.resumed_from})" if result.resumed_from else "")),
         ("time", f"{result.seconds:.1f} s"),
@@ -266,6 +274,19 @@ def print_summary(stage: str, metrics: dict, result: FitResult, out_dir: Path) -
         *([("teacher ran on", teacher_share(result.teacher_share))] if result.teacher_share is not None else []),
         ("artifacts", str(out_dir)),
     ])
+
+
+def report_teacher(top1: float, classes: list[str]) -> None:
+    """Say how the frozen teacher scores on the validation split, and warn when it is near chance: a plain state
+    dict records no class names, so one trained on these classes in another order loads without complaint."""
+    console.print(f"teacher: {top1:.2%} top-1 on the validation split")
+    chance = 1 / len(classes)
+    if top1 < 2 * chance:
+        shown = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
+        console.print(f"[yellow]warning:[/] the teacher is near chance ({chance:.1%} for {len(classes)} classes), so the "
+                      "student learns little from it. Check that its checkpoint is the one meant, trained on these "
+                      f"classes in this order ({shown}) and with this normalization (dataset.mean, dataset.std); "
+                      "a teacher trained for a few epochs only scores this low too.", highlight=False)
 
 
 def teacher_share(share: float) -> str:
