@@ -133,7 +133,8 @@ def stopped_by(run: tuple[str, str]) -> str:
 
 def first_sentence(error: object) -> str:
     """What an error says happened, without the advice after it; '' for none."""
-    return str(error).split(". ")[0].rstrip(".") if isinstance(error, str) else ""
+    # A sentence ends where a capital letter follows: "e.g. a path" and "1. 5" go on.
+    return re.split(r"\.\s+(?=[A-Z])", error)[0].rstrip(".") if isinstance(error, str) else ""
 
 
 def writer_alive(workspace: Path, stage: str) -> bool:

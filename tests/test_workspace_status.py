@@ -241,6 +241,17 @@ def test_a_run_that_failed_says_why_and_offers_no_resume(tmp_path):
     assert rows["tiny/student"].resume == rows["tiny/pruned"].resume == ""
 
 
+@pytest.mark.parametrize(("error", "shown"), [
+    ("training diverged. Lower the learning rate.", "training diverged"),
+    ("cannot decode a.jpg (e.g. a truncated file). Fix or remove it.", "cannot decode a.jpg (e.g. a truncated file)"),
+    ("quantize.skip names no layer of this model: fc.1. Did you mean 'fc'?", "quantize.skip names no layer of this model: fc.1"),
+    ("no sentence after this one.", "no sentence after this one"),
+    (None, ""),
+])
+def test_a_failure_is_shown_by_its_first_sentence(error, shown):
+    assert workspace_status.first_sentence(error) == shown
+
+
 def test_a_record_that_is_not_a_json_object_reads_as_no_record(tmp_path):
     from distillctl.workspace import recorded_fingerprint, started_fingerprint
 
