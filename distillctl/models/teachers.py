@@ -13,7 +13,7 @@ from distillctl.errors import UserError
 from distillctl.models import load_model
 from distillctl.models.ensemble import TeacherEnsemble
 from distillctl.models.image_size import built_size, size_problem
-from distillctl.models.metadata import require_classes
+from distillctl.models.metadata import finite, require_classes
 from distillctl.models.normalization import renormalized
 from distillctl.ranks import is_main
 from distillctl.teacher_files import teacher_checkpoints
@@ -21,17 +21,19 @@ from distillctl.workspace import Workspace
 
 
 class Teacher(NamedTuple):
-    """A loaded teacher: the model to run, and the file and architecture of each member."""
+    """A loaded teacher: the model to run, the file and architecture of each member, and the lowest validation
+    top-1 the members' files record from their training (None where one records none: a foreign checkpoint)."""
 
     model: nn.Module
     paths: list[Path]
     names: list[str]
+    trained_top1: float | None = None
 
 
 def load_teacher(cfg: DictConfig, ws: Workspace, classes: list[str]) -> Teacher:
     """The frozen teacher (an ensemble when `teachers` is set) fed images normalized as the run's data set is,
     and where it came from."""
-    members, weights, paths, names = [], [], [], []
+    members, weights, paths, names, recorded = [], [], [], [], []
     for path, name, weight in teacher_checkpoints(cfg, ws):
         model, meta = load_model(path, name, len(classes))
         require_classes(meta, classes, "teacher", path)
@@ -47,4 +49,6 @@ def load_teacher(cfg: DictConfig, ws: Workspace, classes: list[str]) -> Teacher:
         weights.append(weight)
         paths.append(path)
         names.append(str(meta["model"]))
-    return Teacher(members[0] if len(members) == 1 else TeacherEnsemble(members, weights), paths, names)
+        recorded.append(meta.get("val_top1"))
+    trained = min(recorded) if all(finite(r) for r in recorded) else None  # a number from the file, nothing more
+    return Teacher(members[0] if len(members) == 1 else TeacherEnsemble(members, weights), paths, names, trained)

@@ -47,9 +47,8 @@ def run(cfg: DictConfig) -> dict:
     """Distill into the student and write runs/<recipe>/student/."""
     ctx = RunContext.open(cfg)
     objective = build_objective(cfg.loss.terms)
-    teacher, teacher_paths = None, []
-    if objective.needs_teacher:
-        teacher, teacher_paths, _ = load_teacher(cfg, ctx.workspace, ctx.data.classes)
+    teacher = load_teacher(cfg, ctx.workspace, ctx.data.classes) if objective.needs_teacher else None
+    teacher_paths = teacher.paths if teacher else []
     s = cfg.student
     student = create_model(s.name, ctx.data.num_classes, s.pretrained, role="student", pretrained_file=s.pretrained_file,
                            image_size=cfg.dataset.image_size, **s.kwargs)
@@ -57,7 +56,8 @@ def run(cfg: DictConfig) -> dict:
         load_weights(Path(s.checkpoint).expanduser(), student)
     job = TrainingJob(
         FOLDER, s.name, student, objective, s.lr if s.lr is not None else cfg.optimizer.lr, fingerprint(cfg, ctx.workspace),
-        teacher, model_kwargs=OmegaConf.to_container(s.kwargs),
+        teacher.model if teacher else None, teacher_trained_top1=teacher.trained_top1 if teacher else None,
+        model_kwargs=OmegaConf.to_container(s.kwargs),
         extra_metrics={"teacher": ", ".join(map(str, teacher_paths)) or None, "loss_terms": sorted(cfg.loss.terms),
                        "made_from": made_from(ctx.workspace, teacher_paths)},
     )

@@ -177,7 +177,7 @@ def quantize_after_training(cfg: DictConfig, ctx: RunContext, model: nn.Module, 
 def train_qat(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, quantization: dict, objective, info: dict, fp: str, norm: Normalization) -> dict:
     """Fake-quantized fine-tuning through the one training loop, then conversion to int8."""
     q, size = cfg.quantize, cfg.dataset.image_size
-    teacher = load_teacher(cfg, ctx.workspace, ctx.data.classes).model if objective.needs_teacher else None
+    teacher = load_teacher(cfg, ctx.workspace, ctx.data.classes) if objective.needs_teacher else None
     prepared = int8_fx.prepare(copy.deepcopy(model), torch.zeros(1, 3, size, size), quantization["backend"], q.per_channel, q.skip, qat=True)
     # Start from calibrated ranges rather than fake-quantizing with placeholders during the first steps.
     int8_fx.calibrate(prepared, calibration_images(cfg, ctx, norm))
@@ -188,8 +188,8 @@ def train_qat(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, qu
         return int8
 
     job = TrainingJob(
-        folder(cfg), keep["model"], prepared, objective, q.qat_lr, fp, teacher,
-        epochs=q.qat_epochs, compile="false",  # fake-quant observers update Python-side state every step
+        folder(cfg), keep["model"], prepared, objective, q.qat_lr, fp, teacher.model if teacher else None,
+        teacher_trained_top1=teacher.trained_top1 if teacher else None, epochs=q.qat_epochs, compile="false",  # fake-quant observers update Python-side state every step
         normalization=norm, model_kwargs=keep.get("kwargs", {}), extra_metrics=info, extra_metadata=keep, finalize=finalize,
         publish=False,  # run() adds the comparison with the float model first
     )
