@@ -453,37 +453,44 @@ def test_setting_a_search_space_without_plus_names_the_override_that_adds_to_it(
 
 @pytest.mark.slow
 def test_every_method_recipe_trains_a_few_steps(cli, tmp_path):
-    small = ["dataset=embedded", *TINY, "dataset.test_limit=100"]
+    small = ["dataset=embedded", *TINY, "dataset.test_limit=100", "trainer.threads=1"]
     assert cli("train-teacher", "recipe=cifar_resnet", "teacher=resnet14", *small, "run_dir=runs/t").code == 0
     ckpt = tmp_path / "runs/t/teacher/model.safetensors"
     expected = {"cifar_fitnet": {"ce", "hint"}, "cifar_at": {"ce", "at"}, "cifar_adversarial": {"ce", "kd", "adversarial"}, "cifar_dkd": {"ce", "dkd"},
-                # loss presets without a recipe of their own
-                "cifar_resnet loss=dist": {"ce", "dist"}, "cifar_resnet loss=kd_ls": {"ce", "kd"}, "cifar_resnet loss=rkd": {"ce", "rkd"},
-                "cifar_resnet loss=pkt": {"ce", "pkt"}, "cifar_resnet loss=sp": {"ce", "sp"}, "cifar_resnet loss=crd": {"ce", "crd"},
-                "cifar_resnet loss=nst": {"ce", "nst"}, "cifar_resnet loss=vid": {"ce", "vid"}, "cifar_resnet loss=cc": {"ce", "cc"},
-                "cifar_resnet loss=ofd": {"ce", "ofd"}, "cifar_resnet loss=reviewkd": {"ce", "reviewkd"},
+                # loss presets without a recipe of their own, on cifar_resnet
+                "dist": {"ce", "dist"}, "kd_ls": {"ce", "kd"}, "rkd": {"ce", "rkd"}, "pkt": {"ce", "pkt"}, "sp": {"ce", "sp"},
+                "crd": {"ce", "crd"}, "nst": {"ce", "nst"}, "vid": {"ce", "vid"}, "cc": {"ce", "cc"}, "ofd": {"ce", "ofd"},
+                "reviewkd": {"ce", "reviewkd"}, "kd": {"ce", "kd"}, "kd_at": {"ce", "kd", "at"}, "ce": {"ce"},
                 # FT's paraphraser stage is tested in test_baselines; here its factor loss runs from the first step
-                "cifar_resnet loss=ft loss.terms.ft.paraphraser_epochs=0": {"ce", "ft"},
-                "cifar_resnet": {"ce", "kd"}, "cifar_resnet loss=kd_at": {"ce", "kd", "at"}, "cifar_resnet loss=ce": {"ce"}}
+                "ft": {"ce", "ft"}}
+    recipes = [m for m in expected if m.startswith("cifar_")]
     # Like timm's test over every registered model: a loss preset added without a line here fails.
     presets = {f.stem for f in (Path(distillctl.__file__).parent / "configs/loss").glob("*.yaml")}
-    tried = {m.split("loss=")[1].split()[0] if "loss=" in m else {"cifar_resnet": "kd", "cifar_at": "at"}.get(m, m.removeprefix("cifar_"))
-             for m in expected}
+    tried = {m.removeprefix("cifar_") for m in expected}  # cifar_at trains loss=at, ...
     assert presets == tried, presets ^ tried
+    # As a researcher compares methods: one sweep over the losses, one over the method recipes (and one process each).
+    teacher = [f"teacher.checkpoint={ckpt}", "teacher.name=resnet14"]
+    losses = ",".join(m for m in expected if m not in recipes and m != "ft")
+    sweeps = [["-m", "recipe=cifar_resnet", f"loss={losses}", "hydra.sweep.dir=losses"],
+              ["-m", f"recipe={','.join(recipes)}", "hydra.sweep.dir=recipes"],
+              ["recipe=cifar_resnet", "loss=ft", "loss.terms.ft.paraphraser_epochs=0", "run_dir=runs/ft"]]
+    for args in sweeps:
+        result = cli("distill", *args, *small, *teacher)
+        assert result.code == 0, f"{args}: {result.text[-3000:]}"
+    # job folders are named after the value swept: losses/0_loss=dist, recipes/0_recipe=cifar_fitnet
+    folders = {job.name.split("=", 1)[1]: job for sweep in ("losses", "recipes") for job in (tmp_path / sweep).iterdir() if "=" in job.name}
+    folders["ft"] = tmp_path / "runs/ft"
+    assert set(folders) == set(expected), set(folders) ^ set(expected)
     for method, terms in expected.items():
-        recipe, *loss = method.split()
-        run_dir = f"runs/{recipe}" + (f"-{method.split('loss=')[1].split()[0]}" if loss else "")
-        result = cli("distill", f"recipe={recipe}", *loss, *small, f"teacher.checkpoint={ckpt}", "teacher.name=resnet14", f"run_dir={run_dir}")
-        assert result.code == 0, f"{method}: {result.text}"
-        history = json.loads((tmp_path / run_dir / "student/history.jsonl").read_text().splitlines()[-1])
+        history = json.loads((folders[method] / "student/history.jsonl").read_text().splitlines()[-1])
         assert {f"loss.{t}" for t in terms} <= set(history), (method, history)
-    bad_layer = cli("distill", "recipe=cifar_fitnet", *small, f"teacher.checkpoint={ckpt}", "teacher.name=resnet14", "loss.terms.hint.student_layer=layer_2")
+    bad_layer = cli("distill", "recipe=cifar_fitnet", *small, *teacher, "loss.terms.hint.student_layer=layer_2")
     assert "Did you mean 'layer2'" in one_error_line(bad_layer)
-    state = torch.load(tmp_path / "runs/cifar_adversarial/student/last_state.pt", weights_only=True)
+    state = torch.load(folders["cifar_adversarial"] / "student/last_state.pt", weights_only=True)
     assert any("discriminator" in k for k in state["objective"])  # the term's own state is checkpointed
     from safetensors import safe_open
 
-    with safe_open(str(tmp_path / "runs/cifar_fitnet/student/model.safetensors"), "pt") as f:
+    with safe_open(str(folders["cifar_fitnet"] / "student/model.safetensors"), "pt") as f:
         assert not any("regressor" in k for k in f.keys())  # term parameters never reach the exported student
 
 
