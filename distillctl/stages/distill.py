@@ -56,8 +56,7 @@ def run(cfg: DictConfig) -> dict:
         load_weights(Path(s.checkpoint).expanduser(), student)
     job = TrainingJob(
         FOLDER, s.name, student, objective, s.lr if s.lr is not None else cfg.optimizer.lr, fingerprint(cfg, ctx.workspace),
-        teacher.model if teacher else None, teacher_trained_top1=teacher.trained_top1 if teacher else None,
-        model_kwargs=OmegaConf.to_container(s.kwargs),
+        teacher, model_kwargs=OmegaConf.to_container(s.kwargs),
         extra_metrics={"teacher": ", ".join(map(str, teacher_paths)) or None, "loss_terms": sorted(cfg.loss.terms),
                        "made_from": made_from(ctx.workspace, teacher_paths)},
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -17,7 +16,7 @@ from distillctl.losses import Objective, build_objective
 from distillctl.models import architecture_metadata, load_model
 from distillctl.models.metadata import require_classes
 from distillctl.models.normalization import stored_normalization
-from distillctl.models.teachers import load_teacher
+from distillctl.models.teachers import Teacher, load_teacher
 from distillctl.provenance import made_from
 from distillctl.stages.base import Stage
 from distillctl.stages.context import RunContext
@@ -63,21 +62,17 @@ def run(cfg: DictConfig) -> dict:
         return save_without_training(ctx, model, meta, extra, fingerprint(cfg, ctx.workspace))
     objective, teacher = finetune_objective(cfg, ctx)
     return train_and_save(ctx, TrainingJob(
-        FOLDER, meta["model"], model, objective, cfg.prune.finetune_lr, fingerprint(cfg, ctx.workspace), **teacher,
+        FOLDER, meta["model"], model, objective, cfg.prune.finetune_lr, fingerprint(cfg, ctx.workspace), teacher,
         epochs=cfg.prune.finetune_epochs, normalization=stored_normalization(meta, cfg.dataset.mean, cfg.dataset.std),
         model_kwargs=meta.get("kwargs", {}), extra_metrics=extra, extra_metadata={"shapes": layer_shapes(model)},
         after_step=mask.reapply,
     ))
 
 
-def finetune_objective(cfg: DictConfig, ctx: RunContext) -> tuple[Objective, dict[str, Any]]:
-    """The recipe's loss terms, and the TrainingJob fields of its teacher when they read one: what fine-tunes a
-    pruned student."""
+def finetune_objective(cfg: DictConfig, ctx: RunContext) -> tuple[Objective, Teacher | None]:
+    """The recipe's loss terms, and its teacher when they read one: what fine-tunes a pruned student."""
     objective = build_objective(cfg.loss.terms)
-    if not objective.needs_teacher:
-        return objective, {}
-    teacher = load_teacher(cfg, ctx.workspace, ctx.data.classes)
-    return objective, {"teacher": teacher.model, "teacher_trained_top1": teacher.trained_top1}
+    return objective, (load_teacher(cfg, ctx.workspace, ctx.data.classes) if objective.needs_teacher else None)
 
 
 def prune_structured_steps(cfg: DictConfig, ctx: RunContext, model, meta: dict, source: Path) -> dict:
@@ -87,7 +82,7 @@ def prune_structured_steps(cfg: DictConfig, ctx: RunContext, model, meta: dict, 
     if p.steps < 1 or (p.steps > 1 and p.channel_ratio is not None):
         raise UserError(f"prune.steps={p.steps}: use 1 or more steps, and more than one only with prune.target_macs_ratio (not channel_ratio).")
     example = torch.zeros(1, 3, cfg.dataset.image_size, cfg.dataset.image_size)
-    objective, teacher = finetune_objective(cfg, ctx) if p.finetune_epochs > 0 else (None, {})
+    objective, teacher = finetune_objective(cfg, ctx) if p.finetune_epochs > 0 else (None, None)
     base_macs, base_params = channels.macs_and_params(model, example)
     base_heads = sum(channels.head_counts(model).values())
     fp, made = fingerprint(cfg, ctx.workspace), made_from(ctx.workspace, [source])
@@ -108,7 +103,7 @@ def prune_structured_steps(cfg: DictConfig, ctx: RunContext, model, meta: dict, 
         if objective is None:
             return save_without_training(ctx, model, meta, extra, fp)
         job = TrainingJob(
-            FOLDER if step == p.steps else f"{FOLDER}/step{step}", meta["model"], model, objective, p.finetune_lr, fp, **teacher,
+            FOLDER if step == p.steps else f"{FOLDER}/step{step}", meta["model"], model, objective, p.finetune_lr, fp, teacher,
             epochs=p.finetune_epochs, normalization=stored_normalization(meta, cfg.dataset.mean, cfg.dataset.std),
             model_kwargs=meta.get("kwargs", {}), extra_metrics=extra, extra_metadata={"shapes": layer_shapes(model)},
         )

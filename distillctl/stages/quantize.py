@@ -188,8 +188,8 @@ def train_qat(cfg: DictConfig, ctx: RunContext, model: nn.Module, keep: dict, qu
         return int8
 
     job = TrainingJob(
-        folder(cfg), keep["model"], prepared, objective, q.qat_lr, fp, teacher.model if teacher else None,
-        teacher_trained_top1=teacher.trained_top1 if teacher else None, epochs=q.qat_epochs, compile="false",  # fake-quant observers update Python-side state every step
+        folder(cfg), keep["model"], prepared, objective, q.qat_lr, fp, teacher,
+        epochs=q.qat_epochs, compile="false",  # fake-quant observers update Python-side state every step
         normalization=norm, model_kwargs=keep.get("kwargs", {}), extra_metrics=info, extra_metadata=keep, finalize=finalize,
         publish=False,  # run() adds the comparison with the float model first
     )

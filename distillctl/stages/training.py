@@ -26,6 +26,7 @@ from distillctl.engine.teacher_cache import CacheSettings, open_cache
 from distillctl.errors import UserError
 from distillctl.losses import Objective
 from distillctl.models import count_parameters, model_metadata
+from distillctl.models.teachers import Teacher
 from distillctl.stages.base import holds_checkpoint_of
 from distillctl.stages.context import RunContext
 from distillctl.tracking import NO_TRACKER, Tracker, summary_csv, tracked
@@ -43,10 +44,7 @@ class TrainingJob:
     objective: Objective
     lr: float
     fingerprint: str
-    teacher: nn.Module | None = None
-    # The validation top-1 the teacher's file records from its training (Teacher.trained_top1), to compare with its
-    # top-1 here.
-    teacher_trained_top1: float | None = None
+    teacher: Teacher | None = None
     epochs: int | None = None  # None: trainer.epochs (prune fine-tuning and QAT have their own)
     compile: str | None = None  # None: trainer.compile
     # The (mean, std) the model was trained with; None: the dataset section's (a model trained from scratch).
@@ -148,7 +146,7 @@ def train_tracked(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Tra
     if trainer.sync_bn:
         model = distributed.synced_batchnorm(model, device)
     objective = job.objective.to(device)
-    teacher = job.teacher
+    teacher = job.teacher.model if job.teacher is not None else None
     if teacher is not None:
         teacher = teacher.to(device, memory_format=memory).eval().requires_grad_(False)
     batches = data.train.train_batches(
@@ -184,7 +182,7 @@ def train_tracked(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Tra
     if teacher is not None:  # cheap beside training, and the one sign of a teacher whose outputs mean other classes
         teacher_top1 = validate(teacher)
         if main:
-            report_teacher(teacher_top1, data.classes, job.teacher_trained_top1)
+            report_teacher(teacher_top1, data.classes, job.teacher.trained_top1)
     mixer = batch_mixer(cfg.dataset.mixup_alpha, cfg.dataset.cutmix_alpha, data.num_classes, objective)
     cache = None
     if mixer is not None and teacher is not None and cache_settings(cfg, trainer).mode != "off":
