@@ -98,6 +98,11 @@ def layout_dtypes(node: Any) -> list[str]:
     return []
 
 
+def class_preview(names: list[str]) -> str:
+    """The first four class names and '...' for the rest, to show which classes and in which order."""
+    return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+
+
 def require_classes(meta: dict[str, Any], classes: list[str], what: str, path: Path) -> None:
     """Refuse a model whose recorded classes are not the data set's: its logit i would be scored (or distilled)
     as the data set's class i, and every number after that would be silently wrong."""
@@ -106,13 +111,10 @@ def require_classes(meta: dict[str, Any], classes: list[str], what: str, path: P
     fix = ("use the data set it was trained on (the dataset overrides of the run that made it), or train one on this "
            "data set")
 
-    def preview(names: list[str]) -> str:
-        return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-
     if count != len(classes):
-        shown = f" ({preview(trained)})" if trained else ""
+        shown = f" ({class_preview(trained)})" if trained else ""
         raise UserError(f"the {what} in {path} predicts {count} classes{shown} but the data set has {len(classes)} "
-                        f"({preview(classes)}): {fix}.")
+                        f"({class_preview(classes)}): {fix}.")
     differ = [(mine, theirs) for mine, theirs in zip(trained, classes) if mine != theirs]
     if differ:
         pairs = ", ".join(f"'{mine}' where the data set has '{theirs}'" for mine, theirs in differ[:3])

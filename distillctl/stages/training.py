@@ -26,6 +26,7 @@ from distillctl.engine.teacher_cache import CacheSettings, open_cache
 from distillctl.errors import UserError
 from distillctl.losses import Objective
 from distillctl.models import count_parameters, model_metadata
+from distillctl.models.metadata import class_preview
 from distillctl.models.teachers import Teacher
 from distillctl.stages.base import holds_checkpoint_of
 from distillctl.stages.context import RunContext
@@ -287,10 +288,9 @@ def report_teacher(top1: float, classes: list[str], trained_top1: float | None =
     console.print(f"teacher: {top1:.2%} top-1 on the validation split{when_trained}")
     if top1 >= 2 * chance or (trained_top1 is not None and trained_top1 < 2 * chance):
         return
-    shown = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
     console.print(f"[yellow]warning:[/] the teacher is near chance ({chance:.1%} for {len(classes)} classes), so the student "
                   "learns little from it. Check that its checkpoint is the one meant, trained on these classes in this "
-                  f"order ({shown}) and with this normalization (dataset.mean, dataset.std).", highlight=False)
+                  f"order ({class_preview(classes)}) and with this normalization (dataset.mean, dataset.std).", highlight=False)
 
 
 def teacher_share(share: float) -> str:
