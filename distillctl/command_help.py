@@ -40,7 +40,7 @@ HELP: dict[str, CommandHelp] = {
     "evaluate": CommandHelp(
         "Measures every model in the workspace on the test split (top-1/5, top-1 per class, agreement, size, MACs, CPU "
         "latency) and writes runs/<recipe>/report/; exits 1 when the recipe's expect: block is not met.",
-        ("dataset.path", "dataset.test_limit", "trainer.threads", "expect"),
+        ("dataset.path", "dataset.test_limit", "trainer.threads", "evaluate.latency_repeats", "evaluate.throughput_batch", "expect"),
         "distillctl evaluate recipe=quickstart"),
     "predict": CommandHelp(
         "Runs a model of the workspace (by default the one the pipeline ends with) or any model file on your own images: "

@@ -295,6 +295,17 @@ class ExportConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """How `distillctl evaluate` times each model on the CPU for the report."""
+
+    # Batch-1 forward passes timed, after a fifth as many for warm-up; the report gives their median latency.
+    latency_repeats: int = bounded(100, min=1)
+    # Images per forward pass for throughput (the median of 7 passes, after 1 for warm-up). A large model at 224 px
+    # takes minutes on a CPU at 256; a smaller batch measures sooner and a little lower.
+    throughput_batch: int = bounded(256, min=1)
+
+
+@dataclass
 class DistillConfig:
     """How every stage that learns from the teacher (distill, prune fine-tuning, QAT) gets the teacher's outputs."""
 
@@ -427,6 +438,7 @@ class Config:
     prune: PruneConfig = field(default_factory=PruneConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
     search: SearchConfig = field(default_factory=SearchConfig)

@@ -14,7 +14,8 @@ from distillctl.evaluation.class_accuracy import FULL_TABLE_MAX, ClassAccuracy
 
 ROW = {"arch": "resnet8", "top1": 0.5, "top5": 0.9, "agreement": 1.0, "params": 78000, "macs": 12_500_000,
        "size_mb": 0.32, "sparsity": 0.0, "latency_ms": 0.4, "throughput": 5000.0, "runtime": "torchscript"}
-CONTEXT = {"recipe": "r", "test_images": 500, "dataset": "embedded", "cpu": "cpu", "threads": 2, "torch": "2", "date": "today"}
+CONTEXT = {"recipe": "r", "test_images": 500, "dataset": "embedded", "cpu": "cpu", "threads": 2, "torch": "2", "date": "today",
+           "timing": {"latency_repeats": 100, "latency_warmup": 20, "throughput_batch": 256}}
 
 
 def test_sparsity_is_shown_only_when_some_model_has_zeros():
@@ -76,3 +77,10 @@ def test_many_classes_list_only_the_largest_drops_in_report_md(classes):
     assert md.count("| 100.0% | 0.0% |") == 10 and "| c12 |" not in md
     mistakes = [line for line in md.splitlines() if re.fullmatch(r"\| c\d+ \| c\d+ \| 2 \| 100.0% \|", line)]
     assert len(mistakes) == 10 and mistakes[0] == "| c0 | c1 | 2 | 100.0% |"  # each missed class, taken for the next
+
+
+def test_the_report_states_the_timing_it_was_measured_with():
+    timing = {"latency_repeats": 10, "latency_warmup": 2, "throughput_batch": 32}
+    md = report.markdown({"student": ROW}, CONTEXT | {"timing": timing})
+    assert "| b32 (img/s) |" in md and "b256" not in md
+    assert "median of 10 batch-1 forwards after 2 warm-up; throughput: median of 7 batch-32 forwards" in md

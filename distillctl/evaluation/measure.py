@@ -60,12 +60,17 @@ def deployable(model: nn.Module, image_size: int) -> tuple[nn.Module, str]:
         return model, "eager"
 
 
-def latency_ms(model: nn.Module, image_size: int, threads: int) -> float:
-    """Median batch-1 latency on the CPU, in milliseconds."""
-    return statistics.median(time_forward(model, 1, image_size, threads, warmup=20, repeats=100)) * 1e3
+def latency_warmup(repeats: int) -> int:
+    """Untimed batch-1 passes before `repeats` timed ones: a fifth as many, at least one."""
+    return max(1, repeats // 5)
 
 
-def speed(model: nn.Module, image_size: int, threads: int) -> dict[str, float]:
-    """Median batch-1 latency (ms) and batch-256 throughput (images/s) on the CPU."""
-    bulk = time_forward(model, 256, image_size, threads, warmup=1, repeats=7)
-    return {"latency_ms": latency_ms(model, image_size, threads), "throughput": 256 / statistics.median(bulk)}
+def latency_ms(model: nn.Module, image_size: int, threads: int, repeats: int) -> float:
+    """Median batch-1 latency on the CPU over `repeats` passes, in milliseconds."""
+    return statistics.median(time_forward(model, 1, image_size, threads, latency_warmup(repeats), repeats)) * 1e3
+
+
+def speed(model: nn.Module, image_size: int, threads: int, latency_repeats: int, batch: int) -> dict[str, float]:
+    """Median batch-1 latency (ms) and throughput at `batch` images per pass (images/s) on the CPU."""
+    bulk = time_forward(model, batch, image_size, threads, warmup=1, repeats=7)
+    return {"latency_ms": latency_ms(model, image_size, threads, latency_repeats), "throughput": batch / statistics.median(bulk)}

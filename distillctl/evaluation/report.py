@@ -33,7 +33,7 @@ COLUMNS = [
     ("size_mb", "file (MB)", "{:.2f}"),
     ("sparsity", "zeros", "{:.0%}"),
     ("latency_ms", "latency b1 (ms)", "{:.2f}"),
-    ("throughput", "b256 (img/s)", "{:,.0f}"),
+    ("throughput", "b{batch} (img/s)", "{:,.0f}"),  # the batch evaluate.throughput_batch times
     ("smaller_than_teacher", "x smaller", times),
     ("faster_than_teacher", "x faster b1", times),
     ("runtime", "runtime", "{}"),
@@ -51,17 +51,19 @@ def cell(key: str, value: Any) -> str:
     return fmt(value) if callable(fmt) else fmt.format(value)
 
 
-def columns(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """The columns worth showing: sparsity only when some model has zeroed weights on purpose (1% or more: training
-    leaves a few weights of a large model at exactly zero, which made a column of 0%)."""
-    return [c for c in COLUMNS if c[0] != "sparsity" or any((row.get("sparsity") or 0) >= MEANT_SPARSITY for row in results.values())]
+def columns(results: dict[str, dict[str, Any]], batch: int) -> list[tuple[str, str, str]]:
+    """The columns worth showing, headed for a throughput batch of `batch`: sparsity only when some model has zeroed
+    weights on purpose (1% or more: training leaves a few weights of a large model at exactly zero, which made a
+    column of 0%)."""
+    return [(key, header.format(batch=batch), fmt) for key, header, fmt in COLUMNS
+            if key != "sparsity" or any((row.get("sparsity") or 0) >= MEANT_SPARSITY for row in results.values())]
 
 
-def print_table(results: dict[str, dict[str, Any]], title: str) -> None:
-    """The rich table of every evaluated model."""
+def print_table(results: dict[str, dict[str, Any]], title: str, batch: int) -> None:
+    """The rich table of every evaluated model, its throughput measured at `batch` images per pass."""
     table = Table(title=title, title_justify="left")
     table.add_column("model")
-    shown = columns(results)
+    shown = columns(results, batch)
     for _, header, _ in shown:
         table.add_column(header, justify="right")
     for name, row in results.items():
@@ -73,7 +75,8 @@ def markdown(results: dict[str, dict[str, Any]], context: dict[str, Any], figure
              by_class: ClassAccuracy | None = None, final: str = "") -> str:
     """report.md: the same table, the conditions of the measurement, top-1 per class, and the figures."""
     lines = [f"# Evaluation: {context['recipe']}", ""]
-    shown = columns(results)
+    timing = context["timing"]
+    shown = columns(results, timing["throughput_batch"])
     lines.append("| model | " + " | ".join(h for _, h, _ in shown) + " |")
     lines.append("|---|" + "---:|" * len(shown))
     for name, row in results.items():
@@ -81,7 +84,8 @@ def markdown(results: dict[str, dict[str, Any]], context: dict[str, Any], figure
     lines += [
         "",
         f"- test images: {context['test_images']} ({context['dataset']})",
-        "- latency: median of 100 batch-1 forwards after 20 warm-up; throughput: median of 7 batch-256 forwards;",
+        f"- latency: median of {timing['latency_repeats']} batch-1 forwards after {timing['latency_warmup']} warm-up; "
+        f"throughput: median of 7 batch-{timing['throughput_batch']} forwards;",
         "  torch models run as frozen TorchScript traces, ONNX models in ONNX Runtime, all on the CPU",
         f"- CPU: {context['cpu']}, {threads_phrase(context['threads'])} (OpenMP wait policy: {context.get('omp_wait_policy', 'default')}); torch {context['torch']}",
         f"- measured {context['date']}",

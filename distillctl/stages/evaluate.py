@@ -97,7 +97,7 @@ def run(cfg: DictConfig) -> dict:
             "size_mb": sum(source.stat().st_size for source in sources) / 1e6,
             "sparsity": None if quantized else weight_sparsity(model),
             "runtime": runtime,
-            **measure.speed(timed, cfg.dataset.image_size, threads),
+            **measure.speed(timed, cfg.dataset.image_size, threads, cfg.evaluate.latency_repeats, cfg.evaluate.throughput_batch),
         }
     add_teacher_ratios(results)
     final = final_of(found, str(cfg.quantize.method))[0]
@@ -107,6 +107,8 @@ def run(cfg: DictConfig) -> dict:
         "test_images": len(ctx.data.test),
         "cpu": cpu_name(),
         "threads": threads,
+        "timing": {"latency_repeats": cfg.evaluate.latency_repeats, "latency_warmup": measure.latency_warmup(cfg.evaluate.latency_repeats),
+                   "throughput_batch": cfg.evaluate.throughput_batch},
         # Sleeping OpenMP threads (OMP_WAIT_POLICY=PASSIVE, when a user sets it) add wake-up time to batch-1 latencies.
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "torch": torch.__version__,
@@ -121,7 +123,8 @@ def run(cfg: DictConfig) -> dict:
         report.write(report_dir, results, context, checked, figures, by_class, final)
         tracker.log({f"{stage}/{key}": value for stage, row in results.items() for key, value in row.items()}, 0)
         tracker.artifacts([report_dir / METRICS_FILE, report_dir / "report.md", report_dir / report.PER_CLASS, *figures])
-    report.print_table(results, f"{context['recipe']}: {len(ctx.data.test)} test images, CPU timings on {threads_phrase(threads)}")
+    report.print_table(results, f"{context['recipe']}: {len(ctx.data.test)} test images, CPU timings on {threads_phrase(threads)}",
+                       cfg.evaluate.throughput_batch)
     report.print_outdated(context["outdated"])
     report.print_drops(by_class, final)
     console.print(f"report: {report_dir / 'report.md'}")

@@ -103,7 +103,7 @@ def student_cost(cfg: DictConfig, threads: int) -> dict[str, float]:
     model = create_model(s.name, num_classes, False, role="student", image_size=cfg.dataset.image_size, **s.kwargs)
     size = cfg.dataset.image_size
     timed, _ = measure.deployable(model, size)
-    return {"macs": float(measure.macs(model, size)), "latency_ms": round(measure.latency_ms(timed, size, threads), 4)}
+    return {"macs": float(measure.macs(model, size)), "latency_ms": round(measure.latency_ms(timed, size, threads, cfg.evaluate.latency_repeats), 4)}
 
 
 def over_budget(cost: dict[str, float], search: DictConfig) -> str | None:
