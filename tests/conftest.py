@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import preloaded_cli
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,17 +58,11 @@ class Result:
 
 @pytest.fixture
 def cli(tmp_path: Path):
-    """Run `distillctl ...` as a subprocess in tmp_path, as a user would."""
+    """Run `distillctl ...` as a process of its own in tmp_path, as a user would (forked with torch and timm already
+    imported: tests/preloaded_cli.py says when and why)."""
 
     def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> Result:
-        proc = subprocess.run(
-            [sys.executable, "-m", "distillctl", *args],
-            cwd=cwd or tmp_path,
-            capture_output=True,
-            text=True,
-            env={**os.environ, **(env or {})},
-            timeout=600,
-        )
+        proc = preloaded_cli.shared().run(args, cwd=cwd or tmp_path, env={**os.environ, **(env or {})}, timeout=600)
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     return run
@@ -83,6 +76,7 @@ defaults:
 trainer: {epochs: 1, max_steps_per_epoch: 3, batch_size: 32, log_every: 1}
 prune: {finetune_epochs: 1}
 quantize: {calibration_batches: 2, qat_epochs: 1}
+evaluate: {latency_repeats: 10, throughput_batch: 32}
 dataset: {test_limit: 200}
 expect:
   student.top1: {min: 0.0}

@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import preloaded_cli
 import pytest
 import torch
 from conftest import SHARED_CIFAR, TINY_RECIPE
@@ -29,9 +30,8 @@ TEACHER = "runs/tiny/teacher/model.safetensors"
 
 
 def run_cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`distillctl args...` in cwd, as a user would run it."""
-    return subprocess.run([sys.executable, "-m", "distillctl", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    """`distillctl args...` in cwd, as a user would run it (forked with the imports done: tests/preloaded_cli.py)."""
+    return preloaded_cli.shared().run(args, cwd=cwd, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=300)
 
 
 @pytest.fixture(scope="module")
