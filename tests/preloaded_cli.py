@@ -25,8 +25,9 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-# Imported by the server: every CLI run that trains or evaluates imports them, and none creates a thread or touches
-# the cores when imported, so a fork of the server is a clean process. distillctl itself is imported in each child.
+# Imported by the server: every CLI run that trains or evaluates imports them, and none starts a Python thread or
+# runs a torch op when imported, so a fork of the server is a clean process (torch's DataLoader forks its workers from
+# a process in the same state). distillctl itself is imported in each child.
 PRELOADED = ("torch", "torchvision", "timm", "hydra", "omegaconf", "rich", "numpy", "pyarrow", "datasets", "safetensors")
 
 # Read by distillctl, rich or a tracker while a command runs, never by a preloaded module at import: a call may
@@ -158,13 +159,15 @@ def become_distillctl(request: dict) -> None:
     """In the forked child: take the request's folder, environment and files, then run `python -m distillctl`."""
     import runpy
 
-    os.setpgid(0, 0)  # a timeout kills this process group, as it would a subprocess and its children
+    os.setpgid(0, 0)  # a timeout kills this process group: the command and whatever it started
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
     for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
                             (2, request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
-        os.dup2(os.open(path, flags, 0o600), fd)
+        opened = os.open(path, flags, 0o600)
+        os.dup2(opened, fd)
+        os.close(opened)
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 - fd 0 lives as long as the process
     sys.path[0] = request["cwd"]  # `python -m` puts the working folder first on the import path
     sys.argv = ["-m", *request["args"]]
