@@ -55,12 +55,14 @@ class PreloadedCli:
     def run(self, args: Sequence[str], cwd: Path, env: Mapping[str, str], timeout: float) -> subprocess.CompletedProcess:
         """`distillctl args` in cwd with exactly env; stdout and stderr as text, as subprocess.run(text=True) gives."""
         argv = [sys.executable, "-m", "distillctl", *args]
-        if self.server is not None and not forkable(os.environ, self.server_env) and forkable(env, os.environ):
+        if self.server is not None and not forkable(os.environ, self.server_env):
             # A test changed this process's environment for good (an in-process `cli.main` sets OMP_WAIT_POLICY,
             # scikit-learn's import KMP_DUPLICATE_LIB_OK): a server with the old one would send every call to a subprocess.
             self.stop()
-        if os.environ.get("DISTILLCTL_TEST_FORK", "1") == "0" or not forkable(env, self.start()):
+        # A server not yet started would be started with this process's environment; a call to a subprocess needs none.
+        if os.environ.get("DISTILLCTL_TEST_FORK", "1") == "0" or not forkable(env, self.server_env if self.server else os.environ):
             return subprocess.run(argv, cwd=cwd, env=dict(env), capture_output=True, text=True, timeout=timeout)
+        self.start()
         out, err = self.outputs / "stdout", self.outputs / "stderr"
         request = {"args": list(args), "cwd": str(cwd), "env": dict(env), "stdout": str(out), "stderr": str(err)}
         assert self.server is not None and self.server.stdin is not None
@@ -89,8 +91,8 @@ class PreloadedCli:
         line, self.pending = self.pending.split(b"\n", 1)
         return line.decode()
 
-    def start(self) -> dict[str, str]:
-        """The server's environment, starting it (or again, if it died) with this process's environment."""
+    def start(self) -> None:
+        """Start the server with this process's environment, unless it runs already (again, if it died)."""
         if self.server is None or self.server.poll() is not None:
             self.server_env = dict(os.environ)
             with self.log.open("w") as log:
@@ -99,7 +101,6 @@ class PreloadedCli:
             self.pending = b""
             if self.reply(timeout=300) != "ready":
                 raise RuntimeError(f"the preloaded distillctl server did not start: {self.log.read_text()[-2000:]}")
-        return self.server_env
 
     def stop(self) -> None:
         """Stop the server, if one runs (it ends when its stdin closes)."""
