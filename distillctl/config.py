@@ -123,8 +123,9 @@ class DatasetConfig:
     """Where images come from and how they are split and augmented."""
 
     name: str = "cifar10"
-    # A Hub id (uoft-cs/cifar10), a local directory in the Hub's parquet layout, an image folder (<class>/*.jpg, or
-    # train/<class>/*.jpg and test/<class>/*.jpg), or `embedded` for the sample shipped in the package.
+    # A Hub id (uoft-cs/cifar10; uoft-cs/cifar10@REVISION pins a commit, branch or tag), a local directory in the
+    # Hub's parquet layout, an image folder (<class>/*.jpg, or train/<class>/*.jpg and test/<class>/*.jpg), or
+    # `embedded` for the sample shipped in the package.
     path: str = "embedded"
     # null: the data set's only Image column / only ClassLabel column; a name given must exist.
     image_column: Optional[str] = None

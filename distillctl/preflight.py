@@ -172,7 +172,7 @@ def check_dataset(spec: str, train_split: str = "train") -> None:
     from distillctl.data.sources import locate, offline_message
 
     source = locate(spec, train_split=train_split)
-    if source.local_dir is None and offline() and not hub_cached(spec):
+    if source.local_dir is None and offline() and not hub_cached(source.hub_id):
         raise UserError(offline_message(spec, "offline mode is on and it is not in the local Hugging Face cache"))
 
 

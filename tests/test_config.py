@@ -25,7 +25,7 @@ def composed(*overrides: str):
 def test_recipe_sets_groups_and_values():
     cfg = composed("recipe=cifar_resnet")
     assert cfg.teacher.name == "resnet56" and cfg.student.name == "resnet20"
-    assert cfg.dataset.path == "uoft-cs/cifar10"
+    assert cfg.dataset.path == "uoft-cs/cifar10@0b2714987fa478483af9968de7c934580d0bb9a2"
     assert cfg.trainer.epochs == 240 and list(cfg.scheduler.milestones) == [150, 180, 210]
     assert cfg.optimizer.lr == 0.05 and cfg.teacher.lr == 0.1 and cfg.optimizer.weight_decay == 5e-4
     assert cfg.loss.terms.kd.temperature == 4.0 and cfg.loss.terms.kd.weight == 0.9

@@ -84,3 +84,9 @@ def test_the_report_states_the_timing_it_was_measured_with():
     md = report.markdown({"student": ROW}, CONTEXT | {"timing": timing})
     assert "| b32 (img/s) |" in md and "b256" not in md
     assert "median of 10 batch-1 forwards after 2 warm-up; throughput: median of 7 batch-32 forwards" in md
+
+
+def test_the_report_names_the_hub_commit_its_test_images_came_from():
+    assert "- test images: 500 (embedded)\n" in report.markdown({"student": ROW}, CONTEXT)
+    hub = CONTEXT | {"dataset": "uoft-cs/cifar10", "data_commit": "0b2714987fa478483af9968de7c934580d0bb9a2"}
+    assert "- test images: 500 (uoft-cs/cifar10 at commit 0b2714987fa478483af9968de7c934580d0bb9a2)" in report.markdown({"student": ROW}, hub)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from distillctl.console import console
-from distillctl.data import folder, images
+from distillctl.data import folder, hub_revision, images
 from distillctl.errors import UserError
 from distillctl.hub_access import offline
 
@@ -22,12 +22,23 @@ EMBEDDED_DIR = Path(__file__).resolve().parent / "sample" / "cifar10"
 class Source:
     """Where a data set lives and how to ask `datasets` for it."""
 
-    spec: str  # what the user wrote in dataset.path
+    spec: str  # what the user wrote in dataset.path: a local path, or a Hub id, pinned as id@revision
     local_dir: Path | None  # set for local data; None for a Hub id
     builder: str | None  # an image folder's layout (folder.SPLIT_FOLDERS or CLASS_FOLDERS), else None (parquet dir or Hub)
     test_size: float = 0.2  # class folders alone: the share of each class held out as the test split
+    commit: str | None = field(default=None, compare=False)  # a Hub data set's commit, once a split has been read
     # Splits already read: choosing a loader counts the training rows, and the chosen loader then needs the same table.
     tables: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def hub_id(self) -> str:
+        """The Hub id without its pinned revision."""
+        return self.spec.partition("@")[0]
+
+    @property
+    def revision(self) -> str | None:
+        """The branch, tag or commit the Hub id is pinned to, or None for the latest."""
+        return self.spec.partition("@")[2] or None
 
     def fingerprint(self, extra: str) -> str | None:
         """A key for the decoded cache, computable without loading: local files' names, sizes and mtimes."""
@@ -79,6 +90,9 @@ def locate(spec: str, test_size: float = 0.2, train_split: str = "train") -> Sou
     looks_local = spec.startswith((".", "/", "~")) or spec.count("/") > 1
     if looks_local:
         raise UserError(f"dataset.path '{spec}' does not exist. Give a local directory or a Hub id such as uoft-cs/cifar10.")
+    if spec.endswith("@"):
+        raise UserError(f"dataset.path '{spec}' names no revision after '@': give a branch, tag or commit "
+                        f"({spec}main), or drop the '@' for the latest.")
     return Source(spec, None, None)
 
 
@@ -86,6 +100,11 @@ def load_split_table(source: Source, split: str):
     """One split as a `datasets.Dataset` (read once per Source), with a message that says what to do when it can't be had."""
     if split not in source.tables:
         source.tables |= read_split_tables(source, split)
+        if source.local_dir is None:
+            commit = hub_revision.checked(source.hub_id, source.revision, source.tables[split])
+            if commit is not None and commit != source.commit:
+                source.commit = commit
+                console.print(hub_revision.describe(source.hub_id, source.revision, commit), markup=False)
     return source.tables[split]
 
 
@@ -97,7 +116,9 @@ def read_split_tables(source: Source, split: str) -> dict:
     # Errors are reported below in one line; datasets would log them first as well.
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     datasets.disable_progress_bars()
-    if source.local_dir is None:
+    if source.local_dir is None and offline():
+        console.print(f"data: '{source.spec}' split '{split}' from the local Hugging Face cache (offline)")
+    elif source.local_dir is None:
         # A first download can take hours (ImageNet: about 150 GB): its progress is worth showing. Later runs read
         # the Hugging Face cache memory-mapped, and a large split is then streamed from it by the workers.
         console.print(f"data: '{source.spec}' split '{split}' from the Hugging Face Hub (downloaded once into its cache)")
@@ -107,7 +128,11 @@ def read_split_tables(source: Source, split: str) -> dict:
             return folder.held_out_tables(source.local_dir, split, source.test_size)
         if source.builder is not None:
             return {split: folder.table(source.local_dir, split)}
-        return {split: datasets.load_dataset(str(source.local_dir or source.spec), split=split)}
+        if source.local_dir is not None:
+            return {split: datasets.load_dataset(str(source.local_dir), split=split)}
+        if source.revision is not None and offline():  # `datasets` would ignore the revision: hub_revision says why
+            return {split: hub_revision.load_pinned_offline(source.hub_id, split, source.revision)}
+        return {split: datasets.load_dataset(source.hub_id, split=split, revision=source.revision)}
     except UserError:
         raise
     except Exception as exc:  # no such split, network, missing repo, corrupt file: all the user's to fix

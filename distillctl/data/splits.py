@@ -51,6 +51,7 @@ class DataSplits:
     test: Split
     classes: list[str]
     loader: str = "resident"
+    commit: str | None = None  # a Hub data set's commit (hub_revision); None for local files
 
     @property
     def num_classes(self) -> int:
@@ -95,7 +96,7 @@ def load_splits(cfg) -> DataSplits:
         test = test.subset(torch.arange(min(cfg.test_limit, len(test))))
     console.print(f"data: {len(train_idx):,} training, {len(val_idx):,} validation (held out of '{cfg.train_split}'), "
                   f"{len(test):,} test images, {len(classes)} classes ({kind} loader)")
-    return DataSplits(train.subset(train_idx), train.subset(val_idx), test, classes, kind)
+    return DataSplits(train.subset(train_idx), train.subset(val_idx), test, classes, kind, source.commit)
 
 
 def holdout(n: int, cfg) -> tuple[torch.Tensor, torch.Tensor]:

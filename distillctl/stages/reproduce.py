@@ -134,9 +134,11 @@ def summarize(cfg: DictConfig, recipe: str, overrides: list[str], root: Path, se
     rows = seed_results.rows_with_gain(teacher, student, baseline)
     checked = expectations.check(cfg.get("expect") or {}, seed_results.means(rows), only=ROWS)
     device = pick_device(cfg.trainer.device)
+    commit = runs[-1][1].metrics(distill.FOLDER).get("data_commit")  # a Hub data set's: the same for every seed
     context = {
         "recipe": recipe,
         "command": " ".join(["distillctl reproduce", *overrides]),
+        "data": f"{str(cfg.dataset.path).partition('@')[0]} at commit {commit}" if commit else cfg.dataset.path,
         "seeds": ", ".join(map(str, seeds)),
         "teacher": f"{cfg.teacher.name}" + (f" ({cfg.teacher.checkpoint})" if cfg.teacher.checkpoint else ", trained per seed"),
         "student": f"{cfg.student.name}, loss terms {', '.join(sorted(cfg.loss.terms))}; baseline loss={cfg.reproduce.baseline_loss}",

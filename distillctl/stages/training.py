@@ -241,6 +241,7 @@ def save_results(ctx: RunContext, job: TrainingJob, out_dir: Path, tracker: Trac
         "resumed_from_epoch": result.resumed_from,
         "train_images": len(data.train),
         "loader": data.loader,
+        "data_commit": data.commit,
         "skipped_images": skipped,
         "processes": distributed.world_size(),
         "seconds": round(result.seconds, 2),
