@@ -13,6 +13,7 @@ from rich.console import Console
 from distillctl import recipes
 from distillctl.composition import (
     CONFIG_DIR,
+    bare_words,
     check_composes,
     check_sweep_dir,
     is_multirun,
@@ -110,6 +111,7 @@ def run_hydra(command: str, overrides: Sequence[str]) -> None:
 
     config.register()
     user_args = list(overrides)
+    bare_words(command, overrides)
     overrides = overrides_first(with_sweep_dir(prepare_overrides(overrides)))
     shown = [o for o in overrides if o.startswith("--cfg") or o in ("-c", "--info", "-i")]
     if shown and is_multirun(overrides):

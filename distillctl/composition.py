@@ -184,6 +184,35 @@ def prepare_overrides(overrides: Sequence[str]) -> list[str]:
     return model_shorthand(resolve_recipe_overrides(home_expanded(overrides)))
 
 
+# Hydra's flags that take the next word as their value (`--cfg job`, `--info searchpath`).
+FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp", "--config-name", "-cn",
+                    "--config-dir", "-cd", "--experimental-rerun"}
+
+
+def bare_words(command: str, overrides: Sequence[str]) -> None:
+    """Refuse a word that is no override (`distillctl predict photos/`) with the key=value it was meant as: Hydra's
+    own message is about its grammar ("missing EQUAL at '<EOF>'")."""
+    previous = None
+    for word in overrides:
+        if "=" not in word and not word.startswith(("-", "~")) and previous not in FLAGS_WITH_VALUE:
+            raise UserError(f"'{word}' is not a setting: settings are key=value. {meant(command, word)}")
+        previous = word
+
+
+def meant(command: str, word: str) -> str:
+    """The key=value a bare word on the command line most likely stands for."""
+    if Path(word).expanduser().exists():
+        key = "predict.input" if command == "predict" else "dataset.path"
+        return f"For the {'folder' if Path(word).expanduser().is_dir() else 'file'} '{word}', write {key}={word}."
+    if word in recipes.available():
+        return f"To run that recipe: recipe={word}."
+    groups = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and (p / f"{word}.yaml").is_file()
+                    and (p.name != "search" or command == "search"))  # search spaces mean nothing to other commands
+    if groups:
+        return f"To pick that option: {' or '.join(f'{group}={word}' for group in groups)}."
+    return "A recipe is recipe=NAME, a data set dataset.path=DIR, and `distillctl " + command + " --help` lists the main keys."
+
+
 # A home folder at the start of a value, or of one in a sweep's or list's commas: `~`, `~/x`, `~user/x`.
 HOME = re.compile(r"(?<![^,\[])~[\w.-]*(?=[/,\]]|$)")
 

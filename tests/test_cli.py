@@ -375,6 +375,10 @@ def test_inspect_shows_what_pruning_left_of_a_model_file(cli, tmp_path):
     ("args", "expected"),
     [
         (["distill", "recipe=nope"], "unknown recipe 'nope'"),
+        # Hydra said "Error parsing override 'kd' missing EQUAL at '<EOF>'"
+        (["distill", "kd"], "'kd' is not a setting: settings are key=value. To pick that option: loss=kd."),
+        (["pipeline", "quickstart"], "To run that recipe: recipe=quickstart."),
+        (["distill", "nothing_known", "-m"], "A recipe is recipe=NAME, a data set dataset.path=DIR, and `distillctl distill --help`"),
         (["distill", "trainer.epochz=3"], "Did you mean 'epochs'?"),
         (["train-teacher", "recipe=tiny", "teacher.name=resnet21"], "Did you mean 'resnet20'"),
         # a model name is checked before the data set is looked for and loaded
@@ -650,3 +654,12 @@ def test_ctrl_c_outside_a_training_step_says_what_was_kept_and_what_continues_it
     with pytest.raises(SystemExit) as exited:
         cli.main([command, "trainer.threads=1"])
     assert exited.value.code == 130 and " ".join(capsys.readouterr().err.split()) == said
+
+
+def test_a_folder_given_without_its_key_is_pointed_to_the_key_that_takes_it(cli, tmp_path):
+    (tmp_path / "photos").mkdir()
+    assert "For the folder 'photos', write predict.input=photos." in one_error_line(cli("predict", "photos"))
+    assert "write dataset.path=photos." in one_error_line(cli("distill", "photos", "trainer.epochs=1"))
+    # The words Hydra's own flags take are no settings.
+    shown = cli("distill", "--cfg", "job", "--package", "trainer")
+    assert shown.code == 0 and "epochs:" in shown.out and "dataset" not in shown.out, shown.text
