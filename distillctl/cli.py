@@ -343,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def interruption(command: str, module_name: str, cfg) -> str:
     """What a Ctrl-C outside a training step leaves behind, and what continues from there."""
-    from distillctl.workspace import Workspace
+    from distillctl.workspace import Workspace, has_checkpoint
 
     if command in ("pipeline", "reproduce", "search"):
         return f"interrupted: {how_to_continue(command)}."
@@ -353,8 +353,6 @@ def interruption(command: str, module_name: str, cfg) -> str:
         return "interrupted before training began: run the same command again to start it."
     if stage is None or not stage.trains(cfg):
         return "interrupted; earlier results are as they were."
-    from distillctl.engine.fit import has_checkpoint
-
     if has_checkpoint(Workspace.from_config(cfg).job_dir / stage.folder(cfg)):
         return f"interrupted; the last saved epoch is kept: {how_to_continue(command)}."
     return "interrupted before a first epoch was saved: run the same command again to start over."

@@ -18,7 +18,7 @@ from distillctl.config import SEED_MAX
 from distillctl.errors import UserError, did_you_mean
 from distillctl.hub_access import offline, offline_unless_reachable
 from distillctl.teacher_files import PUBLISHED, given_teachers, published_weights, teacher_checkpoints
-from distillctl.workspace import Workspace
+from distillctl.workspace import Workspace, check_resumable, finished
 
 # The finished stage outputs each command starts from (pipeline, reproduce and search train what is missing).
 NEEDS: dict[str, Callable[[DictConfig, Workspace], object]] = {
@@ -26,6 +26,14 @@ NEEDS: dict[str, Callable[[DictConfig, Workspace], object]] = {
     "prune": lambda cfg, ws: ws.require("student", "distilled student", "distill"),
     "quantize": lambda cfg, ws: ws.final_student(str(cfg.quantize.source)),
     "predict": lambda cfg, ws: predict_inputs(cfg, ws),
+}
+# The folder each command trains in, where resume=true continues; None where it trains nothing (prune without
+# fine-tuning, quantize but QAT) or in several folders (prune in steps: pruned/step1, ...).
+TRAINS_IN: dict[str, Callable[[DictConfig], "str | None"]] = {
+    "train-teacher": lambda cfg: "teacher",
+    "distill": lambda cfg: "student",
+    "prune": lambda cfg: "pruned" if cfg.prune.finetune_epochs and cfg.prune.steps == 1 else None,
+    "quantize": lambda cfg: "int8_qat" if cfg.quantize.method == "int8_qat" else None,
 }
 # Commands that never read the data set: its path may be unset or elsewhere.
 WITHOUT_DATASET = {"predict"}
@@ -65,6 +73,15 @@ def check(command: str, cfg: DictConfig) -> None:
         require_package("executorch", "quantize=executorch_int8", "executorch")
     if need := NEEDS.get(command):
         need(cfg, Workspace.from_config(cfg))
+    if cfg.resume and (folder := TRAINS_IN.get(command, lambda _: None)(cfg)):
+        resumable(Workspace.from_config(cfg).job_dir / folder)
+
+
+def resumable(stage_dir: Path) -> None:
+    """resume=true has an epoch to continue from, refused before the data and the teacher load rather than after
+    (13 s on the embedded sample); a finished folder goes on to say there is nothing to resume."""
+    if not finished(stage_dir):
+        check_resumable(stage_dir)
 
 
 def zoo_weights(command: str, cfg: DictConfig) -> None:

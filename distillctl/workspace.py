@@ -20,6 +20,8 @@ from distillctl.ranks import is_main
 MODEL_FILE, METRICS_FILE, CONFIG_FILE = "model.safetensors", "metrics.json", "config.yaml"
 # Written when a training stage starts: which config an unfinished folder's checkpoints belong to.
 STARTED_FILE = "started.json"
+# A training run's last epoch: weights, optimizer, schedule and RNG, what resume=true continues from.
+LAST_STATE = "last_state.pt"
 ONNX_FILE = "model.onnx"
 PTE_FILE = "model.pte"  # an ExecuTorch program
 SUMMARY_FILE = "summary.csv"
@@ -291,6 +293,17 @@ def settle(stage_dir: Path) -> None:
 def model_file(stage_dir: Path) -> Path | None:
     """The model a stage folder holds: safetensors (torch), ONNX or an ExecuTorch program."""
     return next((stage_dir / name for name in (MODEL_FILE, ONNX_FILE, PTE_FILE) if (stage_dir / name).is_file()), None)
+
+
+def has_checkpoint(stage_dir: Path) -> bool:
+    """Whether a training run saved an epoch's checkpoint in stage_dir, to resume from."""
+    return (stage_dir / LAST_STATE).is_file()
+
+
+def check_resumable(stage_dir: Path) -> None:
+    """Refuse resume=true where no checkpoint was saved."""
+    if not has_checkpoint(stage_dir):
+        raise UserError(f"resume=true but {stage_dir} holds no checkpoint to resume from; run without resume=true.")
 
 
 def finished(stage_dir: Path) -> bool:

@@ -23,6 +23,17 @@ def test_changes_name_what_a_run_computes_and_leave_out_how_it_runs():
     assert changes(None, after) == "" and changes(["not", "a", "config"], after) == ""  # an older or crafted record
 
 
+@pytest.mark.parametrize("command, overrides, folder", [
+    ("train-teacher", ["teacher=resnet8", "teacher.checkpoint=null"], "teacher"),
+    ("distill", [], "student"),  # the bundled teacher
+])
+def test_resume_with_nothing_saved_is_refused_before_the_data_and_the_teacher_load(cli, command, overrides, folder):
+    # It was refused after them: 13 s on the embedded sample, and longer the larger the data set.
+    run = cli(command, *overrides, "resume=true", "run_dir=runs/new")
+    assert run.code == 2 and f"runs/new/{folder} holds no checkpoint to resume from" in run.err, run.text
+    assert "data:" not in run.out and "teacher:" not in run.out, run.out
+
+
 @pytest.mark.slow
 def test_a_resume_into_another_model_is_refused_and_one_under_other_settings_says_what_changed(cli, tmp_path):
     run = ["train-teacher", "teacher=resnet8", "teacher.checkpoint=null", *TINY, "trainer.epochs=2", "trainer.threads=1",

@@ -30,8 +30,9 @@ from distillctl.errors import UserError
 from distillctl.losses import Objective, StepOutputs
 from distillctl.models.ensemble import feature_source
 from distillctl.tracking import NO_TRACKER, Tracker
+from distillctl.workspace import LAST_STATE, check_resumable
 
-BEST, LAST, LAST_STATE, HISTORY = "best.safetensors", "last.safetensors", "last_state.pt", "history.jsonl"
+BEST, LAST, HISTORY = "best.safetensors", "last.safetensors", "history.jsonl"
 
 EpochObserver = Callable[[str, dict[str, Any]], None]
 # Who else hears of every finished epoch (a search's pruner, say): set around a whole stage by whoever runs it, so
@@ -375,17 +376,6 @@ def checkpoint(trainee: Trainee, batches: Batches, out_dir: Path, epoch: int, be
     artifacts.save_state(out_dir / LAST_STATE, state)
     artifacts.save_tensors(out_dir / LAST, weights, {**trainee.metadata, "epoch": epoch})
     files.write_text(out_dir / HISTORY, "".join(json.dumps(r) + "\n" for r in history))
-
-
-def has_checkpoint(out_dir: Path) -> bool:
-    """Whether a training run saved an epoch's checkpoint in out_dir, to resume from."""
-    return (out_dir / LAST_STATE).is_file()
-
-
-def check_resumable(out_dir: Path) -> None:
-    """Refuse resume=true where no checkpoint was saved."""
-    if not has_checkpoint(out_dir):
-        raise UserError(f"resume=true but {out_dir} holds no checkpoint to resume from; run without resume=true.")
 
 
 def restore(trainee: Trainee, batches: Batches, out_dir: Path) -> tuple[int, float, int, list]:

@@ -17,9 +17,9 @@ from yaml import YAMLError
 from distillctl.config_changes import changes
 from distillctl.console import console
 from distillctl.data.content_stamp import dataset_stamp
-from distillctl.engine.fit import has_checkpoint
 from distillctl.ranks import is_main, ranks
-from distillctl.workspace import CONFIG_FILE, METRICS_FILE, Workspace, finished, recorded_fingerprint, started, started_fingerprint
+from distillctl.workspace import (CONFIG_FILE, METRICS_FILE, Workspace, finished, has_checkpoint, recorded_fingerprint, started,
+                                  started_fingerprint)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from distillctl.console import console, print_summary_table
 from distillctl.data import preprocess
 from distillctl.data.content_stamp import dataset_stamp
 from distillctl.engine import distributed
-from distillctl.engine.fit import BEST, LAST, FitResult, Trainee, check_resumable, fit
+from distillctl.engine.fit import BEST, LAST, FitResult, Trainee, fit
 from distillctl.engine.mixing import batch_mixer
 from distillctl.engine.optim import build_optimizer, build_schedule
 from distillctl.engine.predict import predict, top5_accuracy, topk_accuracy
@@ -93,7 +93,7 @@ def train_and_save(ctx: RunContext, job: TrainingJob) -> dict:
         return files.read_json(out_dir / workspace.METRICS_FILE) or {}
     settings = OmegaConf.to_container(ctx.cfg, resolve=True)
     if resume:  # before the folder records this run as started: a refused resume leaves the record of the one it found
-        check_resumable(out_dir)
+        workspace.check_resumable(out_dir)
         # Parameters only: a QAT model's observer buffers change shape once they have seen data.
         shapes = {name: tuple(p.shape) for name, p in job.model.named_parameters()}
         resumption.check(out_dir, out_dir / LAST, job.fingerprint, job.model_name, settings, shapes)
