@@ -1,10 +1,13 @@
-"""Training speed on a shared CPU: OpenMP's wait policy, with the machine idle and with one other busy process.
+"""Training speed and batch-1 latency on a shared CPU under OpenMP's wait policies.
 
-    python benchmarks/threads.py --repeats 3       # writes the table into docs/performance.md
+    python benchmarks/threads.py --repeats 3                   # training, idle and busy: the `threads` table
+    python benchmarks/threads.py --part latency --repeats 8    # batch-1 latency: the `threads-latency` table
 
-Each run is `distillctl train-teacher` on the embedded sample (25 steps of batch 64, all cores), as a user runs it;
-the figure is its images/s. Policies and conditions are interleaved so that drift on a shared machine hits all
-alike, and the table gives medians and ratios, never a lone absolute time.
+Each training run is `distillctl train-teacher` on the embedded sample (25 steps of batch 64, all cores), as a user
+runs it; the figure is its images/s. Each latency run is a fresh process timing an untrained ResNet-8 as `search`
+times a student and `evaluate` a model (frozen TorchScript, median of 100 batch-1 forwards, all cores). Policies and
+conditions are interleaved so that drift on a shared machine hits all alike, and the tables give medians and ratios,
+never a lone absolute time.
 """
 
 from __future__ import annotations
@@ -36,16 +39,62 @@ def images_per_s(policy: str, workdir: Path) -> float:
     return json.loads((run_dir / "teacher" / "metrics.json").read_text())["images_per_s"]
 
 
+LATENCY = """
+import torch
+from distillctl.evaluation import measure
+from distillctl.models import create_model
+model = create_model("resnet8", 10, False, role="student", image_size=32)
+print(measure.latency_ms(measure.deployable(model, 32)[0], 32, torch.get_num_threads(), 100))
+"""
+
+
+def latency(policy: str) -> float:
+    """One fresh process's median batch-1 latency (ms) of ResNet-8 under OMP_WAIT_POLICY=policy."""
+    env = {**os.environ, "OMP_WAIT_POLICY": policy}
+    return float(subprocess.run([sys.executable, "-c", LATENCY], check=True, env=env, capture_output=True, text=True).stdout)
+
+
+def latency_table(repeats: int) -> str:
+    """Interleave the policies on the idle machine; write medians and their ratio."""
+    policies = ["ACTIVE", "PASSIVE"]
+    runs: dict[str, list[float]] = {p: [] for p in policies}
+    for _ in range(repeats):
+        for policy in policies:
+            runs[policy].append(latency(policy))
+    median = {p: statistics.median(v) for p, v in runs.items()}
+    lines = [
+        f"Measured {date.today()} with `python benchmarks/threads.py --part latency --repeats {repeats}` on "
+        f"{os.cpu_count()} idle cores: batch-1 latency of an untrained ResNet-8 at 32 px, frozen TorchScript, median "
+        "of 100 forwards, one fresh process per run.",
+        "",
+        "| OMP_WAIT_POLICY | latency b1 (ms) | runs (ms) |",
+        "|---|---:|---|",
+        *(f"| {p} | {median[p]:.2f} | {', '.join(f'{v:.2f}' for v in runs[p])} |" for p in policies),
+        "",
+        f"PASSIVE against ACTIVE: {median['PASSIVE'] / median['ACTIVE']:.2f}x the latency.",
+    ]
+    return replace_block(DOC, "threads-latency", "Threads on a shared CPU", "\n".join(lines))
+
+
 def main() -> None:
-    """Interleave policies x {idle, one busy process}; write medians and ratios."""
+    """The training table (policies x {idle, one busy process}), the latency table, or both."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--part", choices=["training", "latency", "all"], default="training")
     args = parser.parse_args()
+    if args.part in ("latency", "all"):
+        print(latency_table(args.repeats))
+    if args.part in ("training", "all"):
+        print(training_table(args.repeats))
+
+
+def training_table(repeats: int) -> str:
+    """Interleave policies x {idle, one busy process}; write medians and ratios."""
     policies, conditions = ["ACTIVE", "PASSIVE"], ["idle", "busy"]
     runs: dict[tuple[str, str], list[float]] = {(p, c): [] for p in policies for c in conditions}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        for _ in range(args.repeats):
+        for _ in range(repeats):
             for condition in conditions:
                 busy = subprocess.Popen([sys.executable, "-c", BUSY]) if condition == "busy" else None
                 try:
@@ -57,7 +106,7 @@ def main() -> None:
                         busy.wait()
     median = {key: statistics.median(values) for key, values in runs.items()}
     lines = [
-        f"Measured {date.today()} with `python benchmarks/threads.py --repeats {args.repeats}` on {os.cpu_count()} cores "
+        f"Measured {date.today()} with `python benchmarks/threads.py --repeats {repeats}` on {os.cpu_count()} cores "
         "(torch's default thread count: all of them). `busy`: one other process spinning on one core, as when CI or a "
         "second job shares the machine. Images/s of `train-teacher` on the embedded sample, median of the runs.",
         "",
@@ -73,7 +122,7 @@ def main() -> None:
         f"PASSIVE against ACTIVE: {median['PASSIVE', 'idle'] / median['ACTIVE', 'idle']:.2f}x idle, "
         f"{median['PASSIVE', 'busy'] / median['ACTIVE', 'busy']:.2f}x busy.",
     ]
-    print(replace_block(DOC, "threads", "Threads on a shared CPU", "\n".join(lines)))
+    return replace_block(DOC, "threads", "Threads on a shared CPU", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("search", "Optuna search over search.space (search=kd, search=students), scored on validation top-1: best.yaml"),
 }
 # Commands that (mostly) train: their OpenMP threads sleep while waiting (see main()). `search` times students for
-# its budgets too, but spinning threads made its training 10-20x slower beside another busy process.
+# its budgets too, but spinning threads made its training 10-20x slower beside another busy process: it times them
+# in a process of their own (evaluation/latency_probe.py).
 TRAINING_ONLY = {"train-teacher", "distill", "prune", "quantize", "reproduce", "search"}
 TOOLS = {
     "recipes": "list the recipes, one line each (--json: their names as a JSON list, for CI matrices)",
@@ -274,13 +275,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         from distillctl.console import console
 
         console.quiet = True
-    if args and args[0] in TRAINING_ONLY:
+    if args and args[0] in TRAINING_ONLY and "OMP_WAIT_POLICY" not in os.environ:
         # OpenMP threads that spin while they wait collapse when another process shares the cores: training runs
         # 1.7x faster with sleeping threads beside one busy process, 0.83x on an idle machine (docs/performance.md).
         # Commands that time models (evaluate, pipeline) keep OpenMP's default: sleeping threads would add their
-        # wake-up time to batch-1 latencies (int8 ResNet-8: 0.68-0.71 ms against 0.46-0.56 ms).
+        # wake-up time to batch-1 latencies (ResNet-8: 1.37x); `search` times its students in a process of its own.
         # Read once, when torch loads OpenMP, so it is set before anything imports torch; a user's value wins.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        from distillctl.evaluation.latency_probe import CHOSEN_BY_DISTILLCTL
+
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.environ[CHOSEN_BY_DISTILLCTL] = "1"
     command, overrides = (args[0], args[1:]) if args else ("--help", [])
     try:
         if command in ("-h", "--help", "help"):

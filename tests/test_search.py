@@ -253,3 +253,28 @@ def test_a_study_is_the_same_under_other_threads_or_devices_and_keeps_the_identi
     sections = {s: OmegaConf.to_container(cfg[s], resolve=True) for s in ["dataset", "student", "loss", "optimizer", "scheduler", "teacher", "teachers"]}
     before = json.dumps({"config": sections, "inputs": [str(cfg.seed), str(sorted(trainer.items()))]}, sort_keys=True, default=str)
     assert base["config"] == hashlib.sha256(before.encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("chosen, expected", [("1", None), (None, "PASSIVE")])
+def test_students_are_timed_under_the_wait_policy_evaluate_has(monkeypatch, chosen, expected):
+    # search trains with the PASSIVE policy distillctl chooses, which made ResNet-8's batch-1 latency 1.37x evaluate's
+    # (a 3.8 ms outlier stuck to a whole search); its students are timed in a fresh process without it. A policy the
+    # user set is theirs: kept for both.
+    from distillctl.evaluation import latency_probe
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    if chosen:
+        monkeypatch.setenv(latency_probe.CHOSEN_BY_DISTILLCTL, chosen)
+    else:
+        monkeypatch.delenv(latency_probe.CHOSEN_BY_DISTILLCTL, raising=False)
+    env = latency_probe.timing_environment()
+    assert env.get("OMP_WAIT_POLICY") == expected and latency_probe.CHOSEN_BY_DISTILLCTL not in env
+    assert latency_probe.timing_policy() == (expected or "default")
+
+
+def test_a_student_is_timed_in_a_process_of_its_own():
+    from distillctl.evaluation import latency_probe
+
+    assert 0 < latency_probe.latency_ms("resnet8", 10, {}, 32, threads=1, repeats=5) < 1000
+    with pytest.raises(RuntimeError, match="timing no_such_model in a fresh process failed"):
+        latency_probe.latency_ms("no_such_model", 10, {}, 32, threads=1, repeats=5)

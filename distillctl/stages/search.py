@@ -24,7 +24,7 @@ from distillctl.console import console
 from distillctl.engine.fit import observing_epochs
 from distillctl.environment import cpu_name, threads_phrase
 from distillctl.errors import UserError
-from distillctl.evaluation import measure
+from distillctl.evaluation import latency_probe, measure
 from distillctl.execution_settings import RUN_CONTROL, canonical
 from distillctl.losses import build_objective
 from distillctl.models import check_model_name, create_model
@@ -97,13 +97,14 @@ def setup_identity(cfg: DictConfig, params: list[Param], epochs: int) -> dict[st
 
 
 def student_cost(cfg: DictConfig, threads: int) -> dict[str, float]:
-    """The trial's student, untrained: its MACs and batch-1 CPU latency, measured as `evaluate` does."""
+    """The trial's student, untrained: its MACs and batch-1 CPU latency, measured as `evaluate` does (latency_probe
+    says why in a process of its own)."""
     s = cfg.student
     num_classes = cached_splits(OmegaConf.to_yaml(cfg.dataset, resolve=True)).num_classes
-    model = create_model(s.name, num_classes, False, role="student", image_size=cfg.dataset.image_size, **s.kwargs)
-    size = cfg.dataset.image_size
-    timed, _ = measure.deployable(model, size)
-    return {"macs": float(measure.macs(model, size)), "latency_ms": round(measure.latency_ms(timed, size, threads, cfg.evaluate.latency_repeats), 4)}
+    size, kwargs = cfg.dataset.image_size, OmegaConf.to_container(s.kwargs, resolve=True)
+    model = create_model(s.name, num_classes, False, role="student", image_size=size, **kwargs)
+    latency = latency_probe.latency_ms(s.name, num_classes, kwargs, size, threads, cfg.evaluate.latency_repeats)
+    return {"macs": float(measure.macs(model, size)), "latency_ms": round(latency, 4)}
 
 
 def over_budget(cost: dict[str, float], search: DictConfig) -> str | None:
@@ -263,9 +264,9 @@ def write_report(cfg: DictConfig, study: optuna.Study, recipe: str, base: list[s
         "sampler / pruner": f"{s.sampler} / {s.pruner if not s.minimize else 'none'}",
         "objectives": "max validation top-1" + (f", min {s.minimize}" if s.minimize else ""),
         "budgets": ", ".join(f"{k}={v:g}" for k, v in (("max_latency_ms", s.max_latency_ms), ("max_macs", s.max_macs)) if v is not None) or "none",
-        # Sleeping OpenMP threads (distillctl's default for search) add wake-up time to batch-1 latencies.
+        # In a process of its own, with the wait policy `evaluate` would have (latency_probe).
         "latency measured on": f"{cpu_name()}, {threads_phrase(cfg.trainer.threads or torch.get_num_threads())}, "
-                               f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, torch {torch.__version__}",
+                               f"OMP_WAIT_POLICY={latency_probe.timing_policy()}, torch {torch.__version__}",
         "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     budget = s.max_latency_ms if cost == "latency_ms" else s.max_macs
