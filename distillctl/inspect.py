@@ -24,6 +24,8 @@ def parse(overrides: Sequence[str]) -> dict[str, str]:
     options = {}
     for item in overrides:
         key, sep, value = item.partition("=")
+        if not sep and "model" not in options:  # `distillctl inspect resnet56`: the model it is asked about
+            raise UserError(f"inspect takes key=value settings: `distillctl inspect model={item}`.")
         if not sep or key not in allowed:
             raise UserError(f"inspect takes {', '.join(sorted(allowed))} (as key=value), got '{item}'.")
         options[key] = value

@@ -395,6 +395,7 @@ def test_inspect_shows_what_pruning_left_of_a_model_file(cli, tmp_path):
         (["distill", "recipe=tiny", "teacher.checkpoint=corrupt.safetensors"], "may be corrupt"),
         (["distill", "recipe=tiny", "teacher.checkpoint=pickled.pt"], "could not read checkpoint"),
         (["inspect", "model=resnet21"], "unknown model"),
+        (["inspect", "resnet56"], "inspect takes key=value settings: `distillctl inspect model=resnet56`."),
         (["inspect", "model=resnet8", "image_size=0"], "image_size=0 must be at least 8"),  # these three were tracebacks
         (["inspect", "model=resnet8", "num_classes=1e9"], "num_classes=1e9 is not a whole number"),
         (["inspect", "model=vit_tiny_patch16_224"], "inspect it at image_size=224"),
