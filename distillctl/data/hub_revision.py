@@ -18,6 +18,17 @@ from distillctl.errors import UserError
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
+def pinned(spec: str) -> tuple[str, str | None]:
+    """The Hub id dataset.path names and the revision `id@revision` pins it to (None: the latest)."""
+    hub_id, _, revision = spec.partition("@")
+    return hub_id, revision or None
+
+
+def data_label(path: str, commit: str | None) -> str:
+    """dataset.path as reports name it: a Hub id with the commit read (which says what a pin said), else as given."""
+    return f"{pinned(path)[0]} at commit {commit}" if commit else path
+
+
 def loaded_commit(table) -> str | None:
     """The commit a table read from the Hub was prepared from: the name of its folder in `datasets`' cache
     (<cache>/<owner>___<name>/<config>/<version>/<commit>/<name>-<split>.arrow)."""

@@ -33,12 +33,12 @@ class Source:
     @property
     def hub_id(self) -> str:
         """The Hub id without its pinned revision."""
-        return self.spec.partition("@")[0]
+        return hub_revision.pinned(self.spec)[0]
 
     @property
     def revision(self) -> str | None:
         """The branch, tag or commit the Hub id is pinned to, or None for the latest."""
-        return self.spec.partition("@")[2] or None
+        return hub_revision.pinned(self.spec)[1]
 
     def fingerprint(self, extra: str) -> str | None:
         """A key for the decoded cache, computable without loading: local files' names, sizes and mtimes."""

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from distillctl import files, provenance
 from distillctl.console import console
+from distillctl.data.hub_revision import data_label
 from distillctl.environment import summary, threads_phrase
 from distillctl.errors import Failed
 from distillctl.evaluation.class_accuracy import ClassAccuracy
@@ -83,8 +84,7 @@ def markdown(results: dict[str, dict[str, Any]], context: dict[str, Any], figure
         lines.append(f"| {name} ({row['arch']}) | " + " | ".join(cell(k, row.get(k)) for k, _, _ in shown) + " |")
     lines += [
         "",
-        f"- test images: {context['test_images']} ({context['dataset']}"
-        + (f" at commit {context['data_commit']})" if context.get("data_commit") else ")"),
+        f"- test images: {context['test_images']} ({data_label(context['dataset'], context.get('data_commit'))})",
         f"- latency: median of {timing['latency_repeats']} batch-1 forwards after {timing['latency_warmup']} warm-up; "
         f"throughput: median of 7 batch-{timing['throughput_batch']} forwards;",
         "  torch models run as frozen TorchScript traces, ONNX models in ONNX Runtime, all on the CPU",

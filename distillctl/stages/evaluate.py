@@ -103,8 +103,7 @@ def run(cfg: DictConfig) -> dict:
     final = final_of(found, str(cfg.quantize.method))[0]
     context = {
         "recipe": Path(cfg.run_dir).name,
-        # A Hub id without its pin: the commit read follows it.
-        "dataset": str(cfg.dataset.path).partition("@")[0] if ctx.data.commit else cfg.dataset.path,
+        "dataset": cfg.dataset.path,
         "data_commit": ctx.data.commit,
         "test_images": len(ctx.data.test),
         "cpu": cpu_name(),

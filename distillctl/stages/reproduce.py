@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from distillctl import environment, files
 from distillctl.composition import override, override_key
 from distillctl.console import console
+from distillctl.data.hub_revision import data_label
 from distillctl.engine.device import device_name, pick_device
 from distillctl.engine.predict import predict, topk_accuracy
 from distillctl.environment import cpu_name, threads_phrase
@@ -138,7 +139,7 @@ def summarize(cfg: DictConfig, recipe: str, overrides: list[str], root: Path, se
     context = {
         "recipe": recipe,
         "command": " ".join(["distillctl reproduce", *overrides]),
-        "data": f"{str(cfg.dataset.path).partition('@')[0]} at commit {commit}" if commit else cfg.dataset.path,
+        "data": data_label(str(cfg.dataset.path), commit),
         "seeds": ", ".join(map(str, seeds)),
         "teacher": f"{cfg.teacher.name}" + (f" ({cfg.teacher.checkpoint})" if cfg.teacher.checkpoint else ", trained per seed"),
         "student": f"{cfg.student.name}, loss terms {', '.join(sorted(cfg.loss.terms))}; baseline loss={cfg.reproduce.baseline_loss}",
