@@ -24,6 +24,8 @@ from pathlib import Path
 
 from results_doc import replace_block
 
+from distillctl.evaluation import latency_probe
+
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "performance.md"
 BUSY = "import time\nend = time.time() + 3600\nwhile time.time() < end: pass\n"
@@ -39,19 +41,11 @@ def images_per_s(policy: str, workdir: Path) -> float:
     return json.loads((run_dir / "teacher" / "metrics.json").read_text())["images_per_s"]
 
 
-LATENCY = """
-import torch
-from distillctl.evaluation import measure
-from distillctl.models import create_model
-model = create_model("resnet8", 10, False, role="student", image_size=32)
-print(measure.latency_ms(measure.deployable(model, 32)[0], 32, torch.get_num_threads(), 100))
-"""
-
-
 def latency(policy: str) -> float:
-    """One fresh process's median batch-1 latency (ms) of ResNet-8 under OMP_WAIT_POLICY=policy."""
-    env = {**os.environ, "OMP_WAIT_POLICY": policy}
-    return float(subprocess.run([sys.executable, "-c", LATENCY], check=True, env=env, capture_output=True, text=True).stdout)
+    """One fresh process's median batch-1 latency (ms) of ResNet-8 under OMP_WAIT_POLICY=policy, timed as `search`
+    times a student (the probe takes this process's environment)."""
+    os.environ["OMP_WAIT_POLICY"] = policy
+    return latency_probe.latency_ms("resnet8", 10, {}, 32, os.cpu_count() or 1, 100)
 
 
 def latency_table(repeats: int) -> str:
